@@ -1,0 +1,7 @@
+//! Adapters of the ports: the embedded backend (a local directory and SQLite) and, behind the
+//! `aws` feature, Amazon S3 and DynamoDB.
+
+#[cfg(feature = "local")]
+pub mod local_dir;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

@@ -1,0 +1,440 @@
+//! The one configuration struct, shared by the CLI (flags) and the Lambdas (environment).
+//!
+//! Environment variables read by [`Config::from_env`] (the CLI's flags of the same names
+//! fall back to them too):
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `COMPACTOR_SOURCE_BUCKET` | bucket whose small objects are compacted | required |
+//! | `COMPACTOR_SOURCE_PREFIX` | only keys under this prefix are ingested | (all) |
+//! | `COMPACTOR_DEST_BUCKET` | bucket the outputs go to | the source bucket |
+//! | `COMPACTOR_DEST_PREFIX` | prefix the partition paths are mirrored under | `compacted/` |
+//! | `COMPACTOR_LAYOUT` | date layout in keys (`%Y/%m/%d`, `year=%Y/month=%m/day=%d/hour=%H`, …) | `%Y/%m/%d` |
+//! | `COMPACTOR_GRANULARITY` | `day` or `hour` | finest field of the layout |
+//! | `COMPACTOR_GRACE` | how long after its period a partition closes (`90m`, `2h`, `1d`) | `2h` |
+//! | `COMPACTOR_TARGET_OUTPUT_BYTES` | output size the planner packs towards | `128MiB` |
+//! | `COMPACTOR_PART_BYTES` | multipart part size (5 MiB to 5 GiB) | `8MiB` |
+//! | `COMPACTOR_SMALL_OBJECT_MAX_BYTES` | larger objects are skipped (`too_large`) | `64MiB` |
+//! | `COMPACTOR_FORMAT` | `auto` (by extension) or `bytes` (no separators) | `auto` |
+//! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
+//! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |
+//! | `COMPACTOR_READ_CONCURRENCY` | source GETs in flight per output | `32` |
+//! | `COMPACTOR_READ_AHEAD_BYTES` | bytes of sources read ahead of the writer | `64MiB` |
+//! | `COMPACTOR_UPLOAD_CONCURRENCY` | parts uploading at once per output | `4` |
+//! | `COMPACTOR_PARTITION_CONCURRENCY` | partitions sealed at once | `4` |
+//! | `COMPACTOR_LEASE` | how long a seal lock lasts unless renewed | `15m` |
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::Duration;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::format::FormatMode;
+use crate::domain::layout::{Granularity, Layout, LayoutError};
+use crate::domain::plan::PlanSettings;
+use crate::ports::Tag;
+
+/// S3's smallest part (all but the last).
+pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+/// S3's largest part.
+pub const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's most parts per upload.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// What happens to a source once the output holding it is committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiryMode {
+    /// Merge the expiry tag into the object's tags; a lifecycle rule filtered on the tag expires
+    /// it. The default: nothing is deleted by the compactor itself.
+    #[default]
+    Tag,
+    /// Delete the source right after the commit.
+    Delete,
+    /// Leave sources alone.
+    None,
+}
+
+impl fmt::Display for ExpiryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExpiryMode::Tag => "tag",
+            ExpiryMode::Delete => "delete",
+            ExpiryMode::None => "none",
+        })
+    }
+}
+
+impl FromStr for ExpiryMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "tag" => Ok(ExpiryMode::Tag),
+            "delete" => Ok(ExpiryMode::Delete),
+            "none" => Ok(ExpiryMode::None),
+            other => Err(format!("expiry mode {other:?} is not known: use tag, delete or none")),
+        }
+    }
+}
+
+/// A configuration value that is wrong, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{name} is required: {hint}")]
+    Missing { name: &'static str, hint: &'static str },
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid { name: &'static str, value: String, reason: String },
+    #[error("{name}: {source}")]
+    Layout {
+        name: &'static str,
+        #[source]
+        source: LayoutError,
+    },
+}
+
+/// Everything the engine needs to know, validated once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub source_bucket: String,
+    pub source_prefix: String,
+    pub dest_bucket: String,
+    pub dest_prefix: String,
+    pub layout: Layout,
+    pub grace: Duration,
+    pub target_output_bytes: u64,
+    pub part_bytes: u64,
+    pub small_object_max_bytes: u64,
+    pub format: FormatMode,
+    pub expiry: ExpiryMode,
+    pub expiry_tag: Tag,
+    pub read_concurrency: usize,
+    pub read_ahead_bytes: u64,
+    pub upload_concurrency: usize,
+    pub partition_concurrency: usize,
+    pub lease: Duration,
+}
+
+/// The raw settings, as text, before validation: what flags and environment give.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawConfig {
+    pub source_bucket: Option<String>,
+    pub source_prefix: Option<String>,
+    pub dest_bucket: Option<String>,
+    pub dest_prefix: Option<String>,
+    pub layout: Option<String>,
+    pub granularity: Option<String>,
+    pub grace: Option<String>,
+    pub target_output_bytes: Option<String>,
+    pub part_bytes: Option<String>,
+    pub small_object_max_bytes: Option<String>,
+    pub format: Option<String>,
+    pub expiry: Option<String>,
+    pub expiry_tag: Option<String>,
+    pub read_concurrency: Option<String>,
+    pub read_ahead_bytes: Option<String>,
+    pub upload_concurrency: Option<String>,
+    pub partition_concurrency: Option<String>,
+    pub lease: Option<String>,
+}
+
+impl RawConfig {
+    /// Reads every `COMPACTOR_*` variable through `lookup` (the process environment in
+    /// [`Config::from_env`]; a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let read = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        RawConfig {
+            source_bucket: read("COMPACTOR_SOURCE_BUCKET"),
+            source_prefix: read("COMPACTOR_SOURCE_PREFIX"),
+            dest_bucket: read("COMPACTOR_DEST_BUCKET"),
+            dest_prefix: read("COMPACTOR_DEST_PREFIX"),
+            layout: read("COMPACTOR_LAYOUT"),
+            granularity: read("COMPACTOR_GRANULARITY"),
+            grace: read("COMPACTOR_GRACE"),
+            target_output_bytes: read("COMPACTOR_TARGET_OUTPUT_BYTES"),
+            part_bytes: read("COMPACTOR_PART_BYTES"),
+            small_object_max_bytes: read("COMPACTOR_SMALL_OBJECT_MAX_BYTES"),
+            format: read("COMPACTOR_FORMAT"),
+            expiry: read("COMPACTOR_EXPIRY"),
+            expiry_tag: read("COMPACTOR_EXPIRY_TAG"),
+            read_concurrency: read("COMPACTOR_READ_CONCURRENCY"),
+            read_ahead_bytes: read("COMPACTOR_READ_AHEAD_BYTES"),
+            upload_concurrency: read("COMPACTOR_UPLOAD_CONCURRENCY"),
+            partition_concurrency: read("COMPACTOR_PARTITION_CONCURRENCY"),
+            lease: read("COMPACTOR_LEASE"),
+        }
+    }
+
+    /// Checks every value and builds the [`Config`].
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let source_bucket = self.source_bucket.clone().ok_or(ConfigError::Missing {
+            name: "COMPACTOR_SOURCE_BUCKET",
+            hint: "name the bucket whose small objects are compacted",
+        })?;
+        check_bucket("COMPACTOR_SOURCE_BUCKET", &source_bucket)?;
+        let dest_bucket = self.dest_bucket.clone().unwrap_or_else(|| source_bucket.clone());
+        check_bucket("COMPACTOR_DEST_BUCKET", &dest_bucket)?;
+        let source_prefix = self.source_prefix.clone().unwrap_or_default();
+        let dest_prefix = normalize_prefix(self.dest_prefix.as_deref().unwrap_or("compacted/"));
+        if dest_prefix.is_empty() && dest_bucket == source_bucket {
+            return Err(ConfigError::Invalid {
+                name: "COMPACTOR_DEST_PREFIX",
+                value: String::new(),
+                reason: "outputs in the source bucket need a prefix of their own (e.g. compacted/), \
+                         or they would be compacted again"
+                    .into(),
+            });
+        }
+        let granularity = self
+            .granularity
+            .as_deref()
+            .map(|text| {
+                text.parse::<Granularity>().map_err(|source| ConfigError::Layout { name: "COMPACTOR_GRANULARITY", source })
+            })
+            .transpose()?;
+        let layout = Layout::parse(self.layout.as_deref().unwrap_or("%Y/%m/%d"), granularity)
+            .map_err(|source| ConfigError::Layout { name: "COMPACTOR_LAYOUT", source })?;
+        let grace = parse_duration("COMPACTOR_GRACE", self.grace.as_deref().unwrap_or("2h"))?;
+        let lease = parse_duration("COMPACTOR_LEASE", self.lease.as_deref().unwrap_or("15m"))?;
+        if lease < Duration::seconds(30) {
+            return Err(invalid("COMPACTOR_LEASE", self.lease.as_deref().unwrap_or(""), "a lease under 30s expires mid-output: use at least 1m"));
+        }
+        let target_output_bytes =
+            parse_bytes("COMPACTOR_TARGET_OUTPUT_BYTES", self.target_output_bytes.as_deref().unwrap_or("128MiB"))?;
+        let part_bytes = parse_bytes("COMPACTOR_PART_BYTES", self.part_bytes.as_deref().unwrap_or("8MiB"))?;
+        if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&part_bytes) {
+            return Err(invalid("COMPACTOR_PART_BYTES", &part_bytes.to_string(), "S3 parts are 5MiB to 5GiB"));
+        }
+        if target_output_bytes == 0 {
+            return Err(invalid("COMPACTOR_TARGET_OUTPUT_BYTES", "0", "give a size such as 128MiB"));
+        }
+        let small_object_max_bytes =
+            parse_bytes("COMPACTOR_SMALL_OBJECT_MAX_BYTES", self.small_object_max_bytes.as_deref().unwrap_or("64MiB"))?;
+        if small_object_max_bytes.div_ceil(part_bytes).max(target_output_bytes.div_ceil(part_bytes)) + 1 > MAX_PARTS {
+            return Err(invalid(
+                "COMPACTOR_PART_BYTES",
+                &part_bytes.to_string(),
+                "an output would need more than S3's 10,000 parts: raise the part size",
+            ));
+        }
+        let format = match self.format.as_deref() {
+            None => FormatMode::default(),
+            Some(text) => text.parse().map_err(|reason: String| invalid("COMPACTOR_FORMAT", text, &reason))?,
+        };
+        let expiry = match self.expiry.as_deref() {
+            None => ExpiryMode::default(),
+            Some(text) => text.parse().map_err(|reason: String| invalid("COMPACTOR_EXPIRY", text, &reason))?,
+        };
+        let expiry_tag_text = self.expiry_tag.as_deref().unwrap_or("compacted=true");
+        let expiry_tag = match expiry_tag_text.split_once('=') {
+            Some((key, value)) if !key.is_empty() && key.len() <= 128 && value.len() <= 256 => Tag::new(key, value),
+            _ => return Err(invalid("COMPACTOR_EXPIRY_TAG", expiry_tag_text, "give key=value (key up to 128 characters, value up to 256)")),
+        };
+        let read_concurrency = parse_count("COMPACTOR_READ_CONCURRENCY", self.read_concurrency.as_deref(), 32)?;
+        let read_ahead_bytes =
+            parse_bytes("COMPACTOR_READ_AHEAD_BYTES", self.read_ahead_bytes.as_deref().unwrap_or("64MiB"))?;
+        if read_ahead_bytes == 0 {
+            return Err(invalid("COMPACTOR_READ_AHEAD_BYTES", "0", "give a size such as 64MiB"));
+        }
+        let upload_concurrency = parse_count("COMPACTOR_UPLOAD_CONCURRENCY", self.upload_concurrency.as_deref(), 4)?;
+        let partition_concurrency =
+            parse_count("COMPACTOR_PARTITION_CONCURRENCY", self.partition_concurrency.as_deref(), 4)?;
+        Ok(Config {
+            source_bucket,
+            source_prefix,
+            dest_bucket,
+            dest_prefix,
+            layout,
+            grace,
+            target_output_bytes,
+            part_bytes,
+            small_object_max_bytes,
+            format,
+            expiry,
+            expiry_tag,
+            read_concurrency,
+            read_ahead_bytes,
+            upload_concurrency,
+            partition_concurrency,
+            lease,
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates the `COMPACTOR_*` environment variables.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        RawConfig::from_lookup(|name| std::env::var(name).ok()).validate()
+    }
+
+    /// The defaults, for a source bucket of the embedded backend.
+    pub fn embedded_default(source_bucket: &str) -> Config {
+        RawConfig { source_bucket: Some(source_bucket.to_string()), ..Default::default() }
+            .validate()
+            .expect("the defaults are valid")
+    }
+
+    pub fn plan_settings(&self) -> PlanSettings {
+        PlanSettings {
+            dest_prefix: self.dest_prefix.clone(),
+            target_output_bytes: self.target_output_bytes,
+            format_mode: self.format,
+        }
+    }
+
+    /// True for keys the compactor wrote itself: never ingested again.
+    pub fn is_under_destination(&self, bucket: &str, key: &str) -> bool {
+        bucket == self.dest_bucket && key.starts_with(&self.dest_prefix)
+    }
+}
+
+fn invalid(name: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid { name, value: value.to_string(), reason: reason.to_string() }
+}
+
+fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("{trimmed}/")
+    }
+}
+
+fn check_bucket(name: &'static str, bucket: &str) -> Result<(), ConfigError> {
+    let valid_characters =
+        bucket.chars().all(|character| character.is_ascii_lowercase() || character.is_ascii_digit() || "-.".contains(character));
+    if (3..=63).contains(&bucket.len()) && valid_characters && !bucket.starts_with(['-', '.']) {
+        Ok(())
+    } else {
+        Err(invalid(name, bucket, "a bucket name is 3-63 characters of lowercase letters, digits, '-' and '.'"))
+    }
+}
+
+fn parse_count(name: &'static str, text: Option<&str>, default: usize) -> Result<usize, ConfigError> {
+    match text {
+        None => Ok(default),
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(count) if (1..=1024).contains(&count) => Ok(count),
+            _ => Err(invalid(name, text, "give a whole number from 1 to 1024")),
+        },
+    }
+}
+
+/// Parses sizes such as `128MiB`, `8MB`, `64k`, `1048576`. Binary and decimal units are both
+/// accepted because both are common; `MiB` and `MB` differ by 5%.
+pub fn parse_bytes(name: &'static str, text: &str) -> Result<u64, ConfigError> {
+    let trimmed = text.trim();
+    let split_at = trimmed.find(|character: char| !character.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split_at);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1_000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        _ => return Err(invalid(name, text, "give a size such as 8MiB, 500KB or 1048576")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|count| count.checked_mul(multiplier))
+        .ok_or_else(|| invalid(name, text, "give a size such as 8MiB, 500KB or 1048576"))
+}
+
+/// Parses durations such as `90s`, `15m`, `2h`, `1d`, `1h30m`.
+pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let error = || invalid(name, text, "give a duration such as 90s, 15m, 2h, 1d or 1h30m");
+    let mut total = Duration::zero();
+    let mut digits = String::new();
+    let mut any_unit = false;
+    for character in text.trim().chars() {
+        if character.is_ascii_digit() {
+            digits.push(character);
+            continue;
+        }
+        let count: i64 = digits.parse().map_err(|_| error())?;
+        digits.clear();
+        total += match character {
+            's' => Duration::seconds(count),
+            'm' => Duration::minutes(count),
+            'h' => Duration::hours(count),
+            'd' => Duration::days(count),
+            _ => return Err(error()),
+        };
+        any_unit = true;
+    }
+    if !digits.is_empty() || !any_unit {
+        return Err(error());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        RawConfig::from_lookup(|name| map.get(name).cloned()).validate()
+    }
+
+    #[test]
+    fn defaults_need_only_a_source_bucket() {
+        let config = from(&[("COMPACTOR_SOURCE_BUCKET", "my-logs")]).unwrap();
+        assert_eq!(config.dest_bucket, "my-logs");
+        assert_eq!(config.dest_prefix, "compacted/");
+        assert_eq!(config.layout.as_str(), "%Y/%m/%d");
+        assert_eq!(config.grace, Duration::hours(2));
+        assert_eq!(config.target_output_bytes, 128 << 20);
+        assert_eq!(config.part_bytes, 8 << 20);
+        assert_eq!(config.expiry, ExpiryMode::Tag);
+        assert_eq!(config.expiry_tag, Tag::new("compacted", "true"));
+        assert!(config.is_under_destination("my-logs", "compacted/x/2024/01/01/a"));
+        assert!(!config.is_under_destination("other", "compacted/x"));
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable_and_what_it_expects() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "COMPACTOR_SOURCE_BUCKET is required"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "My_Logs")], "COMPACTOR_SOURCE_BUCKET=\"My_Logs\" is invalid"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_DEST_PREFIX", "/")], "need a prefix of their own"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_LAYOUT", "%Y/%m")], "COMPACTOR_LAYOUT: layout"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_GRACE", "2 hours")], "COMPACTOR_GRACE=\"2 hours\""),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_PART_BYTES", "1MiB")], "5MiB to 5GiB"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_TARGET_OUTPUT_BYTES", "lots")], "such as 8MiB"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_EXPIRY", "archive")], "use tag, delete or none"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_EXPIRY_TAG", "compacted")], "give key=value"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_READ_CONCURRENCY", "0")], "from 1 to 1024"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_LEASE", "5s")], "at least 1m"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_GRANULARITY", "week")], "use day or hour"),
+        ];
+        for (pairs, expected) in cases {
+            let message = from(pairs).unwrap_err().to_string();
+            assert!(message.contains(expected), "{pairs:?}: {message:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_in_common_units() {
+        assert_eq!(parse_bytes("X", "128MiB").unwrap(), 128 << 20);
+        assert_eq!(parse_bytes("X", "500KB").unwrap(), 500_000);
+        assert_eq!(parse_bytes("X", "42").unwrap(), 42);
+        assert!(parse_bytes("X", "-1").is_err());
+        assert_eq!(parse_duration("X", "1h30m").unwrap(), Duration::minutes(90));
+        assert_eq!(parse_duration("X", "1d").unwrap(), Duration::days(1));
+        assert!(parse_duration("X", "15").is_err());
+    }
+
+    #[test]
+    fn empty_environment_values_count_as_unset() {
+        let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_DEST_BUCKET", " ")]).unwrap();
+        assert_eq!(config.dest_bucket, "logs");
+    }
+}

@@ -1,0 +1,17 @@
+//! The pure domain: everything the compactor decides, with no I/O.
+//!
+//! - [`layout`]: where the date sits in a key, and so which partition a key belongs to.
+//! - [`partition`]: a partition's identity, period and closing time.
+//! - [`format`]: how sources are joined (bytes, lines, gzip members) and which are refused.
+//! - [`records`]: the manifest's three kinds of record and their states.
+//! - [`plan`]: bin-packing a partition's pending objects into outputs.
+//! - [`sequencer`]: ordering S3 events for one key.
+//! - [`cost`]: request counts and their price.
+
+pub mod cost;
+pub mod format;
+pub mod layout;
+pub mod partition;
+pub mod plan;
+pub mod records;
+pub mod sequencer;

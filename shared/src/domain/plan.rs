@@ -1,0 +1,206 @@
+//! Planning a seal: which pending objects go into which output.
+//!
+//! Pending objects are grouped by [`FormatClass`] (gzip never shares an output with plain
+//! text), sorted by key, and packed greedily in key order into outputs of at most
+//! `target_output_bytes` (an object is never split; one larger than the target gets an output of
+//! its own). Key order keeps an output's records roughly in time order, which is what query
+//! engines prune on. Output keys are a pure function of the destination, the partition path,
+//! the generation and the part number, so a rerun of the same generation names the same outputs.
+
+use serde::{Deserialize, Serialize};
+
+use super::format::{classify, FormatClass, FormatMode};
+
+/// What the planner needs to know of a pending object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanInput {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Planner settings, a subset of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSettings {
+    pub dest_prefix: String,
+    pub target_output_bytes: u64,
+    pub format_mode: FormatMode,
+}
+
+/// One output to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedOutput {
+    pub key: String,
+    pub part_number: u32,
+    pub class: FormatClass,
+    /// The sources, in the order their bytes appear in the output.
+    pub sources: Vec<PlanInput>,
+    /// The sum of the sources' sizes (separators, at most one byte a source, come on top).
+    pub source_bytes: u64,
+}
+
+/// The plan for one partition and generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub outputs: Vec<PlannedOutput>,
+    /// Pending objects whose format cannot be concatenated (normally refused at ingest; here if
+    /// the configuration changed since).
+    pub refused: Vec<PlanInput>,
+}
+
+/// The key of output `part_number` of `generation` for the partition at `partition_path`.
+pub fn output_key(dest_prefix: &str, partition_path: &str, generation: u64, part_number: u32, extension: &str) -> String {
+    format!("{dest_prefix}{partition_path}compacted-g{generation:06}-p{part_number:05}{extension}")
+}
+
+/// Plans the outputs of one partition.
+pub fn plan_partition(partition_path: &str, generation: u64, pending: &[PlanInput], settings: &PlanSettings) -> Plan {
+    let mut by_class: std::collections::BTreeMap<FormatClass, Vec<PlanInput>> = Default::default();
+    let mut refused = Vec::new();
+    for object in pending {
+        match classify(&object.key, settings.format_mode) {
+            Ok(class) => by_class.entry(class).or_default().push(object.clone()),
+            Err(_) => refused.push(object.clone()),
+        }
+    }
+    let mut outputs = Vec::new();
+    for (class, mut objects) in by_class {
+        objects.sort_by(|left, right| left.key.cmp(&right.key));
+        objects.dedup_by(|later, earlier| later.key == earlier.key);
+        let mut current: Vec<PlanInput> = Vec::new();
+        let mut current_bytes = 0u64;
+        for object in objects {
+            if !current.is_empty() && current_bytes + object.size > settings.target_output_bytes {
+                outputs.push((class.clone(), std::mem::take(&mut current), current_bytes));
+                current_bytes = 0;
+            }
+            current_bytes += object.size;
+            current.push(object);
+        }
+        if !current.is_empty() {
+            outputs.push((class.clone(), current, current_bytes));
+        }
+    }
+    let outputs = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, (class, sources, source_bytes))| {
+            let part_number = index as u32 + 1;
+            PlannedOutput {
+                key: output_key(&settings.dest_prefix, partition_path, generation, part_number, &class.extension),
+                part_number,
+                class,
+                sources,
+                source_bytes,
+            }
+        })
+        .collect();
+    refused.sort_by(|left, right| left.key.cmp(&right.key));
+    Plan { outputs, refused }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn settings(target: u64) -> PlanSettings {
+        PlanSettings { dest_prefix: "compacted/".into(), target_output_bytes: target, format_mode: FormatMode::Auto }
+    }
+
+    fn input(key: &str, size: u64) -> PlanInput {
+        PlanInput { key: key.into(), size }
+    }
+
+    #[test]
+    fn packs_in_key_order_and_names_outputs_deterministically() {
+        let pending =
+            vec![input("p/2024/01/14/c.json", 40), input("p/2024/01/14/a.json", 60), input("p/2024/01/14/b.json", 50)];
+        let plan = plan_partition("p/2024/01/14/", 3, &pending, &settings(100));
+        assert_eq!(plan.outputs.len(), 2);
+        assert_eq!(plan.outputs[0].key, "compacted/p/2024/01/14/compacted-g000003-p00001.json");
+        assert_eq!(plan.outputs[0].sources, vec![input("p/2024/01/14/a.json", 60)]);
+        assert_eq!(plan.outputs[1].sources, vec![input("p/2024/01/14/b.json", 50), input("p/2024/01/14/c.json", 40)]);
+        assert_eq!(plan.outputs[1].source_bytes, 90);
+    }
+
+    #[test]
+    fn classes_get_outputs_of_their_own_and_refused_formats_are_listed() {
+        let pending = vec![
+            input("p/a.json.gz", 10),
+            input("p/b.json", 10),
+            input("p/c.json.gz", 10),
+            input("p/d.parquet", 10),
+        ];
+        let plan = plan_partition("p/", 1, &pending, &settings(1000));
+        let keys: Vec<_> = plan.outputs.iter().map(|output| output.key.as_str()).collect();
+        assert_eq!(keys, vec!["compacted/p/compacted-g000001-p00001.json", "compacted/p/compacted-g000001-p00002.json.gz"]);
+        assert_eq!(plan.outputs[1].sources.len(), 2);
+        assert_eq!(plan.refused, vec![input("p/d.parquet", 10)]);
+    }
+
+    #[test]
+    fn an_object_larger_than_the_target_gets_its_own_output() {
+        let pending = vec![input("p/a", 5), input("p/b", 500), input("p/c", 5)];
+        let plan = plan_partition("p/", 1, &pending, &settings(100));
+        let sizes: Vec<_> = plan.outputs.iter().map(|output| output.source_bytes).collect();
+        assert_eq!(sizes, vec![5, 500, 5]);
+    }
+
+    fn arbitrary_pending() -> impl Strategy<Value = Vec<PlanInput>> {
+        proptest::collection::btree_map("[a-e]{1,3}(\\.json|\\.gz|\\.log|)", 0u64..400, 0..60)
+            .prop_map(|objects| objects.into_iter().map(|(key, size)| PlanInput { key: format!("p/{key}"), size }).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn every_pending_object_lands_in_exactly_one_output(
+            pending in arbitrary_pending(),
+            target in 1u64..1000,
+            seed in any::<u64>(),
+        ) {
+            let plan = plan_partition("p/", 7, &pending, &settings(target));
+
+            // Independent of input order.
+            let mut shuffled = pending.clone();
+            let length = shuffled.len();
+            if length > 1 {
+                for index in 0..length {
+                    let swap_with = (seed.wrapping_mul(index as u64 + 1) % length as u64) as usize;
+                    shuffled.swap(index, swap_with);
+                }
+            }
+            prop_assert_eq!(&plan_partition("p/", 7, &shuffled, &settings(target)), &plan);
+
+            // Exactly once.
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for output in &plan.outputs {
+                for source in &output.sources {
+                    *seen.entry(source.key.as_str()).or_default() += 1;
+                }
+            }
+            prop_assert_eq!(seen.len(), pending.len());
+            prop_assert!(seen.values().all(|count| *count == 1));
+
+            for output in &plan.outputs {
+                // Key order inside an output, and under target unless one object alone.
+                prop_assert!(output.sources.windows(2).all(|pair| pair[0].key < pair[1].key));
+                prop_assert!(output.source_bytes <= target || output.sources.len() == 1);
+                prop_assert_eq!(output.source_bytes, output.sources.iter().map(|source| source.size).sum::<u64>());
+                prop_assert!(output.key.starts_with("compacted/p/compacted-g000007-p"));
+            }
+            // Near target: two neighbours of one class could not have been merged.
+            for pair in plan.outputs.windows(2) {
+                if pair[0].class == pair[1].class {
+                    prop_assert!(pair[0].source_bytes + pair[1].sources[0].size > target);
+                }
+            }
+            // Distinct keys.
+            let mut keys: Vec<_> = plan.outputs.iter().map(|output| &output.key).collect();
+            keys.dedup();
+            prop_assert_eq!(keys.len(), plan.outputs.len());
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Ingest, seal, audit, verify, restore and plan, written once against the ports.

@@ -1,0 +1,260 @@
+//! The manifest port: the system's memory and its audit log.
+//!
+//! One record per partition, per source object and per output (see [`crate::domain::records`]).
+//! Every adapter guarantees:
+//! - **Sequencer order.** `record_object` and `record_removal` change an object's record only
+//!   when the event's sequencer is greater than the recorded one, so replays and late, older
+//!   events change nothing and say [`IngestOutcome::Stale`].
+//! - **Reopening.** A new pending object in a `sealed` partition turns it back to `open`.
+//! - **One closed-partition query.** `closed_partitions` answers "which closed partitions have
+//!   pending objects and no live lock" without reading every partition or object (an index
+//!   keyed by close time: SQLite's index, DynamoDB's sparse GSI).
+//! - **An exclusive, expiring lock.** `acquire` succeeds for exactly one of any number of racing
+//!   callers while the lease is live, and bumps the generation; after the lease expires anyone
+//!   may take it over.
+//! - **Fencing.** Calls that take a [`Lease`] fail with [`ManifestError::LeaseLost`] once
+//!   another caller has acquired the partition since, so a run that stalled past its lease can
+//!   never commit over a newer one.
+//! - **A single commit point.** `commit_output` turns an output from `writing` to `committed`
+//!   in one atomic, fenced write; placements recorded before it only count once it is done.
+//! - **Idempotence.** Every call can be repeated with the same arguments and leaves the same
+//!   state: a rerun after a crash at any point finishes the work.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::partition::{Partition, PartitionKey};
+use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, Placement};
+
+/// An object seen in an ObjectCreated event (or a backfill scan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewObject {
+    pub bucket: String,
+    pub key: String,
+    pub partition: Partition,
+    /// When the partition closes; stored when the partition record is first created.
+    pub closes_at: DateTime<Utc>,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub sequencer: String,
+    pub event_time: DateTime<Utc>,
+}
+
+/// An object seen in an ObjectRemoved event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedObject {
+    pub bucket: String,
+    pub key: String,
+    pub sequencer: String,
+    pub event_time: DateTime<Utc>,
+}
+
+/// What an ingest call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestOutcome {
+    /// A new pending object.
+    Recorded,
+    /// A newer version replaced the record (it is pending again).
+    Updated,
+    /// A replay or an older event: nothing changed.
+    Stale,
+    /// A pending object was removed from the plan.
+    Removed,
+    /// A removal of an object the manifest does not hold as pending (unknown, or already
+    /// compacted: its bytes are safe in an output).
+    RemovalIgnored,
+}
+
+/// A held lock on one partition. The generation fences every write made under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub partition: PartitionKey,
+    pub owner: String,
+    pub generation: u64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Which of a partition's objects to read: one page in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectQuery {
+    pub state: Option<ObjectState>,
+    /// Only compacted objects not yet marked for expiry (the seal's step 5 left to finish).
+    pub expiry_unmarked: bool,
+    pub start_after: Option<String>,
+    pub limit: usize,
+}
+
+impl ObjectQuery {
+    pub fn in_state(state: ObjectState) -> Self {
+        Self { state: Some(state), expiry_unmarked: false, start_after: None, limit: 1000 }
+    }
+
+    pub fn all() -> Self {
+        Self { state: None, expiry_unmarked: false, start_after: None, limit: 1000 }
+    }
+
+    /// Compacted objects whose expiry mark is still to be made.
+    pub fn awaiting_expiry() -> Self {
+        Self { state: Some(ObjectState::Compacted), expiry_unmarked: true, start_after: None, limit: 1000 }
+    }
+}
+
+/// Where one source landed, as `record_placements` takes it. The sequencer is the version that
+/// was planned: a placement only applies while the record still holds that version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePlacement {
+    pub key: String,
+    pub sequencer: String,
+    pub placement: Placement,
+}
+
+/// Errors callers act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("partition {partition} is being sealed by {owner} until {expires_at}: try again after the lease expires")]
+    Locked { partition: PartitionKey, owner: String, expires_at: DateTime<Utc> },
+    #[error(
+        "lost the lease on partition {partition} (generation {generation}): another seal run took it over; \
+         this run stops and leaves the partition to it"
+    )]
+    LeaseLost { partition: PartitionKey, generation: u64 },
+    #[error("{what} is not in the manifest")]
+    NotFound { what: String },
+    #[error("output {key} cannot be committed from state {state}")]
+    InvalidOutputState { key: String, state: OutputState },
+    #[error("manifest {backend} failed: {source}")]
+    Backend {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl ManifestError {
+    pub fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        ManifestError::Backend { backend, source: source.into() }
+    }
+}
+
+/// The manifest port.
+#[async_trait]
+pub trait Manifest: Send + Sync + fmt::Debug {
+    /// A short name for logs: `sqlite`, `dynamodb`.
+    fn name(&self) -> &'static str;
+
+    // ── ingest ──────────────────────────────────────────────────────────────────────────
+
+    /// Records a created object as pending (creating its partition record if needed), unless
+    /// the record holds an equal or newer sequencer.
+    async fn record_object(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError>;
+
+    /// Marks a pending object `removed` (it leaves the plan); ignores compacted and unknown ones.
+    async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError>;
+
+    // ── partitions ──────────────────────────────────────────────────────────────────────
+
+    /// Partitions with `closes_at <= now`, at least one pending object, and no live lease;
+    /// earliest close first, at most `limit`.
+    async fn closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<PartitionRecord>, ManifestError>;
+
+    async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError>;
+
+    /// All partitions in (bucket, path) order, one page.
+    async fn partitions(
+        &self,
+        start_after: Option<&PartitionKey>,
+        limit: usize,
+    ) -> Result<Vec<PartitionRecord>, ManifestError>;
+
+    // ── the lock ────────────────────────────────────────────────────────────────────────
+
+    /// Takes the partition's lock for `lease_for`, if it is free or its lease has expired;
+    /// bumps the generation and sets the state to `sealing`.
+    async fn acquire(
+        &self,
+        partition: &PartitionKey,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+    ) -> Result<Lease, ManifestError>;
+
+    /// Extends a held lease.
+    async fn renew(&self, lease: &Lease, now: DateTime<Utc>, lease_for: Duration) -> Result<Lease, ManifestError>;
+
+    /// Releases the lock: the partition becomes `sealed` if no pending object is left, `open`
+    /// otherwise (a late object arrived during the seal).
+    async fn release(&self, lease: &Lease, now: DateTime<Utc>) -> Result<PartitionRecord, ManifestError>;
+
+    // ── objects ─────────────────────────────────────────────────────────────────────────
+
+    async fn objects(&self, partition: &PartitionKey, query: &ObjectQuery) -> Result<Vec<ObjectRecord>, ManifestError>;
+
+    async fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, ManifestError>;
+
+    /// The objects placed in an output, by offset, one page (`start_after_offset` exclusive).
+    async fn output_sources(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        start_after_offset: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ObjectRecord>, ManifestError>;
+
+    /// Marks a pending object `missing` (gone, or changed, when the seal read it).
+    async fn mark_missing(&self, lease: &Lease, key: &str, sequencer: &str, note: &str) -> Result<(), ManifestError>;
+
+    // ── outputs and the commit ──────────────────────────────────────────────────────────
+
+    /// Records an output about to be written (`writing`), with its upload id if any. Writing
+    /// the same output again updates it.
+    async fn begin_output(&self, lease: &Lease, output: &OutputRecord) -> Result<(), ManifestError>;
+
+    /// Records where each source sits in an output that is being written. The objects stay
+    /// `pending` until the output commits. Returns the keys whose record no longer holds the
+    /// planned version (a newer event arrived meanwhile): their placement was not recorded.
+    async fn record_placements(
+        &self,
+        lease: &Lease,
+        output_key: &str,
+        placements: &[SourcePlacement],
+    ) -> Result<Vec<String>, ManifestError>;
+
+    /// The commit point: `writing` → `committed` with the output's size and sha256. Repeating
+    /// it on a committed output with the same sha256 succeeds.
+    async fn commit_output(
+        &self,
+        lease: &Lease,
+        output_bucket: &str,
+        output_key: &str,
+        size: u64,
+        sha256: &str,
+        object_count: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), ManifestError>;
+
+    /// Turns every still-pending object whose placement names this committed output into
+    /// `compacted`; returns how many changed. Not fenced: finishing a commit is always right.
+    async fn mark_compacted(&self, partition: &PartitionKey, output_key: &str) -> Result<u64, ManifestError>;
+
+    /// Records that these compacted objects were marked for expiry (tagged or deleted).
+    async fn mark_expiry(&self, bucket: &str, keys: &[String], at: DateTime<Utc>) -> Result<(), ManifestError>;
+
+    /// Turns a `writing` output into `abandoned`: it will never be trusted.
+    async fn abandon_output(&self, lease: &Lease, output_bucket: &str, output_key: &str) -> Result<(), ManifestError>;
+
+    async fn outputs(
+        &self,
+        partition: &PartitionKey,
+        state: Option<OutputState>,
+    ) -> Result<Vec<OutputRecord>, ManifestError>;
+
+    async fn output(&self, bucket: &str, key: &str) -> Result<Option<OutputRecord>, ManifestError>;
+}

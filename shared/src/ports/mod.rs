@@ -1,0 +1,13 @@
+//! The two ports the engine is written against. Each trait's documentation lists what every
+//! adapter guarantees; the conformance suites in `testkit` check those guarantees on every
+//! backend.
+
+pub mod manifest;
+pub mod object_store;
+
+pub use manifest::{
+    IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
+};
+pub use object_store::{
+    CompletedPart, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError, Tag,
+};

@@ -1,0 +1,213 @@
+//! The object store port: the slice of S3 the compactor uses.
+//!
+//! Every adapter guarantees:
+//! - **Atomic writes.** A `put` or `complete_multipart` makes the whole object visible at once,
+//!   or nothing; a reader never sees a partial object.
+//! - **Read-after-write.** A successful write is visible to the next `head`, `get` and `list`.
+//! - **Conditional requests.** `get` with `if_match` fails with [`StoreError::PreconditionFailed`]
+//!   when the object's ETag differs; `put` with `if_none_match` fails with
+//!   [`StoreError::AlreadyExists`] when the key exists.
+//! - **Ranges.** `get` with a range returns exactly those bytes (clamped to the object's end).
+//! - **ETags** change whenever an object's bytes do.
+//! - **Idempotent clean-up.** `delete` and `abort_multipart` succeed when there is nothing left
+//!   to delete.
+//! - **Ordered listing.** `list` returns keys in lexicographic (UTF-8 byte) order.
+//! - **Typed errors.** A missing object is [`StoreError::NotFound`], a missing bucket
+//!   [`StoreError::NoSuchBucket`]: callers act on them.
+
+use std::fmt;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// What a store knows of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// One object tag.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+impl Tag {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self { key: key.into(), value: value.into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// Bytes `[start, end)`; `None` for the whole object.
+    pub range: Option<Range<u64>>,
+    /// Read only if the object's ETag is this one.
+    pub if_match: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Fail with [`StoreError::AlreadyExists`] if the key exists.
+    pub if_none_match: bool,
+}
+
+/// A part of a multipart upload, as `complete_multipart` needs it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedPart {
+    pub part_number: u32,
+    pub etag: String,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    /// Pass as `start_after` for the next page; `None` when this was the last.
+    pub next_start_after: Option<String>,
+}
+
+/// The answer to a `get`: the object's metadata and a stream of its bytes.
+pub struct GetResult {
+    pub meta: ObjectMeta,
+    /// The byte range the stream holds.
+    pub range: Range<u64>,
+    pub body: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+impl fmt::Debug for GetResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
+    }
+}
+
+impl GetResult {
+    /// Collects the whole body.
+    pub async fn bytes(mut self) -> Result<Bytes, StoreError> {
+        let expected = (self.range.end - self.range.start) as usize;
+        let mut buffer = BytesMut::with_capacity(expected);
+        while let Some(chunk) = self.body.next().await {
+            buffer.extend_from_slice(&chunk?);
+        }
+        Ok(buffer.freeze())
+    }
+}
+
+/// Errors callers act on. Each carries the bucket and key it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("object s3://{bucket}/{key} does not exist")]
+    NotFound { bucket: String, key: String },
+    #[error("bucket {bucket:?} does not exist: create it, or check the bucket name in the configuration")]
+    NoSuchBucket { bucket: String },
+    #[error("object s3://{bucket}/{key} changed since it was recorded (its ETag no longer matches)")]
+    PreconditionFailed { bucket: String, key: String },
+    #[error("object s3://{bucket}/{key} already exists")]
+    AlreadyExists { bucket: String, key: String },
+    #[error("multipart upload {upload_id} of s3://{bucket}/{key} does not exist (completed or aborted)")]
+    NoSuchUpload { bucket: String, key: String, upload_id: String },
+    #[error("invalid request for s3://{bucket}/{key}: {message}")]
+    InvalidRequest { bucket: String, key: String, message: String },
+    #[error("access to s3://{bucket}/{key} denied: {message}")]
+    AccessDenied { bucket: String, key: String, message: String },
+    #[error("object store failed on s3://{bucket}/{key}: {source}")]
+    Backend {
+        bucket: String,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl StoreError {
+    pub fn backend(
+        bucket: impl Into<String>,
+        key: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        StoreError::Backend { bucket: bucket.into(), key: key.into(), source: source.into() }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// The object store port. Buckets are named per call: the source and destination may differ.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    /// A short name for logs: `local-dir`, `s3`.
+    fn name(&self) -> &'static str;
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError>;
+
+    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError>;
+
+    /// Starts a multipart upload and returns its id.
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError>;
+
+    /// Uploads part `part_number` (1-based). Every part but the last must be at least 5 MiB on
+    /// S3; adapters that have no such limit still accept the same calls.
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<CompletedPart, StoreError>;
+
+    /// Makes part `part_number` a server-side copy of `range` (or all) of another object, read
+    /// only if its ETag is `source_if_match` when given.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_part_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_bucket: &str,
+        source_key: &str,
+        range: Option<Range<u64>>,
+        source_if_match: Option<&str>,
+    ) -> Result<CompletedPart, StoreError>;
+
+    /// Assembles the parts, in part-number order, into the object.
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<ObjectMeta, StoreError>;
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// Keys under `prefix` after `start_after`, at most `max_keys` of them, in key order.
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<ListPage, StoreError>;
+
+    async fn get_tags(&self, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError>;
+
+    /// Replaces the object's whole tag set, as S3's PutObjectTagging does.
+    async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError>;
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
+}
