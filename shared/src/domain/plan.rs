@@ -18,6 +18,30 @@ pub struct PlanInput {
     pub size: u64,
 }
 
+/// Anything the planner can pack: it needs a key and a size.
+pub trait Packable: Clone {
+    fn key(&self) -> &str;
+    fn size(&self) -> u64;
+}
+
+impl Packable for PlanInput {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Packable for crate::domain::records::ObjectRecord {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 /// Planner settings, a subset of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanSettings {
@@ -28,23 +52,29 @@ pub struct PlanSettings {
 
 /// One output to write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedOutput {
+pub struct PlannedOutput<T = PlanInput> {
     pub key: String,
     pub part_number: u32,
     pub class: FormatClass,
     /// The sources, in the order their bytes appear in the output.
-    pub sources: Vec<PlanInput>,
+    pub sources: Vec<T>,
     /// The sum of the sources' sizes (separators, at most one byte a source, come on top).
     pub source_bytes: u64,
 }
 
 /// The plan for one partition and generation.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    pub outputs: Vec<PlannedOutput>,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan<T = PlanInput> {
+    pub outputs: Vec<PlannedOutput<T>>,
     /// Pending objects whose format cannot be concatenated (normally refused at ingest; here if
     /// the configuration changed since).
-    pub refused: Vec<PlanInput>,
+    pub refused: Vec<T>,
+}
+
+impl<T> Default for Plan<T> {
+    fn default() -> Self {
+        Plan { outputs: Vec::new(), refused: Vec::new() }
+    }
 }
 
 /// The key of output `part_number` of `generation` for the partition at `partition_path`.
@@ -52,50 +82,96 @@ pub fn output_key(dest_prefix: &str, partition_path: &str, generation: u64, part
     format!("{dest_prefix}{partition_path}compacted-g{generation:06}-p{part_number:05}{extension}")
 }
 
-/// Plans the outputs of one partition.
-pub fn plan_partition(partition_path: &str, generation: u64, pending: &[PlanInput], settings: &PlanSettings) -> Plan {
-    let mut by_class: std::collections::BTreeMap<FormatClass, Vec<PlanInput>> = Default::default();
-    let mut refused = Vec::new();
-    for object in pending {
-        match classify(&object.key, settings.format_mode) {
-            Ok(class) => by_class.entry(class).or_default().push(object.clone()),
-            Err(_) => refused.push(object.clone()),
+/// The streaming planner: takes pending objects in key order, one at a time, and hands back
+/// each output as soon as it is full. A seal pages through a partition's pending objects with
+/// it, so only one output's worth of records is held at a time, however large the partition.
+#[derive(Debug)]
+pub struct Packer<T> {
+    partition_path: String,
+    generation: u64,
+    settings: PlanSettings,
+    open_bins: std::collections::BTreeMap<FormatClass, (Vec<T>, u64)>,
+    next_part_number: u32,
+    last_key: Option<String>,
+}
+
+impl<T: Packable> Packer<T> {
+    pub fn new(partition_path: &str, generation: u64, settings: PlanSettings) -> Self {
+        Self {
+            partition_path: partition_path.to_string(),
+            generation,
+            settings,
+            open_bins: Default::default(),
+            next_part_number: 1,
+            last_key: None,
         }
     }
-    let mut outputs = Vec::new();
-    for (class, mut objects) in by_class {
-        objects.sort_by(|left, right| left.key.cmp(&right.key));
-        objects.dedup_by(|later, earlier| later.key == earlier.key);
-        let mut current: Vec<PlanInput> = Vec::new();
-        let mut current_bytes = 0u64;
-        for object in objects {
-            if !current.is_empty() && current_bytes + object.size > settings.target_output_bytes {
-                outputs.push((class.clone(), std::mem::take(&mut current), current_bytes));
-                current_bytes = 0;
-            }
-            current_bytes += object.size;
-            current.push(object);
-        }
-        if !current.is_empty() {
-            outputs.push((class.clone(), current, current_bytes));
+
+    /// Adds the next object (keys must come in strictly increasing order). Returns the output
+    /// this object's arrival closed, if any, or `Err(object)` if its format is refused.
+    pub fn push(&mut self, object: T) -> Result<Option<PlannedOutput<T>>, T> {
+        debug_assert!(
+            self.last_key.as_deref().is_none_or(|last| last < object.key()),
+            "objects must come in strictly increasing key order"
+        );
+        self.last_key = Some(object.key().to_string());
+        let class = match classify(object.key(), self.settings.format_mode) {
+            Ok(class) => class,
+            Err(_) => return Err(object),
+        };
+        let target = self.settings.target_output_bytes;
+        let bin = self.open_bins.entry(class.clone()).or_default();
+        let closed = if !bin.0.is_empty() && bin.1 + object.size() > target {
+            let (sources, source_bytes) = std::mem::take(bin);
+            Some((sources, source_bytes))
+        } else {
+            None
+        };
+        let bin = self.open_bins.entry(class.clone()).or_default();
+        bin.1 += object.size();
+        bin.0.push(object);
+        Ok(closed.map(|(sources, source_bytes)| self.seal_bin(class, sources, source_bytes)))
+    }
+
+    /// The outputs still open, once every object has been pushed.
+    pub fn finish(mut self) -> Vec<PlannedOutput<T>> {
+        let bins = std::mem::take(&mut self.open_bins);
+        bins.into_iter()
+            .filter(|(_, (sources, _))| !sources.is_empty())
+            .map(|(class, (sources, source_bytes))| self.seal_bin(class, sources, source_bytes))
+            .collect()
+    }
+
+    fn seal_bin(&mut self, class: FormatClass, sources: Vec<T>, source_bytes: u64) -> PlannedOutput<T> {
+        let part_number = self.next_part_number;
+        self.next_part_number += 1;
+        PlannedOutput {
+            key: output_key(&self.settings.dest_prefix, &self.partition_path, self.generation, part_number, &class.extension),
+            part_number,
+            class,
+            sources,
+            source_bytes,
         }
     }
-    let outputs = outputs
-        .into_iter()
-        .enumerate()
-        .map(|(index, (class, sources, source_bytes))| {
-            let part_number = index as u32 + 1;
-            PlannedOutput {
-                key: output_key(&settings.dest_prefix, partition_path, generation, part_number, &class.extension),
-                part_number,
-                class,
-                sources,
-                source_bytes,
-            }
-        })
-        .collect();
-    refused.sort_by(|left, right| left.key.cmp(&right.key));
-    Plan { outputs, refused }
+}
+
+/// Plans the outputs of one partition at once (the dry run, and tests); a seal uses the same
+/// [`Packer`] page by page.
+pub fn plan_partition<T: Packable>(partition_path: &str, generation: u64, pending: &[T], settings: &PlanSettings) -> Plan<T> {
+    let mut sorted: Vec<T> = pending.to_vec();
+    sorted.sort_by(|left, right| left.key().cmp(right.key()));
+    sorted.dedup_by(|later, earlier| later.key() == earlier.key());
+    let mut packer = Packer::new(partition_path, generation, settings.clone());
+    let mut plan = Plan::default();
+    for object in sorted {
+        match packer.push(object) {
+            Ok(Some(output)) => plan.outputs.push(output),
+            Ok(None) => {}
+            Err(refused) => plan.refused.push(refused),
+        }
+    }
+    plan.outputs.extend(packer.finish());
+    plan
 }
 
 #[cfg(test)]
@@ -138,6 +214,7 @@ mod tests {
         let keys: Vec<_> = plan.outputs.iter().map(|output| output.key.as_str()).collect();
         assert_eq!(keys, vec!["compacted/p/compacted-g000001-p00001.json", "compacted/p/compacted-g000001-p00002.json.gz"]);
         assert_eq!(plan.outputs[1].sources.len(), 2);
+        assert_eq!(plan.outputs[0].sources, vec![input("p/b.json", 10)]);
         assert_eq!(plan.refused, vec![input("p/d.parquet", 10)]);
     }
 
@@ -191,10 +268,15 @@ mod tests {
                 prop_assert_eq!(output.source_bytes, output.sources.iter().map(|source| source.size).sum::<u64>());
                 prop_assert!(output.key.starts_with("compacted/p/compacted-g000007-p"));
             }
-            // Near target: two neighbours of one class could not have been merged.
-            for pair in plan.outputs.windows(2) {
-                if pair[0].class == pair[1].class {
+            // Near target: two consecutive outputs of one class could not have been merged.
+            let mut by_class: HashMap<&FormatClass, Vec<&PlannedOutput>> = HashMap::new();
+            for output in &plan.outputs {
+                by_class.entry(&output.class).or_default().push(output);
+            }
+            for outputs in by_class.values() {
+                for pair in outputs.windows(2) {
                     prop_assert!(pair[0].source_bytes + pair[1].sources[0].size > target);
+                    prop_assert!(pair[0].sources.last().unwrap().key < pair[1].sources[0].key);
                 }
             }
             // Distinct keys.

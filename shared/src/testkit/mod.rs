@@ -1,1 +1,2 @@
 //! Conformance suites and fault injection.
+pub mod faults;

@@ -1,0 +1,258 @@
+//! Command-line arguments: raw flags here, checked into a `Config` once.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use compactor::config::RawConfig;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 done; 1 failure (I/O, store or manifest error: retrying may help); 2 bad input
+(flags, configuration, events, unknown keys: fix the input); 3 verification found a mismatch.
+
+Try it:
+  s3-compactor demo                      generate, ingest, seal, audit, verify and restore on this laptop
+  s3-compactor --data-dir s3-compactor-demo --source-bucket demo-logs audit
+  s3-compactor --data-dir s3-compactor-demo --source-bucket demo-logs audit --object KEY
+
+Every configuration flag can also be set by the environment variable in its help (the same
+variables configure the Lambdas).";
+
+/// Compacts small S3 objects into large ones, incrementally, with a manifest to audit.
+///
+/// Objects are recorded as their S3 events arrive (`ingest`); once a date partition is over,
+/// plus a grace period, `seal` streams its objects into a few large outputs under a mirrored
+/// destination prefix, records which byte range holds each source, and only then tags the
+/// sources for lifecycle expiry. `audit`, `verify` and `restore` read that record back.
+///
+/// This build runs on the embedded backend: a local directory of buckets and a SQLite manifest,
+/// both under --data-dir.
+#[derive(Debug, Parser)]
+#[command(name = "s3-compactor", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Directory of the embedded backend: buckets under DIR/buckets/<bucket>/, the manifest in
+    /// DIR/manifest.sqlite.
+    #[arg(long, global = true, env = "COMPACTOR_DATA_DIR", default_value = "s3-compactor-data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Print results as JSON (one document on stdout) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log level for stderr: error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, global = true, env = "LOG_LEVEL", default_value = "warn", value_name = "LEVEL")]
+    pub log_level: String,
+
+    /// Log format for stderr.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The engine's configuration; each flag falls back to its environment variable.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Configuration")]
+pub struct ConfigArgs {
+    /// Bucket whose small objects are compacted.
+    #[arg(long, global = true, env = "COMPACTOR_SOURCE_BUCKET", value_name = "BUCKET")]
+    pub source_bucket: Option<String>,
+    /// Only keys under this prefix are ingested [default: all].
+    #[arg(long, global = true, env = "COMPACTOR_SOURCE_PREFIX", value_name = "PREFIX")]
+    pub source_prefix: Option<String>,
+    /// Bucket the outputs go to [default: the source bucket].
+    #[arg(long, global = true, env = "COMPACTOR_DEST_BUCKET", value_name = "BUCKET")]
+    pub dest_bucket: Option<String>,
+    /// Prefix under which partition paths are mirrored [default: compacted/].
+    #[arg(long, global = true, env = "COMPACTOR_DEST_PREFIX", value_name = "PREFIX")]
+    pub dest_prefix: Option<String>,
+    /// Date layout inside keys: %Y/%m/%d, %Y/%m/%d/%H, year=%Y/month=%m/day=%d[/hour=%H], dt=%Y-%m-%d
+    /// … [default: %Y/%m/%d].
+    #[arg(long, global = true, env = "COMPACTOR_LAYOUT", value_name = "LAYOUT")]
+    pub layout: Option<String>,
+    /// Partition by day or hour [default: the finest field of the layout].
+    #[arg(long, global = true, env = "COMPACTOR_GRANULARITY", value_name = "day|hour")]
+    pub granularity: Option<String>,
+    /// How long after its period a partition closes, for late arrivals [default: 2h].
+    #[arg(long, global = true, env = "COMPACTOR_GRACE", value_name = "DURATION")]
+    pub grace: Option<String>,
+    /// Size the planner packs outputs towards [default: 128MiB].
+    #[arg(long, global = true, env = "COMPACTOR_TARGET_OUTPUT_BYTES", value_name = "SIZE")]
+    pub target_output_bytes: Option<String>,
+    /// Multipart part size, 5MiB to 5GiB [default: 8MiB].
+    #[arg(long, global = true, env = "COMPACTOR_PART_BYTES", value_name = "SIZE")]
+    pub part_bytes: Option<String>,
+    /// Larger objects are not compacted (skipped as too_large) [default: 64MiB].
+    #[arg(long, global = true, env = "COMPACTOR_SMALL_OBJECT_MAX_BYTES", value_name = "SIZE")]
+    pub small_object_max_bytes: Option<String>,
+    /// auto (newline between line files that lack one; gzip as members) or bytes [default: auto].
+    #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|bytes")]
+    pub format: Option<String>,
+    /// What happens to compacted sources: tag, delete or none [default: tag].
+    #[arg(long, global = true, env = "COMPACTOR_EXPIRY", value_name = "tag|delete|none")]
+    pub expiry: Option<String>,
+    /// Tag merged into compacted sources, for a lifecycle rule to expire them [default: compacted=true].
+    #[arg(long, global = true, env = "COMPACTOR_EXPIRY_TAG", value_name = "KEY=VALUE")]
+    pub expiry_tag: Option<String>,
+    /// Source GETs in flight per output [default: 32].
+    #[arg(long, global = true, env = "COMPACTOR_READ_CONCURRENCY", value_name = "N")]
+    pub read_concurrency: Option<String>,
+    /// Bytes of sources read ahead of the writer [default: 64MiB].
+    #[arg(long, global = true, env = "COMPACTOR_READ_AHEAD_BYTES", value_name = "SIZE")]
+    pub read_ahead_bytes: Option<String>,
+    /// Parts uploading at once per output [default: 4].
+    #[arg(long, global = true, env = "COMPACTOR_UPLOAD_CONCURRENCY", value_name = "N")]
+    pub upload_concurrency: Option<String>,
+    /// Partitions sealed at once [default: 4].
+    #[arg(long, global = true, env = "COMPACTOR_PARTITION_CONCURRENCY", value_name = "N")]
+    pub partition_concurrency: Option<String>,
+    /// How long a seal lock lasts unless renewed [default: 15m].
+    #[arg(long, global = true, env = "COMPACTOR_LEASE", value_name = "DURATION")]
+    pub lease: Option<String>,
+}
+
+impl ConfigArgs {
+    pub fn raw(&self) -> RawConfig {
+        RawConfig {
+            source_bucket: self.source_bucket.clone(),
+            source_prefix: self.source_prefix.clone(),
+            dest_bucket: self.dest_bucket.clone(),
+            dest_prefix: self.dest_prefix.clone(),
+            layout: self.layout.clone(),
+            granularity: self.granularity.clone(),
+            grace: self.grace.clone(),
+            target_output_bytes: self.target_output_bytes.clone(),
+            part_bytes: self.part_bytes.clone(),
+            small_object_max_bytes: self.small_object_max_bytes.clone(),
+            format: self.format.clone(),
+            expiry: self.expiry.clone(),
+            expiry_tag: self.expiry_tag.clone(),
+            read_concurrency: self.read_concurrency.clone(),
+            read_ahead_bytes: self.read_ahead_bytes.clone(),
+            upload_concurrency: self.upload_concurrency.clone(),
+            partition_concurrency: self.partition_concurrency.clone(),
+            lease: self.lease.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole cycle on a generated dataset: generate, ingest, seal, audit, verify, restore.
+    ///
+    /// Writes about 21,000 small JSON files (30 days of logs, ~100 MB) into a fresh embedded
+    /// backend under --dir, ingests them one S3 event at a time (with replays and junk, as S3
+    /// delivers them), seals the closed days, prints the audit, verifies every output byte for
+    /// byte against the sources and restores a few objects. Exits 0 only if all verified.
+    Demo(DemoArgs),
+    /// Record objects from S3 event JSON (or, with --scan, from a listing: backfill).
+    ///
+    /// Accepts S3 notifications, SQS batches of them and EventBridge S3 events, one JSON document
+    /// per file or JSON lines. Skipped objects (outside the layout, too large, under the
+    /// destination...) are logged and counted, never silently dropped.
+    Ingest(IngestArgs),
+    /// Compact closed partitions: stream their pending objects into outputs, commit, tag sources.
+    Seal(SealArgs),
+    /// Show what was compacted: partitions, an output's sources, or where one object went.
+    Audit(AuditArgs),
+    /// Re-read outputs and check the sha256 of each output and of every source's byte range.
+    Verify(VerifyArgs),
+    /// Write one compacted object's original bytes, read back from its output by byte range.
+    Restore(RestoreArgs),
+    /// Dry run of a seal: per partition, objects → outputs, requests and their cost. Writes nothing.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo's backend goes; a previous demo there is replaced.
+    #[arg(long, default_value = "s3-compactor-demo", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Days of data.
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+    /// Files per day.
+    #[arg(long, default_value_t = 700)]
+    pub files_per_day: u32,
+    /// Seed of the generated dataset (same seed, same bytes).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Files of event JSON; `-` or nothing reads stdin.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Instead of events, list the source bucket under PREFIX and record what is there
+    /// (backfill: the only time the compactor lists).
+    #[arg(long, value_name = "PREFIX", conflicts_with = "files")]
+    pub scan: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Seal only this partition path (e.g. logs/2024/01/14/), closed or not; repeatable.
+    #[arg(long = "partition", value_name = "PATH")]
+    pub partitions: Vec<String>,
+    /// Seal at most this many partitions.
+    #[arg(long, value_name = "N")]
+    pub max_partitions: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Where one source object went: its output, byte range and sha256.
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["output", "partition"])]
+    pub object: Option<String>,
+    /// One output and every source it holds, by offset.
+    #[arg(long, value_name = "KEY", conflicts_with = "partition")]
+    pub output: Option<String>,
+    /// One partition: its record and outputs.
+    #[arg(long, value_name = "PATH")]
+    pub partition: Option<String>,
+    /// Only partitions in this state (open, sealing, sealed).
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Only this partition path; repeatable. Default: every partition.
+    #[arg(long = "partition", value_name = "PATH")]
+    pub partitions: Vec<String>,
+    /// Also compare each source's range with the original object, where it still exists.
+    #[arg(long)]
+    pub against_sources: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The source key to restore (as in the source bucket, not URL-encoded).
+    #[arg(long, value_name = "KEY")]
+    pub object: String,
+    /// Where to write the bytes; `-` for stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Only this partition path; repeatable. Default: every closed partition with pending objects.
+    #[arg(long = "partition", value_name = "PATH")]
+    pub partitions: Vec<String>,
+}

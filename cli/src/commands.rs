@@ -1,0 +1,501 @@
+//! One function per subcommand: parse what the flags say, call the engine, print the result.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use compactor::adapters::local_dir::LocalDir;
+use compactor::adapters::sqlite::SqliteManifest;
+use compactor::clock::SystemClock;
+use compactor::config::Config;
+use compactor::domain::partition::PartitionKey;
+use compactor::domain::records::PartitionState;
+use compactor::engine::audit::AuditSummary;
+use compactor::engine::plan::PlanReport;
+use compactor::engine::seal::{OutputProgress, SealOptions, SealReport};
+use compactor::engine::{Compactor, IngestReport, VerifyReport};
+use compactor::event::decode_json;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::args::{AuditArgs, Cli, Command, GlobalArgs, IngestArgs, PlanArgs, RestoreArgs, SealArgs, VerifyArgs};
+use crate::output::{human_bytes, thousands, Table};
+use crate::{CliError, CliResult};
+
+pub async fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Demo(args) => crate::demo::run(&cli.global, args).await,
+        Command::Ingest(args) => ingest(&cli.global, args).await,
+        Command::Seal(args) => seal(&cli.global, args).await,
+        Command::Audit(args) => audit(&cli.global, args).await,
+        Command::Verify(args) => verify(&cli.global, args).await,
+        Command::Restore(args) => restore(&cli.global, args).await,
+        Command::Plan(args) => plan(&cli.global, args).await,
+    }
+}
+
+/// Opens the embedded backend under `data_dir` for `config`, creating what is missing.
+pub async fn open_embedded(data_dir: &Path, config: Config) -> CliResult<Compactor> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}: check the path and its permissions", data_dir.display()))
+        .map_err(CliError::Failure)?;
+    let store = LocalDir::open(data_dir.join("buckets"))
+        .with_context(|| format!("cannot open the buckets under {}", data_dir.display()))
+        .map_err(CliError::Failure)?;
+    let manifest = SqliteManifest::open(data_dir.join("manifest.sqlite"))
+        .with_context(|| format!("cannot open the manifest in {}", data_dir.display()))
+        .map_err(CliError::Failure)?;
+    Ok(Compactor::new(config, Arc::new(store), Arc::new(manifest), Arc::new(SystemClock)))
+}
+
+async fn engine(global: &GlobalArgs) -> CliResult<Compactor> {
+    let config = global.config.raw().validate()?;
+    open_embedded(&global.data_dir, config).await
+}
+
+fn print_json(value: &impl Serialize) -> CliResult {
+    let text = serde_json::to_string_pretty(value).map_err(|error| CliError::Failure(error.into()))?;
+    println!("{text}");
+    Ok(())
+}
+
+pub fn progress_bar(length: u64, message: &str) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+fn partition_keys(compactor: &Compactor, paths: &[String]) -> Option<Vec<PartitionKey>> {
+    if paths.is_empty() {
+        return None;
+    }
+    let bucket = &compactor.config().source_bucket;
+    Some(
+        paths
+            .iter()
+            .map(|path| {
+                let path = path.trim_start_matches('/');
+                let path = if path.ends_with('/') { path.to_string() } else { format!("{path}/") };
+                PartitionKey::new(bucket.clone(), path)
+            })
+            .collect(),
+    )
+}
+
+async fn ingest(global: &GlobalArgs, args: IngestArgs) -> CliResult {
+    let compactor = engine(global).await?;
+    let report = match &args.scan {
+        Some(prefix) => {
+            let spinner = ProgressBar::new_spinner();
+            spinner.set_message("scanning");
+            let report = compactor
+                .scan(prefix, |so_far| spinner.set_message(format!("scanned {} objects", thousands(so_far.events))))
+                .await?;
+            spinner.finish_and_clear();
+            report
+        }
+        None => {
+            let mut report = IngestReport::default();
+            let sources: Vec<std::path::PathBuf> =
+                if args.files.is_empty() { vec![std::path::PathBuf::from("-")] } else { args.files.clone() };
+            for source in sources {
+                let text = read_input(&source)?;
+                for (line_number, document) in json_documents(&text).into_iter().enumerate() {
+                    let decoded = decode_json(document).map_err(|error| {
+                        CliError::BadInput(anyhow!(
+                            "{} (document {}): {error}",
+                            source.display(),
+                            line_number + 1
+                        ))
+                    })?;
+                    report.merge(&compactor.ingest_decoded(&decoded).await?);
+                }
+            }
+            report
+        }
+    };
+    report.log();
+    if global.json {
+        return print_json(&report);
+    }
+    print_ingest_report(&report);
+    Ok(())
+}
+
+pub fn print_ingest_report(report: &IngestReport) {
+    println!(
+        "ingested {} events: {} recorded ({}), {} updated, {} stale (replays or older), {} removed, {} removals ignored, {} skipped, {} non-object records",
+        thousands(report.events),
+        thousands(report.recorded),
+        human_bytes(report.bytes_recorded),
+        thousands(report.updated),
+        thousands(report.stale),
+        thousands(report.removed),
+        thousands(report.removal_ignored),
+        thousands(report.skipped_total()),
+        thousands(report.ignored_records),
+    );
+    for (reason, count) in &report.skipped {
+        println!("  skipped {reason}: {}", thousands(*count));
+    }
+}
+
+fn read_input(path: &Path) -> CliResult<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read events from stdin")
+            .map_err(CliError::BadInput)?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read events from {}: check the path", path.display()))
+        .map_err(CliError::BadInput)
+}
+
+/// One JSON document, or JSON lines.
+fn json_documents(text: &str) -> Vec<&str> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Vec::new();
+    }
+    if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok() {
+        return vec![trimmed];
+    }
+    trimmed.lines().map(str::trim).filter(|line| !line.is_empty()).collect()
+}
+
+async fn seal(global: &GlobalArgs, args: SealArgs) -> CliResult {
+    let compactor = engine(global).await?;
+    let bar = ProgressBar::new_spinner();
+    let progress_bar = bar.clone();
+    let options = SealOptions {
+        partitions: partition_keys(&compactor, &args.partitions),
+        max_partitions: args.max_partitions,
+        progress: Some(Arc::new(move |progress: &OutputProgress| {
+            progress_bar.inc(progress.objects);
+            progress_bar.set_message(format!("sealed {} objects", thousands(progress_bar.position())));
+        })),
+        ..Default::default()
+    };
+    let report = compactor.seal_closed(&options).await?;
+    bar.finish_and_clear();
+    if global.json {
+        print_json(&report)?;
+    } else {
+        print_seal_report(&report);
+    }
+    if report.partitions_failed > 0 {
+        return Err(CliError::Failure(anyhow!(
+            "{} partitions failed (see above); they stay pending and the next seal retries them",
+            report.partitions_failed
+        )));
+    }
+    Ok(())
+}
+
+pub fn print_seal_report(report: &SealReport) {
+    let mut table = Table::new(&["partition", "gen", "state", "outputs", "objects", "source bytes", "output bytes"]);
+    for partition in &report.partitions {
+        table.row(vec![
+            partition.partition.path.clone(),
+            partition.generation.to_string(),
+            partition.state.to_string(),
+            thousands(partition.outputs_committed),
+            thousands(partition.objects_compacted),
+            human_bytes(partition.source_bytes),
+            human_bytes(partition.output_bytes),
+        ]);
+    }
+    if !table.is_empty() {
+        print!("{}", table.render());
+    }
+    println!(
+        "sealed {} partitions ({} left open, {} locked elsewhere, {} failed): {} objects ({}) into {} outputs; \
+         {} missing, {} superseded; sources tagged {}, deleted {}",
+        report.partitions_sealed,
+        report.partitions_left_open,
+        report.partitions_locked,
+        report.partitions_failed,
+        thousands(report.objects_compacted),
+        human_bytes(report.source_bytes),
+        thousands(report.outputs_committed),
+        report.objects_missing,
+        report.objects_superseded,
+        thousands(report.expiry.tagged),
+        thousands(report.expiry.deleted),
+    );
+    if report.outputs_abandoned > 0 || report.objects_finished > 0 {
+        println!(
+            "recovered from earlier runs: {} uncommitted outputs abandoned, {} objects of committed outputs finished",
+            report.outputs_abandoned, report.objects_finished
+        );
+    }
+    if report.expiry.tag_limit > 0 || report.expiry.changed > 0 {
+        println!(
+            "not marked for expiry: {} with 10 tags already, {} changed since compaction",
+            report.expiry.tag_limit, report.expiry.changed
+        );
+    }
+    for (partition, error) in &report.failures {
+        println!("failed {partition}: {error}");
+    }
+}
+
+async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
+    let compactor = engine(global).await?;
+    let config = compactor.config().clone();
+    if let Some(key) = &args.object {
+        let audit = compactor.audit_object(&config.source_bucket, key).await?;
+        if global.json {
+            return print_json(&audit);
+        }
+        let object = &audit.object;
+        println!("object      s3://{}/{}", object.bucket, object.key);
+        println!("state       {}", object.state);
+        println!("partition   {}", object.partition_path);
+        println!("size        {} bytes", object.size);
+        println!("etag        {}", object.etag.as_deref().unwrap_or("-"));
+        println!("sequencer   {}", object.sequencer);
+        if let Some(note) = &object.note {
+            println!("note        {note}");
+        }
+        if let Some(placement) = &object.placement {
+            println!("output      s3://{}/{}", config.dest_bucket, placement.output_key);
+            println!(
+                "byte range  {}..{} (Range: bytes={}-{})",
+                placement.offset,
+                placement.offset + placement.length,
+                placement.offset,
+                (placement.offset + placement.length).saturating_sub(1)
+            );
+            println!("sha256      {}", placement.sha256);
+            if placement.separator_bytes > 0 {
+                println!("separator   {} byte(s) inserted after it (not part of its range)", placement.separator_bytes);
+            }
+            if let Some(output) = &audit.output {
+                println!("output is   {} (generation {})", output.state, output.generation);
+            }
+        }
+        println!(
+            "expiry      {}",
+            object.expiry_marked_at.map(|at| format!("marked at {at}")).unwrap_or_else(|| "not marked".into())
+        );
+        return Ok(());
+    }
+    if let Some(key) = &args.output {
+        let audit = compactor.audit_output(&config.dest_bucket, key).await?;
+        if global.json {
+            return print_json(&audit);
+        }
+        let output = &audit.output;
+        println!("output      s3://{}/{}", output.bucket, output.key);
+        println!("state       {} (generation {}, part {})", output.state, output.generation, output.part_number);
+        println!("partition   {}", output.partition);
+        println!("size        {}", output.size.map(|size| format!("{size} bytes")).unwrap_or_else(|| "-".into()));
+        println!("sha256      {}", output.sha256.as_deref().unwrap_or("-"));
+        println!("objects     {}", output.object_count);
+        let mut table = Table::new(&["offset", "length", "sha256", "key"]);
+        for source in &audit.sources {
+            if let Some(placement) = &source.placement {
+                table.row(vec![
+                    placement.offset.to_string(),
+                    placement.length.to_string(),
+                    placement.sha256[..16].to_string(),
+                    source.key.clone(),
+                ]);
+            }
+        }
+        print!("{}", table.render());
+        return Ok(());
+    }
+    let mut partitions = compactor.audit_partitions().await?;
+    if let Some(path) = &args.partition {
+        let keys = partition_keys(&compactor, std::slice::from_ref(path)).expect("one path given");
+        partitions.retain(|record| record.key == keys[0]);
+        let Some(record) = partitions.first() else {
+            return Err(CliError::BadInput(anyhow!(
+                "partition {} is not in the manifest: run `audit` to list partitions",
+                keys[0]
+            )));
+        };
+        let outputs = compactor.audit_partition_outputs(&record.key, None).await?;
+        if global.json {
+            return print_json(&serde_json::json!({ "partition": record, "outputs": outputs }));
+        }
+        println!("partition   {}", record.key);
+        println!("state       {} (generation {})", record.state, record.generation);
+        println!("period      {} .. {}", record.period_start, record.period_end);
+        println!("closes at   {}", record.closes_at);
+        println!("pending     {} objects, {}", thousands(record.pending_objects), human_bytes(record.pending_bytes));
+        println!("compacted   {} objects, {}", thousands(record.compacted_objects), human_bytes(record.compacted_bytes));
+        let mut table = Table::new(&["gen", "part", "state", "objects", "size", "sha256", "key"]);
+        for output in outputs {
+            table.row(vec![
+                output.generation.to_string(),
+                output.part_number.to_string(),
+                output.state.to_string(),
+                thousands(output.object_count),
+                output.size.map(human_bytes).unwrap_or_else(|| "-".into()),
+                output.sha256.as_deref().map(|sha| sha[..16].to_string()).unwrap_or_else(|| "-".into()),
+                output.key,
+            ]);
+        }
+        print!("{}", table.render());
+        return Ok(());
+    }
+    if let Some(state) = &args.state {
+        let state: PartitionState = state.parse().map_err(|error: String| CliError::BadInput(anyhow!(error)))?;
+        partitions.retain(|record| record.state == state);
+    }
+    let summary = AuditSummary::of(&partitions);
+    if global.json {
+        return print_json(&serde_json::json!({ "summary": summary, "partitions": partitions }));
+    }
+    print_partitions(&partitions);
+    print_audit_summary(&summary);
+    Ok(())
+}
+
+pub fn print_partitions(partitions: &[compactor::domain::records::PartitionRecord]) {
+    let mut table = Table::new(&["partition", "state", "gen", "pending", "compacted", "compacted bytes", "outputs"]);
+    for record in partitions {
+        table.row(vec![
+            record.key.path.clone(),
+            record.state.to_string(),
+            record.generation.to_string(),
+            thousands(record.pending_objects),
+            thousands(record.compacted_objects),
+            human_bytes(record.compacted_bytes),
+            thousands(record.committed_outputs),
+        ]);
+    }
+    print!("{}", table.render());
+}
+
+pub fn print_audit_summary(summary: &AuditSummary) {
+    println!(
+        "{} partitions ({} sealed, {} open, {} sealing): {} objects ({}) compacted into {} outputs, {} pending ({})",
+        summary.partitions_sealed + summary.partitions_open + summary.partitions_sealing,
+        summary.partitions_sealed,
+        summary.partitions_open,
+        summary.partitions_sealing,
+        thousands(summary.compacted_objects),
+        human_bytes(summary.compacted_bytes),
+        thousands(summary.committed_outputs),
+        thousands(summary.pending_objects),
+        human_bytes(summary.pending_bytes),
+    );
+}
+
+async fn verify(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
+    let compactor = engine(global).await?;
+    let partitions = partition_keys(&compactor, &args.partitions);
+    let bar = ProgressBar::new_spinner();
+    let report = compactor
+        .verify(partitions, args.against_sources, |so_far| {
+            bar.set_message(format!("verified {} outputs", thousands(so_far.outputs_checked)))
+        })
+        .await?;
+    bar.finish_and_clear();
+    if global.json {
+        print_json(&report)?;
+    } else {
+        print_verify_report(&report);
+    }
+    check_verified(&report)
+}
+
+pub fn print_verify_report(report: &VerifyReport) {
+    println!(
+        "verified {}/{} outputs and {}/{} source ranges ({} read){}",
+        thousands(report.outputs_ok),
+        thousands(report.outputs_checked),
+        thousands(report.sources_ok),
+        thousands(report.sources_checked),
+        human_bytes(report.bytes_read),
+        if report.originals_compared > 0 {
+            format!("; {}/{} match their original object", thousands(report.originals_ok), thousands(report.originals_compared))
+        } else {
+            String::new()
+        }
+    );
+    for failure in &report.failures {
+        println!("  FAILED {failure}");
+    }
+}
+
+pub fn check_verified(report: &VerifyReport) -> CliResult {
+    if report.all_verified() {
+        Ok(())
+    } else {
+        Err(CliError::Unverified(format!("{} problems found (listed above)", report.failures.len())))
+    }
+}
+
+async fn restore(global: &GlobalArgs, args: RestoreArgs) -> CliResult {
+    let compactor = engine(global).await?;
+    let (object, bytes) = compactor.restore_bytes(&args.object).await?;
+    if args.out == Path::new("-") {
+        std::io::stdout().write_all(&bytes).context("cannot write to stdout").map_err(CliError::Failure)?;
+    } else {
+        std::fs::write(&args.out, &bytes)
+            .with_context(|| format!("cannot write {}", args.out.display()))
+            .map_err(CliError::Failure)?;
+        if global.json {
+            return print_json(&serde_json::json!({ "object": object.key, "bytes": bytes.len(), "out": args.out }));
+        }
+        eprintln!("restored {} ({} bytes, sha256 checked) to {}", object.key, bytes.len(), args.out.display());
+    }
+    Ok(())
+}
+
+async fn plan(global: &GlobalArgs, args: PlanArgs) -> CliResult {
+    let compactor = engine(global).await?;
+    let report = compactor.plan(partition_keys(&compactor, &args.partitions)).await?;
+    if global.json {
+        return print_json(&report);
+    }
+    print_plan(&report);
+    Ok(())
+}
+
+fn print_plan(report: &PlanReport) {
+    let mut table = Table::new(&["partition", "objects", "bytes", "outputs", "requests", "cost"]);
+    for partition in &report.partitions {
+        table.row(vec![
+            partition.partition.path.clone(),
+            thousands(partition.pending_objects),
+            human_bytes(partition.pending_bytes),
+            thousands(partition.outputs.len() as u64),
+            thousands(partition.requests.total()),
+            format!("${:.6}", partition.cost_usd),
+        ]);
+    }
+    print!("{}", table.render());
+    let requests = &report.requests;
+    println!(
+        "requests: {} GET, {} HEAD, {} PUT, {} multipart (create+parts+complete), {} tagging (get+put), {} DELETE, \
+         {} manifest writes, {} manifest reads, {} LIST",
+        thousands(requests.s3_get),
+        thousands(requests.s3_head),
+        thousands(requests.s3_put),
+        thousands(requests.s3_multipart_create + requests.s3_upload_part + requests.s3_multipart_complete),
+        thousands(requests.s3_get_tagging + requests.s3_put_tagging),
+        thousands(requests.s3_delete),
+        thousands(requests.manifest_writes),
+        thousands(requests.manifest_reads),
+        thousands(requests.s3_list),
+    );
+    println!(
+        "cost at us-east-1 prices: ${:.4} (a list-and-concatenate job: ${:.4}, without the manifest's audit trail)",
+        report.cost_usd, report.listing_job_cost_usd
+    );
+}

@@ -1,0 +1,146 @@
+//! The CLI end to end, as a user runs it: the demo, then audit and restore of its objects,
+//! and the exit codes and messages of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn s3_compactor(arguments: &[&str], data_dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
+        .args(arguments)
+        .env("COMPACTOR_DATA_DIR", data_dir)
+        .env_remove("COMPACTOR_SOURCE_BUCKET")
+        .env("LOG_LEVEL", "error")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn files_under(directory: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn demo_then_audit_and_restore_give_back_the_exact_bytes() {
+    let work = tempfile::tempdir().unwrap();
+    let demo_dir = work.path().join("demo");
+    let demo_dir_text = demo_dir.to_str().unwrap();
+    let demo = s3_compactor(&["demo", "--dir", demo_dir_text, "--days", "3", "--files-per-day", "40"], work.path());
+    assert!(demo.status.success(), "demo failed:\n{}\n{}", text(&demo.stdout), text(&demo.stderr));
+    let stdout = text(&demo.stdout);
+    assert!(stdout.contains("all verified"), "{stdout}");
+    assert!(stdout.contains("3 partitions sealed"), "{stdout}");
+
+    let bucket_dir = demo_dir.join("buckets").join("demo-logs");
+    let source_files: Vec<PathBuf> = files_under(&bucket_dir.join("AWSLogs"))
+        .into_iter()
+        .filter(|path| path.to_str().unwrap().contains("/2024/"))
+        .collect();
+    assert_eq!(source_files.len(), 120);
+    let common = ["--data-dir", demo_dir_text, "--source-bucket", "demo-logs"];
+    for source in [&source_files[0], &source_files[61], &source_files[119]] {
+        let key = source.strip_prefix(&bucket_dir).unwrap().to_str().unwrap();
+        let audit = s3_compactor(&[&common[..], &["--json", "audit", "--object", key]].concat(), work.path());
+        assert!(audit.status.success(), "{}", text(&audit.stderr));
+        let audit: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+        assert_eq!(audit["object"]["state"], "compacted");
+        assert_eq!(audit["output"]["state"], "committed");
+        let length = audit["object"]["placement"]["length"].as_u64().unwrap();
+
+        let restored_path = work.path().join("restored");
+        let restored_text = restored_path.to_str().unwrap();
+        let restore = s3_compactor(&[&common[..], &["restore", "--object", key, "--out", restored_text]].concat(), work.path());
+        assert!(restore.status.success(), "{}", text(&restore.stderr));
+        let original = std::fs::read(source).unwrap();
+        assert_eq!(std::fs::read(&restored_path).unwrap(), original, "restore of {key}");
+        assert_eq!(original.len() as u64, length);
+    }
+
+    let verify = s3_compactor(&[&common[..], &["verify"]].concat(), work.path());
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    assert!(text(&verify.stdout).contains("verified 3/3 outputs and 120/120 source ranges"), "{}", text(&verify.stdout));
+
+    // A second demo in the same directory replaces the first.
+    let again = s3_compactor(&["demo", "--dir", demo_dir_text, "--days", "1", "--files-per-day", "5"], work.path());
+    assert!(again.status.success(), "{}", text(&again.stderr));
+}
+
+#[test]
+fn bad_input_exits_2_and_says_what_to_do() {
+    let work = tempfile::tempdir().unwrap();
+    let no_bucket = s3_compactor(&["seal"], work.path());
+    assert_eq!(no_bucket.status.code(), Some(2));
+    assert!(text(&no_bucket.stderr).contains("COMPACTOR_SOURCE_BUCKET is required"), "{}", text(&no_bucket.stderr));
+
+    let events = work.path().join("events.json");
+    std::fs::write(&events, "{\"not\": \"an event\"}").unwrap();
+    let malformed = s3_compactor(&["--source-bucket", "logs", "ingest", events.to_str().unwrap()], work.path());
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(text(&malformed.stderr).contains("is not an S3 notification"), "{}", text(&malformed.stderr));
+
+    let unknown = s3_compactor(&["--source-bucket", "logs", "audit", "--object", "no/such/key.json"], work.path());
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("is not in the manifest"), "{}", text(&unknown.stderr));
+
+    let layout = s3_compactor(&["--source-bucket", "logs", "--layout", "%Y/%q", "seal"], work.path());
+    assert_eq!(layout.status.code(), Some(2));
+    assert!(text(&layout.stderr).contains("COMPACTOR_LAYOUT"), "{}", text(&layout.stderr));
+
+    let not_a_demo = work.path().join("precious");
+    std::fs::create_dir_all(&not_a_demo).unwrap();
+    std::fs::write(not_a_demo.join("data.txt"), "keep me").unwrap();
+    let refused = s3_compactor(&["demo", "--dir", not_a_demo.to_str().unwrap()], work.path());
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(not_a_demo.join("data.txt").exists(), "the demo never deletes what it did not make");
+}
+
+#[test]
+fn ingest_counts_skips_and_replays_from_event_files() {
+    let work = tempfile::tempdir().unwrap();
+    let bucket_dir = work.path().join("buckets").join("logs");
+    std::fs::create_dir_all(&bucket_dir).unwrap();
+    let record = |key: &str, sequencer: &str| {
+        serde_json::json!({"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": "2024-01-14T10:00:00.000Z", "eventName": "ObjectCreated:Put",
+            "userIdentity": {"principalId": "x"}, "requestParameters": {"sourceIPAddress": "1.2.3.4"},
+            "responseElements": {}, "s3": {"s3SchemaVersion": "1.0", "configurationId": "c",
+            "bucket": {"name": "logs", "arn": "arn:aws:s3:::logs"},
+            "object": {"key": key, "size": 12, "eTag": "e", "sequencer": sequencer}}})
+    };
+    let lines = [
+        serde_json::json!({"Records": [record("app/2024/01/14/a+b.json", "01")]}),
+        serde_json::json!({"Records": [record("app/2024/01/14/a+b.json", "01")]}),
+        serde_json::json!({"Records": [record("app/notes.txt", "01"), record("compacted/app/2024/01/14/x.json", "02")]}),
+        serde_json::json!({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "logs"}),
+    ];
+    let events = work.path().join("events.jsonl");
+    std::fs::write(&events, lines.iter().map(|line| line.to_string() + "\n").collect::<String>()).unwrap();
+    let output = s3_compactor(&["--source-bucket", "logs", "--json", "ingest", events.to_str().unwrap()], work.path());
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["recorded"], 1);
+    assert_eq!(report["stale"], 1);
+    assert_eq!(report["skipped"]["out_of_layout"], 1);
+    assert_eq!(report["skipped"]["under_destination"], 1);
+    assert_eq!(report["ignored_records"], 1);
+
+    let audit = s3_compactor(&["--source-bucket", "logs", "--json", "audit", "--object", "app/2024/01/14/a b.json"], work.path());
+    assert!(audit.status.success(), "{}", text(&audit.stderr));
+    let audit: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(audit["object"]["state"], "pending");
+}

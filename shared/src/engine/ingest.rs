@@ -1,0 +1,272 @@
+//! Ingest: one object event in, one manifest record out. No listing.
+//!
+//! Skips, each logged and counted, never an error: folder markers, objects over the
+//! small-object threshold, keys outside the layout, formats that concatenation would break,
+//! keys outside the source bucket or prefix, and anything under the destination prefix
+//! (otherwise writing outputs into the source bucket would re-trigger ingest forever).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use super::{Compactor, EngineError};
+use crate::domain::format::classify;
+use crate::domain::sequencer::SCAN_SEQUENCER;
+use crate::event::{Decoded, ObjectEvent, ObjectEventKind};
+use crate::ports::{IngestOutcome, NewObject, RemovedObject};
+
+/// Why an event's object was not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    FolderMarker,
+    TooLarge,
+    OutOfLayout,
+    UnsupportedFormat,
+    UnderDestination,
+    OtherBucket,
+    OutsideSourcePrefix,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::FolderMarker => "folder_marker",
+            SkipReason::TooLarge => "too_large",
+            SkipReason::OutOfLayout => "out_of_layout",
+            SkipReason::UnsupportedFormat => "unsupported_format",
+            SkipReason::UnderDestination => "under_destination",
+            SkipReason::OtherBucket => "other_bucket",
+            SkipReason::OutsideSourcePrefix => "outside_source_prefix",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    Manifest(IngestOutcome),
+    Skipped(SkipReason),
+}
+
+/// Per-run counts, logged as structured fields so they become metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    pub events: u64,
+    pub recorded: u64,
+    pub updated: u64,
+    pub stale: u64,
+    pub removed: u64,
+    pub removal_ignored: u64,
+    pub skipped: BTreeMap<SkipReason, u64>,
+    /// Records that were not object events (`s3:TestEvent`, tagging events...).
+    pub ignored_records: u64,
+    pub bytes_recorded: u64,
+}
+
+impl IngestReport {
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+
+    fn count(&mut self, outcome: EventOutcome, bytes: u64) {
+        self.events += 1;
+        match outcome {
+            EventOutcome::Manifest(IngestOutcome::Recorded) => {
+                self.recorded += 1;
+                self.bytes_recorded += bytes;
+            }
+            EventOutcome::Manifest(IngestOutcome::Updated) => {
+                self.updated += 1;
+                self.bytes_recorded += bytes;
+            }
+            EventOutcome::Manifest(IngestOutcome::Stale) => self.stale += 1,
+            EventOutcome::Manifest(IngestOutcome::Removed) => self.removed += 1,
+            EventOutcome::Manifest(IngestOutcome::RemovalIgnored) => self.removal_ignored += 1,
+            EventOutcome::Skipped(reason) => *self.skipped.entry(reason).or_default() += 1,
+        }
+    }
+
+    pub fn merge(&mut self, other: &IngestReport) {
+        self.events += other.events;
+        self.recorded += other.recorded;
+        self.updated += other.updated;
+        self.stale += other.stale;
+        self.removed += other.removed;
+        self.removal_ignored += other.removal_ignored;
+        self.ignored_records += other.ignored_records;
+        self.bytes_recorded += other.bytes_recorded;
+        for (reason, count) in &other.skipped {
+            *self.skipped.entry(*reason).or_default() += count;
+        }
+    }
+
+    /// Logs the counts as one structured line.
+    pub fn log(&self) {
+        info!(
+            events = self.events,
+            recorded = self.recorded,
+            updated = self.updated,
+            stale = self.stale,
+            removed = self.removed,
+            removal_ignored = self.removal_ignored,
+            skipped = self.skipped_total(),
+            ignored_records = self.ignored_records,
+            bytes_recorded = self.bytes_recorded,
+            "ingest finished"
+        );
+    }
+}
+
+/// How many manifest writes an ingest batch keeps in flight.
+const INGEST_CONCURRENCY: usize = 16;
+
+impl Compactor {
+    /// Decides what to do with an event's object without touching anything: the pure half of
+    /// ingest.
+    pub fn classify_event(&self, event: &ObjectEvent) -> Result<(), SkipReason> {
+        let config = &self.config;
+        if event.bucket != config.source_bucket {
+            // Outputs written to another bucket land here too, when its events share the queue.
+            return Err(if config.is_under_destination(&event.bucket, &event.key) {
+                SkipReason::UnderDestination
+            } else {
+                SkipReason::OtherBucket
+            });
+        }
+        if config.is_under_destination(&event.bucket, &event.key) {
+            return Err(SkipReason::UnderDestination);
+        }
+        if !event.key.starts_with(&config.source_prefix) {
+            return Err(SkipReason::OutsideSourcePrefix);
+        }
+        if event.key.ends_with('/') {
+            return Err(SkipReason::FolderMarker);
+        }
+        if let ObjectEventKind::Created { size, .. } = event.kind {
+            if size > config.small_object_max_bytes {
+                return Err(SkipReason::TooLarge);
+            }
+            if classify(&event.key, config.format).is_err() {
+                return Err(SkipReason::UnsupportedFormat);
+            }
+        }
+        if config.layout.partition_of(&event.key).is_err() {
+            return Err(SkipReason::OutOfLayout);
+        }
+        Ok(())
+    }
+
+    /// Records one event in the manifest (or skips it, with a log line).
+    pub async fn ingest_event(&self, event: &ObjectEvent) -> Result<EventOutcome, EngineError> {
+        if let Err(reason) = self.classify_event(event) {
+            // Our own outputs come back as events when they share the source bucket: expected,
+            // so quieter than the skips that hint at a misconfiguration.
+            if reason == SkipReason::UnderDestination {
+                debug!(bucket = %event.bucket, key = %event.key, reason = %reason, "skipped object");
+            } else {
+                warn!(bucket = %event.bucket, key = %event.key, reason = %reason, event = %event.event_name, "skipped object");
+            }
+            return Ok(EventOutcome::Skipped(reason));
+        }
+        let partition = self.config.layout.partition_of(&event.key).expect("classified above");
+        let outcome = match &event.kind {
+            ObjectEventKind::Created { size, etag } => {
+                let closes_at = partition.period.closes_at(self.config.grace);
+                self.manifest
+                    .record_object(&NewObject {
+                        bucket: event.bucket.clone(),
+                        key: event.key.clone(),
+                        partition,
+                        closes_at,
+                        size: *size,
+                        etag: etag.clone(),
+                        sequencer: event.sequencer.clone(),
+                        event_time: event.event_time,
+                    })
+                    .await?
+            }
+            ObjectEventKind::Removed => {
+                self.manifest
+                    .record_removal(&RemovedObject {
+                        bucket: event.bucket.clone(),
+                        key: event.key.clone(),
+                        sequencer: event.sequencer.clone(),
+                        event_time: event.event_time,
+                    })
+                    .await?
+            }
+        };
+        debug!(bucket = %event.bucket, key = %event.key, outcome = ?outcome, "ingested event");
+        Ok(EventOutcome::Manifest(outcome))
+    }
+
+    /// Records a batch of events with bounded concurrency. Stops at the first manifest error
+    /// (every event is idempotent, so the caller retries the whole batch).
+    pub async fn ingest(&self, events: &[ObjectEvent]) -> Result<IngestReport, EngineError> {
+        let outcomes: Vec<(EventOutcome, u64)> = futures::stream::iter(events)
+            .map(|event| async move {
+                let bytes = match event.kind {
+                    ObjectEventKind::Created { size, .. } => size,
+                    ObjectEventKind::Removed => 0,
+                };
+                self.ingest_event(event).await.map(|outcome| (outcome, bytes))
+            })
+            .buffer_unordered(INGEST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut report = IngestReport::default();
+        for (outcome, bytes) in outcomes {
+            report.count(outcome, bytes);
+        }
+        Ok(report)
+    }
+
+    /// Records the events of a decoded envelope, counting its non-object records.
+    pub async fn ingest_decoded(&self, decoded: &Decoded) -> Result<IngestReport, EngineError> {
+        let mut report = self.ingest(&decoded.events).await?;
+        report.ignored_records += decoded.ignored.len() as u64;
+        Ok(report)
+    }
+
+    /// Backfill: lists the source bucket under `prefix` and records every object found as if
+    /// its event had arrived. Scan records carry the lowest sequencer, so they never overwrite
+    /// what a real event recorded. This is the only place the compactor lists.
+    pub async fn scan(&self, prefix: &str, mut on_page: impl FnMut(&IngestReport)) -> Result<IngestReport, EngineError> {
+        let bucket = self.config.source_bucket.clone();
+        let mut start_after: Option<String> = None;
+        let mut report = IngestReport::default();
+        loop {
+            let page = self.store.list(&bucket, prefix, start_after.as_deref(), 1000).await?;
+            let now = self.clock.now();
+            let events: Vec<ObjectEvent> = page
+                .objects
+                .iter()
+                .map(|meta| ObjectEvent {
+                    kind: ObjectEventKind::Created { size: meta.size, etag: meta.etag.clone() },
+                    bucket: bucket.clone(),
+                    key: meta.key.clone(),
+                    sequencer: SCAN_SEQUENCER.to_string(),
+                    event_time: meta.last_modified.unwrap_or(now),
+                    event_name: "Scan".to_string(),
+                })
+                .collect();
+            report.merge(&self.ingest(&events).await?);
+            on_page(&report);
+            match page.next_start_after {
+                Some(next) => start_after = Some(next),
+                None => break,
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,157 @@
+//! Plan: a dry run of the seal. Per partition, which objects go to which output, and the
+//! requests the seal will make with their price. Nothing is written.
+
+use serde::Serialize;
+
+use super::{Compactor, EngineError};
+use crate::config::ExpiryMode;
+use crate::domain::cost::RequestCounts;
+use crate::domain::partition::PartitionKey;
+use crate::domain::plan::plan_partition;
+use crate::domain::records::{ObjectRecord, ObjectState};
+use crate::ports::ObjectQuery;
+
+/// One planned output, summarised.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputSummary {
+    pub key: String,
+    pub objects: u64,
+    pub source_bytes: u64,
+}
+
+/// The dry run of one partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionPlan {
+    pub partition: PartitionKey,
+    pub pending_objects: u64,
+    pub pending_bytes: u64,
+    /// Keys are named for the generation the next seal will take.
+    pub outputs: Vec<OutputSummary>,
+    pub refused_objects: u64,
+    pub requests: RequestCounts,
+    pub cost_usd: f64,
+}
+
+/// The dry run of a seal, with what a list-and-concatenate job would request for the same
+/// objects, for comparison.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanReport {
+    pub partitions: Vec<PartitionPlan>,
+    pub requests: RequestCounts,
+    pub cost_usd: f64,
+    pub listing_job_requests: RequestCounts,
+    pub listing_job_cost_usd: f64,
+}
+
+const PAGE: usize = 1000;
+
+impl Compactor {
+    /// Plans the seal of `partitions` (every closed partition with pending objects when `None`).
+    pub async fn plan(&self, partitions: Option<Vec<PartitionKey>>) -> Result<PlanReport, EngineError> {
+        let partitions = match partitions {
+            Some(partitions) => partitions,
+            None => {
+                self.manifest.closed_partitions(self.clock.now(), usize::MAX).await?.into_iter().map(|record| record.key).collect()
+            }
+        };
+        let mut report = PlanReport::default();
+        for partition in partitions {
+            let record = self
+                .manifest
+                .partition(&partition)
+                .await?
+                .ok_or_else(|| EngineError::InvalidInput(format!("partition {partition} is not in the manifest")))?;
+            let pending = self.pending_objects(&partition).await?;
+            let plan = plan_partition(&partition.path, record.generation + 1, &pending, &self.config.plan_settings());
+            let mut requests = RequestCounts::default();
+            let mut outputs = Vec::new();
+            let mut planned_objects = 0u64;
+            for output in &plan.outputs {
+                let objects = output.sources.len() as u64;
+                planned_objects += objects;
+                requests.s3_get += objects;
+                let size = output.source_bytes + objects;
+                if size > self.config.part_bytes {
+                    requests.s3_multipart_create += 1;
+                    requests.s3_upload_part += size.div_ceil(self.config.part_bytes);
+                    requests.s3_multipart_complete += 1;
+                    requests.manifest_writes += 1; // the upload id
+                } else {
+                    requests.s3_put += 1;
+                }
+                // begin_output, commit_output; one placement, one compacted, one expiry write
+                // per source.
+                requests.manifest_writes += 2 + 3 * objects;
+                outputs.push(OutputSummary { key: output.key.clone(), objects, source_bytes: output.source_bytes });
+            }
+            match self.config.expiry {
+                ExpiryMode::Tag => {
+                    requests.s3_head += planned_objects;
+                    requests.s3_get_tagging += planned_objects;
+                    requests.s3_put_tagging += planned_objects;
+                }
+                ExpiryMode::Delete => {
+                    requests.s3_head += planned_objects;
+                    requests.s3_delete += planned_objects;
+                }
+                ExpiryMode::None => {}
+            }
+            // acquire and release; the pending objects read back in pages.
+            requests.manifest_writes += 2;
+            requests.manifest_reads += 2 + planned_objects;
+            let cost_usd = requests.cost_usd();
+            report.requests += requests;
+            report.listing_job_requests += listing_job_requests(planned_objects, output_count(&outputs), self.config.part_bytes, &outputs);
+            report.partitions.push(PartitionPlan {
+                partition,
+                pending_objects: pending.len() as u64,
+                pending_bytes: pending.iter().map(|object| object.size).sum(),
+                outputs,
+                refused_objects: plan.refused.len() as u64,
+                requests,
+                cost_usd,
+            });
+        }
+        report.cost_usd = report.requests.cost_usd();
+        report.listing_job_cost_usd = report.listing_job_requests.cost_usd();
+        Ok(report)
+    }
+
+    async fn pending_objects(&self, partition: &PartitionKey) -> Result<Vec<ObjectRecord>, EngineError> {
+        let mut pending: Vec<ObjectRecord> = Vec::new();
+        loop {
+            let query = ObjectQuery {
+                start_after: pending.last().map(|object| object.key.clone()),
+                limit: PAGE,
+                ..ObjectQuery::in_state(ObjectState::Pending)
+            };
+            let page = self.manifest.objects(partition, &query).await?;
+            let page_length = page.len();
+            pending.extend(page);
+            if page_length < PAGE {
+                return Ok(pending);
+            }
+        }
+    }
+}
+
+fn output_count(outputs: &[OutputSummary]) -> u64 {
+    outputs.len() as u64
+}
+
+/// What the reference list-and-concatenate job asks for the same objects: a LIST per 1,000
+/// keys, a GET per object, the same uploads, and a DELETE per source (no manifest).
+fn listing_job_requests(objects: u64, outputs: u64, part_bytes: u64, summaries: &[OutputSummary]) -> RequestCounts {
+    let mut requests = RequestCounts { s3_list: objects.div_ceil(1000).max(u64::from(objects > 0)), s3_get: objects, s3_delete: objects, ..Default::default() };
+    for summary in summaries {
+        if summary.source_bytes > part_bytes {
+            requests.s3_multipart_create += 1;
+            requests.s3_upload_part += summary.source_bytes.div_ceil(part_bytes);
+            requests.s3_multipart_complete += 1;
+        } else {
+            requests.s3_put += 1;
+        }
+    }
+    debug_assert_eq!(outputs, summaries.len() as u64);
+    requests
+}

@@ -1,0 +1,594 @@
+//! The seal protocol (DESIGN.md steps 1–6), and how each step recovers from a crash before it.
+//!
+//! | step | what | if the run dies here, the next run… |
+//! |---|---|---|
+//! | 1 pick | `closed_partitions`, or the partitions asked for | picks them again |
+//! | 2 lock | `acquire`: generation + 1, lease | waits for the lease to expire, then takes over |
+//! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; mark compacted sources for expiry | does the same, idempotently |
+//! | 3 plan | page pending objects in key order through the [`Packer`] | plans again under a new generation: new output keys |
+//! | 4 write | `begin_output` (writing), stream sources into the store | finds the output `writing` and abandons it |
+//! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`, then tag or delete the sources and `mark_expiry` | before the commit: abandons; after it: finishes `mark_compacted` and the expiry marks |
+//! | 6 release | `sealed`, or `open` if a late object arrived | nothing to do; a late object reopens the partition |
+//!
+//! A source is only ever tagged or deleted when it is `compacted`, and it only becomes
+//! `compacted` through `mark_compacted`, which requires its output to be `committed`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::writer::{needs_multipart, write_output, OutputTarget};
+use super::{Compactor, EngineError};
+use crate::config::ExpiryMode;
+use crate::domain::partition::PartitionKey;
+use crate::domain::plan::{Packer, PlannedOutput};
+use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionState};
+use crate::ports::{Lease, ManifestError, ObjectQuery, StoreError, Tag};
+
+/// Called after every committed output, for progress bars.
+pub type ProgressFn = Arc<dyn Fn(&OutputProgress) + Send + Sync>;
+
+/// One committed output, as progress.
+#[derive(Debug, Clone)]
+pub struct OutputProgress {
+    pub partition: PartitionKey,
+    pub output_key: String,
+    pub objects: u64,
+    pub source_bytes: u64,
+}
+
+/// What to seal, and until when.
+#[derive(Clone, Default)]
+pub struct SealOptions {
+    /// Seal only these partitions (backfill, reseal); `None` for every closed partition.
+    pub partitions: Option<Vec<PartitionKey>>,
+    /// Start no new output after this time (a Lambda's remaining time); the partition is
+    /// released `open` and the next run goes on.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Seal at most this many partitions in this run.
+    pub max_partitions: Option<usize>,
+    pub progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for SealOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealOptions")
+            .field("partitions", &self.partitions)
+            .field("deadline", &self.deadline)
+            .field("max_partitions", &self.max_partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How marking sources for expiry went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExpiryCounts {
+    pub tagged: u64,
+    pub deleted: u64,
+    /// Already carried the tag (a rerun).
+    pub already_tagged: u64,
+    /// Gone before we got to them (deleted by someone else): nothing to mark.
+    pub gone: u64,
+    /// Overwritten since they were compacted: the new bytes are not in any output, so they are
+    /// left alone (the new version's own event records it as pending).
+    pub changed: u64,
+    /// Already carrying S3's maximum of 10 tags, none ours: left untagged rather than drop a
+    /// user's tag. Add a lifecycle rule on another criterion, or use expiry mode delete.
+    pub tag_limit: u64,
+}
+
+impl ExpiryCounts {
+    fn add(&mut self, other: &ExpiryCounts) {
+        self.tagged += other.tagged;
+        self.deleted += other.deleted;
+        self.already_tagged += other.already_tagged;
+        self.gone += other.gone;
+        self.changed += other.changed;
+        self.tag_limit += other.tag_limit;
+    }
+}
+
+/// What one partition's seal did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionSealReport {
+    pub partition: PartitionKey,
+    pub generation: u64,
+    pub outputs_committed: u64,
+    pub objects_compacted: u64,
+    pub source_bytes: u64,
+    pub output_bytes: u64,
+    /// Gone or changed when read: marked `missing`, not in any output.
+    pub objects_missing: u64,
+    /// A newer version arrived while the output was written: its old bytes are in the output
+    /// but the record stays pending for the next generation.
+    pub objects_superseded: u64,
+    /// Refused formats left pending (the configuration changed since they were ingested).
+    pub objects_refused: u64,
+    /// Uncommitted outputs of crashed runs, deleted and abandoned.
+    pub outputs_abandoned: u64,
+    /// Objects of outputs committed by a crashed run, turned compacted by this one.
+    pub objects_finished: u64,
+    pub expiry: ExpiryCounts,
+    pub stopped_at_deadline: bool,
+    /// The partition's state after release.
+    pub state: PartitionState,
+}
+
+impl PartitionSealReport {
+    fn new(partition: PartitionKey, generation: u64) -> Self {
+        Self {
+            partition,
+            generation,
+            outputs_committed: 0,
+            objects_compacted: 0,
+            source_bytes: 0,
+            output_bytes: 0,
+            objects_missing: 0,
+            objects_superseded: 0,
+            objects_refused: 0,
+            outputs_abandoned: 0,
+            objects_finished: 0,
+            expiry: ExpiryCounts::default(),
+            stopped_at_deadline: false,
+            state: PartitionState::Sealing,
+        }
+    }
+}
+
+/// What a seal run did, in total and per partition.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SealReport {
+    pub partitions_sealed: u64,
+    /// Released `open`: a late object arrived, or the deadline came.
+    pub partitions_left_open: u64,
+    /// Held by another live seal run: skipped.
+    pub partitions_locked: u64,
+    pub partitions_failed: u64,
+    pub outputs_committed: u64,
+    pub objects_compacted: u64,
+    pub source_bytes: u64,
+    pub output_bytes: u64,
+    pub objects_missing: u64,
+    pub objects_superseded: u64,
+    pub outputs_abandoned: u64,
+    pub objects_finished: u64,
+    pub expiry: ExpiryCounts,
+    pub stopped_at_deadline: bool,
+    pub partitions: Vec<PartitionSealReport>,
+    /// Partition and error message of every failure.
+    pub failures: Vec<(String, String)>,
+}
+
+impl SealReport {
+    fn add(&mut self, partition: PartitionSealReport) {
+        match partition.state {
+            PartitionState::Sealed => self.partitions_sealed += 1,
+            _ => self.partitions_left_open += 1,
+        }
+        self.outputs_committed += partition.outputs_committed;
+        self.objects_compacted += partition.objects_compacted;
+        self.source_bytes += partition.source_bytes;
+        self.output_bytes += partition.output_bytes;
+        self.objects_missing += partition.objects_missing;
+        self.objects_superseded += partition.objects_superseded;
+        self.outputs_abandoned += partition.outputs_abandoned;
+        self.objects_finished += partition.objects_finished;
+        self.expiry.add(&partition.expiry);
+        self.stopped_at_deadline |= partition.stopped_at_deadline;
+        self.partitions.push(partition);
+    }
+
+    /// Logs the counts as one structured line.
+    pub fn log(&self) {
+        info!(
+            partitions_sealed = self.partitions_sealed,
+            partitions_left_open = self.partitions_left_open,
+            partitions_locked = self.partitions_locked,
+            partitions_failed = self.partitions_failed,
+            outputs = self.outputs_committed,
+            objects = self.objects_compacted,
+            bytes = self.source_bytes,
+            missing = self.objects_missing,
+            superseded = self.objects_superseded,
+            abandoned = self.outputs_abandoned,
+            finished = self.objects_finished,
+            tagged = self.expiry.tagged,
+            deleted = self.expiry.deleted,
+            tag_limit = self.expiry.tag_limit,
+            stopped_at_deadline = self.stopped_at_deadline,
+            "seal finished"
+        );
+    }
+}
+
+enum PartitionOutcome {
+    Sealed(PartitionSealReport),
+    Locked,
+}
+
+/// Manifest pages read at a time.
+const PAGE: usize = 1000;
+/// Sources tagged or deleted at once.
+const EXPIRY_CONCURRENCY: usize = 16;
+
+impl Compactor {
+    /// Seals every closed partition with pending objects (or the ones `options` names), a few
+    /// at a time. Failures of one partition do not stop the others; they are counted and
+    /// reported, and the partition is left for the next run.
+    pub async fn seal_closed(&self, options: &SealOptions) -> Result<SealReport, EngineError> {
+        let mut report = SealReport::default();
+        let mut tried: std::collections::HashSet<PartitionKey> = Default::default();
+        let max_partitions = options.max_partitions.unwrap_or(usize::MAX);
+        loop {
+            let batch: Vec<PartitionKey> = match &options.partitions {
+                Some(partitions) => partitions.iter().filter(|key| !tried.contains(*key)).cloned().collect(),
+                None => self
+                    .manifest
+                    .closed_partitions(self.clock.now(), PAGE)
+                    .await?
+                    .into_iter()
+                    .map(|record| record.key)
+                    .filter(|key| !tried.contains(key))
+                    .collect(),
+            };
+            let room = max_partitions.saturating_sub(tried.len());
+            let batch: Vec<PartitionKey> = batch.into_iter().take(room).collect();
+            if batch.is_empty() {
+                break;
+            }
+            tried.extend(batch.iter().cloned());
+            let results: Vec<(PartitionKey, Result<PartitionOutcome, EngineError>)> = futures::stream::iter(batch)
+                .map(|partition| async move {
+                    let span = info_span!("seal_partition", partition = %partition);
+                    let result = self.seal_partition(&partition, options).instrument(span).await;
+                    (partition, result)
+                })
+                .buffer_unordered(self.config.partition_concurrency)
+                .collect()
+                .await;
+            for (partition, result) in results {
+                match result {
+                    Ok(PartitionOutcome::Sealed(partition_report)) => report.add(partition_report),
+                    Ok(PartitionOutcome::Locked) => report.partitions_locked += 1,
+                    Err(error) => {
+                        warn!(partition = %partition, error = %error, "partition seal failed; the next run retries it");
+                        report.partitions_failed += 1;
+                        report.failures.push((partition.to_string(), error.to_string()));
+                    }
+                }
+            }
+            if report.stopped_at_deadline || options.partitions.is_some() {
+                break;
+            }
+        }
+        report.log();
+        Ok(report)
+    }
+
+    async fn seal_partition(&self, partition: &PartitionKey, options: &SealOptions) -> Result<PartitionOutcome, EngineError> {
+        let lease = match self.manifest.acquire(partition, &self.owner, self.clock.now(), self.config.lease).await {
+            Ok(lease) => lease,
+            Err(ManifestError::Locked { owner, expires_at, .. }) => {
+                info!(partition = %partition, owner = %owner, expires_at = %expires_at, "partition is being sealed elsewhere");
+                return Ok(PartitionOutcome::Locked);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut lease = lease;
+        let mut report = PartitionSealReport::new(partition.clone(), lease.generation);
+        match self.seal_under_lease(&mut lease, &mut report, options).await {
+            Ok(()) => {
+                let record = self.manifest.release(&lease, self.clock.now()).await?;
+                report.state = record.state;
+                info!(
+                    partition = %partition,
+                    generation = lease.generation,
+                    state = %record.state,
+                    outputs = report.outputs_committed,
+                    objects = report.objects_compacted,
+                    bytes = report.source_bytes,
+                    "partition sealed"
+                );
+                Ok(PartitionOutcome::Sealed(report))
+            }
+            Err(error) => {
+                // A failed run releases its lock so the next run can start at once; a crashed
+                // one cannot, and its lease expires instead. Either way the next run recovers.
+                if !matches!(error, EngineError::Manifest(ManifestError::LeaseLost { .. })) {
+                    if let Err(release_error) = self.manifest.release(&lease, self.clock.now()).await {
+                        warn!(partition = %partition, error = %release_error, "could not release the lock after a failure; it expires with its lease");
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn seal_under_lease(
+        &self,
+        lease: &mut Lease,
+        report: &mut PartitionSealReport,
+        options: &SealOptions,
+    ) -> Result<(), EngineError> {
+        self.recover(lease, report).await?;
+
+        let mut packer: Packer<ObjectRecord> =
+            Packer::new(&lease.partition.path, lease.generation, self.config.plan_settings());
+        let mut start_after: Option<String> = None;
+        loop {
+            let query = ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
+            let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
+            let page_length = page.len();
+            start_after = page.last().map(|object| object.key.clone());
+            for object in page {
+                match packer.push(object) {
+                    Ok(Some(output)) => {
+                        if !self.write_and_commit(lease, report, output, options).await? {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(refused) => {
+                        warn!(key = %refused.key, "pending object has a format that cannot be concatenated; left pending");
+                        report.objects_refused += 1;
+                    }
+                }
+            }
+            if page_length < PAGE {
+                break;
+            }
+        }
+        for output in packer.finish() {
+            if !self.write_and_commit(lease, report, output, options).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes what crashed runs left: never trusts their uncommitted outputs, finishes their
+    /// commits, and marks their compacted sources for expiry.
+    async fn recover(&self, lease: &Lease, report: &mut PartitionSealReport) -> Result<(), EngineError> {
+        for output in self.manifest.outputs(&lease.partition, Some(OutputState::Writing)).await? {
+            if let Some(upload_id) = &output.upload_id {
+                match self.store.abort_multipart(&output.bucket, &output.key, upload_id).await {
+                    Ok(()) | Err(StoreError::NoSuchUpload { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            self.store.delete(&output.bucket, &output.key).await?;
+            self.manifest.abandon_output(lease, &output.bucket, &output.key).await?;
+            warn!(output = %output.key, generation = output.generation, "abandoned an uncommitted output of an earlier run");
+            report.outputs_abandoned += 1;
+        }
+        for output in self.manifest.outputs(&lease.partition, Some(OutputState::Committed)).await? {
+            let finished = self.manifest.mark_compacted(&lease.partition, &output.key).await?;
+            if finished > 0 {
+                info!(output = %output.key, objects = finished, "finished the commit of an earlier run");
+                report.objects_finished += finished;
+            }
+        }
+        loop {
+            let awaiting = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..ObjectQuery::awaiting_expiry() }).await?;
+            if awaiting.is_empty() || self.config.expiry == ExpiryMode::None {
+                break;
+            }
+            let page_length = awaiting.len();
+            let counts = self.mark_sources_for_expiry(&awaiting).await?;
+            report.expiry.add(&counts);
+            if page_length < PAGE {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes and commits one output. Returns false when the deadline stopped the run.
+    async fn write_and_commit(
+        &self,
+        lease: &mut Lease,
+        report: &mut PartitionSealReport,
+        planned: PlannedOutput<ObjectRecord>,
+        options: &SealOptions,
+    ) -> Result<bool, EngineError> {
+        let now = self.clock.now();
+        if options.deadline.is_some_and(|deadline| now >= deadline) {
+            info!(partition = %lease.partition, "deadline reached; stopping at an output boundary");
+            report.stopped_at_deadline = true;
+            return Ok(false);
+        }
+        // Renew well before expiry, so a slow output never outlives the lease.
+        if lease.expires_at - now < self.config.lease / 2 {
+            *lease = self.manifest.renew(lease, now, self.config.lease).await?;
+        }
+        let dest_bucket = self.config.dest_bucket.clone();
+        let mut record = OutputRecord {
+            bucket: dest_bucket.clone(),
+            key: planned.key.clone(),
+            partition: lease.partition.clone(),
+            generation: lease.generation,
+            part_number: planned.part_number,
+            state: OutputState::Writing,
+            size: None,
+            sha256: None,
+            object_count: planned.sources.len() as u64,
+            upload_id: None,
+            created_at: now,
+            committed_at: None,
+        };
+        // Recorded before a byte is written, so a crash leaves a record to clean up after.
+        self.manifest.begin_output(lease, &record).await?;
+        if needs_multipart(&planned, &self.config) {
+            let upload_id = self.store.create_multipart(&dest_bucket, &planned.key).await?;
+            record.upload_id = Some(upload_id);
+            self.manifest.begin_output(lease, &record).await?;
+        }
+        let target = OutputTarget { bucket: &dest_bucket, generation: lease.generation, upload_id: record.upload_id.as_deref() };
+        let written = write_output(&self.store, &self.config, &planned, target).await?;
+
+        for missing in &written.missing {
+            self.manifest.mark_missing(lease, &missing.key, &missing.sequencer, &missing.note).await?;
+        }
+        report.objects_missing += written.missing.len() as u64;
+        if !written.written {
+            if let Some(upload_id) = &record.upload_id {
+                self.store.abort_multipart(&dest_bucket, &planned.key, upload_id).await?;
+            }
+            self.manifest.abandon_output(lease, &dest_bucket, &planned.key).await?;
+            return Ok(true);
+        }
+
+        let mut superseded: Vec<String> = Vec::new();
+        for chunk in written.placements.chunks(PAGE) {
+            superseded.extend(self.manifest.record_placements(lease, &planned.key, chunk).await?);
+        }
+        if !superseded.is_empty() {
+            warn!(output = %planned.key, objects = superseded.len(), "objects changed while their output was written; they stay pending");
+        }
+        let placed = written.placements.len() as u64 - superseded.len() as u64;
+        self.manifest
+            .commit_output(lease, &dest_bucket, &planned.key, written.size, &written.sha256, placed, self.clock.now())
+            .await?;
+        let compacted = self.manifest.mark_compacted(&lease.partition, &planned.key).await?;
+        debug_assert_eq!(compacted, placed, "every placed source turns compacted once");
+
+        let superseded_keys: std::collections::HashSet<&str> = superseded.iter().map(String::as_str).collect();
+        let committed_sources: Vec<ObjectRecord> = planned
+            .sources
+            .into_iter()
+            .filter(|source| !superseded_keys.contains(source.key.as_str()))
+            .filter(|source| !written.missing.iter().any(|missing| missing.key == source.key))
+            .map(|mut source| {
+                source.state = ObjectState::Compacted;
+                source
+            })
+            .collect();
+        let source_bytes: u64 = committed_sources.iter().map(|source| source.size).sum();
+        if self.config.expiry != ExpiryMode::None {
+            let counts = self.mark_sources_for_expiry(&committed_sources).await?;
+            report.expiry.add(&counts);
+        }
+        report.outputs_committed += 1;
+        report.objects_compacted += compacted;
+        report.objects_superseded += superseded.len() as u64;
+        report.source_bytes += source_bytes;
+        report.output_bytes += written.size;
+        info!(output = %planned.key, objects = compacted, bytes = written.size, sha256 = %written.sha256, "output committed");
+        if let Some(progress) = &options.progress {
+            progress(&super::seal::OutputProgress {
+                partition: lease.partition.clone(),
+                output_key: planned.key.clone(),
+                objects: compacted,
+                source_bytes,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Step 5's second half: tags (merging with the object's own tags) or deletes compacted
+    /// sources, then records the marks. Only ever called with compacted objects.
+    async fn mark_sources_for_expiry(&self, sources: &[ObjectRecord]) -> Result<ExpiryCounts, EngineError> {
+        let outcomes: Vec<Result<(String, String, ExpiryOutcome), EngineError>> = futures::stream::iter(sources)
+            .map(|source| async move {
+                let outcome = self.mark_one_for_expiry(source).await?;
+                Ok((source.bucket.clone(), source.key.clone(), outcome))
+            })
+            .buffer_unordered(EXPIRY_CONCURRENCY)
+            .collect()
+            .await;
+        let mut counts = ExpiryCounts::default();
+        let mut marked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut first_error = None;
+        for outcome in outcomes {
+            let (bucket, key, outcome) = match outcome {
+                Ok(done) => done,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    continue;
+                }
+            };
+            match outcome {
+                ExpiryOutcome::Tagged => counts.tagged += 1,
+                ExpiryOutcome::Deleted => counts.deleted += 1,
+                ExpiryOutcome::AlreadyTagged => counts.already_tagged += 1,
+                ExpiryOutcome::Gone => counts.gone += 1,
+                ExpiryOutcome::Changed => counts.changed += 1,
+                ExpiryOutcome::TagLimit => counts.tag_limit += 1,
+            }
+            marked.entry(bucket).or_default().push(key);
+        }
+        // Marks are recorded for what was done even when another source failed, so a rerun
+        // only redoes the failures.
+        for (bucket, keys) in marked {
+            for chunk in keys.chunks(PAGE) {
+                self.manifest.mark_expiry(&bucket, chunk, self.clock.now()).await?;
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(counts),
+        }
+    }
+
+    async fn mark_one_for_expiry(&self, source: &ObjectRecord) -> Result<ExpiryOutcome, EngineError> {
+        debug_assert_eq!(source.state, ObjectState::Compacted, "only compacted sources are marked for expiry");
+        let meta = match self.store.head(&source.bucket, &source.key).await {
+            Ok(meta) => meta,
+            Err(StoreError::NotFound { .. }) => return Ok(ExpiryOutcome::Gone),
+            Err(error) => return Err(error.into()),
+        };
+        // PutObjectTagging and DeleteObject take no If-Match: this check narrows the window in
+        // which a newer version could be marked to the time between these two requests.
+        if let (Some(recorded), Some(current)) = (&source.etag, &meta.etag) {
+            if recorded.trim_matches('"') != current.trim_matches('"') {
+                warn!(key = %source.key, "source changed since it was compacted; not marking it for expiry");
+                return Ok(ExpiryOutcome::Changed);
+            }
+        }
+        match self.config.expiry {
+            ExpiryMode::None => Ok(ExpiryOutcome::AlreadyTagged),
+            ExpiryMode::Delete => match self.store.delete(&source.bucket, &source.key).await {
+                Ok(()) => Ok(ExpiryOutcome::Deleted),
+                Err(StoreError::NotFound { .. }) => Ok(ExpiryOutcome::Gone),
+                Err(error) => Err(error.into()),
+            },
+            ExpiryMode::Tag => {
+                let tag: &Tag = &self.config.expiry_tag;
+                let mut tags = match self.store.get_tags(&source.bucket, &source.key).await {
+                    Ok(tags) => tags,
+                    Err(StoreError::NotFound { .. }) => return Ok(ExpiryOutcome::Gone),
+                    Err(error) => return Err(error.into()),
+                };
+                if tags.iter().any(|existing| existing == tag) {
+                    return Ok(ExpiryOutcome::AlreadyTagged);
+                }
+                // PutObjectTagging replaces the whole set: merge, replacing only our own key.
+                tags.retain(|existing| existing.key != tag.key);
+                if tags.len() >= 10 {
+                    warn!(key = %source.key, tags = tags.len(), "source already has 10 tags; left untagged rather than drop one");
+                    return Ok(ExpiryOutcome::TagLimit);
+                }
+                tags.push(tag.clone());
+                match self.store.put_tags(&source.bucket, &source.key, &tags).await {
+                    Ok(()) => Ok(ExpiryOutcome::Tagged),
+                    Err(StoreError::NotFound { .. }) => Ok(ExpiryOutcome::Gone),
+                    Err(error) => Err(error.into()),
+                }
+            }
+        }
+    }
+}
+
+enum ExpiryOutcome {
+    Tagged,
+    Deleted,
+    AlreadyTagged,
+    Gone,
+    Changed,
+    TagLimit,
+}

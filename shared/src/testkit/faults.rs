@@ -1,0 +1,422 @@
+//! Fault injection around the ports: a crash at the Nth call.
+//!
+//! [`FaultPlan::crash_at`] makes the Nth port call (counting store and manifest calls together,
+//! in the order they are made) and every call after it fail, as if the process died there.
+//! With [`CrashMode::AfterCall`] the Nth call takes effect first and only its answer is lost —
+//! the nastier case, where the store or manifest changed but the caller never learnt it.
+//! The wrappers also count calls per operation, which tests and benchmarks read.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+
+use crate::domain::partition::PartitionKey;
+use crate::domain::records::{ObjectRecord, OutputRecord, OutputState, PartitionRecord};
+use crate::ports::manifest::SourcePlacement;
+use crate::ports::{
+    CompletedPart, GetOptions, GetResult, IngestOutcome, Lease, ListPage, Manifest, ManifestError, NewObject,
+    ObjectMeta, ObjectQuery, ObjectStore, PutOptions, RemovedObject, StoreError, Tag,
+};
+
+/// Whether the crashing call takes effect before the crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    BeforeCall,
+    AfterCall,
+}
+
+/// Shared by the wrappers of one "process": counts calls and decides when it dies.
+#[derive(Debug)]
+pub struct FaultPlan {
+    calls: AtomicU64,
+    crash_at: AtomicU64,
+    after_call: AtomicBool,
+    crashed: AtomicBool,
+    crashed_in: Mutex<Option<String>>,
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Default for FaultPlan {
+    fn default() -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            crash_at: AtomicU64::new(0),
+            after_call: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+            crashed_in: Mutex::new(None),
+            counts: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+enum Verdict {
+    Proceed,
+    Fail,
+    ProceedThenFail,
+}
+
+impl FaultPlan {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Crash at call `call_number` (1-based) and at every call after it.
+    pub fn crash_at(&self, call_number: u64, mode: CrashMode) {
+        self.after_call.store(mode == CrashMode::AfterCall, Ordering::SeqCst);
+        self.crash_at.store(call_number, Ordering::SeqCst);
+    }
+
+    /// A new process: no crash planned, counters from zero.
+    pub fn heal(&self) {
+        self.crash_at.store(0, Ordering::SeqCst);
+        self.crashed.store(false, Ordering::SeqCst);
+        self.calls.store(0, Ordering::SeqCst);
+        *self.crashed_in.lock().expect("fault plan mutex poisoned") = None;
+        self.counts.lock().expect("fault plan mutex poisoned").clear();
+    }
+
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// The operation the crash happened in.
+    pub fn crashed_in(&self) -> Option<String> {
+        self.crashed_in.lock().expect("fault plan mutex poisoned").clone()
+    }
+
+    /// Calls made since the last heal.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls per operation (`store.get`, `manifest.commit_output`, …) since the last heal.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.lock().expect("fault plan mutex poisoned").clone()
+    }
+
+    fn verdict(&self, operation: &'static str) -> Verdict {
+        *self.counts.lock().expect("fault plan mutex poisoned").entry(operation).or_default() += 1;
+        if self.crashed.load(Ordering::SeqCst) {
+            return Verdict::Fail;
+        }
+        let call_number = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let crash_at = self.crash_at.load(Ordering::SeqCst);
+        if crash_at == 0 || call_number < crash_at {
+            return Verdict::Proceed;
+        }
+        if self.crashed.swap(true, Ordering::SeqCst) {
+            return Verdict::Fail;
+        }
+        *self.crashed_in.lock().expect("fault plan mutex poisoned") = Some(operation.to_string());
+        if self.after_call.load(Ordering::SeqCst) {
+            Verdict::ProceedThenFail
+        } else {
+            Verdict::Fail
+        }
+    }
+}
+
+/// An [`ObjectStore`] that obeys a [`FaultPlan`].
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    plan: Arc<FaultPlan>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, plan: Arc<FaultPlan>) -> Self {
+        Self { inner, plan }
+    }
+}
+
+fn store_crash(bucket: &str, key: &str) -> StoreError {
+    StoreError::backend(bucket, key, "injected crash")
+}
+
+macro_rules! faulty_store_call {
+    ($self:ident, $operation:literal, $bucket:expr, $key:expr, $call:expr) => {{
+        match $self.plan.verdict($operation) {
+            Verdict::Proceed => $call.await,
+            Verdict::Fail => Err(store_crash($bucket, $key)),
+            Verdict::ProceedThenFail => {
+                let _ = $call.await;
+                Err(store_crash($bucket, $key))
+            }
+        }
+    }};
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
+        faulty_store_call!(self, "store.head", bucket, key, self.inner.head(bucket, key))
+    }
+
+    async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
+        faulty_store_call!(self, "store.get", bucket, key, self.inner.get(bucket, key, options.clone()))
+    }
+
+    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError> {
+        faulty_store_call!(self, "store.put", bucket, key, self.inner.put(bucket, key, body.clone(), options.clone()))
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+        faulty_store_call!(self, "store.create_multipart", bucket, key, self.inner.create_multipart(bucket, key))
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<CompletedPart, StoreError> {
+        faulty_store_call!(
+            self,
+            "store.upload_part",
+            bucket,
+            key,
+            self.inner.upload_part(bucket, key, upload_id, part_number, body.clone())
+        )
+    }
+
+    async fn upload_part_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_bucket: &str,
+        source_key: &str,
+        range: Option<Range<u64>>,
+        source_if_match: Option<&str>,
+    ) -> Result<CompletedPart, StoreError> {
+        faulty_store_call!(
+            self,
+            "store.upload_part_copy",
+            bucket,
+            key,
+            self.inner.upload_part_copy(
+                bucket,
+                key,
+                upload_id,
+                part_number,
+                source_bucket,
+                source_key,
+                range.clone(),
+                source_if_match
+            )
+        )
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<ObjectMeta, StoreError> {
+        faulty_store_call!(
+            self,
+            "store.complete_multipart",
+            bucket,
+            key,
+            self.inner.complete_multipart(bucket, key, upload_id, parts)
+        )
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        faulty_store_call!(self, "store.abort_multipart", bucket, key, self.inner.abort_multipart(bucket, key, upload_id))
+    }
+
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<ListPage, StoreError> {
+        faulty_store_call!(self, "store.list", bucket, prefix, self.inner.list(bucket, prefix, start_after, max_keys))
+    }
+
+    async fn get_tags(&self, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError> {
+        faulty_store_call!(self, "store.get_tags", bucket, key, self.inner.get_tags(bucket, key))
+    }
+
+    async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError> {
+        faulty_store_call!(self, "store.put_tags", bucket, key, self.inner.put_tags(bucket, key, tags))
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        faulty_store_call!(self, "store.delete", bucket, key, self.inner.delete(bucket, key))
+    }
+}
+
+/// A [`Manifest`] that obeys a [`FaultPlan`].
+#[derive(Debug)]
+pub struct FaultyManifest {
+    inner: Arc<dyn Manifest>,
+    plan: Arc<FaultPlan>,
+}
+
+impl FaultyManifest {
+    pub fn new(inner: Arc<dyn Manifest>, plan: Arc<FaultPlan>) -> Self {
+        Self { inner, plan }
+    }
+}
+
+fn manifest_crash() -> ManifestError {
+    ManifestError::backend("fault", "injected crash")
+}
+
+macro_rules! faulty_manifest_call {
+    ($self:ident, $operation:literal, $call:expr) => {{
+        match $self.plan.verdict($operation) {
+            Verdict::Proceed => $call.await,
+            Verdict::Fail => Err(manifest_crash()),
+            Verdict::ProceedThenFail => {
+                let _ = $call.await;
+                Err(manifest_crash())
+            }
+        }
+    }};
+}
+
+#[async_trait]
+impl Manifest for FaultyManifest {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn record_object(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
+        faulty_manifest_call!(self, "manifest.record_object", self.inner.record_object(object))
+    }
+
+    async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError> {
+        faulty_manifest_call!(self, "manifest.record_removal", self.inner.record_removal(removal))
+    }
+
+    async fn closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<PartitionRecord>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.closed_partitions", self.inner.closed_partitions(now, limit))
+    }
+
+    async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.partition", self.inner.partition(key))
+    }
+
+    async fn partitions(
+        &self,
+        start_after: Option<&PartitionKey>,
+        limit: usize,
+    ) -> Result<Vec<PartitionRecord>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.partitions", self.inner.partitions(start_after, limit))
+    }
+
+    async fn acquire(
+        &self,
+        partition: &PartitionKey,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+    ) -> Result<Lease, ManifestError> {
+        faulty_manifest_call!(self, "manifest.acquire", self.inner.acquire(partition, owner, now, lease_for))
+    }
+
+    async fn renew(&self, lease: &Lease, now: DateTime<Utc>, lease_for: Duration) -> Result<Lease, ManifestError> {
+        faulty_manifest_call!(self, "manifest.renew", self.inner.renew(lease, now, lease_for))
+    }
+
+    async fn release(&self, lease: &Lease, now: DateTime<Utc>) -> Result<PartitionRecord, ManifestError> {
+        faulty_manifest_call!(self, "manifest.release", self.inner.release(lease, now))
+    }
+
+    async fn objects(&self, partition: &PartitionKey, query: &ObjectQuery) -> Result<Vec<ObjectRecord>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.objects", self.inner.objects(partition, query))
+    }
+
+    async fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.object", self.inner.object(bucket, key))
+    }
+
+    async fn output_sources(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        start_after_offset: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ObjectRecord>, ManifestError> {
+        faulty_manifest_call!(
+            self,
+            "manifest.output_sources",
+            self.inner.output_sources(output_bucket, output_key, start_after_offset, limit)
+        )
+    }
+
+    async fn mark_missing(&self, lease: &Lease, key: &str, sequencer: &str, note: &str) -> Result<(), ManifestError> {
+        faulty_manifest_call!(self, "manifest.mark_missing", self.inner.mark_missing(lease, key, sequencer, note))
+    }
+
+    async fn begin_output(&self, lease: &Lease, output: &OutputRecord) -> Result<(), ManifestError> {
+        faulty_manifest_call!(self, "manifest.begin_output", self.inner.begin_output(lease, output))
+    }
+
+    async fn record_placements(
+        &self,
+        lease: &Lease,
+        output_key: &str,
+        placements: &[SourcePlacement],
+    ) -> Result<Vec<String>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.record_placements", self.inner.record_placements(lease, output_key, placements))
+    }
+
+    async fn commit_output(
+        &self,
+        lease: &Lease,
+        output_bucket: &str,
+        output_key: &str,
+        size: u64,
+        sha256: &str,
+        object_count: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), ManifestError> {
+        faulty_manifest_call!(
+            self,
+            "manifest.commit_output",
+            self.inner.commit_output(lease, output_bucket, output_key, size, sha256, object_count, now)
+        )
+    }
+
+    async fn mark_compacted(&self, partition: &PartitionKey, output_key: &str) -> Result<u64, ManifestError> {
+        faulty_manifest_call!(self, "manifest.mark_compacted", self.inner.mark_compacted(partition, output_key))
+    }
+
+    async fn mark_expiry(&self, bucket: &str, keys: &[String], at: DateTime<Utc>) -> Result<(), ManifestError> {
+        faulty_manifest_call!(self, "manifest.mark_expiry", self.inner.mark_expiry(bucket, keys, at))
+    }
+
+    async fn abandon_output(&self, lease: &Lease, output_bucket: &str, output_key: &str) -> Result<(), ManifestError> {
+        faulty_manifest_call!(self, "manifest.abandon_output", self.inner.abandon_output(lease, output_bucket, output_key))
+    }
+
+    async fn outputs(
+        &self,
+        partition: &PartitionKey,
+        state: Option<OutputState>,
+    ) -> Result<Vec<OutputRecord>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.outputs", self.inner.outputs(partition, state))
+    }
+
+    async fn output(&self, bucket: &str, key: &str) -> Result<Option<OutputRecord>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.output", self.inner.output(bucket, key))
+    }
+}
