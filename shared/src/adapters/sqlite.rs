@@ -25,7 +25,8 @@
 //!   transaction ([`sequencer::supersedes`]): their lengths differ, so SQL string order is wrong.
 //! - **Counts derived by queries.** A partition's pending, compacted and committed counts are
 //!   aggregate queries over covering indexes, computed when the record is read, so they can
-//!   never drift; DynamoDB keeps counters on the partition item instead.
+//!   never drift. DynamoDB has no aggregates: its adapter must keep counters on the partition
+//!   item, updated in the same transaction as the objects.
 //! - **One writer at a time.** SQLite has a single write lock per file; in WAL mode readers do
 //!   not block it. A second process waits up to [`BUSY_TIMEOUT`] for the lock, then fails with
 //!   a backend error. Fine for one machine, not for a fleet of Lambdas.
@@ -34,7 +35,20 @@
 //!   (which never have pending objects), and an `EXISTS` on the objects index checks the rest.
 //! - **No TTL.** Nothing is ever deleted by the database itself.
 //! - **Times are kept to the microsecond** (integers since the Unix epoch, so SQL comparisons
-//!   are numeric); DynamoDB stores RFC 3339 strings.
+//!   are numeric); a finer time passed in comes back truncated.
+//!
+//! # Choices the port leaves open (the conformance suite pins the same ones)
+//! - The owner of a live lease may `acquire` again: it gets the next generation and its older
+//!   lease is fenced.
+//! - A released lease is fenced too (the lock owner is cleared), so a second `release` fails
+//!   with `LeaseLost`.
+//! - `begin_output` on a `committed` output changes nothing and succeeds; on an `abandoned`
+//!   one it fails with `InvalidOutputState`.
+//! - `mark_compacted` on an output that is not committed returns `Ok(0)`; on an unknown one
+//!   `NotFound`. `abandon_output` on an abandoned output succeeds.
+//! - A removal moves the record's sequencer and event time to the removal's, so a replayed
+//!   creation of the removed version stays stale; its placement, if any, stays for the audit.
+//! - `sealed_at` is the time of the last seal; a reopened partition keeps it.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -44,7 +58,9 @@ use std::time::Duration as StdDuration;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row, ToSql, Transaction, TransactionBehavior,
+};
 
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, Placement};
@@ -55,8 +71,9 @@ use crate::ports::manifest::{
 
 const BACKEND_NAME: &str = "sqlite";
 
-/// The schema this build writes, stored in SQLite's `user_version` pragma. Bump it with every
-/// change to [`SCHEMA_SQL`] and teach [`SqliteManifest::prepare_schema`] to migrate.
+/// The schema this build writes, stored in SQLite's `user_version` pragma. A file with any
+/// other version is refused at open rather than misread. (Bump it with every change to
+/// `SCHEMA_SQL`, and teach `prepare_schema` to migrate the older version.)
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// How long a call waits for another handle's write lock before it fails.
@@ -108,6 +125,9 @@ CREATE TABLE objects (
 -- A partition's objects by state in key order (the seal's pages), and with size as the last
 -- column the index covers the partition counts, so they never read the table.
 CREATE INDEX objects_by_partition_state ON objects (bucket, partition_path, state, key, size);
+
+-- All of a partition's objects in key order (audit and restore page through them).
+CREATE INDEX objects_by_partition ON objects (bucket, partition_path, key);
 
 -- The sources of one output by offset. Objects without a placement are left out.
 CREATE INDEX objects_by_output ON objects (bucket, output_key, output_offset)
@@ -544,6 +564,34 @@ fn closed_partitions_sql() -> String {
     )
 }
 
+/// One page of a partition's objects in key order: `?1` bucket, `?2` partition path, `?3` the
+/// key to start after, `?4` whether only compacted objects awaiting expiry, `?5` the limit, and
+/// with `filter_by_state`, `?6` the state. The conditions are plain ranges and equalities (no
+/// `?n IS NULL OR ...`) so that SQLite walks an index in key order instead of sorting the
+/// partition for every page.
+fn objects_sql(filter_by_state: bool) -> String {
+    let state_condition = if filter_by_state { "AND state = ?6" } else { "" };
+    format!(
+        "{OBJECT_SELECT}
+         WHERE bucket = ?1 AND partition_path = ?2 {state_condition}
+           AND key > ?3
+           AND (?4 = 0 OR (state = 'compacted' AND expiry_marked_at_micros IS NULL))
+         ORDER BY key
+         LIMIT ?5"
+    )
+}
+
+/// One page of an output's sources by offset: `?1` the partition's bucket, `?2` the output key,
+/// `?3` the partition path, `?4` the offset to start after, `?5` the limit.
+fn output_sources_sql() -> String {
+    format!(
+        "{OBJECT_SELECT}
+         WHERE bucket = ?1 AND output_key = ?2 AND partition_path = ?3 AND output_offset > ?4
+         ORDER BY output_offset
+         LIMIT ?5"
+    )
+}
+
 fn limit_integer(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
@@ -823,28 +871,18 @@ impl Manifest for SqliteManifest {
         let partition = partition.clone();
         let query = query.clone();
         self.read(move |transaction| {
-            // Optional filters as `?n IS NULL OR ...`, so one cached statement serves all queries.
-            let sql = format!(
-                "{OBJECT_SELECT}
-                 WHERE bucket = ?1 AND partition_path = ?2
-                   AND (?3 IS NULL OR state = ?3)
-                   AND (?4 = 0 OR (state = 'compacted' AND expiry_marked_at_micros IS NULL))
-                   AND (?5 IS NULL OR key > ?5)
-                 ORDER BY key
-                 LIMIT ?6"
-            );
+            let sql = objects_sql(query.state.is_some());
+            // No key sorts before the empty string, so "from the start" is the same range scan.
+            let start_after = query.start_after.unwrap_or_default();
+            let limit = limit_integer(query.limit);
+            let mut parameters: Vec<&dyn ToSql> =
+                vec![&partition.bucket, &partition.path, &start_after, &query.expiry_unmarked, &limit];
+            let state = query.state.map(ObjectState::as_str);
+            if let Some(state) = &state {
+                parameters.push(state);
+            }
             let mut statement = transaction.prepare_cached(&sql).map_err(sqlite_error)?;
-            let rows = statement.query_map(
-                params![
-                    partition.bucket,
-                    partition.path,
-                    query.state.map(ObjectState::as_str),
-                    query.expiry_unmarked,
-                    query.start_after,
-                    limit_integer(query.limit),
-                ],
-                object_from_row,
-            );
+            let rows = statement.query_map(params_from_iter(parameters), object_from_row);
             rows.and_then(|rows| rows.collect()).map_err(sqlite_error)
         })
         .await
@@ -876,14 +914,12 @@ impl Manifest for SqliteManifest {
             let Some(output) = load_output(transaction, &output_bucket, &output_key)? else {
                 return Ok(Vec::new());
             };
-            let start_after_offset = start_after_offset.map(|offset| integer("offset", offset)).transpose()?;
-            let sql = format!(
-                "{OBJECT_SELECT}
-                 WHERE bucket = ?1 AND output_key = ?2 AND partition_path = ?3
-                   AND (?4 IS NULL OR output_offset > ?4)
-                 ORDER BY output_offset
-                 LIMIT ?5"
-            );
+            // Offsets are never negative, so -1 means "from the first" and keeps `>` a range scan.
+            let start_after_offset = match start_after_offset {
+                Some(offset) => integer("offset", offset)?,
+                None => -1,
+            };
+            let sql = output_sources_sql();
             let mut statement = transaction.prepare_cached(&sql).map_err(sqlite_error)?;
             let rows = statement.query_map(
                 params![
@@ -1311,22 +1347,52 @@ mod tests {
         assert!(message.contains("check that its directory exists"), "{message}");
     }
 
-    /// The closed-partition query must stay an index walk as the manifest grows: no scan of
-    /// the partitions table, and objects only reached through their index.
-    #[test]
-    fn closed_partitions_walks_indexes_without_scanning() {
-        let manifest = SqliteManifest::in_memory().unwrap();
+    fn query_plan(manifest: &SqliteManifest, sql: &str, parameters: impl rusqlite::Params) -> String {
         let connection = manifest.connection.lock().unwrap();
-        let mut statement = connection.prepare(&format!("EXPLAIN QUERY PLAN {}", closed_partitions_sql())).unwrap();
-        let plan: Vec<String> = statement
-            .query_map(params![0_i64, 10_i64], |row| row.get::<_, String>("detail"))
+        let mut statement = connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps: Vec<String> = statement
+            .query_map(parameters, |row| row.get::<_, String>("detail"))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let plan_text = plan.join("\n");
-        assert!(plan_text.contains("partitions_unsealed_by_close_time"), "{plan_text}");
-        assert!(!plan.iter().any(|step| step.starts_with("SCAN")), "{plan_text}");
-        assert!(!plan_text.contains("TEMP B-TREE"), "the index gives the order: {plan_text}");
+        steps.join("\n")
+    }
+
+    /// The queries that page through a growing manifest must stay index walks: no scan of a
+    /// table, and no sort (a `TEMP B-TREE`), which would cost the whole partition per page.
+    #[test]
+    fn paging_queries_walk_indexes_without_scanning_or_sorting() {
+        let manifest = SqliteManifest::in_memory().unwrap();
+        let plans = [
+            (
+                "closed_partitions",
+                "partitions_unsealed_by_close_time",
+                query_plan(&manifest, &closed_partitions_sql(), params![0_i64, 10_i64]),
+            ),
+            (
+                "objects in a state",
+                "objects_by_partition_state",
+                query_plan(&manifest, &objects_sql(true), params!["b", "p/", "", false, 10, "pending"]),
+            ),
+            (
+                "all objects",
+                // The space tells it from `objects_by_partition_state`.
+                "objects_by_partition ",
+                query_plan(&manifest, &objects_sql(false), params!["b", "p/", "", false, 10]),
+            ),
+            (
+                "output_sources",
+                "objects_by_output",
+                query_plan(&manifest, &output_sources_sql(), params!["b", "o", "p/", -1, 10]),
+            ),
+        ];
+        for (query, expected_index, plan) in plans {
+            // The first step is the main loop; later ones are the counts' subqueries.
+            let main_loop = plan.lines().next().unwrap_or_default();
+            assert!(main_loop.contains(expected_index), "{query} does not search {expected_index}:\n{plan}");
+            assert!(!plan.lines().any(|step| step.starts_with("SCAN")), "{query} scans:\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{query} sorts:\n{plan}");
+        }
     }
 
     #[tokio::test]

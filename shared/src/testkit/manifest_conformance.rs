@@ -361,6 +361,7 @@ pub async fn record_object_newer_version_replaces_the_record_and_reopens_the_par
 
     let partition_after = partition_record(manifest, &key).await;
     assert_eq!(partition_after.state, PartitionState::Open, "a newer version reopens a sealed partition");
+    assert_eq!(partition_after.sealed_at, Some(second_seal_at), "a reopened partition keeps its last seal time");
     assert_eq!((partition_after.pending_objects, partition_after.pending_bytes), (1, 150));
     assert_eq!((partition_after.compacted_objects, partition_after.compacted_bytes), (2, 205));
     assert_eq!(partition_after.committed_outputs, 2);
@@ -389,6 +390,7 @@ pub async fn record_removal_takes_only_pending_objects_out_of_the_plan(manifest:
     assert_eq!(manifest.record_removal(&removal).await.unwrap(), IngestOutcome::Removed);
     let record = object_record(manifest, &pending).await;
     assert_eq!((record.state, record.sequencer.as_str()), (ObjectState::Removed, "20"));
+    assert_eq!(record.event_time, removal.event_time, "the record describes the removal");
     assert_eq!(manifest.record_removal(&removal).await.unwrap(), IngestOutcome::RemovalIgnored, "a replay");
     assert_eq!(manifest.record_object(&pending).await.unwrap(), IngestOutcome::Stale, "the creation replayed");
     assert_eq!(partition_record(manifest, &key).await.pending_objects, 0, "a removed object is not pending");
