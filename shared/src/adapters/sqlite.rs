@@ -530,6 +530,21 @@ fn check_output_partition(lease: &Lease, output: &OutputRecord) -> Result<(), Ma
     }
 }
 
+/// An output a fenced call changes: the lease must hold, and the output must exist and belong
+/// to the leased partition.
+fn load_leased_output(
+    transaction: &Transaction<'_>,
+    lease: &Lease,
+    output_bucket: &str,
+    output_key: &str,
+) -> Result<OutputRecord, ManifestError> {
+    check_fence(transaction, lease)?;
+    let output = load_output(transaction, output_bucket, output_key)?
+        .ok_or_else(|| output_not_found(output_bucket, output_key))?;
+    check_output_partition(lease, &output)?;
+    Ok(output)
+}
+
 fn count_pending(transaction: &Transaction<'_>, key: &PartitionKey) -> Result<i64, ManifestError> {
     transaction
         .query_row(
@@ -1092,10 +1107,7 @@ impl Manifest for SqliteManifest {
         let output_key = output_key.to_owned();
         let sha256 = sha256.to_owned();
         self.write(move |transaction| {
-            check_fence(transaction, &lease)?;
-            let output = load_output(transaction, &output_bucket, &output_key)?
-                .ok_or_else(|| output_not_found(&output_bucket, &output_key))?;
-            check_output_partition(&lease, &output)?;
+            let output = load_leased_output(transaction, &lease, &output_bucket, &output_key)?;
             match output.state {
                 OutputState::Writing => {
                     transaction
@@ -1182,10 +1194,7 @@ impl Manifest for SqliteManifest {
         let output_bucket = output_bucket.to_owned();
         let output_key = output_key.to_owned();
         self.write(move |transaction| {
-            check_fence(transaction, &lease)?;
-            let output = load_output(transaction, &output_bucket, &output_key)?
-                .ok_or_else(|| output_not_found(&output_bucket, &output_key))?;
-            check_output_partition(&lease, &output)?;
+            let output = load_leased_output(transaction, &lease, &output_bucket, &output_key)?;
             match output.state {
                 OutputState::Writing => {
                     transaction
