@@ -1,2 +1,4 @@
 //! Conformance suites and fault injection.
+
 pub mod faults;
+pub mod manifest_conformance;
