@@ -1,1 +1,3 @@
 //! Conformance suites and fault injection.
+
+pub mod store_conformance;
