@@ -2,3 +2,4 @@
 
 pub mod faults;
 pub mod manifest_conformance;
+pub mod store_conformance;
