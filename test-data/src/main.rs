@@ -17,7 +17,7 @@ use test_data::{objects, write_notifications, write_to_store, DatasetKind, Datas
 
 const EXAMPLES: &str = "\
 Examples:
-  # The demo dataset (~105 MB of NDJSON over 30 days) into ./data/demo-source/logs/...
+  # The demo dataset (~110 MB of NDJSON over 30 days) into ./data/demo-source/logs/...
   test-data generate --out ./data
 
   # Reference-generator style: 30 days x 700 files of 20 records, plus the S3 events
@@ -64,14 +64,15 @@ struct GenerateArgs {
     /// Number of days (one date partition each) [default: 30].
     #[arg(long)]
     days: Option<u32>,
-    /// Files per day [default: 700; hive kinds 240].
+    /// Files per day [default: 700; hive-ndjson 360, hive-csv 480].
     #[arg(long)]
     files_per_day: Option<u32>,
     /// Records per file: exact for seed-json, the mean for other kinds [default: 6 for
-    /// seed-json, 40 for the others].
+    /// seed-json, 30 for cloudtrail, 40 for the hive kinds].
     #[arg(long)]
     records_per_file: Option<u32>,
-    /// Key prefix, ending with '/' [default: logs/ for seed-json, none for cloudtrail].
+    /// Key prefix, ending with '/' [default: logs/ for seed-json, none for cloudtrail, clicks/
+    /// and clicks-csv/ for the hive kinds].
     #[arg(long)]
     prefix: Option<String>,
     /// Bucket: the directory under OUT, and the bucket the events name.
