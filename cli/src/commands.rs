@@ -38,7 +38,9 @@ pub async fn run(cli: Cli) -> CliResult {
 /// Opens the embedded backend under `data_dir` for `config`, creating what is missing.
 pub async fn open_embedded(data_dir: &Path, config: Config) -> CliResult<Compactor> {
     std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create the data directory {}: check the path and its permissions", data_dir.display()))
+        .with_context(|| {
+            format!("cannot create the data directory {}: check the path and its permissions", data_dir.display())
+        })
         .map_err(CliError::Failure)?;
     let store = LocalDir::open(data_dir.join("buckets"))
         .with_context(|| format!("cannot open the buckets under {}", data_dir.display()))
@@ -108,11 +110,7 @@ async fn ingest(global: &GlobalArgs, args: IngestArgs) -> CliResult {
                 let text = read_input(&source)?;
                 for (line_number, document) in json_documents(&text).into_iter().enumerate() {
                     let decoded = decode_json(document).map_err(|error| {
-                        CliError::BadInput(anyhow!(
-                            "{} (document {}): {error}",
-                            source.display(),
-                            line_number + 1
-                        ))
+                        CliError::BadInput(anyhow!("{} (document {}): {error}", source.display(), line_number + 1))
                     })?;
                     report.merge(&compactor.ingest_decoded(&decoded).await?);
                 }
@@ -335,7 +333,11 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
         println!("period      {} .. {}", record.period_start, record.period_end);
         println!("closes at   {}", record.closes_at);
         println!("pending     {} objects, {}", thousands(record.pending_objects), human_bytes(record.pending_bytes));
-        println!("compacted   {} objects, {}", thousands(record.compacted_objects), human_bytes(record.compacted_bytes));
+        println!(
+            "compacted   {} objects, {}",
+            thousands(record.compacted_objects),
+            human_bytes(record.compacted_bytes)
+        );
         let mut table = Table::new(&["gen", "part", "state", "objects", "size", "sha256", "key"]);
         for output in outputs {
             table.row(vec![
@@ -422,7 +424,11 @@ pub fn print_verify_report(report: &VerifyReport) {
         thousands(report.sources_checked),
         human_bytes(report.bytes_read),
         if report.originals_compared > 0 {
-            format!("; {}/{} match their original object", thousands(report.originals_ok), thousands(report.originals_compared))
+            format!(
+                "; {}/{} match their original object",
+                thousands(report.originals_ok),
+                thousands(report.originals_compared)
+            )
         } else {
             String::new()
         }

@@ -71,7 +71,9 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> CliResult {
     let mut raw: RawConfig = global.config.raw();
     raw.source_bucket.get_or_insert_with(|| BUCKET.to_string());
     if raw.source_bucket.as_deref() != Some(BUCKET) {
-        return Err(CliError::BadInput(anyhow!("the demo writes its own bucket {BUCKET}: leave --source-bucket unset")));
+        return Err(CliError::BadInput(anyhow!(
+            "the demo writes its own bucket {BUCKET}: leave --source-bucket unset"
+        )));
     }
     let config = raw.validate()?;
     let compactor = open_embedded(&args.dir, config).await?;
@@ -147,7 +149,11 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> CliResult {
     bar.finish_and_clear();
     print!("  ");
     print_ingest_report(&report);
-    println!("  in {:.1}s ({:.0} events/s)", phase.elapsed().as_secs_f64(), deliveries.len() as f64 / phase.elapsed().as_secs_f64());
+    println!(
+        "  in {:.1}s ({:.0} events/s)",
+        phase.elapsed().as_secs_f64(),
+        deliveries.len() as f64 / phase.elapsed().as_secs_f64()
+    );
     if report.recorded != events.len() as u64 {
         return Err(failure(anyhow!("recorded {} of {} objects", report.recorded, events.len())));
     }

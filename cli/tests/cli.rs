@@ -64,7 +64,8 @@ fn demo_then_audit_and_restore_give_back_the_exact_bytes() {
 
         let restored_path = work.path().join("restored");
         let restored_text = restored_path.to_str().unwrap();
-        let restore = s3_compactor(&[&common[..], &["restore", "--object", key, "--out", restored_text]].concat(), work.path());
+        let restore =
+            s3_compactor(&[&common[..], &["restore", "--object", key, "--out", restored_text]].concat(), work.path());
         assert!(restore.status.success(), "{}", text(&restore.stderr));
         let original = std::fs::read(source).unwrap();
         assert_eq!(std::fs::read(&restored_path).unwrap(), original, "restore of {key}");
@@ -73,7 +74,11 @@ fn demo_then_audit_and_restore_give_back_the_exact_bytes() {
 
     let verify = s3_compactor(&[&common[..], &["verify"]].concat(), work.path());
     assert!(verify.status.success(), "{}", text(&verify.stdout));
-    assert!(text(&verify.stdout).contains("verified 3/3 outputs and 120/120 source ranges"), "{}", text(&verify.stdout));
+    assert!(
+        text(&verify.stdout).contains("verified 3/3 outputs and 120/120 source ranges"),
+        "{}",
+        text(&verify.stdout)
+    );
 
     // A second demo in the same directory replaces the first.
     let again = s3_compactor(&["demo", "--dir", demo_dir_text, "--days", "1", "--files-per-day", "5"], work.path());
@@ -139,7 +144,10 @@ fn ingest_counts_skips_and_replays_from_event_files() {
     assert_eq!(report["skipped"]["under_destination"], 1);
     assert_eq!(report["ignored_records"], 1);
 
-    let audit = s3_compactor(&["--source-bucket", "logs", "--json", "audit", "--object", "app/2024/01/14/a b.json"], work.path());
+    let audit = s3_compactor(
+        &["--source-bucket", "logs", "--json", "audit", "--object", "app/2024/01/14/a b.json"],
+        work.path(),
+    );
     assert!(audit.status.success(), "{}", text(&audit.stderr));
     let audit: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
     assert_eq!(audit["object"]["state"], "pending");

@@ -190,7 +190,8 @@ impl RawConfig {
             .granularity
             .as_deref()
             .map(|text| {
-                text.parse::<Granularity>().map_err(|source| ConfigError::Layout { name: "COMPACTOR_GRANULARITY", source })
+                text.parse::<Granularity>()
+                    .map_err(|source| ConfigError::Layout { name: "COMPACTOR_GRANULARITY", source })
             })
             .transpose()?;
         let layout = Layout::parse(self.layout.as_deref().unwrap_or("%Y/%m/%d"), granularity)
@@ -198,7 +199,11 @@ impl RawConfig {
         let grace = parse_duration("COMPACTOR_GRACE", self.grace.as_deref().unwrap_or("2h"))?;
         let lease = parse_duration("COMPACTOR_LEASE", self.lease.as_deref().unwrap_or("15m"))?;
         if lease < Duration::seconds(30) {
-            return Err(invalid("COMPACTOR_LEASE", self.lease.as_deref().unwrap_or(""), "a lease under 30s expires mid-output: use at least 1m"));
+            return Err(invalid(
+                "COMPACTOR_LEASE",
+                self.lease.as_deref().unwrap_or(""),
+                "a lease under 30s expires mid-output: use at least 1m",
+            ));
         }
         let target_output_bytes =
             parse_bytes("COMPACTOR_TARGET_OUTPUT_BYTES", self.target_output_bytes.as_deref().unwrap_or("128MiB"))?;
@@ -229,7 +234,13 @@ impl RawConfig {
         let expiry_tag_text = self.expiry_tag.as_deref().unwrap_or("compacted=true");
         let expiry_tag = match expiry_tag_text.split_once('=') {
             Some((key, value)) if !key.is_empty() && key.len() <= 128 && value.len() <= 256 => Tag::new(key, value),
-            _ => return Err(invalid("COMPACTOR_EXPIRY_TAG", expiry_tag_text, "give key=value (key up to 128 characters, value up to 256)")),
+            _ => {
+                return Err(invalid(
+                    "COMPACTOR_EXPIRY_TAG",
+                    expiry_tag_text,
+                    "give key=value (key up to 128 characters, value up to 256)",
+                ))
+            }
         };
         let read_concurrency = parse_count("COMPACTOR_READ_CONCURRENCY", self.read_concurrency.as_deref(), 32)?;
         let read_ahead_bytes =
@@ -303,8 +314,9 @@ fn normalize_prefix(prefix: &str) -> String {
 }
 
 fn check_bucket(name: &'static str, bucket: &str) -> Result<(), ConfigError> {
-    let valid_characters =
-        bucket.chars().all(|character| character.is_ascii_lowercase() || character.is_ascii_digit() || "-.".contains(character));
+    let valid_characters = bucket
+        .chars()
+        .all(|character| character.is_ascii_lowercase() || character.is_ascii_digit() || "-.".contains(character));
     if (3..=63).contains(&bucket.len()) && valid_characters && !bucket.starts_with(['-', '.']) {
         Ok(())
     } else {
@@ -380,7 +392,8 @@ mod tests {
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
         RawConfig::from_lookup(|name| map.get(name).cloned()).validate()
     }
 

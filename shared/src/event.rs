@@ -127,14 +127,18 @@ pub fn decode_s3_event(event: &S3Event) -> Result<Decoded, EventError> {
 fn decode_s3_record(record: &S3EventRecord) -> Result<Option<ObjectEvent>, EventError> {
     let malformed = |reason: String| EventError::Malformed { envelope: "S3", reason };
     let event_name = record.event_name.clone().ok_or_else(|| malformed("a record has no eventName".into()))?;
-    let bucket = record.s3.bucket.name.clone().ok_or_else(|| malformed(format!("{event_name} record has no bucket name")))?;
-    let raw_key = record.s3.object.key.as_deref().ok_or_else(|| malformed(format!("{event_name} record has no object key")))?;
+    let bucket =
+        record.s3.bucket.name.clone().ok_or_else(|| malformed(format!("{event_name} record has no bucket name")))?;
+    let raw_key =
+        record.s3.object.key.as_deref().ok_or_else(|| malformed(format!("{event_name} record has no object key")))?;
     let key = decode_key(raw_key).map_err(malformed)?;
     let sequencer = record.s3.object.sequencer.clone().unwrap_or_default();
     let kind = match s3_event_kind(&event_name) {
         Some(EventKindName::Created) => {
-            let size = record.s3.object.size.ok_or_else(|| malformed(format!("{event_name} of {key:?} has no size")))?;
-            let size = u64::try_from(size).map_err(|_| malformed(format!("{event_name} of {key:?} has size {size}")))?;
+            let size =
+                record.s3.object.size.ok_or_else(|| malformed(format!("{event_name} of {key:?} has no size")))?;
+            let size =
+                u64::try_from(size).map_err(|_| malformed(format!("{event_name} of {key:?} has size {size}")))?;
             ObjectEventKind::Created { size, etag: record.s3.object.e_tag.clone().filter(|etag| !etag.is_empty()) }
         }
         Some(EventKindName::Removed) => ObjectEventKind::Removed,
@@ -175,7 +179,9 @@ pub fn encode_key(key: &str) -> String {
     for byte in key.bytes() {
         match byte {
             b' ' => encoded.push('+'),
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b'*' => encoded.push(byte as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b'*' => {
+                encoded.push(byte as char)
+            }
             other => encoded.push_str(&format!("%{other:02X}")),
         }
     }
@@ -213,10 +219,14 @@ fn decode_eventbridge(value: Value) -> Result<Decoded, EventError> {
     if event.source != "aws.s3" {
         return Err(EventError::UnknownShape(format!("EventBridge source {:?}", event.source)));
     }
-    let detail: EventBridgeDetail = serde_json::from_value(event.detail).map_err(|error| malformed(error.to_string()))?;
+    let detail: EventBridgeDetail =
+        serde_json::from_value(event.detail).map_err(|error| malformed(error.to_string()))?;
     let event_time = event.time.ok_or_else(|| malformed("event has no time".into()))?;
     let kind = if created {
-        let size = detail.object.size.ok_or_else(|| malformed(format!("Object Created of {:?} has no size", detail.object.key)))?;
+        let size = detail
+            .object
+            .size
+            .ok_or_else(|| malformed(format!("Object Created of {:?} has no size", detail.object.key)))?;
         ObjectEventKind::Created { size, etag: detail.object.etag }
     } else {
         ObjectEventKind::Removed
@@ -315,7 +325,8 @@ mod tests {
 
     #[test]
     fn sqs_batches_unwrap_and_test_events_are_ignored() {
-        let test_event = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2024-01-14T10:00:00.000Z","Bucket":"logs"}"#;
+        let test_event =
+            r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2024-01-14T10:00:00.000Z","Bucket":"logs"}"#;
         let sqs = serde_json::json!({"Records": [
             {"messageId": "1", "body": DIRECT, "eventSource": "aws:sqs", "attributes": {}, "messageAttributes": {}},
             {"messageId": "2", "body": test_event, "eventSource": "aws:sqs", "attributes": {}, "messageAttributes": {}},

@@ -128,7 +128,12 @@ impl Harness {
             if !(tagged || gone) {
                 continue;
             }
-            assert_eq!(record.state, ObjectState::Compacted, "{context}: {key} marked for expiry while {}", record.state);
+            assert_eq!(
+                record.state,
+                ObjectState::Compacted,
+                "{context}: {key} marked for expiry while {}",
+                record.state
+            );
             let placement = record.placement.as_ref().expect("compacted objects have a placement");
             let output = self.manifest.output(BUCKET, &placement.output_key).await.unwrap().expect("output recorded");
             assert_eq!(output.state, OutputState::Committed, "{context}: {key} marked before its output committed");
@@ -157,7 +162,11 @@ impl Harness {
             for output in self.manifest.outputs(&partition.key, None).await.unwrap() {
                 assert_ne!(output.state, OutputState::Writing, "{context}: {} left writing", output.key);
                 if output.state == OutputState::Abandoned {
-                    assert!(self.store.head(BUCKET, &output.key).await.is_err(), "{context}: abandoned {} still stored", output.key);
+                    assert!(
+                        self.store.head(BUCKET, &output.key).await.is_err(),
+                        "{context}: abandoned {} still stored",
+                        output.key
+                    );
                     continue;
                 }
                 for source in compactor.audit_output(BUCKET, &output.key).await.unwrap().sources {
@@ -223,7 +232,8 @@ async fn a_seal_compacts_every_object_exactly_once_and_tags_it() {
     let outputs = harness.manifest.outputs(&partition, Some(OutputState::Committed)).await.unwrap();
     let gzip_output = outputs.iter().find(|output| output.key.ends_with(".json.gz")).expect("a gzip output");
     assert_eq!(gzip_output.key, "compacted/app/2024/01/15/compacted-g000001-p00002.json.gz");
-    let bytes = harness.store.get(BUCKET, &gzip_output.key, GetOptions::default()).await.unwrap().bytes().await.unwrap();
+    let bytes =
+        harness.store.get(BUCKET, &gzip_output.key, GetOptions::default()).await.unwrap().bytes().await.unwrap();
     let mut text = String::new();
     flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_string(&mut text).unwrap();
     assert_eq!(text, "line 0\nline 1\nline 2\n");
@@ -332,7 +342,10 @@ async fn a_late_object_reopens_a_sealed_partition_and_gets_a_new_generation() {
     let keys: Vec<&str> = outputs.iter().map(|output| output.key.as_str()).collect();
     assert_eq!(
         keys,
-        vec!["compacted/app/2024/01/14/compacted-g000001-p00001.json", "compacted/app/2024/01/14/compacted-g000002-p00001.json"]
+        vec![
+            "compacted/app/2024/01/14/compacted-g000001-p00001.json",
+            "compacted/app/2024/01/14/compacted-g000002-p00001.json"
+        ]
     );
     harness.assert_finished("after the late seal").await;
 }
@@ -359,7 +372,16 @@ async fn removed_missing_and_overwritten_sources_are_never_compacted_as_wrong_by
     // Deleted without an event reaching us, and overwritten before its event arrived.
     harness.store.delete(BUCKET, "app/2024/01/14/vanished.json").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    harness.store.put(BUCKET, "app/2024/01/14/overwritten.json", Bytes::from("{\"v\":2, \"longer\":true}\n"), PutOptions::default()).await.unwrap();
+    harness
+        .store
+        .put(
+            BUCKET,
+            "app/2024/01/14/overwritten.json",
+            Bytes::from("{\"v\":2, \"longer\":true}\n"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
 
     let report = harness.seal().await;
     assert_eq!(report.objects_compacted, 1);
@@ -385,7 +407,11 @@ async fn a_stalled_run_that_lost_its_lease_cannot_commit() {
     let mut harness = Harness::new("tag").await;
     harness.add("app/2024/01/14/a.json", "{}\n").await;
     let partition = PartitionKey::new(BUCKET, "app/2024/01/14/");
-    let stalled = harness.manifest.acquire(&partition, "stalled", at("2024-01-20T00:00:00Z"), Duration::minutes(5)).await.unwrap();
+    let stalled = harness
+        .manifest
+        .acquire(&partition, "stalled", at("2024-01-20T00:00:00Z"), Duration::minutes(5))
+        .await
+        .unwrap();
     // While the lease is live, a seal skips the partition.
     let report = harness.seal().await;
     assert_eq!(report.partitions_locked, 0, "a locked partition is not even listed as closed");
@@ -408,10 +434,8 @@ async fn concurrent_seal_runs_compact_each_object_once() {
     }
     let first = harness.compactor();
     let second = harness.compactor();
-    let (left, right) = tokio::join!(
-        first.seal_closed(&SealOptions::default()),
-        second.seal_closed(&SealOptions::default())
-    );
+    let (left, right) =
+        tokio::join!(first.seal_closed(&SealOptions::default()), second.seal_closed(&SealOptions::default()));
     let (left, right) = (left.unwrap(), right.unwrap());
     assert_eq!(left.objects_compacted + right.objects_compacted, 48);
     assert_eq!(left.partitions_sealed + right.partitions_sealed, 6);
@@ -442,6 +466,7 @@ async fn a_seal_makes_no_list_requests() {
     assert_eq!(counts.get("store.list"), None, "{counts:?}");
     assert_eq!(counts.get("store.get"), Some(&18));
     assert_eq!(counts.get("store.put_tags"), Some(&18));
-    let objects = harness.manifest.objects(&PartitionKey::new(BUCKET, "app/2024/01/15/"), &ObjectQuery::all()).await.unwrap();
+    let objects =
+        harness.manifest.objects(&PartitionKey::new(BUCKET, "app/2024/01/15/"), &ObjectQuery::all()).await.unwrap();
     assert_eq!(objects.len(), 15);
 }

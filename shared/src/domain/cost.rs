@@ -84,7 +84,12 @@ mod tests {
 
     #[test]
     fn cost_uses_the_price_of_each_request_class() {
-        let counts = RequestCounts { s3_get: 1_000_000, s3_put_tagging: 1_000_000, manifest_writes: 1_000_000, ..Default::default() };
+        let counts = RequestCounts {
+            s3_get: 1_000_000,
+            s3_put_tagging: 1_000_000,
+            manifest_writes: 1_000_000,
+            ..Default::default()
+        };
         let expected = 0.4 + 5.0 + 0.625;
         assert!((counts.cost_usd() - expected).abs() < 1e-9, "{}", counts.cost_usd());
         let free = RequestCounts { s3_delete: 10, ..Default::default() };

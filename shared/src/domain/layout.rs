@@ -137,17 +137,11 @@ impl Layout {
                         continue;
                     }
                     other => {
-                        return Err(LayoutError::UnknownField {
-                            layout: text.to_string(),
-                            field: other.unwrap_or(' '),
-                        })
+                        return Err(LayoutError::UnknownField { layout: text.to_string(), field: other.unwrap_or(' ') })
                     }
                 };
                 if seen.iter().any(|(known, _)| *known == field) {
-                    return Err(LayoutError::RepeatedField {
-                        layout: text.to_string(),
-                        field: field_char(field),
-                    });
+                    return Err(LayoutError::RepeatedField { layout: text.to_string(), field: field_char(field) });
                 }
                 seen.push((field, segment_index));
                 if !literal.is_empty() {
@@ -162,15 +156,13 @@ impl Layout {
         }
         for required in [Field::Year, Field::Month, Field::Day] {
             if !seen.iter().any(|(field, _)| *field == required) {
-                return Err(LayoutError::MissingField {
-                    layout: text.to_string(),
-                    field: field_char(required),
-                });
+                return Err(LayoutError::MissingField { layout: text.to_string(), field: field_char(required) });
             }
         }
         let segment_of = |wanted: Field| seen.iter().find(|(field, _)| *field == wanted).map(|(_, index)| *index);
         let hour_segment = segment_of(Field::Hour);
-        let granularity = granularity.unwrap_or(if hour_segment.is_some() { Granularity::Hour } else { Granularity::Day });
+        let granularity =
+            granularity.unwrap_or(if hour_segment.is_some() { Granularity::Hour } else { Granularity::Day });
         let date_segment = [Field::Year, Field::Month, Field::Day]
             .into_iter()
             .filter_map(segment_of)
@@ -349,7 +341,11 @@ mod tests {
             let layout = Layout::parse(layout_text, *granularity).unwrap();
             let partition = layout.partition_of(key).unwrap_or_else(|_| panic!("{key} should match {layout_text}"));
             assert_eq!(partition.path, *path, "key {key}");
-            assert_eq!(partition.period.start, DateTime::parse_from_rfc3339(start).unwrap().with_timezone(&Utc), "key {key}");
+            assert_eq!(
+                partition.period.start,
+                DateTime::parse_from_rfc3339(start).unwrap().with_timezone(&Utc),
+                "key {key}"
+            );
         }
     }
 
@@ -357,15 +353,15 @@ mod tests {
     fn keys_outside_the_layout_are_rejected() {
         let daily = Layout::parse("%Y/%m/%d", None).unwrap();
         for key in [
-            "logs/2024/01/14/",               // folder marker: no file name
-            "logs/2024/01/14",                // the date is the file name, not a directory
-            "logs/2024/01/file.json",         // no day
-            "logs/2024/13/01/file.json",      // month 13
-            "logs/2023/02/29/file.json",      // not a leap year
-            "logs/24/01/14/file.json",        // two-digit year
-            "logs/2024/1/14/file.json",       // one-digit month
-            "logs/2024/01/14x/file.json",     // trailing text in the day
-            "file.json",                      // no directories at all
+            "logs/2024/01/14/",           // folder marker: no file name
+            "logs/2024/01/14",            // the date is the file name, not a directory
+            "logs/2024/01/file.json",     // no day
+            "logs/2024/13/01/file.json",  // month 13
+            "logs/2023/02/29/file.json",  // not a leap year
+            "logs/24/01/14/file.json",    // two-digit year
+            "logs/2024/1/14/file.json",   // one-digit month
+            "logs/2024/01/14x/file.json", // trailing text in the day
+            "file.json",                  // no directories at all
             "",
         ] {
             assert_eq!(daily.partition_of(key), Err(OutOfLayout), "{key:?} should be out of layout");

@@ -78,7 +78,13 @@ impl<T> Default for Plan<T> {
 }
 
 /// The key of output `part_number` of `generation` for the partition at `partition_path`.
-pub fn output_key(dest_prefix: &str, partition_path: &str, generation: u64, part_number: u32, extension: &str) -> String {
+pub fn output_key(
+    dest_prefix: &str,
+    partition_path: &str,
+    generation: u64,
+    part_number: u32,
+    extension: &str,
+) -> String {
     format!("{dest_prefix}{partition_path}compacted-g{generation:06}-p{part_number:05}{extension}")
 }
 
@@ -146,7 +152,13 @@ impl<T: Packable> Packer<T> {
         let part_number = self.next_part_number;
         self.next_part_number += 1;
         PlannedOutput {
-            key: output_key(&self.settings.dest_prefix, &self.partition_path, self.generation, part_number, &class.extension),
+            key: output_key(
+                &self.settings.dest_prefix,
+                &self.partition_path,
+                self.generation,
+                part_number,
+                &class.extension,
+            ),
             part_number,
             class,
             sources,
@@ -157,7 +169,12 @@ impl<T: Packable> Packer<T> {
 
 /// Plans the outputs of one partition at once (the dry run, and tests); a seal uses the same
 /// [`Packer`] page by page.
-pub fn plan_partition<T: Packable>(partition_path: &str, generation: u64, pending: &[T], settings: &PlanSettings) -> Plan<T> {
+pub fn plan_partition<T: Packable>(
+    partition_path: &str,
+    generation: u64,
+    pending: &[T],
+    settings: &PlanSettings,
+) -> Plan<T> {
     let mut sorted: Vec<T> = pending.to_vec();
     sorted.sort_by(|left, right| left.key().cmp(right.key()));
     sorted.dedup_by(|later, earlier| later.key() == earlier.key());
@@ -204,15 +221,14 @@ mod tests {
 
     #[test]
     fn classes_get_outputs_of_their_own_and_refused_formats_are_listed() {
-        let pending = vec![
-            input("p/a.json.gz", 10),
-            input("p/b.json", 10),
-            input("p/c.json.gz", 10),
-            input("p/d.parquet", 10),
-        ];
+        let pending =
+            vec![input("p/a.json.gz", 10), input("p/b.json", 10), input("p/c.json.gz", 10), input("p/d.parquet", 10)];
         let plan = plan_partition("p/", 1, &pending, &settings(1000));
         let keys: Vec<_> = plan.outputs.iter().map(|output| output.key.as_str()).collect();
-        assert_eq!(keys, vec!["compacted/p/compacted-g000001-p00001.json", "compacted/p/compacted-g000001-p00002.json.gz"]);
+        assert_eq!(
+            keys,
+            vec!["compacted/p/compacted-g000001-p00001.json", "compacted/p/compacted-g000001-p00002.json.gz"]
+        );
         assert_eq!(plan.outputs[1].sources.len(), 2);
         assert_eq!(plan.outputs[0].sources, vec![input("p/b.json", 10)]);
         assert_eq!(plan.refused, vec![input("p/d.parquet", 10)]);
@@ -227,8 +243,9 @@ mod tests {
     }
 
     fn arbitrary_pending() -> impl Strategy<Value = Vec<PlanInput>> {
-        proptest::collection::btree_map("[a-e]{1,3}(\\.json|\\.gz|\\.log|)", 0u64..400, 0..60)
-            .prop_map(|objects| objects.into_iter().map(|(key, size)| PlanInput { key: format!("p/{key}"), size }).collect())
+        proptest::collection::btree_map("[a-e]{1,3}(\\.json|\\.gz|\\.log|)", 0u64..400, 0..60).prop_map(|objects| {
+            objects.into_iter().map(|(key, size)| PlanInput { key: format!("p/{key}"), size }).collect()
+        })
     }
 
     proptest! {

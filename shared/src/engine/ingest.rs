@@ -241,7 +241,11 @@ impl Compactor {
     /// Backfill: lists the source bucket under `prefix` and records every object found as if
     /// its event had arrived. Scan records carry the lowest sequencer, so they never overwrite
     /// what a real event recorded. This is the only place the compactor lists.
-    pub async fn scan(&self, prefix: &str, mut on_page: impl FnMut(&IngestReport)) -> Result<IngestReport, EngineError> {
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        mut on_page: impl FnMut(&IngestReport),
+    ) -> Result<IngestReport, EngineError> {
         let bucket = self.config.source_bucket.clone();
         let mut start_after: Option<String> = None;
         let mut report = IngestReport::default();

@@ -71,7 +71,12 @@ pub struct Compactor {
 }
 
 impl Compactor {
-    pub fn new(config: Config, store: Arc<dyn ObjectStore>, manifest: Arc<dyn Manifest>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn ObjectStore>,
+        manifest: Arc<dyn Manifest>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let owner = format!("{}-{}", hostname_hint(), uuid::Uuid::new_v4().simple());
         Self { config: Arc::new(config), store, manifest, clock, owner }
     }

@@ -50,17 +50,20 @@ impl Compactor {
     pub async fn plan(&self, partitions: Option<Vec<PartitionKey>>) -> Result<PlanReport, EngineError> {
         let partitions = match partitions {
             Some(partitions) => partitions,
-            None => {
-                self.manifest.closed_partitions(self.clock.now(), usize::MAX).await?.into_iter().map(|record| record.key).collect()
-            }
+            None => self
+                .manifest
+                .closed_partitions(self.clock.now(), usize::MAX)
+                .await?
+                .into_iter()
+                .map(|record| record.key)
+                .collect(),
         };
         let mut report = PlanReport::default();
         for partition in partitions {
-            let record = self
-                .manifest
-                .partition(&partition)
-                .await?
-                .ok_or_else(|| EngineError::InvalidInput(format!("partition {partition} is not in the manifest")))?;
+            let record =
+                self.manifest.partition(&partition).await?.ok_or_else(|| {
+                    EngineError::InvalidInput(format!("partition {partition} is not in the manifest"))
+                })?;
             let pending = self.pending_objects(&partition).await?;
             let plan = plan_partition(&partition.path, record.generation + 1, &pending, &self.config.plan_settings());
             let mut requests = RequestCounts::default();
@@ -101,7 +104,8 @@ impl Compactor {
             requests.manifest_reads += 2 + planned_objects;
             let cost_usd = requests.cost_usd();
             report.requests += requests;
-            report.listing_job_requests += listing_job_requests(planned_objects, output_count(&outputs), self.config.part_bytes, &outputs);
+            report.listing_job_requests +=
+                listing_job_requests(planned_objects, output_count(&outputs), self.config.part_bytes, &outputs);
             report.partitions.push(PartitionPlan {
                 partition,
                 pending_objects: pending.len() as u64,
@@ -142,7 +146,12 @@ fn output_count(outputs: &[OutputSummary]) -> u64 {
 /// What the reference list-and-concatenate job asks for the same objects: a LIST per 1,000
 /// keys, a GET per object, the same uploads, and a DELETE per source (no manifest).
 fn listing_job_requests(objects: u64, outputs: u64, part_bytes: u64, summaries: &[OutputSummary]) -> RequestCounts {
-    let mut requests = RequestCounts { s3_list: objects.div_ceil(1000).max(u64::from(objects > 0)), s3_get: objects, s3_delete: objects, ..Default::default() };
+    let mut requests = RequestCounts {
+        s3_list: objects.div_ceil(1000).max(u64::from(objects > 0)),
+        s3_get: objects,
+        s3_delete: objects,
+        ..Default::default()
+    };
     for summary in summaries {
         if summary.source_bytes > part_bytes {
             requests.s3_multipart_create += 1;

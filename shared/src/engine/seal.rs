@@ -270,7 +270,11 @@ impl Compactor {
         Ok(report)
     }
 
-    async fn seal_partition(&self, partition: &PartitionKey, options: &SealOptions) -> Result<PartitionOutcome, EngineError> {
+    async fn seal_partition(
+        &self,
+        partition: &PartitionKey,
+        options: &SealOptions,
+    ) -> Result<PartitionOutcome, EngineError> {
         let lease = match self.manifest.acquire(partition, &self.owner, self.clock.now(), self.config.lease).await {
             Ok(lease) => lease,
             Err(ManifestError::Locked { owner, expires_at, .. }) => {
@@ -374,7 +378,10 @@ impl Compactor {
             }
         }
         loop {
-            let awaiting = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..ObjectQuery::awaiting_expiry() }).await?;
+            let awaiting = self
+                .manifest
+                .objects(&lease.partition, &ObjectQuery { limit: PAGE, ..ObjectQuery::awaiting_expiry() })
+                .await?;
             if awaiting.is_empty() || self.config.expiry == ExpiryMode::None {
                 break;
             }
@@ -428,7 +435,8 @@ impl Compactor {
             record.upload_id = Some(upload_id);
             self.manifest.begin_output(lease, &record).await?;
         }
-        let target = OutputTarget { bucket: &dest_bucket, generation: lease.generation, upload_id: record.upload_id.as_deref() };
+        let target =
+            OutputTarget { bucket: &dest_bucket, generation: lease.generation, upload_id: record.upload_id.as_deref() };
         let written = write_output(&self.store, &self.config, &planned, target).await?;
 
         for missing in &written.missing {

@@ -141,7 +141,10 @@ impl Compactor {
             position = chunk_end;
         }
         // Zero-length sources at the very end complete without bytes.
-        while range_index < ranges.len() && ranges[range_index].1 == ranges[range_index].2 && ranges[range_index].1 <= position {
+        while range_index < ranges.len()
+            && ranges[range_index].1 == ranges[range_index].2
+            && ranges[range_index].1 <= position
+        {
             range_results[range_index] = Some(hex::encode(std::mem::take(&mut range_hasher).finalize()));
             range_index += 1;
         }
@@ -161,7 +164,9 @@ impl Compactor {
             problems_before = report.failures.len();
             match actual {
                 Some(actual) if actual == recorded_sha256 => {}
-                Some(_) => report.fail(format!("{}: the range of {} does not match its sha256", output.key, source.key)),
+                Some(_) => {
+                    report.fail(format!("{}: the range of {} does not match its sha256", output.key, source.key))
+                }
                 None => report.fail(format!("{}: the range of {} lies past the output's end", output.key, source.key)),
             }
             if compare_originals {
@@ -174,7 +179,12 @@ impl Compactor {
         Ok(())
     }
 
-    async fn compare_original(&self, source: &ObjectRecord, recorded_sha256: &str, report: &mut VerifyReport) -> Result<(), EngineError> {
+    async fn compare_original(
+        &self,
+        source: &ObjectRecord,
+        recorded_sha256: &str,
+        report: &mut VerifyReport,
+    ) -> Result<(), EngineError> {
         let options = GetOptions { range: None, if_match: source.etag.clone() };
         let original = match self.store.get(&source.bucket, &source.key, options).await {
             Ok(got) => got.bytes().await?,

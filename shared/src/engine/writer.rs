@@ -104,7 +104,11 @@ pub(crate) async fn write_output(
             Ok(bytes) => bytes,
             Err(SourceUnreadable(note)) => {
                 warn!(bucket = %source.bucket, key = %source.key, note = %note, "source missing at seal time");
-                written.missing.push(MissingSource { key: source.key.clone(), sequencer: source.sequencer.clone(), note });
+                written.missing.push(MissingSource {
+                    key: source.key.clone(),
+                    sequencer: source.sequencer.clone(),
+                    note,
+                });
                 continue;
             }
         };
@@ -168,7 +172,10 @@ struct SourceUnreadable(String);
 /// Reads a whole source, only as the version the manifest recorded (by ETag when there is one,
 /// by size always). A source that is gone or changed is `Ok(Err(..))`; any other failure
 /// (throttling, network) is not the source's fault and fails the output: the next run retries.
-async fn read_source(store: &dyn ObjectStore, source: &ObjectRecord) -> Result<Result<Bytes, SourceUnreadable>, StoreError> {
+async fn read_source(
+    store: &dyn ObjectStore,
+    source: &ObjectRecord,
+) -> Result<Result<Bytes, SourceUnreadable>, StoreError> {
     let options = GetOptions { range: None, if_match: source.etag.clone() };
     let result = match store.get(&source.bucket, &source.key, options).await {
         Ok(result) => result.bytes().await,
@@ -202,7 +209,13 @@ struct PartUploads<'a> {
 }
 
 impl<'a> PartUploads<'a> {
-    fn new(store: &'a Arc<dyn ObjectStore>, bucket: &'a str, key: &'a str, upload_id: Option<&'a str>, limit: usize) -> Self {
+    fn new(
+        store: &'a Arc<dyn ObjectStore>,
+        bucket: &'a str,
+        key: &'a str,
+        upload_id: Option<&'a str>,
+        limit: usize,
+    ) -> Self {
         Self {
             store,
             bucket,
@@ -224,9 +237,8 @@ impl<'a> PartUploads<'a> {
         self.next_part_number += 1;
         let store = Arc::clone(self.store);
         let (bucket, key) = (self.bucket.to_string(), self.key.to_string());
-        self.in_flight.push(tokio::spawn(async move {
-            store.upload_part(&bucket, &key, &upload_id, part_number, part).await
-        }));
+        self.in_flight
+            .push(tokio::spawn(async move { store.upload_part(&bucket, &key, &upload_id, part_number, part).await }));
         Ok(())
     }
 

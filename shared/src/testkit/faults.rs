@@ -236,7 +236,13 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        faulty_store_call!(self, "store.abort_multipart", bucket, key, self.inner.abort_multipart(bucket, key, upload_id))
+        faulty_store_call!(
+            self,
+            "store.abort_multipart",
+            bucket,
+            key,
+            self.inner.abort_multipart(bucket, key, upload_id)
+        )
     }
 
     async fn list(
@@ -376,7 +382,11 @@ impl Manifest for FaultyManifest {
         output_key: &str,
         placements: &[SourcePlacement],
     ) -> Result<Vec<String>, ManifestError> {
-        faulty_manifest_call!(self, "manifest.record_placements", self.inner.record_placements(lease, output_key, placements))
+        faulty_manifest_call!(
+            self,
+            "manifest.record_placements",
+            self.inner.record_placements(lease, output_key, placements)
+        )
     }
 
     async fn commit_output(
@@ -405,7 +415,11 @@ impl Manifest for FaultyManifest {
     }
 
     async fn abandon_output(&self, lease: &Lease, output_bucket: &str, output_key: &str) -> Result<(), ManifestError> {
-        faulty_manifest_call!(self, "manifest.abandon_output", self.inner.abandon_output(lease, output_bucket, output_key))
+        faulty_manifest_call!(
+            self,
+            "manifest.abandon_output",
+            self.inner.abandon_output(lease, output_bucket, output_key)
+        )
     }
 
     async fn outputs(
