@@ -21,7 +21,7 @@ use compactor::config::RawConfig;
 use compactor::engine::seal::{OutputProgress, SealOptions};
 use compactor::engine::{Compactor, IngestReport};
 use compactor::event::{decode_value, s3_notification, ObjectEvent, ObjectEventKind};
-use compactor::ports::{GetOptions, ObjectStore, PutOptions};
+use compactor::ports::{GetOptions, PutOptions};
 use futures::StreamExt;
 use test_data::{DatasetKind, DatasetSpec};
 

@@ -434,8 +434,8 @@ async fn concurrent_seal_runs_compact_each_object_once() {
     }
     let first = harness.compactor();
     let second = harness.compactor();
-    let (left, right) =
-        tokio::join!(first.seal_closed(&SealOptions::default()), second.seal_closed(&SealOptions::default()));
+    let options = SealOptions::default();
+    let (left, right) = tokio::join!(first.seal_closed(&options), second.seal_closed(&options));
     let (left, right) = (left.unwrap(), right.unwrap());
     assert_eq!(left.objects_compacted + right.objects_compacted, 48);
     assert_eq!(left.partitions_sealed + right.partitions_sealed, 6);

@@ -572,8 +572,9 @@ fn closed_partitions_sql() -> String {
          WHERE p.closes_at_micros <= ?1
            AND p.state <> 'sealed'
            AND (p.lock_owner IS NULL OR p.lease_expires_at_micros <= ?1)
-           AND EXISTS (SELECT 1 FROM objects o
-                       WHERE o.bucket = p.bucket AND o.partition_path = p.path AND o.state = 'pending')
+           AND (p.state = 'sealing'
+                OR EXISTS (SELECT 1 FROM objects o
+                           WHERE o.bucket = p.bucket AND o.partition_path = p.path AND o.state = 'pending'))
          ORDER BY p.closes_at_micros, p.path, p.bucket
          LIMIT ?2"
     )

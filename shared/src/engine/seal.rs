@@ -120,6 +120,15 @@ pub struct PartitionSealReport {
 }
 
 impl PartitionSealReport {
+    /// False when the partition had nothing left to do (another run got there first).
+    pub fn did_work(&self) -> bool {
+        self.outputs_committed > 0
+            || self.objects_missing > 0
+            || self.outputs_abandoned > 0
+            || self.objects_finished > 0
+            || self.expiry != ExpiryCounts::default()
+    }
+
     fn new(partition: PartitionKey, generation: u64) -> Self {
         Self {
             partition,
@@ -144,6 +153,8 @@ impl PartitionSealReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SealReport {
     pub partitions_sealed: u64,
+    /// Locked and released with nothing to do: another run had sealed them already.
+    pub partitions_without_work: u64,
     /// Released `open`: a late object arrived, or the deadline came.
     pub partitions_left_open: u64,
     /// Held by another live seal run: skipped.
@@ -167,6 +178,10 @@ pub struct SealReport {
 impl SealReport {
     fn add(&mut self, partition: PartitionSealReport) {
         match partition.state {
+            PartitionState::Sealed if !partition.did_work() => {
+                self.partitions_without_work += 1;
+                return;
+            }
             PartitionState::Sealed => self.partitions_sealed += 1,
             _ => self.partitions_left_open += 1,
         }

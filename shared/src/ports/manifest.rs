@@ -7,8 +7,9 @@
 //!   events change nothing and say [`IngestOutcome::Stale`].
 //! - **Reopening.** A new pending object in a `sealed` partition turns it back to `open`.
 //! - **One closed-partition query.** `closed_partitions` answers "which closed partitions have
-//!   pending objects and no live lock" without reading every partition or object (an index
-//!   keyed by close time: SQLite's index, DynamoDB's sparse GSI).
+//!   work and no live lock" without reading every partition or object (an index keyed by close
+//!   time: SQLite's index, DynamoDB's sparse GSI). Work is a pending object, or a seal that was
+//!   interrupted (state `sealing` with an expired lease: its commits may still need finishing).
 //! - **An exclusive, expiring lock.** `acquire` succeeds for exactly one of any number of racing
 //!   callers while the lease is live, and bumps the generation; after the lease expires anyone
 //!   may take it over.
@@ -125,7 +126,7 @@ pub enum ManifestError {
     LeaseLost { partition: PartitionKey, generation: u64 },
     #[error("{what} is not in the manifest")]
     NotFound { what: String },
-    #[error("output {key} cannot be committed from state {state}")]
+    #[error("output {key} is {state}, which this step cannot act on")]
     InvalidOutputState { key: String, state: OutputState },
     #[error("manifest {backend} failed: {source}")]
     Backend {
@@ -161,8 +162,8 @@ pub trait Manifest: Send + Sync + fmt::Debug {
 
     // ── partitions ──────────────────────────────────────────────────────────────────────
 
-    /// Partitions with `closes_at <= now`, at least one pending object, and no live lease;
-    /// earliest close first, at most `limit`.
+    /// Partitions with `closes_at <= now`, no live lease, and work to do: at least one pending
+    /// object, or an interrupted seal (state `sealing`); earliest close first, at most `limit`.
     async fn closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<PartitionRecord>, ManifestError>;
 
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError>;

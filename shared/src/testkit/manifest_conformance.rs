@@ -56,6 +56,7 @@ macro_rules! manifest_conformance_tests {
             record_removal_takes_only_pending_objects_out_of_the_plan,
             closed_partitions_lists_closed_pending_unlocked_partitions_in_close_order,
             closed_partitions_returns_a_partition_whose_lease_expired,
+            closed_partitions_returns_an_interrupted_seal_with_nothing_pending,
             acquire_is_exclusive_and_bumps_the_generation,
             renew_extends_a_held_lease,
             a_takeover_after_expiry_fences_the_old_lease,
@@ -476,6 +477,30 @@ pub async fn closed_partitions_returns_a_partition_whose_lease_expired(manifest:
     assert_eq!(record.state, PartitionState::Sealing);
     assert_eq!(record.lock_owner.as_deref(), Some("seal-that-stalls"));
     assert_eq!(record.lease_expires_at, Some(expired_at));
+}
+
+/// A seal that committed every output but died before marking its sources for expiry and
+/// releasing has nothing pending, yet its partition still needs a run to finish.
+pub async fn closed_partitions_returns_an_interrupted_seal_with_nothing_pending(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    manifest.record_object(&new_object(&partition, "a.json", "10", 10)).await.unwrap();
+    let locked_at = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-that-dies", locked_at, lease_for()).await.unwrap();
+    seal_pending_into_one_output(manifest, &lease, 1, locked_at).await;
+    let record = manifest.partition(&key).await.unwrap().unwrap();
+    assert_eq!((record.pending_objects, record.state), (0, PartitionState::Sealing));
+
+    let while_live = manifest.closed_partitions(locked_at + Duration::minutes(1), 10).await.unwrap();
+    assert!(while_live.is_empty(), "a live lease hides the partition: {while_live:?}");
+    let after_expiry = manifest.closed_partitions(locked_at + lease_for(), 10).await.unwrap();
+    let keys: Vec<PartitionKey> = after_expiry.into_iter().map(|record| record.key).collect();
+    assert_eq!(keys, [key.clone()], "the interrupted seal is work to finish");
+
+    let takeover = manifest.acquire(&key, "seal-2", locked_at + lease_for(), lease_for()).await.unwrap();
+    manifest.release(&takeover, locked_at + lease_for()).await.unwrap();
+    let after_release = manifest.closed_partitions(locked_at + lease_for(), 10).await.unwrap();
+    assert!(after_release.is_empty(), "a released, sealed partition has no work: {after_release:?}");
 }
 
 // ── the lock ─────────────────────────────────────────────────────────────────────────────────
