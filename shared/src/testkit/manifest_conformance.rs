@@ -495,7 +495,7 @@ pub async fn closed_partitions_returns_an_interrupted_seal_with_nothing_pending(
     assert!(while_live.is_empty(), "a live lease hides the partition: {while_live:?}");
     let after_expiry = manifest.closed_partitions(locked_at + lease_for(), 10).await.unwrap();
     let keys: Vec<PartitionKey> = after_expiry.into_iter().map(|record| record.key).collect();
-    assert_eq!(keys, [key.clone()], "the interrupted seal is work to finish");
+    assert_eq!(keys, std::slice::from_ref(&key), "the interrupted seal is work to finish");
 
     let takeover = manifest.acquire(&key, "seal-2", locked_at + lease_for(), lease_for()).await.unwrap();
     manifest.release(&takeover, locked_at + lease_for()).await.unwrap();
