@@ -24,8 +24,8 @@ variables configure the Lambdas).";
 /// destination prefix, records which byte range holds each source, and only then tags the
 /// sources for lifecycle expiry. `audit`, `verify` and `restore` read that record back.
 ///
-/// This build runs on the embedded backend: a local directory of buckets and a SQLite manifest,
-/// both under --data-dir.
+/// Backends: embedded (the default: a local directory of buckets and a SQLite manifest, both
+/// under --data-dir) and aws (S3 and a DynamoDB table, in builds with `--features aws`).
 #[derive(Debug, Parser)]
 #[command(name = "s3-compactor", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct Cli {
@@ -42,6 +42,27 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "COMPACTOR_DATA_DIR", default_value = "s3-compactor-data", value_name = "DIR")]
     pub data_dir: PathBuf,
 
+    /// Where objects and the manifest live: embedded (a local directory and SQLite under
+    /// --data-dir) or aws (S3 and a DynamoDB table; needs a build with `--features aws`).
+    #[arg(long, global = true, env = "COMPACTOR_BACKEND", value_enum, default_value_t = Backend::Embedded)]
+    pub backend: Backend,
+
+    /// The DynamoDB manifest table (aws backend).
+    #[arg(long, global = true, env = "COMPACTOR_TABLE", value_name = "TABLE")]
+    pub table: Option<String>,
+
+    /// S3 endpoint URL, for S3-compatible servers (aws backend) [default: AWS_ENDPOINT_URL_S3 or AWS].
+    #[arg(long, global = true, env = "COMPACTOR_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// DynamoDB endpoint URL (aws backend) [default: AWS_ENDPOINT_URL_DYNAMODB or AWS].
+    #[arg(long, global = true, env = "COMPACTOR_DYNAMODB_ENDPOINT", value_name = "URL")]
+    pub dynamodb_endpoint: Option<String>,
+
+    /// Path-style S3 URLs, as most S3-compatible servers need (aws backend).
+    #[arg(long, global = true, env = "COMPACTOR_S3_PATH_STYLE")]
+    pub path_style: bool,
+
     /// Print results as JSON (one document on stdout) instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -56,6 +77,12 @@ pub struct GlobalArgs {
 
     #[command(flatten)]
     pub config: ConfigArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Embedded,
+    Aws,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -152,6 +179,9 @@ impl ConfigArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create what the backend needs: the DynamoDB table (aws), the bucket directories
+    /// (embedded). Safe to run again.
+    Init,
     /// Run the whole cycle on a generated dataset: generate, ingest, seal, audit, verify, restore.
     ///
     /// Writes about 21,000 small JSON files (30 days of logs, ~100 MB) into a fresh embedded

@@ -19,12 +19,15 @@ use compactor::event::decode_json;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::args::{AuditArgs, Cli, Command, GlobalArgs, IngestArgs, PlanArgs, RestoreArgs, SealArgs, VerifyArgs};
+use crate::args::{
+    AuditArgs, Backend, Cli, Command, GlobalArgs, IngestArgs, PlanArgs, RestoreArgs, SealArgs, VerifyArgs,
+};
 use crate::output::{human_bytes, thousands, Table};
 use crate::{CliError, CliResult};
 
 pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
+        Command::Init => init(&cli.global).await,
         Command::Demo(args) => crate::demo::run(&cli.global, args).await,
         Command::Ingest(args) => ingest(&cli.global, args).await,
         Command::Seal(args) => seal(&cli.global, args).await,
@@ -53,7 +56,73 @@ pub async fn open_embedded(data_dir: &Path, config: Config) -> CliResult<Compact
 
 async fn engine(global: &GlobalArgs) -> CliResult<Compactor> {
     let config = global.config.raw().validate()?;
-    open_embedded(&global.data_dir, config).await
+    match global.backend {
+        Backend::Embedded => open_embedded(&global.data_dir, config).await,
+        Backend::Aws => open_aws(global, config).await,
+    }
+}
+
+#[cfg(feature = "aws")]
+fn aws_settings(global: &GlobalArgs) -> CliResult<compactor::aws::AwsSettings> {
+    let mut settings = compactor::aws::AwsSettings::from_lookup(|name| match name {
+        "COMPACTOR_TABLE" => global.table.clone(),
+        "COMPACTOR_S3_PATH_STYLE" => Some(global.path_style.to_string()),
+        other => std::env::var(other).ok(),
+    })?;
+    settings.s3_endpoint = global.s3_endpoint.clone();
+    settings.dynamodb_endpoint = global.dynamodb_endpoint.clone();
+    Ok(settings)
+}
+
+#[cfg(feature = "aws")]
+async fn open_aws(global: &GlobalArgs, config: Config) -> CliResult<Compactor> {
+    let settings = aws_settings(global)?;
+    Ok(compactor::aws::build_aws_compactor(config, &settings).await)
+}
+
+#[cfg(not(feature = "aws"))]
+async fn open_aws(_global: &GlobalArgs, _config: Config) -> CliResult<Compactor> {
+    Err(CliError::BadInput(anyhow!(
+        "this build of s3-compactor has no AWS backend: build it with `cargo install --path cli --features aws`"
+    )))
+}
+
+async fn init(global: &GlobalArgs) -> CliResult {
+    match global.backend {
+        Backend::Embedded => {
+            let config = global.config.raw().validate()?;
+            let compactor = open_embedded(&global.data_dir, config).await?;
+            let buckets = global.data_dir.join("buckets");
+            for bucket in [&compactor.config().source_bucket, &compactor.config().dest_bucket] {
+                std::fs::create_dir_all(buckets.join(bucket))
+                    .with_context(|| format!("cannot create bucket directory {bucket}"))
+                    .map_err(CliError::Failure)?;
+            }
+            println!("embedded backend ready in {}", global.data_dir.display());
+            Ok(())
+        }
+        Backend::Aws => init_aws(global).await,
+    }
+}
+
+#[cfg(feature = "aws")]
+async fn init_aws(global: &GlobalArgs) -> CliResult {
+    let settings = aws_settings(global)?;
+    let layout = compactor::domain::layout::Layout::parse(
+        global.config.layout.as_deref().unwrap_or("%Y/%m/%d"),
+        None,
+    )
+    .map_err(|error| CliError::BadInput(error.into()))?;
+    let client = compactor::adapters::dynamodb::client_for(settings.dynamodb_endpoint.as_deref()).await;
+    let manifest = compactor::adapters::dynamodb::DynamoDbManifest::new(client, settings.table.clone(), layout);
+    manifest.create_table().await.map_err(|error| CliError::Failure(error.into()))?;
+    println!("DynamoDB table {} is ready", settings.table);
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn init_aws(global: &GlobalArgs) -> CliResult {
+    open_aws(global, global.config.raw().validate()?).await.map(|_| ())
 }
 
 fn print_json(value: &impl Serialize) -> CliResult {

@@ -34,6 +34,8 @@
 //! ```
 
 pub mod adapters;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod clock;
 pub mod config;
 pub mod domain;
