@@ -3,5 +3,7 @@
 
 #[cfg(feature = "local")]
 pub mod local_dir;
+#[cfg(feature = "aws")]
+pub mod s3;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

@@ -2,4 +2,6 @@
 
 pub mod faults;
 pub mod manifest_conformance;
+#[cfg(feature = "aws")]
+pub mod s3_server;
 pub mod store_conformance;
