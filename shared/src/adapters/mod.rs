@@ -1,6 +1,8 @@
 //! Adapters of the ports: the embedded backend (a local directory and SQLite) and, behind the
 //! `aws` feature, Amazon S3 and DynamoDB.
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 #[cfg(feature = "local")]
 pub mod local_dir;
 #[cfg(feature = "aws")]

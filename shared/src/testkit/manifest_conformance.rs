@@ -15,7 +15,9 @@
 //! ```
 //!
 //! A DynamoDB-backed run creates a fresh table in `new_manifest` and returns a guard that drops
-//! it as the second value.
+//! it as the second value. A backend whose server may be absent uses
+//! `manifest_conformance_tests!(optional new_manifest)`, where `new_manifest` returns an
+//! `Option` and `None` skips the case (see `testkit::servers`).
 
 use std::sync::Arc;
 
@@ -48,8 +50,16 @@ use crate::ports::manifest::{
 /// same time.
 #[macro_export]
 macro_rules! manifest_conformance_tests {
+    // A backend that may be absent (a server the integration tier starts): the factory returns
+    // `Option<(Arc<dyn Manifest>, G)>`, and `None` (after it said why) skips the case.
+    (optional $new_manifest:path) => {
+        $crate::manifest_conformance_tests!(@suite optional $new_manifest);
+    };
     ($new_manifest:path) => {
-        $crate::manifest_conformance_tests!(@cases $new_manifest;
+        $crate::manifest_conformance_tests!(@suite required $new_manifest);
+    };
+    (@suite $mode:ident $new_manifest:path) => {
+        $crate::manifest_conformance_tests!(@cases $mode $new_manifest;
             record_object_records_a_new_pending_object_and_its_partition,
             record_object_ignores_replays_and_older_events,
             record_object_newer_version_replaces_the_record_and_reopens_the_partition,
@@ -76,15 +86,25 @@ macro_rules! manifest_conformance_tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn acquire_race_has_exactly_one_winner() {
-            let (manifest, _keep_alive) = $new_manifest().await;
+            let Some((manifest, _keep_alive)) = $crate::manifest_conformance_tests!(@new $mode $new_manifest) else {
+                return;
+            };
             $crate::testkit::manifest_conformance::acquire_race_has_exactly_one_winner(manifest).await;
         }
     };
-    (@cases $new_manifest:path; $($case:ident),+ $(,)?) => {
+    (@new required $new_manifest:path) => {
+        Some($new_manifest().await)
+    };
+    (@new optional $new_manifest:path) => {
+        $new_manifest().await
+    };
+    (@cases $mode:ident $new_manifest:path; $($case:ident),+ $(,)?) => {
         $(
             #[tokio::test]
             async fn $case() {
-                let (manifest, _keep_alive) = $new_manifest().await;
+                let Some((manifest, _keep_alive)) = $crate::manifest_conformance_tests!(@new $mode $new_manifest) else {
+                    return;
+                };
                 $crate::testkit::manifest_conformance::$case(&*manifest).await;
             }
         )+

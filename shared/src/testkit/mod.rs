@@ -1,7 +1,8 @@
-//! Conformance suites and fault injection.
+//! Conformance suites, fault injection and the integration tier's local servers.
 
 pub mod faults;
 pub mod manifest_conformance;
 #[cfg(feature = "aws")]
 pub mod s3_server;
 pub mod store_conformance;
+pub mod servers;
