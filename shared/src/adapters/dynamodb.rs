@@ -643,15 +643,13 @@ impl DynamoDbManifest {
         };
         let key =
             |name: &str, key_type: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(key_type).build();
-        let index = |name: &str, hash: &str, range: &str, projection: Projection| {
-            Ok::<_, BuildError>(
-                GlobalSecondaryIndex::builder()
-                    .index_name(name)
-                    .key_schema(key(hash, KeyType::Hash)?)
-                    .key_schema(key(range, KeyType::Range)?)
-                    .projection(projection)
-                    .build()?,
-            )
+        let index = |name: &str, hash: &str, range: &str, projection: Projection| -> Result<_, BuildError> {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(hash, KeyType::Hash)?)
+                .key_schema(key(range, KeyType::Range)?)
+                .projection(projection)
+                .build()
         };
         let build = || -> Result<_, BuildError> {
             Ok(self
