@@ -13,7 +13,7 @@ use compactor::domain::partition::PartitionKey;
 use compactor::domain::records::PartitionState;
 use compactor::engine::Compactor;
 use compactor::event::{ObjectEvent, ObjectEventKind};
-use compactor::ports::{ObjectStore, PutOptions};
+use compactor::ports::PutOptions;
 use seal_fn::{parse_request, FanOut, SealFunction, SealMessage, SealRequest};
 use serde_json::{json, Value};
 
