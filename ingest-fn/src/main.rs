@@ -9,22 +9,9 @@ use compactor::config::Config;
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
 
-fn init_logging() {
-    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_string());
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_ansi(false)
-        .with_env_filter(filter)
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    init_logging();
+    compactor::aws::init_lambda_logging();
     let config = Config::from_env().map_err(|error| format!("configuration: {error}"))?;
     let settings = AwsSettings::from_env().map_err(|error| format!("configuration: {error}"))?;
     let compactor = build_aws_compactor(config, &settings).await;

@@ -20,19 +20,6 @@ use seal_fn::sqs::SqsFanOut;
 use seal_fn::{FanOut, SealFunction};
 use serde_json::Value;
 
-fn init_logging() {
-    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_string());
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_ansi(false)
-        .with_env_filter(filter)
-        .init();
-}
-
 fn env_number(name: &str, default: i64) -> Result<i64, String> {
     match std::env::var(name) {
         Err(_) => Ok(default),
@@ -44,7 +31,7 @@ fn env_number(name: &str, default: i64) -> Result<i64, String> {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    init_logging();
+    compactor::aws::init_lambda_logging();
     let config = Config::from_env().map_err(|error| format!("configuration: {error}"))?;
     let settings = AwsSettings::from_env().map_err(|error| format!("configuration: {error}"))?;
     let fan_out_threshold = env_number("SEAL_FAN_OUT_THRESHOLD", 8)?.max(0) as usize;

@@ -16,6 +16,22 @@ use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError};
 use crate::engine::Compactor;
 
+/// JSON logs for a Lambda, one line per event with span fields flattened in, at `LOG_LEVEL`
+/// (a level or a tracing filter; `info` by default). CloudWatch adds the timestamps' context;
+/// metric filters read the per-run counts from the fields.
+pub fn init_lambda_logging() {
+    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_string());
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .init();
+}
+
 /// The AWS side of the configuration, validated once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsSettings {

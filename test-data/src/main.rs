@@ -1,18 +1,13 @@
 //! `test-data`: writes a deterministic small-object dataset to a local directory tree.
 
 use std::io::{BufWriter, Write as _};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use async_trait::async_trait;
-use bytes::Bytes;
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
-use compactor::ports::{
-    CompletedPart, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError, Tag,
-};
+use compactor::adapters::local_dir::LocalDir;
 use test_data::{objects, write_notifications, write_to_store, DatasetKind, DatasetSpec, SizeHistogram};
 
 const EXAMPLES: &str = "\
@@ -148,9 +143,10 @@ async fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         return Ok(());
     };
 
-    // The only place that knows objects become files: swap in any `ObjectStore` (the
-    // embedded local-directory adapter, S3) and nothing else changes.
-    let store = DirectoryStore { root: out.clone() };
+    // The embedded backend's object store: `OUT/<bucket>/<key>`, the layout `s3-compactor
+    // --data-dir D` reads under `D/buckets`. Any other `ObjectStore` (S3) fits here too.
+    let store = LocalDir::open(out).with_context(|| format!("opening {}", out.display()))?;
+    store.create_bucket(&spec.bucket).with_context(|| format!("creating bucket {}", spec.bucket))?;
     let summary = write_to_store(&spec, &store, args.concurrency, &mut report_progress).await?;
     print_summary(&spec, summary.objects, summary.bytes, summary.sizes, started, "wrote");
     println!("into {}", out.join(&spec.bucket).display());
@@ -183,133 +179,12 @@ fn print_summary(spec: &DatasetSpec, objects: u64, bytes: u64, sizes: SizeHistog
     println!("sizes: {sizes}");
 }
 
-/// Writes each PUT to `root/<bucket>/<key>` with `std::fs`; everything else is refused. The
-/// stand-in for the embedded local-directory adapter until that exists: it reports no ETag,
-/// since it cannot know the one the adapter will compute, and events with no ETag are valid.
-#[derive(Debug)]
-struct DirectoryStore {
-    root: PathBuf,
-}
-
-fn refused(bucket: &str, key: &str) -> StoreError {
-    StoreError::InvalidRequest {
-        bucket: bucket.into(),
-        key: key.into(),
-        message: "the test-data directory writer only supports put".into(),
-    }
-}
-
-fn object_path(root: &Path, bucket: &str, key: &str) -> Result<PathBuf, StoreError> {
-    if key.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
-        return Err(StoreError::InvalidRequest {
-            bucket: bucket.into(),
-            key: key.into(),
-            message: "the key has an empty, '.' or '..' segment, which a directory cannot hold".into(),
-        });
-    }
-    Ok(root.join(bucket).join(key))
-}
-
-#[async_trait]
-impl ObjectStore for DirectoryStore {
-    fn name(&self) -> &'static str {
-        "test-data-directory"
-    }
-
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn get(&self, bucket: &str, key: &str, _options: GetOptions) -> Result<GetResult, StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn put(&self, bucket: &str, key: &str, body: Bytes, _options: PutOptions) -> Result<ObjectMeta, StoreError> {
-        let path = object_path(&self.root, bucket, key)?;
-        let size = body.len() as u64;
-        // Blocking file I/O on the blocking pool, so `concurrency` writes overlap.
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&path, &body)
-        })
-        .await
-        .map_err(|error| StoreError::backend(bucket, key, error))?;
-        written.map_err(|error| StoreError::backend(bucket, key, error))?;
-        Ok(ObjectMeta { key: key.to_string(), size, etag: None, last_modified: None })
-    }
-
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn upload_part(
-        &self,
-        bucket: &str,
-        key: &str,
-        _upload_id: &str,
-        _part_number: u32,
-        _body: Bytes,
-    ) -> Result<CompletedPart, StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn upload_part_copy(
-        &self,
-        bucket: &str,
-        key: &str,
-        _upload_id: &str,
-        _part_number: u32,
-        _source_bucket: &str,
-        _source_key: &str,
-        _range: Option<Range<u64>>,
-        _source_if_match: Option<&str>,
-    ) -> Result<CompletedPart, StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn complete_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        _upload_id: &str,
-        _parts: &[CompletedPart],
-    ) -> Result<ObjectMeta, StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn abort_multipart(&self, bucket: &str, key: &str, _upload_id: &str) -> Result<(), StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn list(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        _start_after: Option<&str>,
-        _max_keys: usize,
-    ) -> Result<ListPage, StoreError> {
-        Err(refused(bucket, prefix))
-    }
-
-    async fn get_tags(&self, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn put_tags(&self, bucket: &str, key: &str, _tags: &[Tag]) -> Result<(), StoreError> {
-        Err(refused(bucket, key))
-    }
-
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        Err(refused(bucket, key))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::CommandFactory;
+    use compactor::ports::ObjectStore;
+
+    use super::*;
 
     #[test]
     fn the_command_line_is_well_formed() {
@@ -324,15 +199,17 @@ mod tests {
     #[tokio::test]
     async fn objects_become_files_under_the_bucket_directory() {
         let root = std::env::temp_dir().join(format!("test-data-{}", std::process::id()));
-        let store = DirectoryStore { root: root.clone() };
+        let store = LocalDir::open(&root).unwrap();
         let spec = DatasetSpec { days: 1, files_per_day: 5, ..DatasetSpec::default() };
+        store.create_bucket(&spec.bucket).unwrap();
         let summary = write_to_store(&spec, &store, 2, |_, _| {}).await.unwrap();
         for (object, event) in objects(&spec).zip(&summary.events) {
             let path = root.join(&spec.bucket).join(&object.key);
             assert_eq!(std::fs::read(&path).unwrap(), object.body.to_vec());
             assert_eq!(event.key, object.key);
         }
-        assert!(store.put("b", "a/../x", Bytes::new(), PutOptions::default()).await.is_err());
+        let bad_key = store.put(&spec.bucket, "a/../x", bytes::Bytes::new(), Default::default()).await;
+        assert!(bad_key.is_err(), "keys that escape the bucket are refused");
         std::fs::remove_dir_all(root).unwrap();
     }
 }
