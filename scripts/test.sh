@@ -101,6 +101,6 @@ export COMPACTOR_TEST_MINISTACK_ENDPOINT="http://127.0.0.1:$ministack_port"
 export COMPACTOR_REQUIRE_SERVERS=1
 
 say "cargo test (S3 at $COMPACTOR_TEST_S3_ENDPOINT, DynamoDB/SQS at $COMPACTOR_TEST_DYNAMODB_ENDPOINT)"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 say "all tests passed"

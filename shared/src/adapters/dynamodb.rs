@@ -1537,7 +1537,9 @@ impl Manifest for DynamoDbManifest {
                     continue;
                 }
                 let record = self.partition_record(stored).await?;
-                if record.pending_objects > 0 {
+                // An interrupted seal (still `sealing`, its lease expired) is work even with
+                // nothing pending: its commits may need finishing and its sources marking.
+                if record.pending_objects > 0 || record.state == PartitionState::Sealing {
                     records.push(record);
                 }
             }
