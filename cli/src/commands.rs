@@ -108,11 +108,8 @@ async fn init(global: &GlobalArgs) -> CliResult {
 #[cfg(feature = "aws")]
 async fn init_aws(global: &GlobalArgs) -> CliResult {
     let settings = aws_settings(global)?;
-    let layout = compactor::domain::layout::Layout::parse(
-        global.config.layout.as_deref().unwrap_or("%Y/%m/%d"),
-        None,
-    )
-    .map_err(|error| CliError::BadInput(error.into()))?;
+    let layout = compactor::domain::layout::Layout::parse(global.config.layout.as_deref().unwrap_or("%Y/%m/%d"), None)
+        .map_err(|error| CliError::BadInput(error.into()))?;
     let client = compactor::adapters::dynamodb::client_for(settings.dynamodb_endpoint.as_deref()).await;
     let manifest = compactor::adapters::dynamodb::DynamoDbManifest::new(client, settings.table.clone(), layout);
     manifest.create_table().await.map_err(|error| CliError::Failure(error.into()))?;

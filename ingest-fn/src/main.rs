@@ -4,15 +4,22 @@
 //! `compactor::aws::AwsSettings` (`COMPACTOR_TABLE`, endpoints, …), validated at cold start: a
 //! wrong value stops the function with a message naming the variable.
 
-use compactor::aws::{AwsSettings, build_aws_compactor};
+use compactor::aws::{build_aws_compactor, AwsSettings};
 use compactor::config::Config;
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
 
 fn init_logging() {
     let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().json().flatten_event(true).with_current_span(true).with_ansi(false).with_env_filter(filter).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .init();
 }
 
 #[tokio::main]

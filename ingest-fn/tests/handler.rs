@@ -62,7 +62,8 @@ async fn eventbridge_created_then_deleted_takes_the_object_out_of_the_plan() {
     assert_eq!(created.report.recorded, 1);
     let deleted = ingest_fn::handle(&compactor, fixture("eventbridge-object-deleted.json")).await.unwrap();
     assert_eq!(deleted.report.removed, 1);
-    let record = compactor.manifest().object("fixture-logs", "app/2024/01/14/from eventbridge.json").await.unwrap().unwrap();
+    let record =
+        compactor.manifest().object("fixture-logs", "app/2024/01/14/from eventbridge.json").await.unwrap().unwrap();
     assert_eq!(record.state, ObjectState::Removed);
 }
 

@@ -90,13 +90,16 @@ pub fn parse_request(event: &Value) -> Result<SealRequest, SealError> {
         return Ok(SealRequest::Schedule);
     }
     if let Some(partitions) = event.get("partitions") {
-        let paths: Option<Vec<String>> =
-            partitions.as_array().map(|items| items.iter().filter_map(|item| item.as_str().map(str::to_string)).collect());
+        let paths: Option<Vec<String>> = partitions
+            .as_array()
+            .map(|items| items.iter().filter_map(|item| item.as_str().map(str::to_string)).collect());
         return match paths {
             Some(paths) if !paths.is_empty() && paths.len() == partitions.as_array().map_or(0, Vec::len) => {
                 Ok(SealRequest::Partitions(paths))
             }
-            _ => Err(bad("\"partitions\" must be a non-empty list of partition paths such as \"logs/2024/01/14/\"".into())),
+            _ => Err(bad(
+                "\"partitions\" must be a non-empty list of partition paths such as \"logs/2024/01/14/\"".into()
+            )),
         };
     }
     let date = |field: &str| -> Result<Option<NaiveDate>, SealError> {
@@ -149,7 +152,8 @@ impl SealFunction {
         match parse_request(&event)? {
             SealRequest::Schedule => {
                 let now = self.compactor.clock().now();
-                let closed = self.compactor.manifest().closed_partitions(now, 100_000).await.map_err(EngineError::from)?;
+                let closed =
+                    self.compactor.manifest().closed_partitions(now, 100_000).await.map_err(EngineError::from)?;
                 let keys: Vec<PartitionKey> = closed.into_iter().map(|record| record.key).collect();
                 self.seal_or_fan_out(keys, deadline).await
             }
@@ -159,7 +163,10 @@ impl SealFunction {
                     .iter()
                     .map(|path| {
                         let path = path.trim_start_matches('/');
-                        PartitionKey::new(bucket.clone(), if path.ends_with('/') { path.to_string() } else { format!("{path}/") })
+                        PartitionKey::new(
+                            bucket.clone(),
+                            if path.ends_with('/') { path.to_string() } else { format!("{path}/") },
+                        )
                     })
                     .collect();
                 self.seal_or_fan_out(keys, deadline).await
@@ -208,14 +215,19 @@ impl SealFunction {
             let result = async {
                 let message: SealMessage = serde_json::from_str(&body)
                     .map_err(|error| SealError::BadRequest(format!("message body is not a seal message: {error}")))?;
-                let options =
-                    SealOptions { partitions: Some(message.partitions), deadline: Some(deadline), ..Default::default() };
+                let options = SealOptions {
+                    partitions: Some(message.partitions),
+                    deadline: Some(deadline),
+                    ..Default::default()
+                };
                 Ok::<SealReport, SealError>(self.compactor.seal_closed(&options).await?)
             }
             .instrument(span)
             .await;
             let retry = match &result {
-                Ok(report) => report.partitions_failed > 0 || report.stopped_at_deadline || report.partitions_locked > 0,
+                Ok(report) => {
+                    report.partitions_failed > 0 || report.stopped_at_deadline || report.partitions_locked > 0
+                }
                 Err(failure) => {
                     error!(message_id = %message_id, error = %failure, "seal message failed; SQS will retry it, then dead-letter it");
                     true
@@ -266,7 +278,11 @@ pub mod sqs {
     /// Sends the messages, ten per SendMessageBatch (SQS's maximum); fails if any entry failed,
     /// after which the scheduled run retries (sealing is idempotent, duplicates are harmless: a
     /// partition sealed twice the second time finds nothing to do).
-    pub async fn send_batches(client: &aws_sdk_sqs::Client, queue_url: &str, messages: &[SealMessage]) -> Result<(), String> {
+    pub async fn send_batches(
+        client: &aws_sdk_sqs::Client,
+        queue_url: &str,
+        messages: &[SealMessage],
+    ) -> Result<(), String> {
         for (batch_index, batch) in messages.chunks(10).enumerate() {
             let mut request = client.send_message_batch().queue_url(queue_url);
             for (index, message) in batch.iter().enumerate() {

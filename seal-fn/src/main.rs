@@ -24,13 +24,21 @@ fn init_logging() {
     let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_string());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().json().flatten_event(true).with_current_span(true).with_ansi(false).with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .init();
 }
 
 fn env_number(name: &str, default: i64) -> Result<i64, String> {
     match std::env::var(name) {
         Err(_) => Ok(default),
-        Ok(text) => text.trim().parse().map_err(|_| format!("configuration: {name}={text:?} is invalid: give a whole number")),
+        Ok(text) => {
+            text.trim().parse().map_err(|_| format!("configuration: {name}={text:?} is invalid: give a whole number"))
+        }
     }
 }
 
@@ -54,10 +62,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let function = function.clone();
         async move {
             let deadline: DateTime<Utc> = event.context.deadline().into();
-            function
-                .handle(event.payload, deadline)
-                .await
-                .map_err(|error| Diagnostic { error_type: error.error_type().to_string(), error_message: error.to_string() })
+            function.handle(event.payload, deadline).await.map_err(|error| Diagnostic {
+                error_type: error.error_type().to_string(),
+                error_message: error.to_string(),
+            })
         }
     }))
     .await

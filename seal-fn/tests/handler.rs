@@ -80,7 +80,8 @@ fn function(compactor: Compactor, fan_out: Option<Arc<dyn FanOut>>) -> SealFunct
 async fn a_scheduled_run_seals_the_closed_partitions_inline() {
     let dir = tempfile::tempdir().unwrap();
     let compactor = compactor_with_days(&dir, &[14, 15, 19]).await;
-    let response = function(compactor.clone(), None).handle(schedule_event(), at("2024-01-20T00:20:00Z")).await.unwrap();
+    let response =
+        function(compactor.clone(), None).handle(schedule_event(), at("2024-01-20T00:20:00Z")).await.unwrap();
     // 01/19 closes at 2024-01-20T01:00 (grace 1h): still open.
     assert_eq!(response["partitions_sealed"], 2, "{response}");
     let open = compactor.manifest().partition(&PartitionKey::new(BUCKET, "app/2024/01/19/")).await.unwrap().unwrap();

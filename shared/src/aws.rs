@@ -103,7 +103,8 @@ mod tests {
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> Result<AwsSettings, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
         AwsSettings::from_lookup(|name| map.get(name).cloned())
     }
 

@@ -4,5 +4,5 @@ pub mod faults;
 pub mod manifest_conformance;
 #[cfg(feature = "aws")]
 pub mod s3_server;
-pub mod store_conformance;
 pub mod servers;
+pub mod store_conformance;
