@@ -77,7 +77,8 @@
 //!   Base-table reads are strongly consistent.
 //! - **A partition with only removed objects stays in the pending index** until a seal
 //!   releases it; `closed_partitions` leaves it out of its answer (it counts pending objects),
-//!   at the cost of counting it on each call.
+//!   at the cost of counting it on each call. A `sealing` one whose lease expired is listed
+//!   even with nothing pending: the interrupted seal has expiry marks and a release to finish.
 //!
 //! # Choices the port leaves open (as SQLite; the conformance suite pins them)
 //! - The owner of a live lease may `acquire` again: it gets the next generation and its older
@@ -1537,7 +1538,9 @@ impl Manifest for DynamoDbManifest {
                     continue;
                 }
                 let record = self.partition_record(stored).await?;
-                if record.pending_objects > 0 {
+                // An interrupted seal is work even with nothing pending: its committed outputs'
+                // sources still need their expiry marks, and the partition its release.
+                if record.pending_objects > 0 || record.state == PartitionState::Sealing {
                     records.push(record);
                 }
             }
