@@ -77,7 +77,8 @@
 //!   Base-table reads are strongly consistent.
 //! - **A partition with only removed objects stays in the pending index** until a seal
 //!   releases it; `closed_partitions` leaves it out of its answer (it counts pending objects),
-//!   at the cost of counting it on each call.
+//!   at the cost of counting it on each call. A `sealing` one whose lease expired is listed
+//!   even with nothing pending: the interrupted seal has expiry marks and a release to finish.
 //!
 //! # Choices the port leaves open (as SQLite; the conformance suite pins them)
 //! - The owner of a live lease may `acquire` again: it gets the next generation and its older
@@ -2082,51 +2083,15 @@ mod tests {
         Layout::parse("%Y/%m/%d", None).expect("a valid layout")
     }
 
-    /// Deletes a test's table when the test ends, on a thread and runtime of its own: the
-    /// test's runtime may be shutting down, and a client's pooled connections belong to the
-    /// runtime that opened them. Bounded by a timeout, so a stopped server never hangs a test;
-    /// ministack keeps tables in memory, so one left behind dies with the server.
-    struct DeleteTableOnDrop {
-        endpoint: String,
-        table: String,
+    async fn new_table(client: Client, endpoint: &str) -> (DynamoDbManifest, servers::FreshTable) {
+        servers::dynamodb_manifest_on_fresh_table(client, endpoint, test_layout()).await
     }
 
-    impl Drop for DeleteTableOnDrop {
-        fn drop(&mut self) {
-            let endpoint = self.endpoint.clone();
-            let table = self.table.clone();
-            let deleter = std::thread::spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                    return;
-                };
-                runtime.block_on(async {
-                    let client = servers::dynamodb_test_client(&endpoint).await;
-                    let deletion = client.delete_table().table_name(&table).send();
-                    let _ = tokio::time::timeout(StdDuration::from_secs(5), deletion).await;
-                });
-            });
-            let _ = deleter.join();
-        }
+    async fn new_test_manifest() -> Option<(DynamoDbManifest, servers::FreshTable)> {
+        servers::dynamodb_manifest_with_fresh_table(test_layout()).await
     }
 
-    fn unique_table_name() -> String {
-        format!("compactor-test-{}", uuid::Uuid::new_v4().simple())
-    }
-
-    async fn new_table(client: Client, endpoint: &str) -> (DynamoDbManifest, DeleteTableOnDrop) {
-        let table = unique_table_name();
-        let manifest = DynamoDbManifest::new(client, table.clone(), test_layout());
-        manifest.create_table().await.expect("create the test table");
-        (manifest, DeleteTableOnDrop { endpoint: endpoint.to_owned(), table })
-    }
-
-    async fn new_test_manifest() -> Option<(DynamoDbManifest, DeleteTableOnDrop)> {
-        let endpoint = servers::dynamodb_endpoint()?;
-        let client = servers::dynamodb_test_client(&endpoint).await;
-        Some(new_table(client, &endpoint).await)
-    }
-
-    async fn new_dynamodb_manifest() -> Option<(Arc<dyn Manifest>, DeleteTableOnDrop)> {
+    async fn new_dynamodb_manifest() -> Option<(Arc<dyn Manifest>, servers::FreshTable)> {
         let (manifest, guard) = new_test_manifest().await?;
         Some((Arc::new(manifest), guard))
     }

@@ -478,7 +478,12 @@ impl Compactor {
             .commit_output(lease, &dest_bucket, &planned.key, written.size, &written.sha256, placed, self.clock.now())
             .await?;
         let compacted = self.manifest.mark_compacted(&lease.partition, &planned.key).await?;
-        debug_assert_eq!(compacted, placed, "every placed source turns compacted once");
+        if compacted != placed {
+            // A manifest whose index lags its writes (DynamoDB's GSIs) may miss a source placed
+            // a moment ago; it stays pending with its placement, and the next seal's recovery
+            // finishes it. Worth a line in the log, never a failure.
+            warn!(output = %planned.key, placed, compacted, "not every placed source turned compacted yet; the next seal finishes them");
+        }
 
         let superseded_keys: std::collections::HashSet<&str> = superseded.iter().map(String::as_str).collect();
         let committed_sources: Vec<ObjectRecord> = planned

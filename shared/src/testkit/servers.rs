@@ -91,6 +91,84 @@ pub async fn dynamodb_test_config(endpoint: &str) -> aws_sdk_dynamodb::config::B
     aws_sdk_dynamodb::config::Builder::from(&sdk_config)
 }
 
+/// How long dropping a [`FreshTable`] waits for its deletion: a stopped server must never hang
+/// a test, and ministack keeps tables in memory, so one left behind dies with the server.
+#[cfg(feature = "aws")]
+const TABLE_CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A table name no other test uses: tests run in parallel against one server.
+#[cfg(feature = "aws")]
+pub fn unique_table_name() -> String {
+    format!("compactor-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A [`DynamoDbManifest`](crate::adapters::dynamodb::DynamoDbManifest) on a new table of the
+/// test server (created with `create_table`, hence the production schema), and the guard that
+/// deletes the table when dropped; `None` when the tier is skipped (see [`dynamodb_endpoint`]).
+#[cfg(feature = "aws")]
+pub async fn dynamodb_manifest_with_fresh_table(
+    layout: crate::domain::layout::Layout,
+) -> Option<(crate::adapters::dynamodb::DynamoDbManifest, FreshTable)> {
+    let endpoint = dynamodb_endpoint()?;
+    let client = dynamodb_test_client(&endpoint).await;
+    Some(dynamodb_manifest_on_fresh_table(client, &endpoint, layout).await)
+}
+
+/// As [`dynamodb_manifest_with_fresh_table`], with a client of the caller's (e.g. one with an
+/// interceptor) on the server at `endpoint`.
+#[cfg(feature = "aws")]
+pub async fn dynamodb_manifest_on_fresh_table(
+    client: aws_sdk_dynamodb::Client,
+    endpoint: &str,
+    layout: crate::domain::layout::Layout,
+) -> (crate::adapters::dynamodb::DynamoDbManifest, FreshTable) {
+    let table = unique_table_name();
+    let manifest = crate::adapters::dynamodb::DynamoDbManifest::new(client, table.clone(), layout);
+    manifest
+        .create_table()
+        .await
+        .unwrap_or_else(|error| panic!("cannot create table {table} on {endpoint}: {error}; is the server running?"));
+    (manifest, FreshTable { endpoint: endpoint.to_owned(), table })
+}
+
+/// Deletes its table when dropped, best-effort.
+///
+/// The deletion runs on a thread and runtime of its own: the test's runtime may be shutting
+/// down, and a client's pooled connections belong to the runtime that opened them. It is
+/// bounded by [`TABLE_CLEANUP_TIMEOUT`].
+#[cfg(feature = "aws")]
+#[derive(Debug)]
+pub struct FreshTable {
+    endpoint: String,
+    table: String,
+}
+
+#[cfg(feature = "aws")]
+impl FreshTable {
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+#[cfg(feature = "aws")]
+impl Drop for FreshTable {
+    fn drop(&mut self) {
+        let endpoint = self.endpoint.clone();
+        let table = self.table.clone();
+        let deleter = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async {
+                let client = dynamodb_test_client(&endpoint).await;
+                let deletion = client.delete_table().table_name(&table).send();
+                let _ = tokio::time::timeout(TABLE_CLEANUP_TIMEOUT, deletion).await;
+            });
+        });
+        let _ = deleter.join();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
