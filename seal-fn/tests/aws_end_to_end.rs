@@ -22,29 +22,12 @@ use compactor::clock::SystemClock;
 use compactor::config::RawConfig;
 use compactor::engine::{Compactor, IngestReport, SkipReason};
 use compactor::ports::Tag;
-use compactor::testkit::servers::{dynamodb_test_client, TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY};
+use compactor::testkit::servers::{
+    dynamodb_test_client, ministack_endpoint, TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY,
+};
 use seal_fn::sqs::SqsFanOut;
 use seal_fn::{FanOut, SealFunction};
 use serde_json::{json, Value};
-
-const ENDPOINT_VARIABLE: &str = "COMPACTOR_TEST_MINISTACK_ENDPOINT";
-
-fn ministack_endpoint() -> Option<String> {
-    match std::env::var(ENDPOINT_VARIABLE).ok().filter(|value| !value.is_empty()) {
-        Some(endpoint) => Some(endpoint),
-        None if std::env::var_os("CI").is_some() || std::env::var_os("COMPACTOR_REQUIRE_SERVERS").is_some() => {
-            panic!("{ENDPOINT_VARIABLE} is not set but the server tier is required: start ministack (scripts/test.sh does)")
-        }
-        None => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: set {ENDPOINT_VARIABLE}=http://127.0.0.1:PORT (ministack) to run the end-to-end AWS path"
-            );
-            None
-        }
-    }
-}
 
 fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     let config = aws_sdk_sqs::Config::builder()

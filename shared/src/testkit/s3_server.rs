@@ -24,36 +24,13 @@ use aws_sdk_s3::Client;
 
 use crate::adapters::s3::{retry_config, AmazonS3, S3Options};
 
-/// Names the test server's S3 endpoint.
-pub const S3_ENDPOINT_VARIABLE: &str = "COMPACTOR_TEST_S3_ENDPOINT";
-/// The credentials the test server's `identities.json` accepts.
-pub const TEST_ACCESS_KEY_ID: &str = "test";
-pub const TEST_SECRET_ACCESS_KEY: &str = "testtesttest";
-pub const TEST_REGION: &str = "us-east-1";
+// One place names the tier's variables, credentials and skip rule: `testkit::servers`.
+pub use super::servers::{s3_endpoint, S3_ENDPOINT_VARIABLE, TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY};
 
 /// How long dropping a [`FreshBucket`] waits for its clean-up before giving up on it: a test
 /// must not hang on a server that stopped answering, and a leftover bucket only costs space in
 /// the server's temporary data directory.
 const BUCKET_CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The S3 test server's endpoint, or `None` (after saying so on stderr) when the tier is not
-/// configured. Panics when `CI` is set and the endpoint is not: CI always starts the server.
-pub fn s3_endpoint() -> Option<String> {
-    match std::env::var(S3_ENDPOINT_VARIABLE) {
-        Ok(endpoint) if !endpoint.trim().is_empty() => Some(endpoint.trim().to_owned()),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "CI is set but {S3_ENDPOINT_VARIABLE} is not: start an S3 server (see emulators.md) and set \
-             {S3_ENDPOINT_VARIABLE}=http://127.0.0.1:PORT, or unset CI to skip the S3 tier"
-        ),
-        _ => {
-            eprintln!(
-                "SKIPPED: set {S3_ENDPOINT_VARIABLE}=http://127.0.0.1:8333 (a SeaweedFS S3 endpoint, see emulators.md) \
-                 to run the S3 tier"
-            );
-            None
-        }
-    }
-}
 
 /// Conformance cases SeaweedFS fails, and why: gaps of the server, not of [`AmazonS3`] (S3
 /// itself passes them). They are run anyway and must still fail; see

@@ -35,9 +35,20 @@ pub fn s3_endpoint() -> Option<String> {
     endpoint_from(S3_ENDPOINT_VARIABLE, "S3", "SeaweedFS or ministack")
 }
 
+/// The variable naming ministack's endpoint (S3 with event notifications, SQS, DynamoDB), for
+/// the end-to-end test of the whole path.
+pub const MINISTACK_ENDPOINT_VARIABLE: &str = "COMPACTOR_TEST_MINISTACK_ENDPOINT";
+
+/// The ministack endpoint to test the whole path against, or `None` (after a loud `SKIPPED`
+/// line) when there is none. Panics under CI when the endpoint is missing.
+pub fn ministack_endpoint() -> Option<String> {
+    endpoint_from(MINISTACK_ENDPOINT_VARIABLE, "end-to-end", "ministack")
+}
+
 fn endpoint_from(variable: &str, service: &str, server: &str) -> Option<String> {
-    let endpoint = std::env::var(variable).ok().filter(|value| !value.trim().is_empty());
-    let running_in_ci = std::env::var_os("CI").is_some();
+    let endpoint = std::env::var(variable).ok().map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+    // The test script sets COMPACTOR_REQUIRE_SERVERS as well, for runs outside CI.
+    let running_in_ci = std::env::var_os("CI").is_some() || std::env::var_os("COMPACTOR_REQUIRE_SERVERS").is_some();
     decide(endpoint, running_in_ci, variable, service, server)
 }
 
