@@ -174,11 +174,18 @@ async fn ingest(global: &GlobalArgs, args: IngestArgs) -> CliResult {
                 if args.files.is_empty() { vec![std::path::PathBuf::from("-")] } else { args.files.clone() };
             for source in sources {
                 let text = read_input(&source)?;
-                for (line_number, document) in json_documents(&text).into_iter().enumerate() {
-                    let decoded = decode_json(document).map_err(|error| {
-                        CliError::BadInput(anyhow!("{} (document {}): {error}", source.display(), line_number + 1))
-                    })?;
-                    report.merge(&compactor.ingest_decoded(&decoded).await?);
+                // Every document is checked before any is recorded: a bad file records nothing.
+                let decoded = json_documents(&text)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, document)| {
+                        decode_json(document).map_err(|error| {
+                            CliError::BadInput(anyhow!("{} (document {}): {error}", source.display(), index + 1))
+                        })
+                    })
+                    .collect::<CliResult<Vec<_>>>()?;
+                for batch in decoded.chunks(1000) {
+                    report.merge(&compactor.ingest_all_decoded(batch).await?);
                 }
             }
             report

@@ -138,12 +138,15 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> CliResult {
     deliveries.push(created_event("notes/readme.txt", 10, None, 1, today)); // outside the layout
     let bar = progress_bar(deliveries.len() as u64, "ingest");
     let mut report = IngestReport::default();
+    // Each notification is encoded and decoded on its own, as S3 sends them; they are recorded
+    // a batch at a time, as ingest-fn records an SQS batch.
     for chunk in deliveries.chunks(256) {
-        for event in chunk {
-            let notification = s3_notification(std::slice::from_ref(event));
-            let decoded = decode_value(notification).map_err(|error| failure(anyhow!(error)))?;
-            report.merge(&compactor.ingest_decoded(&decoded).await?);
-        }
+        let decoded = chunk
+            .iter()
+            .map(|event| decode_value(s3_notification(std::slice::from_ref(event))))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| failure(anyhow!(error)))?;
+        report.merge(&compactor.ingest_all_decoded(&decoded).await?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

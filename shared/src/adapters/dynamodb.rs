@@ -1415,6 +1415,12 @@ impl Manifest for DynamoDbManifest {
     }
 
     async fn record_object(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
+        // Most events announce a key the manifest has never seen: try the create first, and read
+        // the recorded item only when it exists (a replay, an overwrite). One request, not two.
+        if self.conditional_put(new_object_item(object), "attribute_not_exists(#pk)", HashMap::new()).await? {
+            self.flag_partition_pending(object).await?;
+            return Ok(IngestOutcome::Recorded);
+        }
         let item_key = key_of(object_item_pk(&object.bucket, &object.partition.path, &object.key), object.key.clone());
         for _attempt in 0..OPTIMISTIC_ATTEMPTS {
             let outcome = match self.get_item(item_key.clone()).await? {
@@ -1456,6 +1462,16 @@ impl Manifest for DynamoDbManifest {
             return Ok(outcome);
         }
         Err(DynamoDbManifestError::Contended { what: format!("object s3://{}/{}", object.bucket, object.key) }.into())
+    }
+
+    /// Side by side, [`CONCURRENT_REQUESTS`] at a time: DynamoDB has no batch conditional write.
+    async fn record_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
+        // Owned objects: a stream of borrowed ones trips the `Send` bound async_trait puts on this.
+        stream::iter(objects.to_vec())
+            .map(|object| async move { self.record_object(&object).await })
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await
     }
 
     async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError> {

@@ -620,91 +620,14 @@ impl Manifest for SqliteManifest {
 
     async fn record_object(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
         let object = object.clone();
-        self.write(move |transaction| {
-            let size = integer("size", object.size)?;
-            // The partition record comes first; an existing one keeps its close time and state.
-            transaction
-                .execute(
-                    "INSERT INTO partitions (bucket, path, period_start_micros, period_end_micros, closes_at_micros,
-                                             state, generation)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'open', 0)
-                     ON CONFLICT (bucket, path) DO NOTHING",
-                    params![
-                        object.bucket,
-                        object.partition.path,
-                        micros(object.partition.period.start),
-                        micros(object.partition.period.end),
-                        micros(object.closes_at),
-                    ],
-                )
-                .map_err(sqlite_error)?;
-            let recorded_sequencer: Option<String> = transaction
-                .query_row(
-                    "SELECT sequencer FROM objects WHERE bucket = ?1 AND key = ?2",
-                    params![object.bucket, object.key],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(sqlite_error)?;
-            let outcome = match recorded_sequencer {
-                None => {
-                    transaction
-                        .execute(
-                            "INSERT INTO objects (bucket, key, partition_path, size, etag, sequencer,
-                                                  event_time_micros, state)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
-                            params![
-                                object.bucket,
-                                object.key,
-                                object.partition.path,
-                                size,
-                                object.etag,
-                                object.sequencer,
-                                micros(object.event_time),
-                            ],
-                        )
-                        .map_err(sqlite_error)?;
-                    IngestOutcome::Recorded
-                }
-                Some(recorded) if !sequencer::supersedes(&object.sequencer, &recorded) => {
-                    return Ok(IngestOutcome::Stale);
-                }
-                Some(_) => {
-                    // A newer version: whatever was decided about the old one (placement,
-                    // compaction, expiry) does not hold for these bytes.
-                    transaction
-                        .execute(
-                            "UPDATE objects
-                             SET partition_path = ?3, size = ?4, etag = ?5, sequencer = ?6, event_time_micros = ?7,
-                                 state = 'pending', note = NULL, output_key = NULL, output_generation = NULL,
-                                 output_offset = NULL, output_length = NULL, output_sha256 = NULL,
-                                 output_separator_bytes = NULL, expiry_marked_at_micros = NULL
-                             WHERE bucket = ?1 AND key = ?2",
-                            params![
-                                object.bucket,
-                                object.key,
-                                object.partition.path,
-                                size,
-                                object.etag,
-                                object.sequencer,
-                                micros(object.event_time),
-                            ],
-                        )
-                        .map_err(sqlite_error)?;
-                    IngestOutcome::Updated
-                }
-            };
-            // A pending object in a sealed partition reopens it. A `sealing` one stays so: its
-            // seal's release sees the pending object and opens it.
-            transaction
-                .execute(
-                    "UPDATE partitions SET state = 'open' WHERE bucket = ?1 AND path = ?2 AND state = 'sealed'",
-                    params![object.bucket, object.partition.path],
-                )
-                .map_err(sqlite_error)?;
-            Ok(outcome)
-        })
-        .await
+        self.write(move |transaction| record_object_in(transaction, &object)).await
+    }
+
+    /// One transaction for the whole batch: ingest's cost is the commit, not the rows.
+    async fn record_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
+        let objects = objects.to_vec();
+        self.write(move |transaction| objects.iter().map(|object| record_object_in(transaction, object)).collect())
+            .await
     }
 
     async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError> {
@@ -1413,4 +1336,81 @@ mod tests {
         assert!(message.contains("does not fit"), "{message}");
         assert_eq!(manifest.partition(&key_of(&day_partition("logs", 14))).await.unwrap(), None, "rolled back");
     }
+}
+
+/// [`Manifest::record_object`] inside `transaction`. Statements are cached: a batch runs the
+/// same four many times.
+fn record_object_in(transaction: &Transaction<'_>, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
+    let size = integer("size", object.size)?;
+    let execute = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<usize, ManifestError> {
+        transaction.prepare_cached(sql).and_then(|mut statement| statement.execute(params)).map_err(sqlite_error)
+    };
+    // The partition record comes first; an existing one keeps its close time and state.
+    execute(
+        "INSERT INTO partitions (bucket, path, period_start_micros, period_end_micros, closes_at_micros,
+                                 state, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'open', 0)
+         ON CONFLICT (bucket, path) DO NOTHING",
+        params![
+            object.bucket,
+            object.partition.path,
+            micros(object.partition.period.start),
+            micros(object.partition.period.end),
+            micros(object.closes_at),
+        ],
+    )?;
+    let recorded_sequencer: Option<String> = transaction
+        .prepare_cached("SELECT sequencer FROM objects WHERE bucket = ?1 AND key = ?2")
+        .and_then(|mut statement| statement.query_row(params![object.bucket, object.key], |row| row.get(0)).optional())
+        .map_err(sqlite_error)?;
+    let outcome = match recorded_sequencer {
+        None => {
+            execute(
+                "INSERT INTO objects (bucket, key, partition_path, size, etag, sequencer, event_time_micros, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+                params![
+                    object.bucket,
+                    object.key,
+                    object.partition.path,
+                    size,
+                    object.etag,
+                    object.sequencer,
+                    micros(object.event_time),
+                ],
+            )?;
+            IngestOutcome::Recorded
+        }
+        Some(recorded) if !sequencer::supersedes(&object.sequencer, &recorded) => {
+            return Ok(IngestOutcome::Stale);
+        }
+        Some(_) => {
+            // A newer version: whatever was decided about the old one (placement, compaction,
+            // expiry) does not hold for these bytes.
+            execute(
+                "UPDATE objects
+                 SET partition_path = ?3, size = ?4, etag = ?5, sequencer = ?6, event_time_micros = ?7,
+                     state = 'pending', note = NULL, output_key = NULL, output_generation = NULL,
+                     output_offset = NULL, output_length = NULL, output_sha256 = NULL,
+                     output_separator_bytes = NULL, expiry_marked_at_micros = NULL
+                 WHERE bucket = ?1 AND key = ?2",
+                params![
+                    object.bucket,
+                    object.key,
+                    object.partition.path,
+                    size,
+                    object.etag,
+                    object.sequencer,
+                    micros(object.event_time),
+                ],
+            )?;
+            IngestOutcome::Updated
+        }
+    };
+    // A pending object in a sealed partition reopens it. A `sealing` one stays so: its seal's
+    // release sees the pending object and opens it.
+    execute(
+        "UPDATE partitions SET state = 'open' WHERE bucket = ?1 AND path = ?2 AND state = 'sealed'",
+        params![object.bucket, object.partition.path],
+    )?;
+    Ok(outcome)
 }

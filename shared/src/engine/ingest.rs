@@ -127,8 +127,16 @@ impl IngestReport {
     }
 }
 
+/// An event ready for the manifest.
+enum Prepared {
+    Created(NewObject),
+    Removed(RemovedObject),
+}
+
 /// How many manifest writes an ingest batch keeps in flight.
 const INGEST_CONCURRENCY: usize = 16;
+/// Creations recorded per `record_objects` call.
+const INGEST_BATCH: usize = 500;
 
 impl Compactor {
     /// Decides what to do with an event's object without touching anything: the pure half of
@@ -166,8 +174,8 @@ impl Compactor {
         Ok(())
     }
 
-    /// Records one event in the manifest (or skips it, with a log line).
-    pub async fn ingest_event(&self, event: &ObjectEvent) -> Result<EventOutcome, EngineError> {
+    /// What recording `event` takes, or why it is skipped (logged here).
+    fn prepare(&self, event: &ObjectEvent) -> Result<Prepared, SkipReason> {
         if let Err(reason) = self.classify_event(event) {
             // Our own outputs come back as events when they share the source bucket: expected,
             // so quieter than the skips that hint at a misconfiguration.
@@ -176,65 +184,87 @@ impl Compactor {
             } else {
                 warn!(bucket = %event.bucket, key = %event.key, reason = %reason, event = %event.event_name, "skipped object");
             }
-            return Ok(EventOutcome::Skipped(reason));
+            return Err(reason);
         }
         let partition = self.config.layout.partition_of(&event.key).expect("classified above");
-        let outcome = match &event.kind {
-            ObjectEventKind::Created { size, etag } => {
-                let closes_at = partition.period.closes_at(self.config.grace);
-                self.manifest
-                    .record_object(&NewObject {
-                        bucket: event.bucket.clone(),
-                        key: event.key.clone(),
-                        partition,
-                        closes_at,
-                        size: *size,
-                        etag: etag.clone(),
-                        sequencer: event.sequencer.clone(),
-                        event_time: event.event_time,
-                    })
-                    .await?
-            }
-            ObjectEventKind::Removed => {
-                self.manifest
-                    .record_removal(&RemovedObject {
-                        bucket: event.bucket.clone(),
-                        key: event.key.clone(),
-                        sequencer: event.sequencer.clone(),
-                        event_time: event.event_time,
-                    })
-                    .await?
-            }
+        Ok(match &event.kind {
+            ObjectEventKind::Created { size, etag } => Prepared::Created(NewObject {
+                bucket: event.bucket.clone(),
+                key: event.key.clone(),
+                closes_at: partition.period.closes_at(self.config.grace),
+                partition,
+                size: *size,
+                etag: etag.clone(),
+                sequencer: event.sequencer.clone(),
+                event_time: event.event_time,
+            }),
+            ObjectEventKind::Removed => Prepared::Removed(RemovedObject {
+                bucket: event.bucket.clone(),
+                key: event.key.clone(),
+                sequencer: event.sequencer.clone(),
+                event_time: event.event_time,
+            }),
+        })
+    }
+
+    /// Records one event in the manifest (or skips it, with a log line).
+    pub async fn ingest_event(&self, event: &ObjectEvent) -> Result<EventOutcome, EngineError> {
+        let outcome = match self.prepare(event) {
+            Err(reason) => return Ok(EventOutcome::Skipped(reason)),
+            Ok(Prepared::Created(object)) => self.manifest.record_object(&object).await?,
+            Ok(Prepared::Removed(removal)) => self.manifest.record_removal(&removal).await?,
         };
         debug!(bucket = %event.bucket, key = %event.key, outcome = ?outcome, "ingested event");
         Ok(EventOutcome::Manifest(outcome))
     }
 
-    /// Records a batch of events with bounded concurrency. Stops at the first manifest error
-    /// (every event is idempotent, so the caller retries the whole batch).
+    /// Records a batch of events: creations through [`Manifest::record_objects`] in chunks
+    /// (one SQLite transaction, or DynamoDB requests side by side), then removals, so a key
+    /// created and removed in one batch ends removed. Stops at the first manifest error (every
+    /// event is idempotent, so the caller retries the whole batch).
+    ///
+    /// [`Manifest::record_objects`]: crate::ports::Manifest::record_objects
     pub async fn ingest(&self, events: &[ObjectEvent]) -> Result<IngestReport, EngineError> {
-        let outcomes: Vec<(EventOutcome, u64)> = futures::stream::iter(events)
-            .map(|event| async move {
-                let bytes = match event.kind {
-                    ObjectEventKind::Created { size, .. } => size,
-                    ObjectEventKind::Removed => 0,
-                };
-                self.ingest_event(event).await.map(|outcome| (outcome, bytes))
-            })
-            .buffer_unordered(INGEST_CONCURRENCY)
+        let mut report = IngestReport::default();
+        let mut created: Vec<NewObject> = Vec::new();
+        let mut removed: Vec<RemovedObject> = Vec::new();
+        for event in events {
+            match self.prepare(event) {
+                Err(reason) => report.count(EventOutcome::Skipped(reason), 0),
+                Ok(Prepared::Created(object)) => created.push(object),
+                Ok(Prepared::Removed(removal)) => removed.push(removal),
+            }
+        }
+        for chunk in created.chunks(INGEST_BATCH) {
+            let outcomes = self.manifest.record_objects(chunk).await?;
+            for (object, outcome) in chunk.iter().zip(outcomes) {
+                debug!(bucket = %object.bucket, key = %object.key, outcome = ?outcome, "ingested event");
+                report.count(EventOutcome::Manifest(outcome), object.size);
+            }
+        }
+        let outcomes: Vec<IngestOutcome> = futures::stream::iter(&removed)
+            .map(|removal| self.manifest.record_removal(removal))
+            .buffered(INGEST_CONCURRENCY)
             .try_collect()
             .await?;
-        let mut report = IngestReport::default();
-        for (outcome, bytes) in outcomes {
-            report.count(outcome, bytes);
+        for (removal, outcome) in removed.iter().zip(outcomes) {
+            debug!(bucket = %removal.bucket, key = %removal.key, outcome = ?outcome, "ingested event");
+            report.count(EventOutcome::Manifest(outcome), 0);
         }
         Ok(report)
     }
 
     /// Records the events of a decoded envelope, counting its non-object records.
     pub async fn ingest_decoded(&self, decoded: &Decoded) -> Result<IngestReport, EngineError> {
-        let mut report = self.ingest(&decoded.events).await?;
-        report.ignored_records += decoded.ignored.len() as u64;
+        self.ingest_all_decoded(std::slice::from_ref(decoded)).await
+    }
+
+    /// Records the events of several envelopes (an SQS batch, a file of notifications) as one
+    /// batch, counting their non-object records.
+    pub async fn ingest_all_decoded(&self, decoded: &[Decoded]) -> Result<IngestReport, EngineError> {
+        let events: Vec<ObjectEvent> = decoded.iter().flat_map(|decoded| decoded.events.iter().cloned()).collect();
+        let mut report = self.ingest(&events).await?;
+        report.ignored_records += decoded.iter().map(|decoded| decoded.ignored.len() as u64).sum::<u64>();
         Ok(report)
     }
 

@@ -157,6 +157,18 @@ pub trait Manifest: Send + Sync + fmt::Debug {
     /// the record holds an equal or newer sequencer.
     async fn record_object(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError>;
 
+    /// [`Manifest::record_object`] for each object, outcomes in the same order. Adapters may
+    /// batch (SQLite: one transaction; DynamoDB: requests in flight side by side); on an error
+    /// some objects may be recorded and others not, which a retry of the whole batch finishes
+    /// (each record is idempotent).
+    async fn record_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
+        let mut outcomes = Vec::with_capacity(objects.len());
+        for object in objects {
+            outcomes.push(self.record_object(object).await?);
+        }
+        Ok(outcomes)
+    }
+
     /// Marks a pending object `removed` (it leaves the plan); ignores compacted and unknown ones.
     async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError>;
 

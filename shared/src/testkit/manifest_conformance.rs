@@ -63,6 +63,7 @@ macro_rules! manifest_conformance_tests {
             record_object_records_a_new_pending_object_and_its_partition,
             record_object_ignores_replays_and_older_events,
             record_object_newer_version_replaces_the_record_and_reopens_the_partition,
+            record_objects_records_a_batch_as_one_at_a_time_would,
             record_removal_takes_only_pending_objects_out_of_the_plan,
             closed_partitions_lists_closed_pending_unlocked_partitions_in_close_order,
             closed_partitions_returns_a_partition_whose_lease_expired,
@@ -344,6 +345,47 @@ pub async fn record_object_ignores_replays_and_older_events(manifest: &dyn Manif
 
     let record = partition_record(manifest, &key_of(&partition)).await;
     assert_eq!((record.pending_objects, record.pending_bytes), (2, 111));
+}
+
+pub async fn record_objects_records_a_batch_as_one_at_a_time_would(manifest: &dyn Manifest) {
+    let day_14 = day_partition("logs", 14);
+    let day_15 = day_partition("logs", 15);
+    let known_old = new_object(&day_14, "known-old.json", "0000000000000005", 10);
+    let known_new = new_object(&day_14, "known-new.json", "0000000000000005", 20);
+    assert_eq!(
+        manifest.record_objects(&[known_old.clone(), known_new.clone()]).await.unwrap(),
+        vec![IngestOutcome::Recorded, IngestOutcome::Recorded]
+    );
+
+    let batch = vec![
+        new_object(&day_14, "a.json", "0000000000000007", 100),
+        new_object(&day_15, "b.json", "0000000000000008", 200),
+        new_object(&day_14, "known-old.json", "0000000000000004", 999),
+        new_object(&day_14, "known-new.json", "0000000000000006", 21),
+    ];
+    let outcomes = manifest.record_objects(&batch).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![IngestOutcome::Recorded, IngestOutcome::Recorded, IngestOutcome::Stale, IngestOutcome::Updated],
+        "outcomes come back in the batch's order"
+    );
+    assert_eq!(object_record(manifest, &batch[0]).await.size, 100);
+    assert_eq!(object_record(manifest, &batch[1]).await.size, 200);
+    assert_eq!(object_record(manifest, &known_old).await.size, 10, "the older event changed nothing");
+    assert_eq!(object_record(manifest, &known_new).await.sequencer, "0000000000000006");
+    let record = partition_record(manifest, &key_of(&day_14)).await;
+    assert_eq!((record.pending_objects, record.pending_bytes), (3, 131));
+    let record = partition_record(manifest, &key_of(&day_15)).await;
+    assert_eq!((record.pending_objects, record.pending_bytes), (1, 200));
+
+    // The same key twice in one batch: whatever the adapter's order, the newer version wins.
+    let twice = vec![
+        new_object(&day_15, "twice.json", "0000000000000009", 1),
+        new_object(&day_15, "twice.json", "000000000000000A", 2),
+    ];
+    manifest.record_objects(&twice).await.unwrap();
+    assert_eq!(object_record(manifest, &twice[0]).await.sequencer, "000000000000000A");
+    assert!(manifest.record_objects(&[]).await.unwrap().is_empty(), "an empty batch is fine");
 }
 
 pub async fn record_object_newer_version_replaces_the_record_and_reopens_the_partition(manifest: &dyn Manifest) {
