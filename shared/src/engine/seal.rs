@@ -6,7 +6,7 @@
 //! | 2 lock | `acquire`: generation + 1, lease | waits for the lease to expire, then takes over |
 //! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; mark compacted sources for expiry | does the same, idempotently |
 //! | 3 plan | page pending objects in key order through the [`Packer`] | plans again under a new generation: new output keys |
-//! | 4 write | `begin_output` (writing), stream sources into the store | finds the output `writing` and abandons it |
+//! | 4 write | `begin_output` (writing), stream sources into the store (large ones copied server-side) | finds the output `writing` and abandons it |
 //! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`, then tag or delete the sources and `mark_expiry` | before the commit: abandons; after it: finishes `mark_compacted` and the expiry marks |
 //! | 6 release | `sealed`, or `open` if a late object arrived | nothing to do; a late object reopens the partition |
 //!
