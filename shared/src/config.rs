@@ -503,6 +503,7 @@ mod tests {
             ("COMPACTOR_SOURCE_BUCKET", "logs"),
             ("COMPACTOR_TARGET_OUTPUT_BYTES", "60GiB"),
             ("COMPACTOR_PART_BYTES", "64MiB"),
+            ("COMPACTOR_COPY_MIN_BYTES", "off"),
         ];
         assert!(from(&pairs).is_ok());
         let pairs = [

@@ -282,6 +282,13 @@ impl<'a> OutputWriter<'a> {
     /// A copy candidate's turn: copied if the buffer is at a legal part boundary, streamed
     /// through the buffer otherwise. Either way one GET, pinned to the recorded ETag.
     async fn write_at_turn(&mut self, source: &ObjectRecord) -> Result<(), EngineError> {
+        let copy = at_part_boundary(self.buffer.len() as u64);
+        if copy && !self.buffer.is_empty() {
+            // Flushed before the GET opens, so that no opened body idles while an upload slot
+            // frees up. Should the source turn out missing, this part is legal all the same.
+            let part = self.buffer.split().freeze();
+            self.uploads.upload(part).await?;
+        }
         let body = match open_source(self.store.as_ref(), source).await? {
             Ok(body) => body,
             Err(unreadable) => {
@@ -289,7 +296,7 @@ impl<'a> OutputWriter<'a> {
                 return Ok(());
             }
         };
-        if at_part_boundary(self.buffer.len() as u64) {
+        if copy {
             self.copy_source(source, body).await
         } else {
             self.stream_through_buffer(source, body).await
@@ -310,13 +317,11 @@ impl<'a> OutputWriter<'a> {
     /// A body that fails or ends early after a successful open is not the source's fault: the
     /// output fails, its upload is abandoned, and the next run retries.
     async fn copy_source(&mut self, source: &ObjectRecord, body: GetResult) -> Result<(), EngineError> {
-        if !self.buffer.is_empty() {
-            let part = self.buffer.split().freeze();
-            self.uploads.upload(part).await?;
-        }
+        debug_assert!(self.buffer.is_empty(), "the buffer is flushed before a copy");
         let etag = source.etag.as_deref().expect("copy candidates have a recorded ETag");
+        let tentative_output_hasher = self.output_hasher.clone();
         let (copied, hashed) =
-            tokio::join!(self.uploads.copy(source, etag), hash_body(source, body, self.output_hasher.clone()),);
+            tokio::join!(self.uploads.copy(source, etag), hash_body(source, body, tentative_output_hasher));
         let hashed = hashed?;
         match copied {
             Ok(()) => {
