@@ -144,6 +144,10 @@ pub struct ConfigArgs {
     /// Parts uploading at once per output [default: 4].
     #[arg(long, global = true, env = "COMPACTOR_UPLOAD_CONCURRENCY", value_name = "N")]
     pub upload_concurrency: Option<String>,
+    /// Sources this large become parts by server-side UploadPartCopy (read once only to hash
+    /// them); 5MiB to 5GiB, or off to stream every source [default: 5MiB].
+    #[arg(long, global = true, env = "COMPACTOR_COPY_MIN_BYTES", value_name = "SIZE|off")]
+    pub copy_min_bytes: Option<String>,
     /// Partitions sealed at once [default: 4].
     #[arg(long, global = true, env = "COMPACTOR_PARTITION_CONCURRENCY", value_name = "N")]
     pub partition_concurrency: Option<String>,
@@ -171,6 +175,7 @@ impl ConfigArgs {
             read_concurrency: self.read_concurrency.clone(),
             read_ahead_bytes: self.read_ahead_bytes.clone(),
             upload_concurrency: self.upload_concurrency.clone(),
+            copy_min_bytes: self.copy_min_bytes.clone(),
             partition_concurrency: self.partition_concurrency.clone(),
             lease: self.lease.clone(),
         }

@@ -303,6 +303,13 @@ pub fn print_seal_report(report: &SealReport) {
         thousands(report.expiry.tagged),
         thousands(report.expiry.deleted),
     );
+    if report.copied_sources > 0 {
+        println!(
+            "{} sources ({}) copied server-side (UploadPartCopy): read once to hash them, not uploaded",
+            thousands(report.copied_sources),
+            human_bytes(report.copied_bytes)
+        );
+    }
     if report.outputs_abandoned > 0 || report.objects_finished > 0 {
         println!(
             "recovered from earlier runs: {} uncommitted outputs abandoned, {} objects of committed outputs finished",

@@ -250,6 +250,8 @@ fn summary(report: &SealReport) -> Value {
         "outputs_committed": report.outputs_committed,
         "objects_compacted": report.objects_compacted,
         "source_bytes": report.source_bytes,
+        "copied_sources": report.copied_sources,
+        "copied_bytes": report.copied_bytes,
         "stopped_at_deadline": report.stopped_at_deadline,
         "failures": report.failures,
     })

@@ -21,6 +21,7 @@
 //! | `COMPACTOR_READ_CONCURRENCY` | source GETs in flight per output | `32` |
 //! | `COMPACTOR_READ_AHEAD_BYTES` | bytes of sources read ahead of the writer | `64MiB` |
 //! | `COMPACTOR_UPLOAD_CONCURRENCY` | parts uploading at once per output | `4` |
+//! | `COMPACTOR_COPY_MIN_BYTES` | sources this large (5 MiB to 5 GiB) become parts by server-side `UploadPartCopy`, read once only to hash them; `off` streams every source | `5MiB` |
 //! | `COMPACTOR_PARTITION_CONCURRENCY` | partitions sealed at once | `4` |
 //! | `COMPACTOR_LEASE` | how long a seal lock lasts unless renewed | `15m` |
 
@@ -112,6 +113,9 @@ pub struct Config {
     pub read_concurrency: usize,
     pub read_ahead_bytes: u64,
     pub upload_concurrency: usize,
+    /// Sources of at least this many bytes are copied server-side into their output's
+    /// multipart upload when they can be (see `engine::writer`); `None`: copying is off.
+    pub copy_min_bytes: Option<u64>,
     pub partition_concurrency: usize,
     pub lease: Duration,
 }
@@ -135,6 +139,7 @@ pub struct RawConfig {
     pub read_concurrency: Option<String>,
     pub read_ahead_bytes: Option<String>,
     pub upload_concurrency: Option<String>,
+    pub copy_min_bytes: Option<String>,
     pub partition_concurrency: Option<String>,
     pub lease: Option<String>,
 }
@@ -161,6 +166,7 @@ impl RawConfig {
             read_concurrency: read("COMPACTOR_READ_CONCURRENCY"),
             read_ahead_bytes: read("COMPACTOR_READ_AHEAD_BYTES"),
             upload_concurrency: read("COMPACTOR_UPLOAD_CONCURRENCY"),
+            copy_min_bytes: read("COMPACTOR_COPY_MIN_BYTES"),
             partition_concurrency: read("COMPACTOR_PARTITION_CONCURRENCY"),
             lease: read("COMPACTOR_LEASE"),
         }
@@ -249,6 +255,20 @@ impl RawConfig {
             return Err(invalid("COMPACTOR_READ_AHEAD_BYTES", "0", "give a size such as 64MiB"));
         }
         let upload_concurrency = parse_count("COMPACTOR_UPLOAD_CONCURRENCY", self.upload_concurrency.as_deref(), 4)?;
+        let copy_min_bytes = parse_copy_min_bytes(self.copy_min_bytes.as_deref())?;
+        if copy_min_bytes.is_some() {
+            // A copied source is a part of its own, and a part may then be as small as S3's
+            // minimum rather than `part_bytes`: the 10,000-part limit must hold for that too.
+            let largest_output_bytes = small_object_max_bytes.max(target_output_bytes);
+            if largest_output_bytes.div_ceil(MIN_PART_BYTES) + 1 > MAX_PARTS {
+                return Err(invalid(
+                    "COMPACTOR_COPY_MIN_BYTES",
+                    self.copy_min_bytes.as_deref().unwrap_or("5MiB"),
+                    "with server-side copies an output's parts may be as small as 5MiB, and an output would need \
+                     more than S3's 10,000 parts: lower the target output size, or turn copying off",
+                ));
+            }
+        }
         let partition_concurrency =
             parse_count("COMPACTOR_PARTITION_CONCURRENCY", self.partition_concurrency.as_deref(), 4)?;
         Ok(Config {
@@ -267,6 +287,7 @@ impl RawConfig {
             read_concurrency,
             read_ahead_bytes,
             upload_concurrency,
+            copy_min_bytes,
             partition_concurrency,
             lease,
         })
@@ -332,6 +353,34 @@ fn parse_count(name: &'static str, text: Option<&str>, default: usize) -> Result
             _ => Err(invalid(name, text, "give a whole number from 1 to 1024")),
         },
     }
+}
+
+/// `COMPACTOR_COPY_MIN_BYTES`: a size from S3's smallest part to its largest, or `off`.
+fn parse_copy_min_bytes(text: Option<&str>) -> Result<Option<u64>, ConfigError> {
+    const NAME: &str = "COMPACTOR_COPY_MIN_BYTES";
+    let Some(text) = text else { return Ok(Some(MIN_PART_BYTES)) };
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let copy_min_bytes = parse_bytes(NAME, text).map_err(|_| {
+        invalid(NAME, text, "give a size of 5MiB or more (such as 8MiB), or off to stream every source")
+    })?;
+    if copy_min_bytes < MIN_PART_BYTES {
+        return Err(invalid(
+            NAME,
+            text,
+            "a copied source becomes a part of its own, and S3 parts (all but the last) are at least 5MiB: \
+             give 5MiB or more, or off",
+        ));
+    }
+    if copy_min_bytes > MAX_PART_BYTES {
+        return Err(invalid(
+            NAME,
+            text,
+            "S3 parts are at most 5GiB, so nothing that large is copied: give 5MiB to 5GiB, or off",
+        ));
+    }
+    Ok(Some(copy_min_bytes))
 }
 
 /// Parses sizes such as `128MiB`, `8MB`, `64k`, `1048576`. Binary and decimal units are both
@@ -427,11 +476,43 @@ mod tests {
             (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_READ_CONCURRENCY", "0")], "from 1 to 1024"),
             (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_LEASE", "5s")], "at least 1m"),
             (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_GRANULARITY", "week")], "use day or hour"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COPY_MIN_BYTES", "1MiB")], "give 5MiB or more, or off"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COPY_MIN_BYTES", "no")], "or off to stream every"),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COPY_MIN_BYTES", "6GiB")], "at most 5GiB"),
+            (
+                &[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_TARGET_OUTPUT_BYTES", "60GiB")],
+                "COMPACTOR_COPY_MIN_BYTES=\"5MiB\" is invalid: with server-side copies",
+            ),
         ];
         for (pairs, expected) in cases {
             let message = from(pairs).unwrap_err().to_string();
             assert!(message.contains(expected), "{pairs:?}: {message:?} lacks {expected:?}");
         }
+    }
+
+    #[test]
+    fn copying_is_on_from_5_mib_unless_turned_off() {
+        let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs")]).unwrap();
+        assert_eq!(config.copy_min_bytes, Some(5 << 20));
+        let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COPY_MIN_BYTES", "16MiB")]).unwrap();
+        assert_eq!(config.copy_min_bytes, Some(16 << 20));
+        let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COPY_MIN_BYTES", "off")]).unwrap();
+        assert_eq!(config.copy_min_bytes, None);
+        // Without copies, parts are `part_bytes` each, so a large target is fine.
+        let pairs = [
+            ("COMPACTOR_SOURCE_BUCKET", "logs"),
+            ("COMPACTOR_TARGET_OUTPUT_BYTES", "60GiB"),
+            ("COMPACTOR_PART_BYTES", "64MiB"),
+            ("COMPACTOR_COPY_MIN_BYTES", "off"),
+        ];
+        assert!(from(&pairs).is_ok());
+        let pairs = [
+            ("COMPACTOR_SOURCE_BUCKET", "logs"),
+            ("COMPACTOR_TARGET_OUTPUT_BYTES", "60GiB"),
+            ("COMPACTOR_PART_BYTES", "64MiB"),
+            ("COMPACTOR_COPY_MIN_BYTES", "8MiB"),
+        ];
+        assert!(from(&pairs).unwrap_err().to_string().contains("more than S3's 10,000 parts"));
     }
 
     #[test]

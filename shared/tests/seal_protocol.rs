@@ -24,8 +24,12 @@ use compactor::domain::records::{ObjectState, OutputState, PartitionState};
 use compactor::engine::seal::SealOptions;
 use compactor::engine::Compactor;
 use compactor::event::{ObjectEvent, ObjectEventKind};
-use compactor::ports::{GetOptions, Manifest, ObjectQuery, ObjectStore, PutOptions, Tag};
+use compactor::ports::{
+    CompletedPart, GetOptions, GetResult, ListPage, Manifest, ObjectMeta, ObjectQuery, ObjectStore, PutOptions,
+    StoreError, Tag,
+};
 use compactor::testkit::faults::{CrashMode, FaultPlan, FaultyManifest, FaultyStore};
+use sha2::{Digest, Sha256};
 
 /// The source bucket of the embedded backend; on S3 each harness gets a fresh bucket.
 const EMBEDDED_BUCKET: &str = "src";
@@ -68,8 +72,9 @@ struct Harness {
     sequence: u64,
 }
 
-fn config(expiry: &str, bucket: &str) -> Config {
-    RawConfig {
+/// The test configuration, with `adjust` applied to its settings before validation.
+fn config_with(expiry: &str, bucket: &str, adjust: impl Fn(&mut RawConfig)) -> Config {
+    let mut raw = RawConfig {
         source_bucket: Some(bucket.into()),
         target_output_bytes: Some("6MiB".into()),
         part_bytes: Some("5MiB".into()),
@@ -79,9 +84,9 @@ fn config(expiry: &str, bucket: &str) -> Config {
         grace: Some("1h".into()),
         lease: Some("5m".into()),
         ..Default::default()
-    }
-    .validate()
-    .expect("a valid test configuration")
+    };
+    adjust(&mut raw);
+    raw.validate().expect("a valid test configuration")
 }
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -92,6 +97,11 @@ impl Harness {
     /// A harness on `backend`, or `None` when that backend's servers are not configured (the
     /// helpers have said `SKIPPED` on stderr, or panicked under CI).
     async fn new(backend: Backend, expiry: &str) -> Option<Harness> {
+        Self::with_config(backend, expiry, |_| {}).await
+    }
+
+    /// As [`Harness::new`], with `adjust` applied to the test configuration.
+    async fn with_config(backend: Backend, expiry: &str, adjust: impl Fn(&mut RawConfig)) -> Option<Harness> {
         let (guard, bucket, store, manifest): (BackendGuard, String, Arc<dyn ObjectStore>, Arc<dyn Manifest>) =
             match backend {
                 Backend::Embedded => {
@@ -113,7 +123,7 @@ impl Harness {
                     let (store, bucket, bucket_guard) = s3_server::amazon_s3_with_fresh_bucket().await?;
                     // The manifest's layout must be the engine's: it finds an object's partition
                     // from its key alone.
-                    let layout = config(expiry, &bucket).layout;
+                    let layout = config_with(expiry, &bucket, &adjust).layout;
                     let (manifest, table) = servers::dynamodb_manifest_with_fresh_table(layout).await?;
                     let guard = BackendGuard::Aws { _bucket: bucket_guard, _table: table };
                     let store: Arc<dyn ObjectStore> = Arc::new(store);
@@ -124,7 +134,7 @@ impl Harness {
         Some(Harness {
             _guard: guard,
             backend,
-            config: config(expiry, &bucket),
+            config: config_with(expiry, &bucket, adjust),
             bucket,
             store,
             manifest,
@@ -137,7 +147,12 @@ impl Harness {
 
     /// The engine, with every port call going through the fault plan.
     fn compactor(&self) -> Compactor {
-        let store = Arc::new(FaultyStore::new(Arc::clone(&self.store), Arc::clone(&self.plan)));
+        self.compactor_on(Arc::clone(&self.store))
+    }
+
+    /// The engine on `store` (which wraps the harness's own), through the fault plan.
+    fn compactor_on(&self, store: Arc<dyn ObjectStore>) -> Compactor {
+        let store = Arc::new(FaultyStore::new(store, Arc::clone(&self.plan)));
         let manifest = Arc::new(FaultyManifest::new(Arc::clone(&self.manifest), Arc::clone(&self.plan)));
         Compactor::new(self.config.clone(), store, manifest, Arc::new(self.clock.clone()))
     }
@@ -176,6 +191,11 @@ impl Harness {
         }
         for index in 0..dataset.gzip_objects {
             self.add(&format!("app/2024/01/15/part-{index}.json.gz"), gzip(format!("line {index}\n").as_bytes())).await;
+        }
+        for index in 0..dataset.copied_objects {
+            let large = lines_of(&format!("copied-{index}"), MIB5, false);
+            self.add(&format!("app/2024/01/13/copied-{index}-a.json"), large).await;
+            self.add(&format!("app/2024/01/13/copied-{index}-b.json"), format!("{{\"after\":{index}}}\n")).await;
         }
     }
 
@@ -266,28 +286,33 @@ impl Harness {
 
 /// How many sources of each kind a test writes: 2.5 MiB line files (two of them fill an output
 /// past one 5 MiB part, so it is a multipart upload), small line files (every fourth without a
-/// final newline), and small gzip files (never in the same output as line files).
+/// final newline), small gzip files (never in the same output as line files), and pairs of a
+/// 5 MiB line file without a final newline, which the seal copies server-side, and a small one
+/// after it (in 01/13, an output per pair: the copied part, then the newline and the small file).
 #[derive(Debug, Clone, Copy)]
 struct Dataset {
     big_objects: usize,
     line_objects: usize,
     gzip_objects: usize,
+    copied_objects: usize,
 }
 
 impl Dataset {
     /// Four outputs: a multipart one and a single PUT in 01/14, lines and gzip in 01/15.
-    const STANDARD: Dataset = Dataset { big_objects: 3, line_objects: 12, gzip_objects: 3 };
+    const STANDARD: Dataset = Dataset { big_objects: 3, line_objects: 12, gzip_objects: 3, copied_objects: 0 };
+    /// One output with a server-side copy (a 5 MiB source, then a small one), alone.
+    const A_COPY: Dataset = Dataset { big_objects: 0, line_objects: 0, gzip_objects: 0, copied_objects: 1 };
     /// Every kind of output (multipart; single PUTs of lines and of gzip) from the fewest
     /// sources: on S3 and DynamoDB each port call is a real request, and the crash test makes
     /// a seal per call.
     #[cfg(feature = "aws")]
-    const COMPACT: Dataset = Dataset { big_objects: 2, line_objects: 2, gzip_objects: 1 };
+    const COMPACT: Dataset = Dataset { big_objects: 2, line_objects: 2, gzip_objects: 1, copied_objects: 0 };
     /// The small files of [`Dataset::COMPACT`] alone: single-PUT outputs only, no 5 MiB bodies.
     #[cfg(feature = "aws")]
-    const SMALL_FILES: Dataset = Dataset { big_objects: 0, line_objects: 2, gzip_objects: 1 };
+    const SMALL_FILES: Dataset = Dataset { big_objects: 0, line_objects: 2, gzip_objects: 1, copied_objects: 0 };
 
     fn sources(&self) -> u64 {
-        (self.big_objects + self.line_objects + self.gzip_objects) as u64
+        (self.big_objects + self.line_objects + self.gzip_objects + 2 * self.copied_objects) as u64
     }
 }
 
@@ -302,11 +327,139 @@ impl NowForTests for ManualClock {
     }
 }
 
+/// S3's smallest part, and the default `COMPACTOR_COPY_MIN_BYTES`.
+const MIB5: usize = 5 << 20;
+
+/// `size` bytes of JSON lines naming `tag` and numbered, so a misplaced range shows; with
+/// `final_newline` false the last byte is not a newline (the seal must add one after it).
+fn lines_of(tag: &str, size: usize, final_newline: bool) -> Vec<u8> {
+    let mut body = Vec::with_capacity(size + 64);
+    let mut line_number = 0u64;
+    while body.len() < size {
+        body.extend_from_slice(format!("{{\"source\":\"{tag}\",\"line\":{line_number:08}}}\n").as_bytes());
+        line_number += 1;
+    }
+    body.truncate(size);
+    let last = body.last_mut().expect("a source of at least one byte");
+    *last = if final_newline { b'\n' } else { b'~' };
+    body
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(bytes).unwrap();
     encoder.finish().unwrap()
+}
+
+/// Changes a source the moment the seal asks for its server-side copy, as a writer racing the
+/// seal would: after the seal's GET of the source opened, before its UploadPartCopy. Every
+/// other call goes straight through.
+#[derive(Debug)]
+struct ChangeOnCopy {
+    inner: Arc<dyn ObjectStore>,
+    /// Source key → its new bytes, or `None` to delete it; each happens once.
+    changes: std::sync::Mutex<HashMap<String, Option<Bytes>>>,
+}
+
+impl ChangeOnCopy {
+    fn new(inner: Arc<dyn ObjectStore>, changes: impl IntoIterator<Item = (String, Option<Bytes>)>) -> Self {
+        Self { inner, changes: std::sync::Mutex::new(changes.into_iter().collect()) }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ChangeOnCopy {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(bucket, key).await
+    }
+
+    async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
+        self.inner.get(bucket, key, options).await
+    }
+
+    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError> {
+        self.inner.put(bucket, key, body, options).await
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+        self.inner.create_multipart(bucket, key).await
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<CompletedPart, StoreError> {
+        self.inner.upload_part(bucket, key, upload_id, part_number, body).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_bucket: &str,
+        source_key: &str,
+        range: Option<std::ops::Range<u64>>,
+        source_if_match: Option<&str>,
+    ) -> Result<CompletedPart, StoreError> {
+        let change = self.changes.lock().unwrap().remove(source_key);
+        match change {
+            Some(Some(new_bytes)) => {
+                self.inner.put(source_bucket, source_key, new_bytes, PutOptions::default()).await.unwrap();
+            }
+            Some(None) => self.inner.delete(source_bucket, source_key).await.unwrap(),
+            None => {}
+        }
+        self.inner
+            .upload_part_copy(bucket, key, upload_id, part_number, source_bucket, source_key, range, source_if_match)
+            .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<ObjectMeta, StoreError> {
+        self.inner.complete_multipart(bucket, key, upload_id, parts).await
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.inner.abort_multipart(bucket, key, upload_id).await
+    }
+
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<ListPage, StoreError> {
+        self.inner.list(bucket, prefix, start_after, max_keys).await
+    }
+
+    async fn get_tags(&self, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError> {
+        self.inner.get_tags(bucket, key).await
+    }
+
+    async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError> {
+        self.inner.put_tags(bucket, key, tags).await
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(bucket, key).await
+    }
 }
 
 /// One test per backend for a case of [`cases`]: the embedded one under the case's name, the
@@ -366,13 +519,28 @@ on_each_backend!(
     a_seal_makes_no_list_requests,
     a_seal_makes_no_list_requests_on_s3_and_dynamodb
 );
+on_each_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    large_sources_are_copied_server_side_into_the_output_streaming_writes,
+    large_sources_are_copied_server_side_into_the_output_streaming_writes_on_s3_and_dynamodb
+);
+on_each_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_large_source_gone_or_overwritten_before_its_copy_is_missing_and_left_out,
+    a_large_source_gone_or_overwritten_before_its_copy_is_missing_and_left_out_on_s3_and_dynamodb
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_step_is_finished_by_the_next_run_tag_mode() {
     cases::crash_at_every_step(cases::CrashPlan {
         backend: Backend::Embedded,
         expiry: "tag",
-        runs: &[(CrashMode::BeforeCall, Dataset::STANDARD), (CrashMode::AfterCall, Dataset::STANDARD)],
+        runs: &[
+            (CrashMode::BeforeCall, Dataset::STANDARD),
+            (CrashMode::AfterCall, Dataset::STANDARD),
+            (CrashMode::BeforeCall, Dataset::A_COPY),
+            (CrashMode::AfterCall, Dataset::A_COPY),
+        ],
         concurrent_runs: 1,
     })
     .await;
@@ -404,6 +572,22 @@ async fn a_crash_at_any_step_is_finished_by_the_next_run_tag_mode_on_s3_and_dyna
         backend: Backend::Aws,
         expiry: "tag",
         runs: &[(CrashMode::AfterCall, Dataset::COMPACT), (CrashMode::BeforeCall, Dataset::SMALL_FILES)],
+        concurrent_runs: 4,
+    })
+    .await;
+}
+
+/// A crash at every call of a seal whose multipart output has a server-side copy, on the
+/// servers: the copy's request may take effect with its answer lost, and the rerun must still
+/// abandon that upload and write the source exactly once. `AfterCall` only, on the one output
+/// with a copy: the other operations are crashed in by the test above.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_of_a_seal_with_a_server_side_copy_is_finished_on_s3_and_dynamodb() {
+    cases::crash_at_every_step(cases::CrashPlan {
+        backend: Backend::Aws,
+        expiry: "tag",
+        runs: &[(CrashMode::AfterCall, Dataset::A_COPY)],
         concurrent_runs: 4,
     })
     .await;
@@ -486,7 +670,7 @@ mod cases {
     /// Crash at every port call in turn, for each of the plan's runs (before or after the call
     /// takes effect); a rerun must finish the work with every object compacted exactly once,
     /// and nothing may be marked for expiry early at any point. Together the runs must crash
-    /// in every operation of the protocol.
+    /// in every operation of the protocol that their datasets make the seal call.
     pub async fn crash_at_every_step(plan: CrashPlan<'_>) {
         let started = std::time::Instant::now();
         let CrashPlan { backend, expiry, runs, concurrent_runs } = plan;
@@ -525,8 +709,18 @@ mod cases {
             "store.put_tags",
             "manifest.mark_expiry",
             "manifest.release",
+            "store.upload_part_copy",
         ] {
-            let expected = !(expiry == "delete" && operation == "store.put_tags");
+            let any_run = |has: fn(&Dataset) -> bool| runs.iter().any(|(_, dataset)| has(dataset));
+            let expected = match operation {
+                "store.put_tags" => expiry != "delete",
+                "store.upload_part_copy" => any_run(|dataset| dataset.copied_objects > 0),
+                "store.put" => any_run(|dataset| dataset.line_objects + dataset.gzip_objects > 0),
+                "store.create_multipart" | "store.upload_part" | "store.complete_multipart" => {
+                    any_run(|dataset| dataset.big_objects >= 2 || dataset.copied_objects > 0)
+                }
+                _ => true,
+            };
             assert_eq!(crash_sites.contains_key(operation), expected, "crashes hit {crash_sites:?}");
         }
         // Straight to stderr, past the capture: the cost of this test on the servers is worth
@@ -730,5 +924,203 @@ mod cases {
         let partition = PartitionKey::new(&harness.bucket, "app/2024/01/15/");
         let objects = harness.manifest.objects(&partition, &ObjectQuery::all()).await.unwrap();
         assert_eq!(objects.len(), 15);
+    }
+
+    /// The copy cases' settings: one output for the whole partition; parts of 8 MiB, so the
+    /// buffer can hold a legal part (5 MiB or more) when a large source comes; a read-ahead
+    /// budget smaller than one large source.
+    fn copy_settings(copy_min_bytes: &'static str) -> impl Fn(&mut RawConfig) {
+        move |raw| {
+            raw.target_output_bytes = Some("64MiB".into());
+            raw.part_bytes = Some("8MiB".into());
+            raw.read_ahead_bytes = Some("3MiB".into());
+            raw.copy_min_bytes = Some(copy_min_bytes.into());
+        }
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// One partition of large (5 MiB and a bit) and small line files, in key order, laid out so
+    /// that every rule of the copy decides once. With 8 MiB parts the seal copies a, c, d and h:
+    ///
+    /// | source | how | parts after it |
+    /// |---|---|---|
+    /// | a, first, no final newline | copied: the buffer is empty | 1 = a; its `\n` buffered |
+    /// | b | streamed: one byte buffered is no legal part | buffer 5 MiB + 1 |
+    /// | c, right after b | copied after the buffer is flushed | 2 = `\n` b, 3 = c |
+    /// | d, adjacent to c, no final newline | copied: c ended in `\n`, nothing buffered | 4 = d |
+    /// | e 1–3, one without final newline | buffered | |
+    /// | f | streamed: a few bytes buffered | buffer 5 MiB + … |
+    /// | g, no final newline | buffered | |
+    /// | h, last, no final newline | copied after the buffer is flushed | 5 = `\n` e f g, 6 = h, 7 = `\n` |
+    ///
+    /// Keys with spaces, `+` and `é`: the copy source header is URL-encoded.
+    fn mixed_partition() -> Vec<(String, Vec<u8>)> {
+        let key = |name: &str| format!("app/2024/01/14/{name}");
+        vec![
+            (key("a large first.json"), lines_of("a", MIB5, false)),
+            (key("b large.json"), lines_of("b", MIB5, true)),
+            (key("c large adjacent é.json"), lines_of("c", MIB5 + 3, true)),
+            (key("d large.json"), lines_of("d", MIB5, false)),
+            (key("e small 1.json"), b"{\"e\":1}\n".to_vec()),
+            (key("e small 2.json"), b"{\"e\":2}".to_vec()),
+            (key("e small 3.json"), b"{\"e\":3}\n".to_vec()),
+            (key("f large after small ones.json"), lines_of("f", MIB5, true)),
+            (key("g small.json"), b"{\"g\":1}".to_vec()),
+            (key("h large last+.json"), lines_of("h", MIB5 + 7, false)),
+        ]
+    }
+
+    /// Where each source should be: (key, offset, length, sha256, separator bytes).
+    type ExpectedPlacement = (String, u64, u64, String, u64);
+
+    /// The output streaming concatenation gives for `sources` (a newline after each line file
+    /// that lacks one), and every source's expected placement.
+    fn concatenated(sources: &[(String, Vec<u8>)]) -> (Vec<u8>, Vec<ExpectedPlacement>) {
+        let mut output = Vec::new();
+        let mut placements = Vec::new();
+        for (key, body) in sources {
+            let offset = output.len() as u64;
+            output.extend_from_slice(body);
+            let separator_bytes = u64::from(body.last() != Some(&b'\n'));
+            if separator_bytes == 1 {
+                output.push(b'\n');
+            }
+            placements.push((key.clone(), offset, body.len() as u64, sha256_hex(body), separator_bytes));
+        }
+        (output, placements)
+    }
+
+    /// Checks the one committed output of `partition` byte for byte, its recorded size and
+    /// sha256, and every source's recorded placement; returns the output's (key, size, sha256).
+    async fn check_output(
+        harness: &Harness,
+        partition: &str,
+        expected_bytes: &[u8],
+        expected_placements: &[ExpectedPlacement],
+    ) -> (String, u64, String) {
+        let partition = PartitionKey::new(&harness.bucket, partition);
+        let outputs = harness.manifest.outputs(&partition, Some(OutputState::Committed)).await.unwrap();
+        assert_eq!(outputs.len(), 1, "{outputs:?}");
+        let output = &outputs[0];
+        let stored = harness
+            .store
+            .get(&harness.bucket, &output.key, GetOptions::default())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), expected_bytes.len(), "{:?}: output size", harness.backend);
+        // Not assert_eq!: a failure would print megabytes.
+        assert!(stored[..] == expected_bytes[..], "{:?}: the output is not the concatenation", harness.backend);
+        assert_eq!(output.size, Some(expected_bytes.len() as u64));
+        assert_eq!(output.sha256.as_deref(), Some(sha256_hex(expected_bytes).as_str()));
+        for (key, offset, length, sha256, separator_bytes) in expected_placements {
+            let record = harness.manifest.object(&harness.bucket, key).await.unwrap().unwrap();
+            assert_eq!(record.state, ObjectState::Compacted, "{key}");
+            let placement = record.placement.unwrap_or_else(|| panic!("{key} has no placement"));
+            assert_eq!(placement.output_key, output.key, "{key}");
+            assert_eq!(
+                (placement.offset, placement.length, &placement.sha256, placement.separator_bytes),
+                (*offset, *length, sha256, *separator_bytes),
+                "{key}: offset, length, sha256, separator"
+            );
+        }
+        (output.key.clone(), output.size.unwrap(), output.sha256.clone().unwrap())
+    }
+
+    /// Issue #4: large sources become parts by UploadPartCopy, read once only to be hashed; the
+    /// output, its sha256 and every placement are what streaming every source writes.
+    pub async fn large_sources_are_copied_server_side_into_the_output_streaming_writes(backend: Backend) {
+        let Some(mut copying) = Harness::with_config(backend, "tag", copy_settings("5MiB")).await else { return };
+        let Some(mut streaming) = Harness::with_config(backend, "tag", copy_settings("off")).await else { return };
+        let sources = mixed_partition();
+        for (key, body) in &sources {
+            copying.add(key, body.clone()).await;
+            streaming.add(key, body.clone()).await;
+        }
+        let (expected_bytes, expected_placements) = concatenated(&sources);
+        let copied_bytes = (MIB5 + (MIB5 + 3) + MIB5 + (MIB5 + 7)) as u64;
+
+        copying.plan.heal();
+        let report = copying.seal().await;
+        assert_eq!((report.outputs_committed, report.objects_compacted, report.objects_missing), (1, 10, 0));
+        assert_eq!((report.copied_sources, report.copied_bytes), (4, copied_bytes));
+        let counts = copying.plan.counts();
+        assert_eq!(counts.get("store.upload_part_copy"), Some(&4), "a, c, d and h are copied: {counts:?}");
+        assert_eq!(counts.get("store.upload_part"), Some(&3), "parts 2, 5 and 7 are uploaded: {counts:?}");
+        assert_eq!(counts.get("store.get"), Some(&10), "every source is read once, copied or not: {counts:?}");
+        let copied = check_output(&copying, "app/2024/01/14/", &expected_bytes, &expected_placements).await;
+
+        streaming.plan.heal();
+        let report = streaming.seal().await;
+        assert_eq!((report.outputs_committed, report.objects_compacted, report.copied_sources), (1, 10, 0));
+        let counts = streaming.plan.counts();
+        assert_eq!(counts.get("store.upload_part_copy"), None, "copying is off: {counts:?}");
+        let streamed = check_output(&streaming, "app/2024/01/14/", &expected_bytes, &expected_placements).await;
+        assert_eq!(copied, streamed, "copying changes neither the output's key, size nor sha256");
+
+        copying.assert_finished("after a seal with copies").await;
+        streaming.assert_finished("after a seal without copies").await;
+    }
+
+    /// A large source overwritten before the seal fails its GET (412) and is never copied; one
+    /// overwritten or deleted between its GET and its copy fails the copy (412, 404), which
+    /// creates no part. Each is recorded missing, and the output holds only the others.
+    pub async fn a_large_source_gone_or_overwritten_before_its_copy_is_missing_and_left_out(backend: Backend) {
+        let Some(mut harness) = Harness::with_config(backend, "tag", copy_settings("5MiB")).await else { return };
+        let key = |name: &str| format!("app/2024/01/14/{name}");
+        let (overwritten_before, overwritten_during, deleted_during) =
+            (key("a overwritten before.json"), key("b overwritten during.json"), key("c deleted during.json"));
+        harness.add(&overwritten_before, lines_of("a", MIB5, true)).await;
+        harness.add(&overwritten_during, lines_of("b", MIB5, true)).await;
+        harness.add(&deleted_during, lines_of("c", MIB5, false)).await;
+        let kept = vec![(key("d kept.json"), lines_of("d", MIB5, false)), (key("e small.json"), b"{\"e\":1}".to_vec())];
+        for (key, body) in &kept {
+            harness.add(key, body.clone()).await;
+        }
+        // Same size, new bytes: only the ETag tells the versions apart. The pause keeps the new
+        // version's modification time apart from the old one's, for the local directory.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let new_version = Bytes::from(lines_of("A", MIB5, true));
+        harness.store.put(&harness.bucket, &overwritten_before, new_version, PutOptions::default()).await.unwrap();
+        let changing = ChangeOnCopy::new(
+            Arc::clone(&harness.store),
+            [
+                (overwritten_during.clone(), Some(Bytes::from(lines_of("B", MIB5, true)))),
+                (deleted_during.clone(), None),
+            ],
+        );
+
+        harness.plan.heal();
+        let report = harness.compactor_on(Arc::new(changing)).seal_closed(&SealOptions::default()).await.unwrap();
+        assert_eq!(report.partitions_failed, 0, "{:?}", report.failures);
+        assert_eq!((report.objects_compacted, report.objects_missing), (2, 3));
+        assert_eq!((report.copied_sources, report.copied_bytes), (1, MIB5 as u64));
+        let counts = harness.plan.counts();
+        assert_eq!(counts.get("store.upload_part_copy"), Some(&3), "b, c and d, never a: {counts:?}");
+
+        for (missing, note) in [
+            (&overwritten_before, "overwritten since ingest"),
+            (&overwritten_during, "overwritten since ingest"),
+            (&deleted_during, "no longer exists"),
+        ] {
+            let record = harness.manifest.object(&harness.bucket, missing).await.unwrap().unwrap();
+            assert_eq!(record.state, ObjectState::Missing, "{missing}");
+            assert!(record.note.as_deref().unwrap_or_default().contains(note), "{missing}: {:?}", record.note);
+            assert!(record.placement.is_none(), "{missing}");
+            harness.originals.remove(missing.as_str());
+        }
+        // The new versions are untouched: not tagged.
+        for overwritten in [&overwritten_before, &overwritten_during] {
+            let tags = harness.store.get_tags(&harness.bucket, overwritten).await.unwrap();
+            assert!(tags.is_empty(), "{overwritten}: {tags:?}");
+        }
+        let (expected_bytes, expected_placements) = concatenated(&kept);
+        check_output(&harness, "app/2024/01/14/", &expected_bytes, &expected_placements).await;
+        harness.assert_finished("after missing large sources").await;
     }
 }

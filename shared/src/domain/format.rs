@@ -57,6 +57,17 @@ pub struct FormatClass {
     pub newline_separated: bool,
 }
 
+impl FormatClass {
+    /// True when every source's bytes reach the output exactly as stored, with at most a
+    /// separator after them: then a source can become a part of its output by server-side copy
+    /// (`UploadPartCopy`), and restore by byte range gives it back. Every class today joins by
+    /// concatenation; a format-aware mode that rewrites sources (CloudTrail `{"Records":[...]}`
+    /// to NDJSON, CSV with one header) must answer false, or copies would skip its rewriting.
+    pub fn keeps_source_bytes(&self) -> bool {
+        true
+    }
+}
+
 /// Why a format is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotConcatenable;

@@ -5,7 +5,8 @@
 //!                              │ closed partitions
 //!                              ▼
 //!  seal: 1 pick ─▶ 2 lock (generation+1) ─▶ recover ─▶ 3 plan ─▶ for each output:
-//!        4 write (stream GETs ─▶ parts, sha256) ─▶ 5 place, commit, mark compacted, expire sources
+//!        4 write (stream GETs ─▶ parts, or UploadPartCopy for large sources; sha256 of every byte)
+//!        ─▶ 5 place, commit, mark compacted, expire sources
 //!        ─▶ 6 release (sealed, or open again if a late object arrived)
 //! ```
 //!

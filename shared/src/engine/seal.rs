@@ -6,7 +6,7 @@
 //! | 2 lock | `acquire`: generation + 1, lease | waits for the lease to expire, then takes over |
 //! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; mark compacted sources for expiry | does the same, idempotently |
 //! | 3 plan | page pending objects in key order through the [`Packer`] | plans again under a new generation: new output keys |
-//! | 4 write | `begin_output` (writing), stream sources into the store | finds the output `writing` and abandons it |
+//! | 4 write | `begin_output` (writing), stream sources into the store (large ones copied server-side) | finds the output `writing` and abandons it |
 //! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`, then tag or delete the sources and `mark_expiry` | before the commit: abandons; after it: finishes `mark_compacted` and the expiry marks |
 //! | 6 release | `sealed`, or `open` if a late object arrived | nothing to do; a late object reopens the partition |
 //!
@@ -102,6 +102,10 @@ pub struct PartitionSealReport {
     pub objects_compacted: u64,
     pub source_bytes: u64,
     pub output_bytes: u64,
+    /// Sources made into parts of committed outputs by server-side copy (`UploadPartCopy`):
+    /// read once to be hashed, never uploaded by the seal.
+    pub copied_sources: u64,
+    pub copied_bytes: u64,
     /// Gone or changed when read: marked `missing`, not in any output.
     pub objects_missing: u64,
     /// A newer version arrived while the output was written: its old bytes are in the output
@@ -137,6 +141,8 @@ impl PartitionSealReport {
             objects_compacted: 0,
             source_bytes: 0,
             output_bytes: 0,
+            copied_sources: 0,
+            copied_bytes: 0,
             objects_missing: 0,
             objects_superseded: 0,
             objects_refused: 0,
@@ -164,6 +170,9 @@ pub struct SealReport {
     pub objects_compacted: u64,
     pub source_bytes: u64,
     pub output_bytes: u64,
+    /// See [`PartitionSealReport::copied_sources`].
+    pub copied_sources: u64,
+    pub copied_bytes: u64,
     pub objects_missing: u64,
     pub objects_superseded: u64,
     pub outputs_abandoned: u64,
@@ -189,6 +198,8 @@ impl SealReport {
         self.objects_compacted += partition.objects_compacted;
         self.source_bytes += partition.source_bytes;
         self.output_bytes += partition.output_bytes;
+        self.copied_sources += partition.copied_sources;
+        self.copied_bytes += partition.copied_bytes;
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
         self.outputs_abandoned += partition.outputs_abandoned;
@@ -208,6 +219,8 @@ impl SealReport {
             outputs = self.outputs_committed,
             objects = self.objects_compacted,
             bytes = self.source_bytes,
+            copied_sources = self.copied_sources,
+            copied_bytes = self.copied_bytes,
             missing = self.objects_missing,
             superseded = self.objects_superseded,
             abandoned = self.outputs_abandoned,
@@ -311,6 +324,7 @@ impl Compactor {
                     outputs = report.outputs_committed,
                     objects = report.objects_compacted,
                     bytes = report.source_bytes,
+                    copied_sources = report.copied_sources,
                     "partition sealed"
                 );
                 Ok(PartitionOutcome::Sealed(report))
@@ -506,7 +520,16 @@ impl Compactor {
         report.objects_superseded += superseded.len() as u64;
         report.source_bytes += source_bytes;
         report.output_bytes += written.size;
-        info!(output = %planned.key, objects = compacted, bytes = written.size, sha256 = %written.sha256, "output committed");
+        report.copied_sources += written.copied_sources;
+        report.copied_bytes += written.copied_bytes;
+        info!(
+            output = %planned.key,
+            objects = compacted,
+            bytes = written.size,
+            copied_sources = written.copied_sources,
+            sha256 = %written.sha256,
+            "output committed"
+        );
         if let Some(progress) = &options.progress {
             progress(&super::seal::OutputProgress {
                 partition: lease.partition.clone(),

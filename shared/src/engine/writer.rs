@@ -1,27 +1,58 @@
-//! Step 4 of the seal: stream one planned output's sources into the store.
+//! Step 4 of the seal: write one planned output's sources into the store.
 //!
 //! Sources are read with bounded concurrency and a byte budget, in plan order, and appended to
 //! a part buffer; every full part is uploaded while the next is filled, a bounded number at a
-//! time. So memory holds at most `read_ahead_bytes` of sources (or one source, if larger) plus
-//! `upload_concurrency + 1` parts, whatever the partition's size. sha256 of the output and of
-//! every source is computed as the bytes pass.
+//! time. sha256 of the output and of every source is computed as the bytes pass. An output
+//! smaller than one part is written with a single PUT: one request instead of three.
 //!
-//! An output smaller than one part is written with a single PUT: one request instead of three.
+//! # Server-side copies
+//! In a multipart output, a source of at least `copy_min_bytes` (5 MiB by default: S3's
+//! smallest part) whose bytes reach the output unchanged becomes a part of its own by
+//! `UploadPartCopy`, so its bytes cross the network once (down, to be hashed) instead of twice
+//! (down and up). The manifest's exact sha256 of every source and output stays: the writer
+//! still GETs the source, pinned to the ETag ingest recorded, and feeds its chunks to the
+//! hashers as they arrive, then drops them; the copy, pinned to the same ETag, runs meanwhile,
+//! so both see the same version (see [`OutputWriter::copy_source`] for why in that order).
+//!
+//! A copy needs a legal part boundary: the part buffer is flushed as a part of its own first,
+//! which S3 allows only when it is empty or at least 5 MiB. Otherwise the source streams
+//! through the buffer like any other. A newline a copied line file needs after it starts the
+//! next buffered part (the hash-read saw its last byte). So parts differ in size, every part
+//! but the last is still at least 5 MiB, part numbers follow plan order, and the output's bytes,
+//! offsets, lengths and sha256s are exactly those streaming would give:
+//!
+//! ```text
+//!  plan order:  small  small ... (≥ 5 MiB buffered)   LARGE (no final \n)   small   LARGE ...
+//!  parts:       [ part n: the buffer, flushed      ] [ part n+1: copied ]  [ \n small ...
+//! ```
+//!
+//! # Memory
+//! Sources read ahead of the writer hold permits of a `read_ahead_bytes` budget until their
+//! bytes are in the part buffer (one source larger than the whole budget takes all of it).
+//! Copy candidates are never read ahead and take no permits: the writer reads them at their
+//! turn, chunk by chunk, into the hashers (copied) or into the part buffer (streamed), so none
+//! is ever whole in memory. Memory holds at most `read_ahead_bytes` of sources (or one source,
+//! if larger) plus `upload_concurrency + 1` parts, whatever the partition's size.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, warn};
 
 use super::EngineError;
-use crate::config::Config;
+use crate::config::{Config, MAX_PART_BYTES, MIN_PART_BYTES};
+use crate::domain::format::FormatClass;
 use crate::domain::plan::PlannedOutput;
 use crate::domain::records::{ObjectRecord, Placement};
-use crate::ports::{CompletedPart, GetOptions, ObjectStore, PutOptions, SourcePlacement, StoreError};
+use crate::ports::{CompletedPart, GetOptions, GetResult, ObjectStore, PutOptions, SourcePlacement, StoreError};
 
 /// A source the writer could not read as recorded: it is gone, or its bytes changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +71,9 @@ pub(crate) struct WrittenOutput {
     pub missing: Vec<MissingSource>,
     /// False when every source was missing: nothing was written.
     pub written: bool,
+    /// Sources made into parts server-side (`UploadPartCopy`): read to be hashed, not uploaded.
+    pub copied_sources: u64,
+    pub copied_bytes: u64,
 }
 
 /// Where the output goes and how.
@@ -61,12 +95,59 @@ pub(crate) fn needs_multipart<T>(planned: &PlannedOutput<T>, config: &Config) ->
     planned.source_bytes + planned.sources.len() as u64 > config.part_bytes
 }
 
+/// True when `source` may become a part by server-side copy, as far as the plan can tell; the
+/// part buffer decides at the source's turn ([`at_part_boundary`]).
+///
+/// It needs a multipart output, a class that keeps source bytes as they are, a size from
+/// `copy_min_bytes` to S3's largest part, and a recorded ETag: the copy and the hash-read must
+/// be pinned to the same version, and without an ETag nothing pins the copy.
+fn copy_candidate(source: &ObjectRecord, class: &FormatClass, config: &Config, multipart: bool) -> bool {
+    multipart
+        && class.keeps_source_bytes()
+        && source.etag.is_some()
+        && config.copy_min_bytes.is_some_and(|copy_min_bytes| source.size >= copy_min_bytes)
+        && source.size <= MAX_PART_BYTES
+}
+
+/// True when the buffered bytes may be uploaded as a part now, ahead of a copied one: S3 wants
+/// at least 5 MiB in every part but the last, and an empty buffer needs no part.
+fn at_part_boundary(buffered_bytes: u64) -> bool {
+    buffered_bytes == 0 || buffered_bytes >= MIN_PART_BYTES
+}
+
+/// How the writer gets a source's bytes.
+enum SourceRead {
+    /// Read whole ahead of the writer. The permit holds the source's share of the read-ahead
+    /// budget until its bytes are in the part buffer.
+    Prefetched { result: Result<Bytes, SourceUnreadable>, permit: OwnedSemaphorePermit },
+    /// A copy candidate: read by the writer at its turn, never ahead, holding no permits.
+    AtTurn,
+}
+
+/// Aborts its task when dropped: a failed output stops its reads instead of finishing them
+/// in the background.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, JoinError>;
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(context)
+    }
+}
+
 pub(crate) async fn write_output(
     store: &Arc<dyn ObjectStore>,
     config: &Config,
     planned: &PlannedOutput<ObjectRecord>,
     target: OutputTarget<'_>,
 ) -> Result<WrittenOutput, EngineError> {
+    let multipart = target.upload_id.is_some();
     let budget_kib = u32::try_from(config.read_ahead_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
     let read_budget = Arc::new(Semaphore::new(budget_kib as usize));
 
@@ -75,128 +156,368 @@ pub(crate) async fn write_output(
     let reads = futures::stream::iter(planned.sources.iter().cloned())
         .then(|source| {
             let read_budget = Arc::clone(&read_budget);
+            let at_turn = copy_candidate(&source, &planned.class, config, multipart);
             async move {
+                if at_turn {
+                    return (source, None);
+                }
                 let permit = read_budget
                     .acquire_many_owned(permits_for(source.size, budget_kib))
                     .await
                     .expect("the read budget is never closed");
-                (source, permit)
+                (source, Some(permit))
             }
         })
         .map(|(source, permit)| {
-            let store = Arc::clone(store);
+            // Spawned, so that reads go on while the writer waits for an upload, a copy or a
+            // source it reads itself; a `buffered` future only runs when the stream is polled.
+            let read = permit.map(|permit| {
+                let (store, source) = (Arc::clone(store), source.clone());
+                AbortOnDrop(tokio::spawn(async move { (read_source(store.as_ref(), &source).await, permit) }))
+            });
             async move {
-                let result = read_source(store.as_ref(), &source).await;
-                (source, result, permit)
+                let read = match read {
+                    None => SourceRead::AtTurn,
+                    Some(task) => {
+                        let (result, permit) = task.await.map_err(|join_error| {
+                            StoreError::backend(
+                                source.bucket.as_str(),
+                                source.key.as_str(),
+                                format!("source read task failed: {join_error}"),
+                            )
+                        })?;
+                        SourceRead::Prefetched { result: result?, permit }
+                    }
+                };
+                Ok::<_, StoreError>((source, read))
             }
         })
         .buffered(config.read_concurrency);
     let mut reads = std::pin::pin!(reads);
 
-    let mut output_hasher = Sha256::new();
-    let mut buffer = BytesMut::with_capacity(config.part_bytes as usize);
-    let mut offset = 0u64;
-    let mut written = WrittenOutput::default();
-    let mut uploads = PartUploads::new(store, target.bucket, &planned.key, target.upload_id, config.upload_concurrency);
+    let mut writer = OutputWriter::new(store, config, planned, &target);
+    while let Some(read) = reads.next().await {
+        match read? {
+            (source, SourceRead::Prefetched { result: Ok(bytes), permit }) => {
+                writer.append_whole(&source, bytes, permit).await?
+            }
+            (source, SourceRead::Prefetched { result: Err(unreadable), .. }) => {
+                writer.record_missing(&source, unreadable)
+            }
+            (source, SourceRead::AtTurn) => writer.write_at_turn(&source).await?,
+        }
+    }
+    writer.finish().await
+}
 
-    while let Some((source, result, permit)) = reads.next().await {
-        let bytes = match result? {
-            Ok(bytes) => bytes,
-            Err(SourceUnreadable(note)) => {
-                warn!(bucket = %source.bucket, key = %source.key, note = %note, "source missing at seal time");
-                written.missing.push(MissingSource {
-                    key: source.key.clone(),
-                    sequencer: source.sequencer.clone(),
-                    note,
-                });
-                continue;
+/// The state of one output while its sources go in, in plan order.
+struct OutputWriter<'a> {
+    store: &'a Arc<dyn ObjectStore>,
+    config: &'a Config,
+    planned: &'a PlannedOutput<ObjectRecord>,
+    bucket: &'a str,
+    generation: u64,
+    multipart: bool,
+    output_hasher: Sha256,
+    /// Bytes of the next part (of the whole output, for a single PUT).
+    buffer: BytesMut,
+    /// Where the next source starts in the output.
+    offset: u64,
+    written: WrittenOutput,
+    uploads: PartUploads<'a>,
+}
+
+/// A source read by the writer only to hash it, its bytes dropped.
+struct HashedSource {
+    source_sha256: String,
+    last_byte: Option<u8>,
+    /// The output's hasher with the source's bytes added: adopted only if the copy succeeds.
+    output_hasher: Sha256,
+}
+
+impl<'a> OutputWriter<'a> {
+    fn new(
+        store: &'a Arc<dyn ObjectStore>,
+        config: &'a Config,
+        planned: &'a PlannedOutput<ObjectRecord>,
+        target: &OutputTarget<'a>,
+    ) -> Self {
+        Self {
+            store,
+            config,
+            planned,
+            bucket: target.bucket,
+            generation: target.generation,
+            multipart: target.upload_id.is_some(),
+            output_hasher: Sha256::new(),
+            buffer: BytesMut::with_capacity(config.part_bytes as usize),
+            offset: 0,
+            written: WrittenOutput::default(),
+            uploads: PartUploads::new(store, target.bucket, &planned.key, target.upload_id, config.upload_concurrency),
+        }
+    }
+
+    fn record_missing(&mut self, source: &ObjectRecord, SourceUnreadable(note): SourceUnreadable) {
+        warn!(bucket = %source.bucket, key = %source.key, note = %note, "source missing at seal time");
+        self.written.missing.push(MissingSource { key: source.key.clone(), sequencer: source.sequencer.clone(), note });
+    }
+
+    /// Appends a source read whole, then gives its permits back.
+    async fn append_whole(
+        &mut self,
+        source: &ObjectRecord,
+        bytes: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), EngineError> {
+        let source_sha256 = hex::encode(Sha256::digest(&bytes));
+        let last_byte = bytes.last().copied();
+        self.output_hasher.update(&bytes);
+        self.buffer.extend_from_slice(&bytes);
+        drop(bytes);
+        drop(permit);
+        self.place(source, source_sha256, last_byte);
+        self.upload_full_parts().await
+    }
+
+    /// A copy candidate's turn: copied if the buffer is at a legal part boundary, streamed
+    /// through the buffer otherwise. Either way one GET, pinned to the recorded ETag.
+    async fn write_at_turn(&mut self, source: &ObjectRecord) -> Result<(), EngineError> {
+        let copy = at_part_boundary(self.buffer.len() as u64);
+        if copy && !self.buffer.is_empty() {
+            // Flushed before the GET opens, so that no opened body idles while an upload slot
+            // frees up. Should the source turn out missing, this part is legal all the same.
+            let part = self.buffer.split().freeze();
+            self.uploads.upload(part).await?;
+        }
+        let body = match open_source(self.store.as_ref(), source).await? {
+            Ok(body) => body,
+            Err(unreadable) => {
+                self.record_missing(source, unreadable);
+                return Ok(());
             }
         };
-        let source_sha256 = hex::encode(Sha256::digest(&bytes));
-        let newline_needed = planned.class.newline_separated && !bytes.is_empty() && !bytes.ends_with(b"\n");
-        output_hasher.update(&bytes);
-        buffer.extend_from_slice(&bytes);
-        drop(bytes);
-        drop::<OwnedSemaphorePermit>(permit);
+        if copy {
+            self.copy_source(source, body).await
+        } else {
+            self.stream_through_buffer(source, body).await
+        }
+    }
+
+    /// Makes `source` a part by `UploadPartCopy` while its GET body is hashed.
+    ///
+    /// The order is what keeps a changed source out of the output. The GET is opened first,
+    /// pinned to the recorded ETag: a source gone or overwritten by then fails it, and nothing
+    /// was copied. Only then is the copy started, pinned to the same ETag, while the body is
+    /// hashed: if the source changes in between, the copy fails with 412 (or 404) and creates
+    /// no part, the tentative output hasher is dropped, and the part number is used by the next
+    /// part. So no outcome leaves a copied part for a source recorded missing, and no outcome
+    /// relies on the server leaving an unlisted part out of the completed object. Starting both
+    /// at once would save the GET's first-byte latency but could copy a source whose GET then
+    /// failed; copying only after the whole hash-read would cost the copy's latency as well.
+    /// A body that fails or ends early after a successful open is not the source's fault: the
+    /// output fails, its upload is abandoned, and the next run retries.
+    async fn copy_source(&mut self, source: &ObjectRecord, body: GetResult) -> Result<(), EngineError> {
+        debug_assert!(self.buffer.is_empty(), "the buffer is flushed before a copy");
+        let etag = source.etag.as_deref().expect("copy candidates have a recorded ETag");
+        let tentative_output_hasher = self.output_hasher.clone();
+        let (copied, hashed) =
+            tokio::join!(self.uploads.copy(source, etag), hash_body(source, body, tentative_output_hasher));
+        let hashed = hashed?;
+        match copied {
+            Ok(()) => {
+                self.output_hasher = hashed.output_hasher;
+                self.written.copied_sources += 1;
+                self.written.copied_bytes += source.size;
+                debug!(key = %source.key, size = source.size, "source copied server-side");
+                self.place(source, hashed.source_sha256, hashed.last_byte);
+                Ok(())
+            }
+            Err(error) => match unreadable_from(error) {
+                Ok(unreadable) => {
+                    self.record_missing(source, unreadable);
+                    Ok(())
+                }
+                Err(error) => Err(error.into()),
+            },
+        }
+    }
+
+    /// Streams a source chunk by chunk into the part buffer, uploading each part as it fills.
+    async fn stream_through_buffer(&mut self, source: &ObjectRecord, mut body: GetResult) -> Result<(), EngineError> {
+        let mut source_hasher = Sha256::new();
+        let mut streamed_bytes = 0u64;
+        let mut last_byte = None;
+        while let Some(chunk) = body.body.next().await {
+            let chunk = chunk?;
+            source_hasher.update(&chunk);
+            self.output_hasher.update(&chunk);
+            self.buffer.extend_from_slice(&chunk);
+            streamed_bytes += chunk.len() as u64;
+            last_byte = chunk.last().copied().or(last_byte);
+            self.upload_full_parts().await?;
+        }
+        check_body_length(source, streamed_bytes)?;
+        self.place(source, hex::encode(source_hasher.finalize()), last_byte);
+        self.upload_full_parts().await
+    }
+
+    /// Records where a source went, and appends its separator if it needs one.
+    fn place(&mut self, source: &ObjectRecord, source_sha256: String, last_byte: Option<u8>) {
+        let newline_needed = self.planned.class.newline_separated && last_byte.is_some_and(|byte| byte != b'\n');
         let separator_bytes = if newline_needed {
-            output_hasher.update(b"\n");
-            buffer.extend_from_slice(b"\n");
+            self.output_hasher.update(b"\n");
+            self.buffer.extend_from_slice(b"\n");
             1
         } else {
             0
         };
-        written.placements.push(SourcePlacement {
+        self.written.placements.push(SourcePlacement {
             key: source.key.clone(),
             sequencer: source.sequencer.clone(),
             placement: Placement {
-                output_key: planned.key.clone(),
-                generation: target.generation,
-                offset,
+                output_key: self.planned.key.clone(),
+                generation: self.generation,
+                offset: self.offset,
                 length: source.size,
                 sha256: source_sha256,
                 separator_bytes,
             },
         });
-        offset += source.size + separator_bytes;
-        while target.upload_id.is_some() && buffer.len() as u64 >= config.part_bytes {
-            let part = buffer.split_to(config.part_bytes as usize).freeze();
-            uploads.upload(part).await?;
-        }
+        self.offset += source.size + separator_bytes;
     }
 
-    if written.placements.is_empty() {
-        return Ok(written);
+    async fn upload_full_parts(&mut self) -> Result<(), EngineError> {
+        while self.multipart && self.buffer.len() as u64 >= self.config.part_bytes {
+            let part = self.buffer.split_to(self.config.part_bytes as usize).freeze();
+            self.uploads.upload(part).await?;
+        }
+        Ok(())
     }
-    let output_bytes = buffer.freeze();
-    match target.upload_id {
-        Some(_) => {
+
+    async fn finish(self) -> Result<WrittenOutput, EngineError> {
+        let OutputWriter {
+            store,
+            planned,
+            bucket,
+            multipart,
+            output_hasher,
+            buffer,
+            offset,
+            mut written,
+            mut uploads,
+            ..
+        } = self;
+        if written.placements.is_empty() {
+            return Ok(written);
+        }
+        let output_bytes = buffer.freeze();
+        if multipart {
             if !output_bytes.is_empty() || uploads.next_part_number == 1 {
                 uploads.upload(output_bytes).await?;
             }
             uploads.complete().await?;
+        } else {
+            store.put(bucket, &planned.key, output_bytes, PutOptions::default()).await?;
         }
-        None => {
-            store.put(target.bucket, &planned.key, output_bytes, PutOptions::default()).await?;
-        }
+        written.size = offset;
+        written.sha256 = hex::encode(output_hasher.finalize());
+        written.written = true;
+        debug!(
+            output = %planned.key,
+            size = written.size,
+            sources = written.placements.len(),
+            copied_sources = written.copied_sources,
+            "output written"
+        );
+        Ok(written)
     }
-    written.size = offset;
-    written.sha256 = hex::encode(output_hasher.finalize());
-    written.written = true;
-    debug!(output = %planned.key, size = written.size, sources = written.placements.len(), "output written");
-    Ok(written)
+}
+
+/// Reads a source's body only to hash it: each chunk goes into the source's hasher and into a
+/// copy of the output's, then is dropped.
+async fn hash_body(
+    source: &ObjectRecord,
+    mut body: GetResult,
+    mut output_hasher: Sha256,
+) -> Result<HashedSource, StoreError> {
+    let mut source_hasher = Sha256::new();
+    let mut hashed_bytes = 0u64;
+    let mut last_byte = None;
+    while let Some(chunk) = body.body.next().await {
+        let chunk = chunk?;
+        source_hasher.update(&chunk);
+        output_hasher.update(&chunk);
+        hashed_bytes += chunk.len() as u64;
+        last_byte = chunk.last().copied().or(last_byte);
+    }
+    check_body_length(source, hashed_bytes)?;
+    Ok(HashedSource { source_sha256: hex::encode(source_hasher.finalize()), last_byte, output_hasher })
+}
+
+/// A body that ends short or long of the size its response announced (and the record holds)
+/// was cut or garbled on the way: a store failure, not a changed source.
+fn check_body_length(source: &ObjectRecord, read_bytes: u64) -> Result<(), StoreError> {
+    if read_bytes == source.size {
+        return Ok(());
+    }
+    Err(StoreError::backend(
+        source.bucket.as_str(),
+        source.key.as_str(),
+        format!("the body held {read_bytes} bytes where its response announced {}; retry the seal", source.size),
+    ))
 }
 
 /// A source that cannot be read as recorded; the message goes into the record's note.
 struct SourceUnreadable(String);
 
-/// Reads a whole source, only as the version the manifest recorded (by ETag when there is one,
-/// by size always). A source that is gone or changed is `Ok(Err(..))`; any other failure
+/// The errors that mean the source is not the recorded version any more; any other is the
+/// store's and fails the output.
+fn unreadable_from(error: StoreError) -> Result<SourceUnreadable, StoreError> {
+    match error {
+        StoreError::NotFound { .. } => Ok(SourceUnreadable("object no longer exists".into())),
+        StoreError::PreconditionFailed { .. } => {
+            Ok(SourceUnreadable("object was overwritten since ingest (its ETag changed)".into()))
+        }
+        other => Err(other),
+    }
+}
+
+/// Opens a source's GET, only as the version the manifest recorded (by ETag when there is
+/// one, by size always). A source that is gone or changed is `Ok(Err(..))`; any other failure
 /// (throttling, network) is not the source's fault and fails the output: the next run retries.
+async fn open_source(
+    store: &dyn ObjectStore,
+    source: &ObjectRecord,
+) -> Result<Result<GetResult, SourceUnreadable>, StoreError> {
+    let options = GetOptions { range: None, if_match: source.etag.clone() };
+    match store.get(&source.bucket, &source.key, options).await {
+        Ok(result) if result.meta.size == source.size => Ok(Ok(result)),
+        Ok(result) => Ok(Err(size_changed(source, result.meta.size))),
+        Err(error) => unreadable_from(error).map(Err),
+    }
+}
+
+fn size_changed(source: &ObjectRecord, found_bytes: u64) -> SourceUnreadable {
+    SourceUnreadable(format!("size changed since ingest: recorded {} bytes, found {found_bytes}", source.size))
+}
+
+/// Reads a whole source, as [`open_source`] opens it.
 async fn read_source(
     store: &dyn ObjectStore,
     source: &ObjectRecord,
 ) -> Result<Result<Bytes, SourceUnreadable>, StoreError> {
-    let options = GetOptions { range: None, if_match: source.etag.clone() };
-    let result = match store.get(&source.bucket, &source.key, options).await {
-        Ok(result) => result.bytes().await,
-        Err(error) => Err(error),
+    let body = match open_source(store, source).await? {
+        Ok(body) => body,
+        Err(unreadable) => return Ok(Err(unreadable)),
     };
-    match result {
+    match body.bytes().await {
         Ok(bytes) if bytes.len() as u64 == source.size => Ok(Ok(bytes)),
-        Ok(bytes) => Ok(Err(SourceUnreadable(format!(
-            "size changed since ingest: recorded {} bytes, found {}",
-            source.size,
-            bytes.len()
-        )))),
-        Err(StoreError::NotFound { .. }) => Ok(Err(SourceUnreadable("object no longer exists".into()))),
-        Err(StoreError::PreconditionFailed { .. }) => {
-            Ok(Err(SourceUnreadable("object was overwritten since ingest (its ETag changed)".into())))
-        }
-        Err(other) => Err(other),
+        Ok(bytes) => Ok(Err(size_changed(source, bytes.len() as u64))),
+        Err(error) => unreadable_from(error).map(Err),
     }
 }
 
-/// Parts in flight for one multipart upload, at most `limit` at a time.
+/// Parts in flight for one multipart upload, at most `limit` uploads at a time.
 struct PartUploads<'a> {
     store: &'a Arc<dyn ObjectStore>,
     bucket: &'a str,
@@ -204,7 +525,10 @@ struct PartUploads<'a> {
     upload_id: Option<&'a str>,
     limit: usize,
     next_part_number: u32,
-    in_flight: FuturesUnordered<tokio::task::JoinHandle<Result<CompletedPart, StoreError>>>,
+    /// The size of the part numbered last, to check S3's 5 MiB minimum for all parts but the
+    /// last: a server without the check (the local directory) would let a violation through.
+    last_part_bytes: Option<u64>,
+    in_flight: FuturesUnordered<JoinHandle<Result<CompletedPart, StoreError>>>,
     completed: Vec<CompletedPart>,
 }
 
@@ -223,22 +547,63 @@ impl<'a> PartUploads<'a> {
             upload_id,
             limit: limit.max(1),
             next_part_number: 1,
+            last_part_bytes: None,
             in_flight: FuturesUnordered::new(),
             completed: Vec::new(),
         }
+    }
+
+    fn upload_id(&self) -> &'a str {
+        self.upload_id.expect("parts are only uploaded for multipart outputs")
+    }
+
+    /// Takes the next part number for a part of `part_bytes`.
+    fn take_part_number(&mut self, part_bytes: u64) -> u32 {
+        debug_assert!(
+            self.last_part_bytes.is_none_or(|last_part_bytes| last_part_bytes >= MIN_PART_BYTES),
+            "part {} follows a part of {:?} bytes: every part but the last must be at least 5 MiB",
+            self.next_part_number,
+            self.last_part_bytes
+        );
+        self.last_part_bytes = Some(part_bytes);
+        self.next_part_number += 1;
+        self.next_part_number - 1
     }
 
     async fn upload(&mut self, part: Bytes) -> Result<(), EngineError> {
         while self.in_flight.len() >= self.limit {
             self.finish_one().await?;
         }
-        let upload_id = self.upload_id.expect("parts are only uploaded for multipart outputs").to_string();
-        let part_number = self.next_part_number;
-        self.next_part_number += 1;
+        let upload_id = self.upload_id().to_string();
+        let part_number = self.take_part_number(part.len() as u64);
         let store = Arc::clone(self.store);
         let (bucket, key) = (self.bucket.to_string(), self.key.to_string());
         self.in_flight
             .push(tokio::spawn(async move { store.upload_part(&bucket, &key, &upload_id, part_number, part).await }));
+        Ok(())
+    }
+
+    /// Makes the next part a server-side copy of the whole of `source`, as the version
+    /// `source_etag`. The part number is taken only when the copy succeeds: a failed copy
+    /// creates no part, and the next part gets the number.
+    async fn copy(&mut self, source: &ObjectRecord, source_etag: &str) -> Result<(), StoreError> {
+        let part_number = self.next_part_number;
+        let part = self
+            .store
+            .upload_part_copy(
+                self.bucket,
+                self.key,
+                self.upload_id(),
+                part_number,
+                &source.bucket,
+                &source.key,
+                None,
+                Some(source_etag),
+            )
+            .await?;
+        debug_assert_eq!(part.part_number, part_number);
+        self.take_part_number(source.size);
+        self.completed.push(part);
         Ok(())
     }
 
@@ -257,8 +622,74 @@ impl<'a> PartUploads<'a> {
             self.finish_one().await?;
         }
         self.completed.sort_by_key(|part| part.part_number);
-        let upload_id = self.upload_id.expect("multipart output");
+        debug_assert!(
+            self.completed.iter().enumerate().all(|(index, part)| part.part_number as usize == index + 1),
+            "parts are numbered 1, 2, 3, … without gaps"
+        );
+        let upload_id = self.upload_id();
         self.store.complete_multipart(self.bucket, self.key, upload_id, &self.completed).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::config::RawConfig;
+    use crate::domain::records::ObjectState;
+
+    const MIB: u64 = 1 << 20;
+
+    fn config(copy_min_bytes: &str) -> Config {
+        RawConfig {
+            source_bucket: Some("logs".into()),
+            copy_min_bytes: Some(copy_min_bytes.into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    fn source(size: u64, etag: Option<&str>) -> ObjectRecord {
+        ObjectRecord {
+            bucket: "logs".into(),
+            key: "app/2024/01/14/a.json".into(),
+            partition_path: "app/2024/01/14/".into(),
+            size,
+            etag: etag.map(str::to_owned),
+            sequencer: "01".into(),
+            event_time: Utc::now(),
+            state: ObjectState::Pending,
+            placement: None,
+            expiry_marked_at: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn only_large_sources_with_an_etag_in_multipart_outputs_are_copy_candidates() {
+        let lines = FormatClass { extension: ".json".into(), newline_separated: true };
+        let config = config("5MiB");
+        assert!(copy_candidate(&source(5 * MIB, Some("e")), &lines, &config, true));
+        assert!(copy_candidate(&source(64 * MIB, Some("e")), &lines, &config, true));
+        assert!(!copy_candidate(&source(5 * MIB - 1, Some("e")), &lines, &config, true), "under copy_min_bytes");
+        assert!(!copy_candidate(&source(5 * MIB, None), &lines, &config, true), "nothing pins the copy's version");
+        assert!(!copy_candidate(&source(5 * MIB, Some("e")), &lines, &config, false), "a single PUT has no parts");
+        assert!(
+            !copy_candidate(&source(MAX_PART_BYTES + 1, Some("e")), &lines, &config, true),
+            "over S3's largest part"
+        );
+        assert!(!copy_candidate(&source(64 * MIB, Some("e")), &lines, &self::config("off"), true), "copying off");
+        assert!(!copy_candidate(&source(6 * MIB, Some("e")), &lines, &self::config("8MiB"), true));
+    }
+
+    #[test]
+    fn a_copy_needs_the_buffer_empty_or_a_legal_part() {
+        assert!(at_part_boundary(0));
+        assert!(!at_part_boundary(1), "a separator alone is no part");
+        assert!(!at_part_boundary(MIN_PART_BYTES - 1));
+        assert!(at_part_boundary(MIN_PART_BYTES));
     }
 }
