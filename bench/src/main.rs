@@ -66,6 +66,18 @@ enum Command {
     SealChild(memory::SealChildArgs),
 }
 
+/// Prints one phase's result as it finishes: a full run takes minutes.
+fn progress(phase: &str, measured: setup::Measured) -> setup::Measured {
+    eprintln!(
+        "      {phase}: {} objects in {:.1} s, {:.0} objects/s, {:.1} MB/s",
+        measured.objects,
+        measured.seconds,
+        measured.objects_per_second(),
+        measured.megabytes_per_second()
+    );
+    measured
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -113,26 +125,38 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.dataset_bytes = written.bytes;
 
     eprintln!("[2/6] raw GET ceiling, then ingest into DynamoDB and seal on S3 + DynamoDB");
-    report.get_ceiling = Some(aws.raw_get_ceiling(&written.events).await?);
-    report.ingest_dynamodb = Some(aws.ingest(&written.events, args.ingest_concurrency).await?);
-    let seal = aws.seal().await?;
-    report.seal_aws = Some(seal);
+    report.get_ceiling = Some(progress("raw GET ceiling", aws.raw_get_ceiling(&written.events).await?));
+    report.ingest_dynamodb =
+        Some(progress("ingest into DynamoDB", aws.ingest(&written.events, args.ingest_concurrency).await?));
+    report.seal_aws = Some(progress("seal on S3 + DynamoDB", aws.seal().await?));
     let verified = aws.verify().await?;
     ensure!(verified.all_verified(), "the benchmark's seal did not verify: {:?}", verified.failures);
     report.verified_outputs = verified.outputs_ok;
+    // The same seal with the manifest in SQLite: what the S3 path does when the manifest is
+    // not the local DynamoDB server (a single-threaded emulator, far slower than DynamoDB).
+    let manifest_dir = tempfile::tempdir()?;
+    let hybrid = backend.with_sqlite_manifest(&aws, manifest_dir.path())?;
+    hybrid.compactor.ingest(&written.events).await?;
+    report.seal_s3_sqlite = Some(progress("seal on S3 + SQLite", hybrid.seal().await?));
 
     eprintln!("[3/6] list-and-concatenate over the same objects");
-    report.baseline = Some(baseline::list_and_concatenate(&aws, &dataset).await?);
+    report.baseline = Some(progress("list-and-concatenate", baseline::list_and_concatenate(&aws, &dataset).await?));
 
     eprintln!("[4/6] embedded backend: ingest into SQLite, seal, and cat of the same files");
     let embedded = embedded::run(&dataset).await?;
-    report.ingest_sqlite = Some(embedded.ingest);
-    report.seal_embedded = Some(embedded.seal);
-    report.cat = Some(embedded.cat);
+    report.ingest_sqlite = Some(progress("ingest into SQLite", embedded.ingest));
+    report.seal_embedded = Some(progress("seal, embedded", embedded.seal));
+    report.cat = Some(progress("cat", embedded.cat));
 
     eprintln!("[5/6] peak RSS of one seal per partition size");
     for size in memory_partitions {
-        report.memory.push(memory::measure(&backend, &args.endpoints, size).await?);
+        let measured = memory::measure(&backend, &args.endpoints, size).await?;
+        eprintln!(
+            "      peak RSS {:.1} MiB, sealed in {:.1} s",
+            measured.peak_rss_bytes as f64 / (1 << 20) as f64,
+            measured.seconds
+        );
+        report.memory.push(measured);
     }
 
     report.seconds = started.elapsed().as_secs_f64();

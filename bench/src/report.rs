@@ -16,6 +16,8 @@ pub struct Report {
     pub get_ceiling: Option<Measured>,
     pub ingest_dynamodb: Option<Measured>,
     pub seal_aws: Option<Measured>,
+    /// The same seal with an SQLite manifest: the S3 path without the DynamoDB server.
+    pub seal_s3_sqlite: Option<Measured>,
     pub verified_outputs: u64,
     pub baseline: Option<Measured>,
     pub ingest_sqlite: Option<Measured>,
@@ -47,6 +49,10 @@ fn per_thousand(count: u64, objects: u64) -> String {
 impl Report {
     fn seal_ratio(&self) -> Option<f64> {
         ratio(self.seal_aws.as_ref(), self.get_ceiling.as_ref())
+    }
+
+    fn s3_path_ratio(&self) -> Option<f64> {
+        ratio(self.seal_s3_sqlite.as_ref(), self.get_ceiling.as_ref())
     }
 
     fn embedded_ratio(&self) -> Option<f64> {
@@ -104,6 +110,11 @@ impl Report {
             self.seal_ratio()
                 .map(|ratio| format!("{ratio:.2}x the GET ceiling (target >= 0.80: {})", verdict(ratio >= 0.8)))
                 .unwrap_or_default(),
+        );
+        line(
+            "seal, S3 + SQLite manifest",
+            &self.seal_s3_sqlite,
+            self.s3_path_ratio().map(|ratio| format!("{ratio:.2}x the GET ceiling")).unwrap_or_default(),
         );
         line("list-and-concatenate, S3", &self.baseline, String::new());
         line("ingest into DynamoDB (events/s)", &self.ingest_dynamodb, String::new());
@@ -206,6 +217,8 @@ impl Report {
             "seal_objects_per_s": self.seal_aws.as_ref().map(Measured::objects_per_second),
             "seal_mb_per_s": self.seal_aws.as_ref().map(Measured::megabytes_per_second),
             "seal_to_get_ceiling": self.seal_ratio(),
+            "seal_s3_sqlite_objects_per_s": self.seal_s3_sqlite.as_ref().map(Measured::objects_per_second),
+            "seal_s3_sqlite_to_get_ceiling": self.s3_path_ratio(),
             "ingest_dynamodb_events_per_s": self.ingest_dynamodb.as_ref().map(Measured::objects_per_second),
             "ingest_sqlite_events_per_s": self.ingest_sqlite.as_ref().map(Measured::objects_per_second),
             "embedded_seal_objects_per_s": self.seal_embedded.as_ref().map(Measured::objects_per_second),

@@ -115,6 +115,29 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The S3 side of `deployment` with an SQLite manifest in `dir` instead of DynamoDB, and
+    /// outputs under `compacted-sqlite/`: the seal's S3 path, without the DynamoDB server's
+    /// own speed in the measurement.
+    pub fn with_sqlite_manifest(&self, deployment: &Deployment, dir: &std::path::Path) -> anyhow::Result<Deployment> {
+        let config = RawConfig {
+            source_bucket: Some(deployment.bucket.clone()),
+            dest_prefix: Some("compacted-sqlite/".to_string()),
+            ..Default::default()
+        }
+        .validate()?;
+        let manifest = compactor::adapters::sqlite::SqliteManifest::open(dir.join("manifest.sqlite"))?;
+        let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3::new(self.s3.clone(), S3Options::default()));
+        Ok(Deployment {
+            bucket: deployment.bucket.clone(),
+            table: String::new(),
+            compactor: Compactor::new(config, store, Arc::new(manifest), Arc::new(SystemClock)),
+            s3: self.s3.clone(),
+            counter: self.counter.clone(),
+        })
+    }
+}
+
 fn uuid_suffix() -> String {
     format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis())
 }

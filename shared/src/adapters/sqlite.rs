@@ -1363,20 +1363,16 @@ fn record_object_in(transaction: &Transaction<'_>, object: &NewObject) -> Result
         .prepare_cached("SELECT sequencer FROM objects WHERE bucket = ?1 AND key = ?2")
         .and_then(|mut statement| statement.query_row(params![object.bucket, object.key], |row| row.get(0)).optional())
         .map_err(sqlite_error)?;
+    // The columns of a new record, in ?1..?7 order, for the INSERT and the UPDATE alike.
+    let event_time = micros(object.event_time);
+    let record =
+        params![object.bucket, object.key, object.partition.path, size, object.etag, object.sequencer, event_time];
     let outcome = match recorded_sequencer {
         None => {
             execute(
                 "INSERT INTO objects (bucket, key, partition_path, size, etag, sequencer, event_time_micros, state)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
-                params![
-                    object.bucket,
-                    object.key,
-                    object.partition.path,
-                    size,
-                    object.etag,
-                    object.sequencer,
-                    micros(object.event_time),
-                ],
+                record,
             )?;
             IngestOutcome::Recorded
         }
@@ -1393,15 +1389,7 @@ fn record_object_in(transaction: &Transaction<'_>, object: &NewObject) -> Result
                      output_offset = NULL, output_length = NULL, output_sha256 = NULL,
                      output_separator_bytes = NULL, expiry_marked_at_micros = NULL
                  WHERE bucket = ?1 AND key = ?2",
-                params![
-                    object.bucket,
-                    object.key,
-                    object.partition.path,
-                    size,
-                    object.etag,
-                    object.sequencer,
-                    micros(object.event_time),
-                ],
+                record,
             )?;
             IngestOutcome::Updated
         }
