@@ -120,7 +120,8 @@ pub const OUTPUT_BUCKET: &str = "conformance-output";
 
 const LEASE_MINUTES: i64 = 15;
 
-fn lease_for() -> Duration {
+/// The lease every case takes.
+pub fn lease_for() -> Duration {
     Duration::minutes(LEASE_MINUTES)
 }
 
@@ -222,8 +223,9 @@ async fn object_record(manifest: &dyn Manifest, object: &NewObject) -> ObjectRec
 }
 
 /// Seal steps 3 to 5 for every pending object of the leased partition, in one output: begin,
-/// place, commit, mark compacted. Returns the committed output.
-async fn seal_pending_into_one_output(
+/// place, commit, mark compacted. Returns the committed output. Public for adapter-specific
+/// tests that need compacted objects.
+pub async fn seal_pending_into_one_output(
     manifest: &dyn Manifest,
     lease: &Lease,
     part_number: u32,
