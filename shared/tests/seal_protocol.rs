@@ -451,6 +451,22 @@ async fn a_crash_at_any_step_is_finished_by_the_next_run_tag_mode_on_s3_and_dyna
     .await;
 }
 
+/// Delete mode on the servers. The crash that matters most here comes after a DeleteObjects
+/// took effect and before its marks were recorded: the rerun sends it again, conditional on the
+/// ETags of keys now gone. That is an `AfterCall` crash, and the compact dataset reaches every
+/// operation, multipart included.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_is_finished_by_the_next_run_delete_mode_on_s3_and_dynamodb() {
+    cases::crash_at_every_step(cases::CrashPlan {
+        backend: Backend::Aws,
+        expiry: "delete",
+        runs: &[(CrashMode::AfterCall, Dataset::COMPACT)],
+        concurrent_runs: 4,
+    })
+    .await;
+}
+
 /// The cases, each written once against [`Harness`] and run on every backend by
 /// [`on_each_backend`].
 mod cases {
