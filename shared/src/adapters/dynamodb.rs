@@ -76,7 +76,8 @@
 //!   it a hot key updated on every ingest. The cost of `partition()`, `partitions()`,
 //!   `closed_partitions()` and `release()` therefore grows with the partition's objects: they
 //!   are for seals and audits, not for per-event paths. Which partitions to seal never
-//!   depends on counts: the sparse [`PENDING_INDEX`] answers it in one Query.
+//!   depends on counts: the sparse [`PENDING_INDEX`] answers it in one Query, and
+//!   `closed_partition_keys()`, which the seal calls, returns that answer without counting.
 //! - **Indexes are eventually consistent.** `closed_partitions`, `partitions` and
 //!   `output_sources` read global secondary indexes, which lag writes by a fraction of a
 //!   second; `acquire` and the other writes re-check the item itself, so a stale answer only
@@ -87,8 +88,10 @@
 //!   Base-table reads are strongly consistent.
 //! - **A partition with only removed objects stays in the pending index** until a seal
 //!   releases it; `closed_partitions` leaves it out of its answer (it counts pending objects),
-//!   at the cost of counting it on each call. A `sealing` one whose lease expired is listed
-//!   even with nothing pending: the interrupted seal has expiry marks and a release to finish.
+//!   at the cost of counting it on each call. `closed_partition_keys` does not count and keeps
+//!   it, so the seal locks it once, finds nothing and releases it sealed, out of the index. A
+//!   `sealing` one whose lease expired is listed even with nothing pending: the interrupted
+//!   seal has expiry marks and a release to finish.
 //!
 //! # Choices the port leaves open (as SQLite; the conformance suite pins them)
 //! - The owner of a live lease may `acquire` again: it gets the next generation and its older
@@ -136,6 +139,7 @@
 //! | `mark_compacted` (n sources) | n from [`SOURCES_INDEX`] | n (+ n for the index's copy) |
 //! | `mark_expiry` (n keys) | 0 | n (+ n for the index's copy of placed objects) |
 //! | `partition`, `partitions`, `closed_partitions` | all object and output items of each partition returned | 0 |
+//! | `closed_partition_keys` | the index Query (keys and lease attributes) + 1 per partition returned | 0 |
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -1180,6 +1184,70 @@ impl DynamoDbManifest {
         Ok(committed)
     }
 
+    /// Closed partitions flagged in [`PENDING_INDEX`] and not under a live lease, earliest
+    /// close first, at most `limit`. Each is read back from its item, since the index lags the
+    /// table. With `counted`, each comes with its record and only those with work are kept (a
+    /// pending object, or an interrupted seal); without, every candidate is kept, uncounted.
+    async fn closed_from_index(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        counted: bool,
+    ) -> Result<Vec<(PartitionKey, Option<PartitionRecord>)>, ManifestError> {
+        // Every sort key of a partition closed at or before `now` sorts before this bound.
+        let bound = ordered_micros(micros(now).saturating_add(1));
+        let mut closed = Vec::new();
+        let mut start_key: Option<Item> = None;
+        while closed.len() < limit {
+            let page = self
+                .query_page(
+                    Some(PENDING_INDEX),
+                    "#gsi1pk = :pending_flag AND #gsi1sk < :bound",
+                    Some("attribute_not_exists(#lock_owner) OR #lease_expires_at <= :now"),
+                    values([
+                        (":pending_flag", string_value(PENDING_FLAG)),
+                        (":bound", string_value(bound.clone())),
+                        (":now", time_value(now)),
+                    ]),
+                    false,
+                    start_key.take(),
+                    Some(limit_i32(limit)),
+                )
+                .await?;
+            for item in page.items() {
+                if closed.len() >= limit {
+                    break;
+                }
+                let reader = ItemReader::new(item, &self.table);
+                let Some(stored) = self.get_item(key_of(reader.string("pk")?, reader.string("sk")?)).await? else {
+                    continue;
+                };
+                let stored = StoredPartition::from_item(&stored, &self.table)?;
+                // The index lags the table: re-check what the query filtered on.
+                let lease_live =
+                    stored.lock_owner.is_some() && stored.lease_expires_at.is_some_and(|expiry| expiry > now);
+                if lease_live || !stored.flagged_pending || stored.closes_at > now {
+                    continue;
+                }
+                if !counted {
+                    closed.push((stored.key, None));
+                    continue;
+                }
+                let record = self.partition_record(stored).await?;
+                // An interrupted seal (still `sealing`, its lease expired) is work even with
+                // nothing pending: its commits may need finishing and its sources marking.
+                if record.pending_objects > 0 || record.state == PartitionState::Sealing {
+                    closed.push((record.key.clone(), Some(record)));
+                }
+            }
+            start_key = page.last_evaluated_key;
+            if start_key.is_none() {
+                break;
+            }
+        }
+        Ok(closed)
+    }
+
     async fn partition_record(&self, stored: StoredPartition) -> Result<PartitionRecord, ManifestError> {
         let counts = self.counts(&stored.key).await?;
         Ok(stored.with_counts(counts))
@@ -1572,54 +1640,20 @@ impl Manifest for DynamoDbManifest {
     /// One Query of [`PENDING_INDEX`] (paged), filtered on the lease. Flagged partitions whose
     /// objects were all removed are counted and left out, as SQLite's `EXISTS` does.
     async fn closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<PartitionRecord>, ManifestError> {
-        // Every sort key of a partition closed at or before `now` sorts before this bound.
-        let bound = ordered_micros(micros(now).saturating_add(1));
-        let mut records = Vec::new();
-        let mut start_key: Option<Item> = None;
-        while records.len() < limit {
-            let page = self
-                .query_page(
-                    Some(PENDING_INDEX),
-                    "#gsi1pk = :pending_flag AND #gsi1sk < :bound",
-                    Some("attribute_not_exists(#lock_owner) OR #lease_expires_at <= :now"),
-                    values([
-                        (":pending_flag", string_value(PENDING_FLAG)),
-                        (":bound", string_value(bound.clone())),
-                        (":now", time_value(now)),
-                    ]),
-                    false,
-                    start_key.take(),
-                    Some(limit_i32(limit)),
-                )
-                .await?;
-            for item in page.items() {
-                if records.len() >= limit {
-                    break;
-                }
-                let reader = ItemReader::new(item, &self.table);
-                let Some(stored) = self.get_item(key_of(reader.string("pk")?, reader.string("sk")?)).await? else {
-                    continue;
-                };
-                let stored = StoredPartition::from_item(&stored, &self.table)?;
-                // The index lags the table: re-check what the query filtered on.
-                let lease_live =
-                    stored.lock_owner.is_some() && stored.lease_expires_at.is_some_and(|expiry| expiry > now);
-                if lease_live || !stored.flagged_pending || stored.closes_at > now {
-                    continue;
-                }
-                let record = self.partition_record(stored).await?;
-                // An interrupted seal (still `sealing`, its lease expired) is work even with
-                // nothing pending: its commits may need finishing and its sources marking.
-                if record.pending_objects > 0 || record.state == PartitionState::Sealing {
-                    records.push(record);
-                }
-            }
-            start_key = page.last_evaluated_key;
-            if start_key.is_none() {
-                break;
-            }
-        }
-        Ok(records)
+        let closed = self.closed_from_index(now, limit, true).await?;
+        Ok(closed.into_iter().filter_map(|(_, record)| record).collect())
+    }
+
+    /// The same Query of [`PENDING_INDEX`] and a strongly consistent GetItem per partition,
+    /// without counting: flagged partitions whose objects were all removed are in the answer,
+    /// and a seal that locks one releases it sealed, which takes it out of the index.
+    async fn closed_partition_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PartitionKey>, ManifestError> {
+        let closed = self.closed_from_index(now, limit, false).await?;
+        Ok(closed.into_iter().map(|(key, _)| key).collect())
     }
 
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError> {
@@ -2437,6 +2471,53 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(flagged.len(), 2, "only the partitions that may have pending objects are in the index");
+    }
+
+    /// What the seal asks for costs one index Query and a GetItem per partition, whatever the
+    /// partitions hold; `closed_partitions` reads every object item of each (16 shard Queries)
+    /// and its outputs on top.
+    #[tokio::test]
+    async fn closed_partition_keys_reads_the_index_and_the_partition_items_only() {
+        let Some(endpoint) = servers::dynamodb_endpoint() else { return };
+        let log = OperationLog::default();
+        let config = servers::dynamodb_test_config(&endpoint).await.interceptor(log.clone()).build();
+        let (manifest, _table) = new_table(Client::from_conf(config), &endpoint).await;
+        for day in 10..13 {
+            for name in ["a.json", "b.json", "c.json"] {
+                manifest.record_object(&new_object(&day_partition("logs", day), name, "10", 10)).await.unwrap();
+            }
+        }
+        // Day 9: its only object removed, so it has no work, which only counting shows.
+        let removed = new_object(&day_partition("logs", 9), "a.json", "10", 10);
+        manifest.record_object(&removed).await.unwrap();
+        manifest.record_removal(&crate::testkit::manifest_conformance::removal_of(&removed, "20")).await.unwrap();
+        let now = at("2024-01-20T00:00:00Z");
+        log.take();
+
+        let keys = manifest.closed_partition_keys(now, 10).await.unwrap();
+        let paths: Vec<&str> = keys.iter().map(|key| key.path.as_str()).collect();
+        assert_eq!(paths, ["logs/2024/01/09/", "logs/2024/01/10/", "logs/2024/01/11/", "logs/2024/01/12/"]);
+        let operations = log.take();
+        assert_eq!(
+            (count_of(&operations, "Query"), count_of(&operations, "GetItem"), operations.len()),
+            (1, 4, 5),
+            "{operations:?}"
+        );
+
+        let records = manifest.closed_partitions(now, 10).await.unwrap();
+        assert_eq!(records.len(), 3, "counting leaves out the partition without work");
+        let operations = log.take();
+        assert!(count_of(&operations, "Query") >= 3 * (OBJECT_SHARDS as usize + 1), "{operations:?}");
+
+        // Sealing day 9 (nothing to do) takes it out of the index for good.
+        let day_9 = partition_key_of(&day_partition("logs", 9));
+        let lease = manifest.acquire(&day_9, "seal-1", now, Duration::minutes(15)).await.unwrap();
+        assert_eq!(manifest.release(&lease, now).await.unwrap().state, PartitionState::Sealed);
+        assert_eq!(manifest.closed_partition_keys(now, 10).await.unwrap().len(), 3);
+    }
+
+    fn count_of(operations: &[String], name: &str) -> usize {
+        operations.iter().filter(|operation| *operation == name).count()
     }
 
     /// `COMPACTOR_RECORD_TTL`: the table's time to live is on `expires_at` either way; with a

@@ -2,7 +2,7 @@
 //!
 //! | step | what | if the run dies here, the next run… |
 //! |---|---|---|
-//! | 1 pick | `closed_partitions`, or the partitions asked for | picks them again |
+//! | 1 pick | `closed_partition_keys`, or the partitions asked for | picks them again |
 //! | 2 lock | `acquire`: generation + 1, lease | waits for the lease to expire, then takes over |
 //! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; mark compacted sources for expiry | does the same, idempotently |
 //! | 3 plan | page pending objects in key order through the [`Packer`] | plans again under a new generation: new output keys |
@@ -255,12 +255,14 @@ impl Compactor {
         loop {
             let batch: Vec<PartitionKey> = match &options.partitions {
                 Some(partitions) => partitions.iter().filter(|key| !tried.contains(*key)).cloned().collect(),
+                // Keys only: the seal locks each partition and reads its objects itself, so the
+                // counts `closed_partitions` derives (every object item, on DynamoDB) would be
+                // read for nothing.
                 None => self
                     .manifest
-                    .closed_partitions(self.clock.now(), PAGE)
+                    .closed_partition_keys(self.clock.now(), PAGE)
                     .await?
                     .into_iter()
-                    .map(|record| record.key)
                     .filter(|key| !tried.contains(key))
                     .collect(),
             };

@@ -362,6 +362,14 @@ impl Manifest for FaultyManifest {
         faulty_manifest_call!(self, "manifest.closed_partitions", self.inner.closed_partitions(now, limit))
     }
 
+    async fn closed_partition_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PartitionKey>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.closed_partition_keys", self.inner.closed_partition_keys(now, limit))
+    }
+
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError> {
         faulty_manifest_call!(self, "manifest.partition", self.inner.partition(key))
     }
