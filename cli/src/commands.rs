@@ -265,7 +265,8 @@ async fn seal(global: &GlobalArgs, args: SealArgs) -> CliResult {
     }
     if report.partitions_failed > 0 {
         return Err(CliError::Failure(anyhow!(
-            "{} partitions failed (see above); they stay pending and the next seal retries them",
+            "{} partitions failed (see above); the next seal retries them (one whose sources still await \
+             expiry stays locked until its lease expires, --lease, then finishes them)",
             report.partitions_failed
         )));
     }
