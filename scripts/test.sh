@@ -11,8 +11,11 @@
 #      conformance suites on the embedded backend AND on the servers, the seal protocol with a
 #      crash at every step, the Lambda handlers with real event JSON, the end-to-end path
 #      S3 -> notification -> SQS -> ingest -> DynamoDB -> seal -> outputs, and the CLI;
-#   4. runs the benchmark once, small (--quick), to check it still works end to end;
-#   5. stops the servers.
+#   4. with the CLI's AWS backend compiled in (`cargo test -p s3-compactor --features aws`),
+#      the real s3-compactor binary against the same servers: init, ingest --scan, seal,
+#      audit, verify --against-sources, restore;
+#   5. runs the benchmark once, small (--quick), to check it still works end to end;
+#   6. stops the servers.
 #
 # Builds go to a target directory outside the clone (CARGO_TARGET_DIR, by default
 # ~/.cache/s3-compactor/target) so repeated runs on one machine reuse what was compiled.
@@ -56,6 +59,9 @@ export COMPACTOR_REQUIRE_SERVERS=1
 
 say "cargo test (S3 at $COMPACTOR_TEST_S3_ENDPOINT, DynamoDB/SQS at $COMPACTOR_TEST_DYNAMODB_ENDPOINT)"
 cargo test --workspace --locked --no-fail-fast
+
+say "cargo test of the CLI with its AWS backend (S3 at $COMPACTOR_TEST_S3_ENDPOINT, DynamoDB at $COMPACTOR_TEST_DYNAMODB_ENDPOINT)"
+cargo test -p s3-compactor --features aws --locked --no-fail-fast
 
 say "benchmark smoke run (--quick, dev profile: checks the benchmark works, its numbers mean little)"
 cargo run --quiet --locked -p compactor-bench -- --s3-endpoint "$S3_ENDPOINT" --dynamodb-endpoint "$DYNAMODB_ENDPOINT" \

@@ -135,6 +135,11 @@ pub struct ConfigArgs {
     /// Tag merged into compacted sources, for a lifecycle rule to expire them [default: compacted=true].
     #[arg(long, global = true, env = "COMPACTOR_EXPIRY_TAG", value_name = "KEY=VALUE")]
     pub expiry_tag: Option<String>,
+    /// DynamoDB only: delete a source's manifest record this long after the source was marked
+    /// for expiry, e.g. 400d (at least 30d); the embedded backend keeps every record [default:
+    /// unset, records are kept as the audit trail].
+    #[arg(long, global = true, env = "COMPACTOR_RECORD_TTL", value_name = "DURATION")]
+    pub record_ttl: Option<String>,
     /// Source GETs in flight per output [default: 32].
     #[arg(long, global = true, env = "COMPACTOR_READ_CONCURRENCY", value_name = "N")]
     pub read_concurrency: Option<String>,
@@ -172,6 +177,7 @@ impl ConfigArgs {
             format: self.format.clone(),
             expiry: self.expiry.clone(),
             expiry_tag: self.expiry_tag.clone(),
+            record_ttl: self.record_ttl.clone(),
             read_concurrency: self.read_concurrency.clone(),
             read_ahead_bytes: self.read_ahead_bytes.clone(),
             upload_concurrency: self.upload_concurrency.clone(),

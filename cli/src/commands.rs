@@ -57,7 +57,14 @@ pub async fn open_embedded(data_dir: &Path, config: Config) -> CliResult<Compact
 async fn engine(global: &GlobalArgs) -> CliResult<Compactor> {
     let config = global.config.raw().validate()?;
     match global.backend {
-        Backend::Embedded => open_embedded(&global.data_dir, config).await,
+        Backend::Embedded => {
+            if config.record_ttl.is_some() {
+                tracing::warn!(
+                    "--record-ttl (COMPACTOR_RECORD_TTL) is ignored by the embedded backend: SQLite keeps every record"
+                );
+            }
+            open_embedded(&global.data_dir, config).await
+        }
         Backend::Aws => open_aws(global, config).await,
     }
 }
@@ -265,7 +272,8 @@ async fn seal(global: &GlobalArgs, args: SealArgs) -> CliResult {
     }
     if report.partitions_failed > 0 {
         return Err(CliError::Failure(anyhow!(
-            "{} partitions failed (see above); they stay pending and the next seal retries them",
+            "{} partitions failed (see above); the next seal retries them (one whose sources still await \
+             expiry stays locked until its lease expires, --lease, then finishes them)",
             report.partitions_failed
         )));
     }
@@ -513,6 +521,12 @@ pub fn print_verify_report(report: &VerifyReport) {
             String::new()
         }
     );
+    if report.source_records_expired > 0 {
+        println!(
+            "  {} sources of those outputs are no longer in the manifest: their records expired (COMPACTOR_RECORD_TTL)",
+            thousands(report.source_records_expired)
+        );
+    }
     for failure in &report.failures {
         println!("  FAILED {failure}");
     }

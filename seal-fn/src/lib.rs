@@ -152,9 +152,10 @@ impl SealFunction {
         match parse_request(&event)? {
             SealRequest::Schedule => {
                 let now = self.compactor.clock().now();
-                let closed =
-                    self.compactor.manifest().closed_partitions(now, 100_000).await.map_err(EngineError::from)?;
-                let keys: Vec<PartitionKey> = closed.into_iter().map(|record| record.key).collect();
+                // Keys only: counting each partition's objects here would cost a read of every
+                // object item on DynamoDB, and the seal reads them anyway.
+                let keys: Vec<PartitionKey> =
+                    self.compactor.manifest().closed_partition_keys(now, 100_000).await.map_err(EngineError::from)?;
                 self.seal_or_fan_out(keys, deadline).await
             }
             SealRequest::Partitions(paths) => {

@@ -108,7 +108,8 @@ pub async fn build_aws_compactor(config: Config, settings: &AwsSettings) -> Comp
         },
     );
     let dynamodb_client = crate::adapters::dynamodb::client_for(settings.dynamodb_endpoint.as_deref()).await;
-    let manifest = DynamoDbManifest::new(dynamodb_client, settings.table.clone(), config.layout.clone());
+    let manifest = DynamoDbManifest::new(dynamodb_client, settings.table.clone(), config.layout.clone())
+        .with_record_ttl(config.record_ttl);
     Compactor::new(config, Arc::new(store), Arc::new(manifest), Arc::new(SystemClock))
 }
 

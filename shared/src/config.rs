@@ -18,6 +18,7 @@
 //! | `COMPACTOR_FORMAT` | `auto` (by extension) or `bytes` (no separators) | `auto` |
 //! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
 //! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |
+//! | `COMPACTOR_RECORD_TTL` | DynamoDB only: delete a source's record this long after the source was marked for expiry (`400d`; at least `30d`); SQLite ignores it | unset: records are kept (the audit trail) |
 //! | `COMPACTOR_READ_CONCURRENCY` | source GETs in flight per output | `32` |
 //! | `COMPACTOR_READ_AHEAD_BYTES` | bytes of sources read ahead of the writer | `64MiB` |
 //! | `COMPACTOR_UPLOAD_CONCURRENCY` | parts uploading at once per output | `4` |
@@ -42,6 +43,11 @@ pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 /// S3's most parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
+
+/// The shortest `COMPACTOR_RECORD_TTL`: S3 may deliver an event again, and SQS keeps a message
+/// up to 14 days; a record gone before its source's last event could see the source recorded,
+/// and compacted, again.
+pub const MIN_RECORD_TTL: Duration = Duration::days(30);
 
 /// What happens to a source once the output holding it is committed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +116,9 @@ pub struct Config {
     pub format: FormatMode,
     pub expiry: ExpiryMode,
     pub expiry_tag: Tag,
+    /// How long a source's record outlives its expiry mark, where the manifest can expire
+    /// records (DynamoDB's TTL); `None` keeps every record, the audit trail.
+    pub record_ttl: Option<Duration>,
     pub read_concurrency: usize,
     pub read_ahead_bytes: u64,
     pub upload_concurrency: usize,
@@ -136,6 +145,7 @@ pub struct RawConfig {
     pub format: Option<String>,
     pub expiry: Option<String>,
     pub expiry_tag: Option<String>,
+    pub record_ttl: Option<String>,
     pub read_concurrency: Option<String>,
     pub read_ahead_bytes: Option<String>,
     pub upload_concurrency: Option<String>,
@@ -163,6 +173,7 @@ impl RawConfig {
             format: read("COMPACTOR_FORMAT"),
             expiry: read("COMPACTOR_EXPIRY"),
             expiry_tag: read("COMPACTOR_EXPIRY_TAG"),
+            record_ttl: read("COMPACTOR_RECORD_TTL"),
             read_concurrency: read("COMPACTOR_READ_CONCURRENCY"),
             read_ahead_bytes: read("COMPACTOR_READ_AHEAD_BYTES"),
             upload_concurrency: read("COMPACTOR_UPLOAD_CONCURRENCY"),
@@ -248,6 +259,30 @@ impl RawConfig {
                 ))
             }
         };
+        let record_ttl = match self.record_ttl.as_deref() {
+            None => None,
+            Some(text) => {
+                let record_ttl = parse_duration("COMPACTOR_RECORD_TTL", text)?;
+                if record_ttl < MIN_RECORD_TTL {
+                    return Err(invalid(
+                        "COMPACTOR_RECORD_TTL",
+                        text,
+                        "a record must outlive every replayed event and backfill scan of its source, and in tag \
+                         mode the tagged source itself, or the source could be compacted twice: use at least 30d, \
+                         and more than the lifecycle rule keeps tagged sources",
+                    ));
+                }
+                if expiry == ExpiryMode::None {
+                    return Err(invalid(
+                        "COMPACTOR_RECORD_TTL",
+                        text,
+                        "with COMPACTOR_EXPIRY=none no source is ever marked for expiry, so no record would expire: \
+                         unset COMPACTOR_RECORD_TTL, or use COMPACTOR_EXPIRY=tag or delete",
+                    ));
+                }
+                Some(record_ttl)
+            }
+        };
         let read_concurrency = parse_count("COMPACTOR_READ_CONCURRENCY", self.read_concurrency.as_deref(), 32)?;
         let read_ahead_bytes =
             parse_bytes("COMPACTOR_READ_AHEAD_BYTES", self.read_ahead_bytes.as_deref().unwrap_or("64MiB"))?;
@@ -284,6 +319,7 @@ impl RawConfig {
             format,
             expiry,
             expiry_tag,
+            record_ttl,
             read_concurrency,
             read_ahead_bytes,
             upload_concurrency,
@@ -457,6 +493,7 @@ mod tests {
         assert_eq!(config.part_bytes, 8 << 20);
         assert_eq!(config.expiry, ExpiryMode::Tag);
         assert_eq!(config.expiry_tag, Tag::new("compacted", "true"));
+        assert_eq!(config.record_ttl, None, "records are kept unless asked");
         assert!(config.is_under_destination("my-logs", "compacted/x/2024/01/01/a"));
         assert!(!config.is_under_destination("other", "compacted/x"));
     }
@@ -482,6 +519,15 @@ mod tests {
             (
                 &[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_TARGET_OUTPUT_BYTES", "60GiB")],
                 "COMPACTOR_COPY_MIN_BYTES=\"5MiB\" is invalid: with server-side copies",
+            ),
+            (
+                &[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_RECORD_TTL", "400 days")],
+                "COMPACTOR_RECORD_TTL=\"400 days\"",
+            ),
+            (&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_RECORD_TTL", "7d")], "use at least 30d"),
+            (
+                &[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_RECORD_TTL", "400d"), ("COMPACTOR_EXPIRY", "none")],
+                "unset COMPACTOR_RECORD_TTL, or use COMPACTOR_EXPIRY=tag or delete",
             ),
         ];
         for (pairs, expected) in cases {
@@ -524,6 +570,14 @@ mod tests {
         assert_eq!(parse_duration("X", "1h30m").unwrap(), Duration::minutes(90));
         assert_eq!(parse_duration("X", "1d").unwrap(), Duration::days(1));
         assert!(parse_duration("X", "15").is_err());
+    }
+
+    #[test]
+    fn a_record_ttl_is_a_duration_of_at_least_30_days() {
+        let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_RECORD_TTL", "400d")]).unwrap();
+        assert_eq!(config.record_ttl, Some(Duration::days(400)));
+        let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_RECORD_TTL", "30d")]).unwrap();
+        assert_eq!(config.record_ttl, Some(MIN_RECORD_TTL));
     }
 
     #[test]

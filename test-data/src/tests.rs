@@ -351,6 +351,14 @@ impl ObjectStore for InMemory {
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
         Err(unsupported(bucket, key))
     }
+
+    async fn delete_many(
+        &self,
+        bucket: &str,
+        _requests: &[compactor::ports::DeleteRequest],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        Err(unsupported(bucket, ""))
+    }
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
 //! | partition | `P#{bucket}#{path}` | `#PARTITION` | `bucket`, `path`, `period_start`, `period_end`, `closes_at`, `state`, `generation`, `lock_owner`?, `lease_expires_at`?, `sealed_at`?, `ingest_counter`; `gsi1pk`/`gsi1sk` while it may have pending objects; `gsi3pk`/`gsi3sk` always |
-//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?; once placed: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`, `gsi2pk`, `gsi2sk` |
+//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once placed: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`, `gsi2pk`, `gsi2sk` |
 //! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`? |
 //! | output pointer | `OUTKEY#{bucket}#{key}` | `#` | `target_pk`, `target_sk`: where the output item is |
 //!
@@ -40,6 +40,16 @@
 //! Times are Numbers of microseconds since the Unix epoch; `closes_at` inside `gsi1sk` is
 //! written as 20 digits of the order-preserving `micros XOR 2^63`, so string order is time order.
 //! The SAM template mirrors [`DynamoDbManifest::create_table`].
+//!
+//! **Record expiry (optional, off by default).** The table's time to live is enabled on
+//! [`RECORD_EXPIRY_ATTRIBUTE`] (`expires_at`, epoch **seconds**, as DynamoDB's TTL wants), but
+//! no item carries that attribute unless [`DynamoDbManifest::with_record_ttl`] is given a
+//! duration (`COMPACTOR_RECORD_TTL`): then `mark_expiry` writes it on the object items it
+//! marks, the mark's time plus the duration, and DynamoDB deletes them some time (usually
+//! within days) after it. Only object items of sources marked for expiry ever carry it: never
+//! pending objects (a newer version replaces the whole item, without it), partitions or
+//! outputs. Once a record is gone the audit, `restore` and the output's source list no longer
+//! know that source; `verify` then checks the output's own sha256 and the sources left.
 //!
 //! **Write sharding.** A hot date partition takes thousands of new objects per second, more
 //! than one DynamoDB partition key takes (1,000 writes/s). Object items are therefore spread
@@ -66,7 +76,8 @@
 //!   it a hot key updated on every ingest. The cost of `partition()`, `partitions()`,
 //!   `closed_partitions()` and `release()` therefore grows with the partition's objects: they
 //!   are for seals and audits, not for per-event paths. Which partitions to seal never
-//!   depends on counts: the sparse [`PENDING_INDEX`] answers it in one Query.
+//!   depends on counts: the sparse [`PENDING_INDEX`] answers it in one Query, and
+//!   `closed_partition_keys()`, which the seal calls, returns that answer without counting.
 //! - **Indexes are eventually consistent.** `closed_partitions`, `partitions` and
 //!   `output_sources` read global secondary indexes, which lag writes by a fraction of a
 //!   second; `acquire` and the other writes re-check the item itself, so a stale answer only
@@ -77,8 +88,10 @@
 //!   Base-table reads are strongly consistent.
 //! - **A partition with only removed objects stays in the pending index** until a seal
 //!   releases it; `closed_partitions` leaves it out of its answer (it counts pending objects),
-//!   at the cost of counting it on each call. A `sealing` one whose lease expired is listed
-//!   even with nothing pending: the interrupted seal has expiry marks and a release to finish.
+//!   at the cost of counting it on each call. `closed_partition_keys` does not count and keeps
+//!   it, so the seal locks it once, finds nothing and releases it sealed, out of the index. A
+//!   `sealing` one whose lease expired is listed even with nothing pending: the interrupted
+//!   seal has expiry marks and a release to finish.
 //!
 //! # Choices the port leaves open (as SQLite; the conformance suite pins them)
 //! - The owner of a live lease may `acquire` again: it gets the next generation and its older
@@ -126,6 +139,7 @@
 //! | `mark_compacted` (n sources) | n from [`SOURCES_INDEX`] | n (+ n for the index's copy) |
 //! | `mark_expiry` (n keys) | 0 | n (+ n for the index's copy of placed objects) |
 //! | `partition`, `partitions`, `closed_partitions` | all object and output items of each partition returned | 0 |
+//! | `closed_partition_keys` | the index Query (keys and lease attributes) + 1 per partition returned | 0 |
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -166,6 +180,10 @@ pub const PENDING_INDEX: &str = "pending_partitions_by_close_time";
 pub const SOURCES_INDEX: &str = "sources_by_output_offset";
 /// The index of every partition in (bucket, path) order.
 pub const PARTITIONS_INDEX: &str = "partitions_by_bucket_and_path";
+
+/// The attribute the table's time to live reads: epoch seconds after which DynamoDB deletes
+/// the item. Written on marked object items only, and only with a record TTL.
+pub const RECORD_EXPIRY_ATTRIBUTE: &str = "expires_at";
 
 /// How often a read-decide-write is tried before the call fails: each retry means another
 /// writer changed the item in between, which takes a very hot key to happen more than once.
@@ -248,6 +266,12 @@ enum DynamoDbManifestError {
     NotActive { table: String, timeout: StdDuration },
     #[error("could not build a DynamoDB request: {0}")]
     Build(#[from] BuildError),
+    #[error(
+        "table {table} already expires items by attribute {attribute:?}, and a table has one time-to-live \
+         attribute: the manifest's record expiry needs {RECORD_EXPIRY_ATTRIBUTE:?}; use a table of its own for the \
+         manifest"
+    )]
+    ForeignTimeToLive { table: String, attribute: String },
 }
 
 impl From<DynamoDbManifestError> for ManifestError {
@@ -273,6 +297,8 @@ pub struct DynamoDbManifest {
     client: Client,
     table: String,
     layout: Layout,
+    /// How long an object item outlives its expiry mark; `None` keeps it.
+    record_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for DynamoDbManifest {
@@ -281,6 +307,7 @@ impl fmt::Debug for DynamoDbManifest {
             .debug_struct("DynamoDbManifest")
             .field("table", &self.table)
             .field("layout", &self.layout.as_str())
+            .field("record_ttl", &self.record_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -628,7 +655,14 @@ impl DynamoDbManifest {
     /// A manifest on `table`, whose source keys follow `layout` (see the module doc: changing
     /// the layout after ingest needs a re-ingest).
     pub fn new(client: Client, table: impl Into<String>, layout: Layout) -> Self {
-        Self { client, table: table.into(), layout }
+        Self { client, table: table.into(), layout, record_ttl: None }
+    }
+
+    /// Lets DynamoDB delete a source's object item `record_ttl` after the source was marked for
+    /// expiry (see the module doc); `None`, the default, keeps every record.
+    pub fn with_record_ttl(mut self, record_ttl: Option<Duration>) -> Self {
+        self.record_ttl = record_ttl;
+        self
     }
 
     pub fn table(&self) -> &str {
@@ -636,8 +670,10 @@ impl DynamoDbManifest {
     }
 
     /// Creates the table with the schema of the module doc (on-demand billing, the three
-    /// indexes) and waits until it and its indexes are active. A table that already exists is
-    /// left as it is.
+    /// indexes), waits until it and its indexes are active, and enables its time to live on
+    /// [`RECORD_EXPIRY_ATTRIBUTE`] (harmless while no item carries it, and ready for
+    /// `COMPACTOR_RECORD_TTL`). A table that already exists keeps its schema; its time to live
+    /// is enabled if it is not, which a table made before record expiry existed needs.
     pub async fn create_table(&self) -> Result<(), ManifestError> {
         let string_attribute = |name: &str| {
             AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
@@ -706,7 +742,45 @@ impl DynamoDbManifest {
             Ok(_) | Err(aws_sdk_dynamodb::Error::ResourceInUseException(_)) => {}
             Err(error) => return Err(self.request_error("CreateTable", error)),
         }
-        self.wait_until_active().await
+        self.wait_until_active().await?;
+        self.enable_record_expiry().await
+    }
+
+    /// Turns the table's time to live on for [`RECORD_EXPIRY_ATTRIBUTE`], unless it already is.
+    async fn enable_record_expiry(&self) -> Result<(), ManifestError> {
+        use aws_sdk_dynamodb::types::{TimeToLiveSpecification, TimeToLiveStatus};
+        let described = self
+            .client
+            .describe_time_to_live()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|error| self.request_error("DescribeTimeToLive", error.into()))?;
+        let description = described.time_to_live_description();
+        let status = description.and_then(|description| description.time_to_live_status());
+        let attribute = description.and_then(|description| description.attribute_name());
+        match (status, attribute) {
+            (Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling), Some(RECORD_EXPIRY_ATTRIBUTE)) => Ok(()),
+            (Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling), Some(other)) => {
+                Err(DynamoDbManifestError::ForeignTimeToLive { table: self.table.clone(), attribute: other.to_owned() }
+                    .into())
+            }
+            _ => {
+                let specification = TimeToLiveSpecification::builder()
+                    .attribute_name(RECORD_EXPIRY_ATTRIBUTE)
+                    .enabled(true)
+                    .build()
+                    .map_err(DynamoDbManifestError::Build)?;
+                self.client
+                    .update_time_to_live()
+                    .table_name(&self.table)
+                    .time_to_live_specification(specification)
+                    .send()
+                    .await
+                    .map_err(|error| self.request_error("UpdateTimeToLive", error.into()))?;
+                Ok(())
+            }
+        }
     }
 
     async fn wait_until_active(&self) -> Result<(), ManifestError> {
@@ -1108,6 +1182,70 @@ impl DynamoDbManifest {
             }
         }
         Ok(committed)
+    }
+
+    /// Closed partitions flagged in [`PENDING_INDEX`] and not under a live lease, earliest
+    /// close first, at most `limit`. Each is read back from its item, since the index lags the
+    /// table. With `counted`, each comes with its record and only those with work are kept (a
+    /// pending object, or an interrupted seal); without, every candidate is kept, uncounted.
+    async fn closed_from_index(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        counted: bool,
+    ) -> Result<Vec<(PartitionKey, Option<PartitionRecord>)>, ManifestError> {
+        // Every sort key of a partition closed at or before `now` sorts before this bound.
+        let bound = ordered_micros(micros(now).saturating_add(1));
+        let mut closed = Vec::new();
+        let mut start_key: Option<Item> = None;
+        while closed.len() < limit {
+            let page = self
+                .query_page(
+                    Some(PENDING_INDEX),
+                    "#gsi1pk = :pending_flag AND #gsi1sk < :bound",
+                    Some("attribute_not_exists(#lock_owner) OR #lease_expires_at <= :now"),
+                    values([
+                        (":pending_flag", string_value(PENDING_FLAG)),
+                        (":bound", string_value(bound.clone())),
+                        (":now", time_value(now)),
+                    ]),
+                    false,
+                    start_key.take(),
+                    Some(limit_i32(limit)),
+                )
+                .await?;
+            for item in page.items() {
+                if closed.len() >= limit {
+                    break;
+                }
+                let reader = ItemReader::new(item, &self.table);
+                let Some(stored) = self.get_item(key_of(reader.string("pk")?, reader.string("sk")?)).await? else {
+                    continue;
+                };
+                let stored = StoredPartition::from_item(&stored, &self.table)?;
+                // The index lags the table: re-check what the query filtered on.
+                let lease_live =
+                    stored.lock_owner.is_some() && stored.lease_expires_at.is_some_and(|expiry| expiry > now);
+                if lease_live || !stored.flagged_pending || stored.closes_at > now {
+                    continue;
+                }
+                if !counted {
+                    closed.push((stored.key, None));
+                    continue;
+                }
+                let record = self.partition_record(stored).await?;
+                // An interrupted seal (still `sealing`, its lease expired) is work even with
+                // nothing pending: its commits may need finishing and its sources marking.
+                if record.pending_objects > 0 || record.state == PartitionState::Sealing {
+                    closed.push((record.key.clone(), Some(record)));
+                }
+            }
+            start_key = page.last_evaluated_key;
+            if start_key.is_none() {
+                break;
+            }
+        }
+        Ok(closed)
     }
 
     async fn partition_record(&self, stored: StoredPartition) -> Result<PartitionRecord, ManifestError> {
@@ -1518,54 +1656,20 @@ impl Manifest for DynamoDbManifest {
     /// One Query of [`PENDING_INDEX`] (paged), filtered on the lease. Flagged partitions whose
     /// objects were all removed are counted and left out, as SQLite's `EXISTS` does.
     async fn closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<PartitionRecord>, ManifestError> {
-        // Every sort key of a partition closed at or before `now` sorts before this bound.
-        let bound = ordered_micros(micros(now).saturating_add(1));
-        let mut records = Vec::new();
-        let mut start_key: Option<Item> = None;
-        while records.len() < limit {
-            let page = self
-                .query_page(
-                    Some(PENDING_INDEX),
-                    "#gsi1pk = :pending_flag AND #gsi1sk < :bound",
-                    Some("attribute_not_exists(#lock_owner) OR #lease_expires_at <= :now"),
-                    values([
-                        (":pending_flag", string_value(PENDING_FLAG)),
-                        (":bound", string_value(bound.clone())),
-                        (":now", time_value(now)),
-                    ]),
-                    false,
-                    start_key.take(),
-                    Some(limit_i32(limit)),
-                )
-                .await?;
-            for item in page.items() {
-                if records.len() >= limit {
-                    break;
-                }
-                let reader = ItemReader::new(item, &self.table);
-                let Some(stored) = self.get_item(key_of(reader.string("pk")?, reader.string("sk")?)).await? else {
-                    continue;
-                };
-                let stored = StoredPartition::from_item(&stored, &self.table)?;
-                // The index lags the table: re-check what the query filtered on.
-                let lease_live =
-                    stored.lock_owner.is_some() && stored.lease_expires_at.is_some_and(|expiry| expiry > now);
-                if lease_live || !stored.flagged_pending || stored.closes_at > now {
-                    continue;
-                }
-                let record = self.partition_record(stored).await?;
-                // An interrupted seal (still `sealing`, its lease expired) is work even with
-                // nothing pending: its commits may need finishing and its sources marking.
-                if record.pending_objects > 0 || record.state == PartitionState::Sealing {
-                    records.push(record);
-                }
-            }
-            start_key = page.last_evaluated_key;
-            if start_key.is_none() {
-                break;
-            }
-        }
-        Ok(records)
+        let closed = self.closed_from_index(now, limit, true).await?;
+        Ok(closed.into_iter().filter_map(|(_, record)| record).collect())
+    }
+
+    /// The same Query of [`PENDING_INDEX`] and a strongly consistent GetItem per partition,
+    /// without counting: flagged partitions whose objects were all removed are in the answer,
+    /// and a seal that locks one releases it sealed, which takes it out of the index.
+    async fn closed_partition_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PartitionKey>, ManifestError> {
+        let closed = self.closed_from_index(now, limit, false).await?;
+        Ok(closed.into_iter().map(|(key, _)| key).collect())
     }
 
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError> {
@@ -2006,15 +2110,27 @@ impl Manifest for DynamoDbManifest {
                 Some(key_of(object_item_pk(bucket, &partition.path, key), key.clone()))
             })
             .collect();
+        let mut expression_values =
+            values([(":at", time_value(at)), (":compacted", string_value(ObjectState::Compacted.as_str()))]);
+        let update_expression = match self.record_ttl {
+            None => "SET #expiry_marked_at = :at",
+            Some(record_ttl) => {
+                let expires_at = at.checked_add_signed(record_ttl).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                expression_values.insert(":expires_at".to_owned(), number_value(expires_at.timestamp()));
+                "SET #expiry_marked_at = :at, #expires_at = :expires_at"
+            }
+        };
+        let expression_values = &expression_values;
         stream::iter(item_keys)
             .map(|item_key| async move {
                 // Only the first mark counts: it is when the source was tagged (or deleted). A
-                // failed condition (not compacted, already marked, unknown) changes nothing.
+                // failed condition (not compacted, already marked, unknown) changes nothing, so
+                // a pending item never gets an expiry time.
                 self.conditional_update(
                     item_key,
-                    "SET #expiry_marked_at = :at",
+                    update_expression,
                     "#state = :compacted AND attribute_not_exists(#expiry_marked_at)",
-                    values([(":at", time_value(at)), (":compacted", string_value(ObjectState::Compacted.as_str()))]),
+                    expression_values.clone(),
                     false,
                 )
                 .await
@@ -2371,6 +2487,125 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(flagged.len(), 2, "only the partitions that may have pending objects are in the index");
+    }
+
+    /// What the seal asks for costs one index Query and a GetItem per partition, whatever the
+    /// partitions hold; `closed_partitions` reads every object item of each (16 shard Queries)
+    /// and its outputs on top.
+    #[tokio::test]
+    async fn closed_partition_keys_reads_the_index_and_the_partition_items_only() {
+        let Some(endpoint) = servers::dynamodb_endpoint() else { return };
+        let log = OperationLog::default();
+        let config = servers::dynamodb_test_config(&endpoint).await.interceptor(log.clone()).build();
+        let (manifest, _table) = new_table(Client::from_conf(config), &endpoint).await;
+        for day in 10..13 {
+            for name in ["a.json", "b.json", "c.json"] {
+                manifest.record_object(&new_object(&day_partition("logs", day), name, "10", 10)).await.unwrap();
+            }
+        }
+        // Day 9: its only object removed, so it has no work, which only counting shows.
+        let removed = new_object(&day_partition("logs", 9), "a.json", "10", 10);
+        manifest.record_object(&removed).await.unwrap();
+        manifest.record_removal(&crate::testkit::manifest_conformance::removal_of(&removed, "20")).await.unwrap();
+        let now = at("2024-01-20T00:00:00Z");
+        log.take();
+
+        let keys = manifest.closed_partition_keys(now, 10).await.unwrap();
+        let paths: Vec<&str> = keys.iter().map(|key| key.path.as_str()).collect();
+        assert_eq!(paths, ["logs/2024/01/09/", "logs/2024/01/10/", "logs/2024/01/11/", "logs/2024/01/12/"]);
+        let operations = log.take();
+        assert_eq!(
+            (count_of(&operations, "Query"), count_of(&operations, "GetItem"), operations.len()),
+            (1, 4, 5),
+            "{operations:?}"
+        );
+
+        let records = manifest.closed_partitions(now, 10).await.unwrap();
+        assert_eq!(records.len(), 3, "counting leaves out the partition without work");
+        let operations = log.take();
+        assert!(count_of(&operations, "Query") >= 3 * (OBJECT_SHARDS as usize + 1), "{operations:?}");
+
+        // Sealing day 9 (nothing to do) takes it out of the index for good.
+        let day_9 = partition_key_of(&day_partition("logs", 9));
+        let lease = manifest.acquire(&day_9, "seal-1", now, Duration::minutes(15)).await.unwrap();
+        assert_eq!(manifest.release(&lease, now).await.unwrap().state, PartitionState::Sealed);
+        assert_eq!(manifest.closed_partition_keys(now, 10).await.unwrap().len(), 3);
+    }
+
+    fn count_of(operations: &[String], name: &str) -> usize {
+        operations.iter().filter(|operation| *operation == name).count()
+    }
+
+    /// `COMPACTOR_RECORD_TTL`: the table's time to live is on `expires_at` either way; with a
+    /// TTL, marking a compacted source writes `expires_at` (epoch seconds, mark + TTL) on its
+    /// item and on nothing else (pending objects, partitions, outputs); without one, nothing
+    /// carries it. A newer version of a marked source replaces the item, without it.
+    #[tokio::test]
+    async fn a_record_ttl_puts_expires_at_on_marked_objects_only() {
+        use crate::testkit::manifest_conformance::{lease_for, seal_pending_into_one_output, SOURCE_BUCKET};
+
+        let Some(endpoint) = servers::dynamodb_endpoint() else { return };
+        let client = servers::dynamodb_test_client(&endpoint).await;
+        for record_ttl in [Some(Duration::days(400)), None] {
+            let (manifest, table) = new_table(client.clone(), &endpoint).await;
+            let manifest = manifest.with_record_ttl(record_ttl);
+            let described = client.describe_time_to_live().table_name(table.table()).send().await.unwrap();
+            let description = described.time_to_live_description().expect("a TTL description");
+            assert_eq!(description.attribute_name(), Some(RECORD_EXPIRY_ATTRIBUTE));
+            assert_eq!(
+                description.time_to_live_status(),
+                Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled),
+                "create_table enables the table's TTL whatever the manifest's record TTL"
+            );
+            // Creating it again (a rerun of `init`) finds it enabled and leaves it.
+            manifest.create_table().await.expect("create_table is idempotent");
+
+            let partition = day_partition("logs", 14);
+            let key = partition_key_of(&partition);
+            let [marked, unmarked] =
+                ["marked.json", "unmarked.json"].map(|name| new_object(&partition, name, "10", 10));
+            for object in [&marked, &unmarked] {
+                manifest.record_object(object).await.unwrap();
+            }
+            let now = at("2024-01-16T00:00:00Z");
+            let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+            let output = seal_pending_into_one_output(&manifest, &lease, 1, now).await;
+            let pending = new_object(&partition, "pending.json", "10", 10);
+            manifest.record_object(&pending).await.unwrap();
+            let mark_time = at("2024-01-16T00:05:00Z");
+            manifest.mark_expiry(SOURCE_BUCKET, &[marked.key.clone(), pending.key.clone()], mark_time).await.unwrap();
+            manifest.release(&lease, now).await.unwrap();
+
+            let object_item = |object: &NewObject| {
+                key_of(object_item_pk(&object.bucket, &object.partition.path, &object.key), object.key.clone())
+            };
+            let expires_at_of = |item: Option<Item>| -> Option<String> {
+                item.expect("the item exists").get(RECORD_EXPIRY_ATTRIBUTE).map(|value| {
+                    value
+                        .as_n()
+                        .cloned()
+                        .unwrap_or_else(|_| panic!("{RECORD_EXPIRY_ATTRIBUTE} must be a Number: {value:?}"))
+                })
+            };
+            let expected = record_ttl.map(|record_ttl| (mark_time + record_ttl).timestamp().to_string());
+            assert_eq!(
+                expires_at_of(manifest.get_item(object_item(&marked)).await.unwrap()),
+                expected,
+                "{record_ttl:?}"
+            );
+            assert_eq!(expires_at_of(manifest.get_item(object_item(&unmarked)).await.unwrap()), None, "not marked yet");
+            assert_eq!(expires_at_of(manifest.get_item(object_item(&pending)).await.unwrap()), None, "pending");
+            let partition_item = key_of(partition_item_pk(SOURCE_BUCKET, &partition.path), PARTITION_SORT_KEY);
+            assert_eq!(expires_at_of(manifest.get_item(partition_item).await.unwrap()), None, "partition");
+            let (output_item, _) =
+                manifest.load_output(&output.bucket, &output.key).await.unwrap().expect("the output");
+            assert_eq!(expires_at_of(Some(output_item)), None, "output");
+
+            // A newer version of the marked source is pending again, and loses the expiry time.
+            manifest.record_object(&new_object(&partition, "marked.json", "20", 12)).await.unwrap();
+            let replaced = manifest.get_item(object_item(&marked)).await.unwrap();
+            assert_eq!(expires_at_of(replaced), None, "a newer, pending version");
+        }
     }
 
     /// The interleaving the ingest counter exists for: release counts nothing pending, a late

@@ -47,6 +47,9 @@
 //!   `if_match` accepts them with or without quotes. Part ETags have the same form.
 //! - **Tags** live in sidecar JSON files, not with the object. They are cleared by every put or
 //!   completed upload of the key, as S3 does for a new object version.
+//! - **`delete_many` is a loop**, one key after the other, and its `if_match` is a check
+//!   followed by the delete, not one atomic step as on S3: a concurrent writer of the same key
+//!   could slip in between.
 //! - **No versioning**, no storage classes, no lifecycle: `delete` removes the file, and an
 //!   upload that is never completed nor aborted stays in `.uploads/` until removed by hand.
 //!   Temporary files a crash left in `.staging/` are removed by the next `open` after a day.
@@ -73,7 +76,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ports::object_store::{
-    CompletedPart, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError, Tag,
+    CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError,
+    Tag, MAX_KEYS_PER_DELETE,
 };
 
 /// Temporary files, renamed into place when complete. Outside the buckets so that a listing
@@ -390,6 +394,42 @@ impl LocalDir {
             directory = current_directory.parent();
         }
         Ok(())
+    }
+
+    /// Each key in turn; the bucket is checked once, first, so that a missing bucket fails the
+    /// whole call as S3's DeleteObjects does.
+    fn delete_many_blocking(
+        &self,
+        bucket: &str,
+        requests: &[DeleteRequest],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if requests.len() > MAX_KEYS_PER_DELETE {
+            return Err(invalid_request(
+                bucket,
+                &requests[0].key,
+                format!("{} keys in one delete_many: send at most {MAX_KEYS_PER_DELETE}", requests.len()),
+            ));
+        }
+        self.existing_bucket_directory(bucket)?;
+        Ok(requests.iter().map(|request| self.delete_one_of_many(bucket, request)).collect())
+    }
+
+    fn delete_one_of_many(&self, bucket: &str, request: &DeleteRequest) -> Result<(), StoreError> {
+        if let Some(expected_etag) = &request.if_match {
+            // Checked, then deleted: a writer of the same key in between could have its new
+            // object deleted. S3 checks and deletes atomically; this backend has one writer per
+            // key in practice (the seal holds the partition's lock, and sources are not
+            // rewritten while they are sealed).
+            match self.head_blocking(bucket, &request.key) {
+                Ok(meta) if !etags_match(expected_etag, meta.etag.as_deref()) => {
+                    return Err(StoreError::PreconditionFailed { bucket: bucket.to_owned(), key: request.key.clone() })
+                }
+                Ok(_) => {}
+                Err(StoreError::NotFound { .. }) => return Ok(()),
+                Err(error) => return Err(error),
+            }
+        }
+        self.delete_blocking(bucket, &request.key)
     }
 
     fn list_blocking(
@@ -1153,6 +1193,18 @@ impl ObjectStore for LocalDir {
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
         let (store, owned_bucket, owned_key) = (self.clone(), bucket.to_owned(), key.to_owned());
         run_blocking(bucket, key, move || store.delete_blocking(&owned_bucket, &owned_key)).await
+    }
+
+    async fn delete_many(
+        &self,
+        bucket: &str,
+        requests: &[DeleteRequest],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (store, owned_bucket, owned_requests) = (self.clone(), bucket.to_owned(), requests.to_vec());
+        run_blocking(bucket, &requests[0].key, move || store.delete_many_blocking(&owned_bucket, &owned_requests)).await
     }
 }
 

@@ -41,12 +41,22 @@
 //! | `get_tags` | GetObjectTagging | B | `s3:GetObjectTagging` |
 //! | `put_tags` | PutObjectTagging | A | `s3:PutObjectTagging` |
 //! | `delete` | DeleteObject | free | `s3:DeleteObject` |
+//! | `delete_many` | DeleteObjects (Quiet, up to 1,000 keys, `ETag` per key when `if_match`) | free | `s3:DeleteObject`, and `s3:GetObject` for the conditional ones |
 //!
 //! With [`S3Options::sse_kms_key_id`], PutObject and CreateMultipartUpload also need
 //! `kms:GenerateDataKey` on the key, and reading those outputs back needs `kms:Decrypt`.
 //! With [`S3Options::expected_bucket_owner`], every request carries `x-amz-expected-bucket-owner`
 //! (UploadPartCopy also `x-amz-source-expected-bucket-owner`): a bucket name that was deleted
 //! and re-created in another account is refused with 403 instead of read or written.
+//!
+//! # DeleteObjects
+//! One request per batch, in Quiet mode: S3 answers only the keys it could not delete, each
+//! with its own code, which `delete_many` maps like a request's error (`PreconditionFailed`
+//! when the key's `ETag` no longer matches, `AccessDenied`, …; `NoSuchKey` is success: nothing
+//! is left to delete). A key the answer names but the request did not fails the whole call:
+//! the answer cannot be trusted, and every delete is safe to send again. S3 requires an
+//! integrity checksum on this request (Content-MD5 or an `x-amz-checksum-*` header); the SDK
+//! adds a CRC32 one, which S3 and the S3-compatible servers we test against accept.
 //!
 //! # ETags
 //! ETags are returned **as S3 returns them, quoted** (`"9b2cf535f27731c974343645a3985328"`),
@@ -96,7 +106,8 @@ use futures::stream::StreamExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::ports::object_store::{
-    CompletedPart, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError, Tag,
+    CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError,
+    Tag, MAX_KEYS_PER_DELETE,
 };
 
 /// Attempts per request, the first included. The SDK's default of 3 gives up within about a
@@ -201,6 +212,7 @@ enum S3Operation {
     GetObjectTagging,
     PutObjectTagging,
     DeleteObject,
+    DeleteObjects,
 }
 
 impl S3Operation {
@@ -218,6 +230,7 @@ impl S3Operation {
             S3Operation::GetObjectTagging => "GetObjectTagging",
             S3Operation::PutObjectTagging => "PutObjectTagging",
             S3Operation::DeleteObject => "DeleteObject",
+            S3Operation::DeleteObjects => "DeleteObjects",
         }
     }
 
@@ -234,7 +247,7 @@ impl S3Operation {
             S3Operation::ListObjectsV2 => "s3:ListBucket",
             S3Operation::GetObjectTagging => "s3:GetObjectTagging",
             S3Operation::PutObjectTagging => "s3:PutObjectTagging",
-            S3Operation::DeleteObject => "s3:DeleteObject",
+            S3Operation::DeleteObject | S3Operation::DeleteObjects => "s3:DeleteObject",
         }
     }
 
@@ -439,7 +452,12 @@ impl AmazonS3 {
             if code.is_empty() { "403" } else { code },
             target.operation.iam_action(),
             target.bucket,
-            if target.operation == S3Operation::ListObjectsV2 { String::new() } else { format!("/{}", target.key) },
+            match target.operation {
+                S3Operation::ListObjectsV2 => String::new(),
+                // A batch names many keys: the permission is needed on each of them.
+                S3Operation::DeleteObjects => "/*".to_owned(),
+                _ => format!("/{}", target.key),
+            },
         );
         if target.operation == S3Operation::UploadPartCopy {
             message.push_str(", or s3:GetObject on the copy source");
@@ -455,6 +473,40 @@ impl AmazonS3 {
         }
         message.push_str(&format!(" (S3 said: {s3_message})"));
         message
+    }
+}
+
+/// One key's error in a DeleteObjects answer, as the outcome of that key: `Ok` when the key is
+/// gone anyway, the [`StoreError`] a request with that code and message would map to otherwise.
+fn delete_objects_key_outcome(
+    store: &AmazonS3,
+    bucket: &str,
+    key: &str,
+    code: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    let target = RequestTarget::new(S3Operation::DeleteObjects, bucket, key);
+    match code {
+        "NoSuchKey" | "NotFound" => Ok(()),
+        "PreconditionFailed" => Err(StoreError::PreconditionFailed { bucket: bucket.to_owned(), key: key.to_owned() }),
+        "AccessDenied" | "AllAccessDisabled" | "Forbidden" => Err(StoreError::AccessDenied {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            message: store.access_denied_message(
+                RequestTarget::new(S3Operation::DeleteObject, bucket, key),
+                code,
+                message,
+            ),
+        }),
+        invalid_request_code if INVALID_REQUEST_CODES.contains(&invalid_request_code) => {
+            Err(target.invalid_request(format!("{invalid_request_code} from DeleteObjects: {message}")))
+        }
+        _ => {
+            let code_or_unknown = if code.is_empty() { "no error code" } else { code };
+            Err(target.backend(format!(
+                "{code_or_unknown} for this key: {message}; the other keys of the batch are unaffected, retry this one"
+            )))
+        }
     }
 }
 
@@ -951,6 +1003,69 @@ impl ObjectStore for AmazonS3 {
             },
         }
     }
+
+    async fn delete_many(
+        &self,
+        bucket: &str,
+        requests: &[DeleteRequest],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        // The batch has no one key: errors of the whole request name none.
+        let target = RequestTarget::new(S3Operation::DeleteObjects, bucket, "");
+        if requests.is_empty() {
+            // S3 refuses an empty batch as MalformedXML; there is nothing to ask.
+            return Ok(Vec::new());
+        }
+        if requests.len() > MAX_KEYS_PER_DELETE {
+            return Err(target.invalid_request(format!(
+                "{} keys in one DeleteObjects: S3 takes at most {MAX_KEYS_PER_DELETE}, send them in batches",
+                requests.len()
+            )));
+        }
+        let mut identifiers = Vec::with_capacity(requests.len());
+        for request in requests {
+            let identifier = s3_types::ObjectIdentifier::builder()
+                .key(&request.key)
+                .set_e_tag(request.if_match.as_deref().map(quoted_etag))
+                .build()
+                .map_err(|error| {
+                    RequestTarget::new(S3Operation::DeleteObjects, bucket, &request.key)
+                        .invalid_request(format!("the key cannot be sent: {error}"))
+                })?;
+            identifiers.push(identifier);
+        }
+        let delete = s3_types::Delete::builder()
+            .set_objects(Some(identifiers))
+            .quiet(true)
+            .build()
+            .map_err(|error| target.invalid_request(format!("the batch cannot be sent: {error}")))?;
+        let output = self
+            .client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .set_expected_bucket_owner(self.expected_bucket_owner())
+            .send()
+            .await
+            .map_err(|error| self.store_error(error, target))?;
+        let mut key_errors: std::collections::HashMap<&str, (&str, &str)> = std::collections::HashMap::new();
+        for key_error in output.errors() {
+            let key = key_error.key().unwrap_or_default();
+            if !requests.iter().any(|request| request.key == key) {
+                return Err(target.backend(format!(
+                    "the answer reports an error for key {key:?}, which the batch did not name: the endpoint is \
+                     not behaving like S3; retry the batch (deletes can be repeated)"
+                )));
+            }
+            key_errors.insert(key, (key_error.code().unwrap_or_default(), key_error.message().unwrap_or("no message")));
+        }
+        Ok(requests
+            .iter()
+            .map(|request| match key_errors.get(request.key.as_str()) {
+                None => Ok(()),
+                Some((code, message)) => delete_objects_key_outcome(self, bucket, &request.key, code, message),
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -1357,6 +1472,136 @@ mod tests {
             assert_eq!(encrypted_put.num_calls(), 1);
             assert_eq!(encrypted_upload.num_calls(), 1);
             assert_eq!(owned_copy.num_calls(), 1);
+        }
+
+        /// One request as sent: its header names, lowercase, and its body.
+        type SentRequest = (Vec<String>, String);
+
+        /// Records the headers and body of every request a client sends.
+        #[derive(Debug, Clone, Default)]
+        struct SentRequests(std::sync::Arc<std::sync::Mutex<Vec<SentRequest>>>);
+
+        impl aws_sdk_s3::config::Intercept for SentRequests {
+            fn name(&self) -> &'static str {
+                "SentRequests"
+            }
+
+            fn read_before_transmit(
+                &self,
+                context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+                _runtime_components: &aws_sdk_s3::config::RuntimeComponents,
+                _cfg: &mut aws_sdk_s3::config::ConfigBag,
+            ) -> Result<(), Box<dyn StdError + Send + Sync>> {
+                let request = context.request();
+                let headers = request.headers().iter().map(|(name, _)| name.to_ascii_lowercase()).collect();
+                let body = String::from_utf8_lossy(request.body().bytes().unwrap_or_default()).into_owned();
+                self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((headers, body));
+                Ok(())
+            }
+        }
+
+        fn key_error(key: &str, code: &str, message: &str) -> s3_types::Error {
+            s3_types::Error::builder().key(key).code(code).message(message).build()
+        }
+
+        #[tokio::test]
+        async fn delete_many_is_one_quiet_request_with_a_checksum_and_maps_each_key_error() {
+            let batch = mock!(Client::delete_objects)
+                .match_requests(|request| {
+                    let delete = request.delete().expect("a Delete body");
+                    let etags: Vec<Option<&str>> = delete.objects().iter().map(|object| object.e_tag()).collect();
+                    delete.quiet() == Some(true)
+                        && request.expected_bucket_owner() == Some("123456789012")
+                        && etags == [None, Some("\"bare\""), Some("\"quoted\""), None, None]
+                })
+                .then_output(|| {
+                    aws_sdk_s3::operation::delete_objects::DeleteObjectsOutput::builder()
+                        .errors(key_error(
+                            "changed",
+                            "PreconditionFailed",
+                            "At least one of the pre-conditions you specified did not hold",
+                        ))
+                        .errors(key_error("gone", "NoSuchKey", "The specified key does not exist."))
+                        .errors(key_error("refused", "AccessDenied", "Access Denied"))
+                        .errors(key_error(
+                            "busy",
+                            "InternalError",
+                            "We encountered an internal error. Please try again.",
+                        ))
+                        .build()
+                });
+            let sent = SentRequests::default();
+            let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+            interceptor = interceptor.with_rule(&batch);
+            let config = aws_sdk_s3::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .credentials_provider(Credentials::new("test", "test", None, None, "mocked"))
+                .http_client(create_mock_http_client())
+                .interceptor(interceptor)
+                .interceptor(sent.clone())
+                .retry_config(fast_retry_config())
+                // The laxest checksum setting: DeleteObjects must carry one all the same.
+                .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+                .build();
+            let options = S3Options { expected_bucket_owner: Some("123456789012".to_owned()), ..S3Options::default() };
+            let store = AmazonS3::new(Client::from_conf(config), options);
+            let requests = [
+                DeleteRequest::new("deleted"),
+                DeleteRequest::if_match("changed", "bare"),
+                DeleteRequest::if_match("gone", "\"quoted\""),
+                DeleteRequest::new("refused"),
+                DeleteRequest::new("busy"),
+            ];
+            let mut outcomes = store.delete_many("sources", &requests).await.expect("the batch as a whole succeeds");
+
+            assert_eq!(batch.num_calls(), 1, "one request for the whole batch");
+            assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+            assert!(
+                matches!(&outcomes[1], Err(StoreError::PreconditionFailed { bucket, key }) if bucket == "sources" && key == "changed"),
+                "{:?}",
+                outcomes[1]
+            );
+            assert!(outcomes[2].is_ok(), "a key already gone counts as deleted: {:?}", outcomes[2]);
+            match &outcomes[3] {
+                Err(StoreError::AccessDenied { key, message, .. }) => {
+                    assert_eq!(key, "refused");
+                    assert!(message.contains("s3:DeleteObject on arn:aws:s3:::sources/refused"), "{message}");
+                }
+                other => panic!("expected AccessDenied, got {other:?}"),
+            }
+            let busy = backend_message(outcomes.pop().expect("five outcomes"));
+            assert!(busy.contains("InternalError") && busy.contains("retry this one"), "{busy}");
+
+            let sent = sent.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            assert_eq!(sent.len(), 1, "{sent:?}");
+            let (headers, body) = &sent[0];
+            assert!(
+                headers.iter().any(|name| name == "content-md5" || name.starts_with("x-amz-checksum-")),
+                "S3 refuses a DeleteObjects without an integrity checksum: {headers:?}"
+            );
+            assert!(body.contains("<Quiet>true</Quiet>") && body.contains("<Key>changed</Key>"), "{body}");
+        }
+
+        #[tokio::test]
+        async fn delete_many_refuses_more_than_a_thousand_keys_and_answers_it_did_not_ask_for() {
+            let store = mocked_store(&[], S3Options::default());
+            let too_many: Vec<DeleteRequest> = (0..1001).map(|index| DeleteRequest::new(format!("k{index}"))).collect();
+            let refused = store.delete_many("sources", &too_many).await;
+            assert!(
+                matches!(&refused, Err(StoreError::InvalidRequest { message, .. }) if message.contains("at most 1000")),
+                "{refused:?}"
+            );
+
+            let confused = mock!(Client::delete_objects).then_output(|| {
+                aws_sdk_s3::operation::delete_objects::DeleteObjectsOutput::builder()
+                    .errors(key_error("my%20file.json", "InternalError", "encoded differently"))
+                    .build()
+            });
+            let store = mocked_store(&[&confused], S3Options::default());
+            let result = store.delete_many("sources", &[DeleteRequest::new("my file.json")]).await;
+            let message = backend_message(result);
+            assert!(message.contains("did not name") && message.contains("retry the batch"), "{message}");
         }
     }
 }

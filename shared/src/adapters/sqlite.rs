@@ -33,7 +33,9 @@
 //! - **The closed-partition index is partial, not sparse.** DynamoDB's GSI holds only
 //!   partitions with pending objects; here a partial index leaves out `sealed` partitions
 //!   (which never have pending objects), and an `EXISTS` on the objects index checks the rest.
-//! - **No TTL.** Nothing is ever deleted by the database itself.
+//! - **No TTL.** Nothing is ever deleted by the database itself: `COMPACTOR_RECORD_TTL` is
+//!   ignored here and every record is kept. A purge job would need a scheduler this backend
+//!   does not have, and its records are the demo's and the tests' audit trail.
 //! - **Times are kept to the microsecond** (integers since the Unix epoch, so SQL comparisons
 //!   are numeric); a finer time passed in comes back truncated.
 //!

@@ -2,16 +2,25 @@
 //!
 //! | step | what | if the run dies here, the next run… |
 //! |---|---|---|
-//! | 1 pick | `closed_partitions`, or the partitions asked for | picks them again |
+//! | 1 pick | `closed_partition_keys`, or the partitions asked for | picks them again |
 //! | 2 lock | `acquire`: generation + 1, lease | waits for the lease to expire, then takes over |
 //! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; mark compacted sources for expiry | does the same, idempotently |
 //! | 3 plan | page pending objects in key order through the [`Packer`] | plans again under a new generation: new output keys |
 //! | 4 write | `begin_output` (writing), stream sources into the store (large ones copied server-side) | finds the output `writing` and abandons it |
-//! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`, then tag or delete the sources and `mark_expiry` | before the commit: abandons; after it: finishes `mark_compacted` and the expiry marks |
+//! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`; then tag the sources (delete mode: delete them per 1,000, across outputs) and `mark_expiry` | before the commit: abandons; after it: finishes `mark_compacted` and the expiry marks |
 //! | 6 release | `sealed`, or `open` if a late object arrived | nothing to do; a late object reopens the partition |
 //!
 //! A source is only ever tagged or deleted when it is `compacted`, and it only becomes
 //! `compacted` through `mark_compacted`, which requires its output to be `committed`.
+//!
+//! **Deletes in batches.** In delete mode, committed sources wait, across outputs, until 1,000
+//! of them (or the partition's last) can go in one `delete_many` (S3's DeleteObjects): deleting
+//! sources costs one request per 1,000 of them, not one each. Each delete is conditional on
+//! the ETag the manifest recorded, so a source overwritten since it was compacted is refused by
+//! the store itself and counted `changed`, with no HEAD beforehand. A crash with a batch
+//! waiting leaves compacted, unmarked sources, which the next run's recovery marks (it reads
+//! them 1,000 at a time). Tag mode has no batch request: right after each commit, every source
+//! is read (HEAD, GetObjectTagging) and tagged on its own, 16 at a time.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,7 +37,7 @@ use crate::config::ExpiryMode;
 use crate::domain::partition::PartitionKey;
 use crate::domain::plan::{Packer, PlannedOutput};
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionState};
-use crate::ports::{Lease, ManifestError, ObjectQuery, StoreError, Tag};
+use crate::ports::{DeleteRequest, Lease, ManifestError, ObjectQuery, StoreError, Tag, MAX_KEYS_PER_DELETE};
 
 /// Called after every committed output, for progress bars.
 pub type ProgressFn = Arc<dyn Fn(&OutputProgress) + Send + Sync>;
@@ -69,10 +78,12 @@ impl fmt::Debug for SealOptions {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ExpiryCounts {
     pub tagged: u64,
+    /// Deleted, or found already gone: a batch delete does not tell the two apart.
     pub deleted: u64,
     /// Already carried the tag (a rerun).
     pub already_tagged: u64,
-    /// Gone before we got to them (deleted by someone else): nothing to mark.
+    /// Gone before we got to them (deleted by someone else): nothing to tag. Tag mode only;
+    /// delete mode counts them as `deleted`.
     pub gone: u64,
     /// Overwritten since they were compacted: the new bytes are not in any output, so they are
     /// left alone (the new version's own event records it as pending).
@@ -241,8 +252,10 @@ enum PartitionOutcome {
 
 /// Manifest pages read at a time.
 const PAGE: usize = 1000;
-/// Sources tagged or deleted at once.
+/// Sources tagged at once (tag mode: a few requests per source, none batched).
 const EXPIRY_CONCURRENCY: usize = 16;
+/// Committed sources marked for expiry together: one batch delete's worth.
+const EXPIRY_BATCH: usize = MAX_KEYS_PER_DELETE;
 
 impl Compactor {
     /// Seals every closed partition with pending objects (or the ones `options` names), a few
@@ -255,12 +268,14 @@ impl Compactor {
         loop {
             let batch: Vec<PartitionKey> = match &options.partitions {
                 Some(partitions) => partitions.iter().filter(|key| !tried.contains(*key)).cloned().collect(),
+                // Keys only: the seal locks each partition and reads its objects itself, so the
+                // counts `closed_partitions` derives (every object item, on DynamoDB) would be
+                // read for nothing.
                 None => self
                     .manifest
-                    .closed_partitions(self.clock.now(), PAGE)
+                    .closed_partition_keys(self.clock.now(), PAGE)
                     .await?
                     .into_iter()
-                    .map(|record| record.key)
                     .filter(|key| !tried.contains(key))
                     .collect(),
             };
@@ -332,14 +347,31 @@ impl Compactor {
             Err(error) => {
                 // A failed run releases its lock so the next run can start at once; a crashed
                 // one cannot, and its lease expires instead. Either way the next run recovers.
+                // Except: released with nothing pending, a partition is sealed and no
+                // scheduled run looks at it again, so compacted sources still awaiting their
+                // expiry mark (a delete or tag the store refused) would stay unmarked. Then
+                // the lock is left to expire, and the next run after the lease finds an
+                // interrupted seal and finishes them.
                 if !matches!(error, EngineError::Manifest(ManifestError::LeaseLost { .. })) {
-                    if let Err(release_error) = self.manifest.release(&lease, self.clock.now()).await {
+                    if self.expiry_unfinished(partition).await {
+                        warn!(partition = %partition, lease_expires_at = %lease.expires_at, "sources still await expiry; the lock is left to expire so the next run finishes them");
+                    } else if let Err(release_error) = self.manifest.release(&lease, self.clock.now()).await {
                         warn!(partition = %partition, error = %release_error, "could not release the lock after a failure; it expires with its lease");
                     }
                 }
                 Err(error)
             }
         }
+    }
+
+    /// Whether compacted sources of the partition may still await their expiry mark; true
+    /// when the manifest cannot say (the safe side: the lock then expires instead of sealing).
+    async fn expiry_unfinished(&self, partition: &PartitionKey) -> bool {
+        if self.config.expiry == ExpiryMode::None {
+            return false;
+        }
+        let query = ObjectQuery { limit: 1, ..ObjectQuery::awaiting_expiry() };
+        !matches!(self.manifest.objects(partition, &query).await, Ok(awaiting) if awaiting.is_empty())
     }
 
     async fn seal_under_lease(
@@ -352,8 +384,11 @@ impl Compactor {
 
         let mut packer: Packer<ObjectRecord> =
             Packer::new(&lease.partition.path, lease.generation, self.config.plan_settings());
+        // Compacted sources not yet marked for expiry; dropped by a failure, and then found
+        // again by the next run's recovery.
+        let mut awaiting_expiry: Vec<ObjectRecord> = Vec::new();
         let mut start_after: Option<String> = None;
-        loop {
+        'pages: loop {
             let query = ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
             let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
             let page_length = page.len();
@@ -361,9 +396,10 @@ impl Compactor {
             for object in page {
                 match packer.push(object) {
                     Ok(Some(output)) => {
-                        if !self.write_and_commit(lease, report, output, options).await? {
-                            return Ok(());
+                        if !self.write_and_commit(lease, report, output, options, &mut awaiting_expiry).await? {
+                            break 'pages;
                         }
+                        self.expire_ready_sources(report, &mut awaiting_expiry).await?;
                     }
                     Ok(None) => {}
                     Err(refused) => {
@@ -373,13 +409,39 @@ impl Compactor {
                 }
             }
             if page_length < PAGE {
+                for output in packer.finish() {
+                    if !self.write_and_commit(lease, report, output, options, &mut awaiting_expiry).await? {
+                        break 'pages;
+                    }
+                    self.expire_ready_sources(report, &mut awaiting_expiry).await?;
+                }
                 break;
             }
         }
-        for output in packer.finish() {
-            if !self.write_and_commit(lease, report, output, options).await? {
-                return Ok(());
-            }
+        // What is left, also when the deadline stopped the run: those outputs are committed.
+        if !awaiting_expiry.is_empty() {
+            let counts = self.mark_sources_for_expiry(&awaiting_expiry).await?;
+            report.expiry.add(&counts);
+        }
+        Ok(())
+    }
+
+    /// Marks the committed sources that are ready for expiry. Delete mode waits for full
+    /// batches, across outputs, because a batch costs one request; tag mode has no batch
+    /// request and tags right after each commit, so its work never piles up past a deadline.
+    async fn expire_ready_sources(
+        &self,
+        report: &mut PartitionSealReport,
+        awaiting_expiry: &mut Vec<ObjectRecord>,
+    ) -> Result<(), EngineError> {
+        let ready = match self.config.expiry {
+            ExpiryMode::Delete => awaiting_expiry.len() / EXPIRY_BATCH * EXPIRY_BATCH,
+            ExpiryMode::Tag | ExpiryMode::None => awaiting_expiry.len(),
+        };
+        let ready_sources: Vec<ObjectRecord> = awaiting_expiry.drain(..ready).collect();
+        for batch in ready_sources.chunks(EXPIRY_BATCH) {
+            let counts = self.mark_sources_for_expiry(batch).await?;
+            report.expiry.add(&counts);
         }
         Ok(())
     }
@@ -424,13 +486,15 @@ impl Compactor {
         Ok(())
     }
 
-    /// Writes and commits one output. Returns false when the deadline stopped the run.
+    /// Writes and commits one output, and adds its committed sources to `awaiting_expiry`.
+    /// Returns false when the deadline stopped the run.
     async fn write_and_commit(
         &self,
         lease: &mut Lease,
         report: &mut PartitionSealReport,
         planned: PlannedOutput<ObjectRecord>,
         options: &SealOptions,
+        awaiting_expiry: &mut Vec<ObjectRecord>,
     ) -> Result<bool, EngineError> {
         let now = self.clock.now();
         if options.deadline.is_some_and(|deadline| now >= deadline) {
@@ -512,8 +576,7 @@ impl Compactor {
             .collect();
         let source_bytes: u64 = committed_sources.iter().map(|source| source.size).sum();
         if self.config.expiry != ExpiryMode::None {
-            let counts = self.mark_sources_for_expiry(&committed_sources).await?;
-            report.expiry.add(&counts);
+            awaiting_expiry.extend(committed_sources);
         }
         report.outputs_committed += 1;
         report.objects_compacted += compacted;
@@ -542,27 +605,21 @@ impl Compactor {
     }
 
     /// Step 5's second half: tags (merging with the object's own tags) or deletes compacted
-    /// sources, then records the marks. Only ever called with compacted objects.
+    /// sources, then records the marks. Only ever called with compacted objects, at most
+    /// [`EXPIRY_BATCH`] of them.
     async fn mark_sources_for_expiry(&self, sources: &[ObjectRecord]) -> Result<ExpiryCounts, EngineError> {
-        let outcomes: Vec<Result<(String, String, ExpiryOutcome), EngineError>> = futures::stream::iter(sources)
-            .map(|source| async move {
-                let outcome = self.mark_one_for_expiry(source).await?;
-                Ok((source.bucket.clone(), source.key.clone(), outcome))
-            })
-            .buffer_unordered(EXPIRY_CONCURRENCY)
-            .collect()
-            .await;
+        debug_assert!(
+            sources.iter().all(|source| source.state == ObjectState::Compacted),
+            "only compacted sources are marked for expiry"
+        );
+        let (outcomes, first_error) = match self.config.expiry {
+            ExpiryMode::None => return Ok(ExpiryCounts::default()),
+            ExpiryMode::Tag => self.tag_for_expiry(sources).await,
+            ExpiryMode::Delete => self.delete_for_expiry(sources).await,
+        };
         let mut counts = ExpiryCounts::default();
-        let mut marked: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut first_error = None;
-        for outcome in outcomes {
-            let (bucket, key, outcome) = match outcome {
-                Ok(done) => done,
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                    continue;
-                }
-            };
+        let mut marked: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (source, outcome) in outcomes {
             match outcome {
                 ExpiryOutcome::Tagged => counts.tagged += 1,
                 ExpiryOutcome::Deleted => counts.deleted += 1,
@@ -571,13 +628,13 @@ impl Compactor {
                 ExpiryOutcome::Changed => counts.changed += 1,
                 ExpiryOutcome::TagLimit => counts.tag_limit += 1,
             }
-            marked.entry(bucket).or_default().push(key);
+            marked.entry(source.bucket.as_str()).or_default().push(source.key.clone());
         }
         // Marks are recorded for what was done even when another source failed, so a rerun
         // only redoes the failures.
         for (bucket, keys) in marked {
             for chunk in keys.chunks(PAGE) {
-                self.manifest.mark_expiry(&bucket, chunk, self.clock.now()).await?;
+                self.manifest.mark_expiry(bucket, chunk, self.clock.now()).await?;
             }
         }
         match first_error {
@@ -586,51 +643,111 @@ impl Compactor {
         }
     }
 
-    async fn mark_one_for_expiry(&self, source: &ObjectRecord) -> Result<ExpiryOutcome, EngineError> {
-        debug_assert_eq!(source.state, ObjectState::Compacted, "only compacted sources are marked for expiry");
+    /// Tag mode: each source on its own, a few at a time. Returns what was done to each source
+    /// that did not fail, and the first failure.
+    async fn tag_for_expiry<'a>(
+        &self,
+        sources: &'a [ObjectRecord],
+    ) -> (Vec<(&'a ObjectRecord, ExpiryOutcome)>, Option<EngineError>) {
+        let results: Vec<(&ObjectRecord, Result<ExpiryOutcome, EngineError>)> = futures::stream::iter(sources)
+            .map(|source| async move { (source, self.tag_one_for_expiry(source).await) })
+            .buffer_unordered(EXPIRY_CONCURRENCY)
+            .collect()
+            .await;
+        let mut outcomes = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        for (source, result) in results {
+            match result {
+                Ok(outcome) => outcomes.push((source, outcome)),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        (outcomes, first_error)
+    }
+
+    /// Delete mode: one `delete_many` per bucket and [`MAX_KEYS_PER_DELETE`] sources, each key
+    /// conditional on the ETag the manifest recorded, so S3 refuses to delete a source that was
+    /// overwritten since it was compacted (its new bytes are in no output). Returns what was
+    /// done to each source that did not fail, and the first failure; a failed batch fails its
+    /// sources only, not the batches before it.
+    async fn delete_for_expiry<'a>(
+        &self,
+        sources: &'a [ObjectRecord],
+    ) -> (Vec<(&'a ObjectRecord, ExpiryOutcome)>, Option<EngineError>) {
+        let mut by_bucket: BTreeMap<&str, Vec<&ObjectRecord>> = BTreeMap::new();
+        for source in sources {
+            by_bucket.entry(source.bucket.as_str()).or_default().push(source);
+        }
+        let mut outcomes = Vec::with_capacity(sources.len());
+        let mut first_error = None;
+        for (bucket, bucket_sources) in by_bucket {
+            for batch in bucket_sources.chunks(MAX_KEYS_PER_DELETE) {
+                let requests: Vec<DeleteRequest> = batch
+                    .iter()
+                    .map(|source| DeleteRequest { key: source.key.clone(), if_match: source.etag.clone() })
+                    .collect();
+                let answers = match self.store.delete_many(bucket, &requests).await {
+                    Ok(answers) => answers,
+                    Err(error) => {
+                        first_error.get_or_insert(error.into());
+                        continue;
+                    }
+                };
+                for (source, answer) in batch.iter().zip(answers) {
+                    match answer {
+                        Ok(()) => outcomes.push((*source, ExpiryOutcome::Deleted)),
+                        Err(StoreError::PreconditionFailed { .. }) => {
+                            warn!(key = %source.key, "source changed since it was compacted; not deleting it");
+                            outcomes.push((*source, ExpiryOutcome::Changed));
+                        }
+                        Err(StoreError::NotFound { .. }) => outcomes.push((*source, ExpiryOutcome::Gone)),
+                        Err(error) => {
+                            warn!(key = %source.key, error = %error, "could not delete a compacted source; the next seal retries it");
+                            first_error.get_or_insert(error.into());
+                        }
+                    }
+                }
+            }
+        }
+        (outcomes, first_error)
+    }
+
+    async fn tag_one_for_expiry(&self, source: &ObjectRecord) -> Result<ExpiryOutcome, EngineError> {
         let meta = match self.store.head(&source.bucket, &source.key).await {
             Ok(meta) => meta,
             Err(StoreError::NotFound { .. }) => return Ok(ExpiryOutcome::Gone),
             Err(error) => return Err(error.into()),
         };
-        // PutObjectTagging and DeleteObject take no If-Match: this check narrows the window in
-        // which a newer version could be marked to the time between these two requests.
+        // PutObjectTagging takes no If-Match: this check narrows the window in which a newer
+        // version could be tagged to the time between these requests.
         if let (Some(recorded), Some(current)) = (&source.etag, &meta.etag) {
             if recorded.trim_matches('"') != current.trim_matches('"') {
                 warn!(key = %source.key, "source changed since it was compacted; not marking it for expiry");
                 return Ok(ExpiryOutcome::Changed);
             }
         }
-        match self.config.expiry {
-            ExpiryMode::None => Ok(ExpiryOutcome::AlreadyTagged),
-            ExpiryMode::Delete => match self.store.delete(&source.bucket, &source.key).await {
-                Ok(()) => Ok(ExpiryOutcome::Deleted),
-                Err(StoreError::NotFound { .. }) => Ok(ExpiryOutcome::Gone),
-                Err(error) => Err(error.into()),
-            },
-            ExpiryMode::Tag => {
-                let tag: &Tag = &self.config.expiry_tag;
-                let mut tags = match self.store.get_tags(&source.bucket, &source.key).await {
-                    Ok(tags) => tags,
-                    Err(StoreError::NotFound { .. }) => return Ok(ExpiryOutcome::Gone),
-                    Err(error) => return Err(error.into()),
-                };
-                if tags.iter().any(|existing| existing == tag) {
-                    return Ok(ExpiryOutcome::AlreadyTagged);
-                }
-                // PutObjectTagging replaces the whole set: merge, replacing only our own key.
-                tags.retain(|existing| existing.key != tag.key);
-                if tags.len() >= 10 {
-                    warn!(key = %source.key, tags = tags.len(), "source already has 10 tags; left untagged rather than drop one");
-                    return Ok(ExpiryOutcome::TagLimit);
-                }
-                tags.push(tag.clone());
-                match self.store.put_tags(&source.bucket, &source.key, &tags).await {
-                    Ok(()) => Ok(ExpiryOutcome::Tagged),
-                    Err(StoreError::NotFound { .. }) => Ok(ExpiryOutcome::Gone),
-                    Err(error) => Err(error.into()),
-                }
-            }
+        let tag: &Tag = &self.config.expiry_tag;
+        let mut tags = match self.store.get_tags(&source.bucket, &source.key).await {
+            Ok(tags) => tags,
+            Err(StoreError::NotFound { .. }) => return Ok(ExpiryOutcome::Gone),
+            Err(error) => return Err(error.into()),
+        };
+        if tags.iter().any(|existing| existing == tag) {
+            return Ok(ExpiryOutcome::AlreadyTagged);
+        }
+        // PutObjectTagging replaces the whole set: merge, replacing only our own key.
+        tags.retain(|existing| existing.key != tag.key);
+        if tags.len() >= 10 {
+            warn!(key = %source.key, tags = tags.len(), "source already has 10 tags; left untagged rather than drop one");
+            return Ok(ExpiryOutcome::TagLimit);
+        }
+        tags.push(tag.clone());
+        match self.store.put_tags(&source.bucket, &source.key, &tags).await {
+            Ok(()) => Ok(ExpiryOutcome::Tagged),
+            Err(StoreError::NotFound { .. }) => Ok(ExpiryOutcome::Gone),
+            Err(error) => Err(error.into()),
         }
     }
 }

@@ -24,6 +24,10 @@ pub struct VerifyReport {
     pub originals_compared: u64,
     pub originals_ok: u64,
     pub bytes_read: u64,
+    /// Sources an output's record counts but the manifest no longer lists, because their
+    /// records expired (`COMPACTOR_RECORD_TTL`, and the output committed longer ago than that):
+    /// the output's sha256 still covers their bytes, but no range of theirs can be checked.
+    pub source_records_expired: u64,
     /// One line per problem found.
     pub failures: Vec<String>,
 }
@@ -87,7 +91,17 @@ impl Compactor {
             covered += placement.length + placement.separator_bytes;
             ranges.push((source, placement.offset, placement.offset + placement.length, placement.sha256.as_str()));
         }
-        if sources.len() as u64 != output.object_count {
+        let listed_sources = sources.len() as u64;
+        // Every expiry mark comes after the commit, so no record of this output can have
+        // expired before `committed_at + record_ttl`.
+        let records_may_have_expired = self
+            .config
+            .record_ttl
+            .zip(output.committed_at)
+            .is_some_and(|(record_ttl, committed_at)| self.clock.now() >= committed_at + record_ttl);
+        if records_may_have_expired && listed_sources < output.object_count {
+            report.source_records_expired += output.object_count - listed_sources;
+        } else if listed_sources != output.object_count {
             report.fail(format!(
                 "{}: the manifest places {} sources in it, its record says {}",
                 output.key,

@@ -178,6 +178,20 @@ pub trait Manifest: Send + Sync + fmt::Debug {
     /// object, or an interrupted seal (state `sealing`); earliest close first, at most `limit`.
     async fn closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<PartitionRecord>, ManifestError>;
 
+    /// The keys of `closed_partitions`, without their records' counts, for callers that lock
+    /// each partition and look for themselves (the seal). The answer may also hold closed,
+    /// unlocked partitions that turn out to have no work (every object removed): locking and
+    /// releasing such a partition seals it. Same order and limit as `closed_partitions`. On
+    /// DynamoDB the counts are what costs, a read of every object item of every partition
+    /// returned; this answers from the index instead.
+    async fn closed_partition_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PartitionKey>, ManifestError> {
+        Ok(self.closed_partitions(now, limit).await?.into_iter().map(|record| record.key).collect())
+    }
+
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError>;
 
     /// All partitions in (bucket, path) order, one page.

@@ -9,5 +9,6 @@ pub use manifest::{
     IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 pub use object_store::{
-    CompletedPart, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError, Tag,
+    CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError,
+    Tag, MAX_KEYS_PER_DELETE,
 };

@@ -9,8 +9,14 @@
 //!   [`StoreError::AlreadyExists`] when the key exists.
 //! - **Ranges.** `get` with a range returns exactly those bytes (clamped to the object's end).
 //! - **ETags** change whenever an object's bytes do.
-//! - **Idempotent clean-up.** `delete` and `abort_multipart` succeed when there is nothing left
-//!   to delete.
+//! - **Idempotent clean-up.** `delete`, `delete_many` and `abort_multipart` succeed when there
+//!   is nothing left to delete.
+//! - **Batch deletes.** `delete_many` takes up to [`MAX_KEYS_PER_DELETE`] keys of one bucket in
+//!   one request and answers one outcome per key, in the order asked: a key that fails (a
+//!   changed ETag, a refused permission) is reported in its place, never as an error of the
+//!   whole call, and never stops the other keys. A key with `if_match` is deleted only while
+//!   its ETag is that one (S3's conditional delete); otherwise its outcome is
+//!   [`StoreError::PreconditionFailed`] and the object is left as it is.
 //! - **Ordered listing.** `list` returns keys in lexicographic (UTF-8 byte) order.
 //! - **Typed errors.** A missing object is [`StoreError::NotFound`], a missing bucket
 //!   [`StoreError::NoSuchBucket`]: callers act on them.
@@ -59,6 +65,28 @@ pub struct GetOptions {
 pub struct PutOptions {
     /// Fail with [`StoreError::AlreadyExists`] if the key exists.
     pub if_none_match: bool,
+}
+
+/// The most keys one `delete_many` takes: S3's limit for DeleteObjects.
+pub const MAX_KEYS_PER_DELETE: usize = 1000;
+
+/// One key of a `delete_many`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub key: String,
+    /// Delete only if the object's ETag is this one (quoted or not); `None` deletes whatever is
+    /// there.
+    pub if_match: Option<String>,
+}
+
+impl DeleteRequest {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self { key: key.into(), if_match: None }
+    }
+
+    pub fn if_match(key: impl Into<String>, etag: impl Into<String>) -> Self {
+        Self { key: key.into(), if_match: Some(etag.into()) }
+    }
 }
 
 /// A part of a multipart upload, as `complete_multipart` needs it back.
@@ -210,4 +238,17 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError>;
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes up to [`MAX_KEYS_PER_DELETE`] keys of one bucket, in one request where the
+    /// backend has one (S3's DeleteObjects). Returns one outcome per request, in order: `Ok`
+    /// when the key is gone (deleted now, or already absent), `Err` with what went wrong for
+    /// that key alone ([`StoreError::PreconditionFailed`] when `if_match` no longer matches).
+    /// The call itself fails only when nothing could be attempted: more than
+    /// [`MAX_KEYS_PER_DELETE`] keys ([`StoreError::InvalidRequest`]), a missing bucket, a
+    /// refused or failed request.
+    async fn delete_many(
+        &self,
+        bucket: &str,
+        requests: &[DeleteRequest],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
 }

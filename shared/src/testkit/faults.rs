@@ -5,8 +5,11 @@
 //! With [`CrashMode::AfterCall`] the Nth call takes effect first and only its answer is lost —
 //! the nastier case, where the store or manifest changed but the caller never learnt it.
 //! The wrappers also count calls per operation, which tests and benchmarks read.
+//!
+//! [`FaultPlan::refuse_deletes_of`] makes `delete_many` answer an error for some keys only (the
+//! rest of the batch goes through), as S3's DeleteObjects does when it cannot delete a key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,8 +22,8 @@ use crate::domain::partition::PartitionKey;
 use crate::domain::records::{ObjectRecord, OutputRecord, OutputState, PartitionRecord};
 use crate::ports::manifest::SourcePlacement;
 use crate::ports::{
-    CompletedPart, GetOptions, GetResult, IngestOutcome, Lease, ListPage, Manifest, ManifestError, NewObject,
-    ObjectMeta, ObjectQuery, ObjectStore, PutOptions, RemovedObject, StoreError, Tag,
+    CompletedPart, DeleteRequest, GetOptions, GetResult, IngestOutcome, Lease, ListPage, Manifest, ManifestError,
+    NewObject, ObjectMeta, ObjectQuery, ObjectStore, PutOptions, RemovedObject, StoreError, Tag,
 };
 
 /// Whether the crashing call takes effect before the crash.
@@ -39,6 +42,7 @@ pub struct FaultPlan {
     crashed: AtomicBool,
     crashed_in: Mutex<Option<String>>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    refused_deletes: Mutex<BTreeSet<String>>,
 }
 
 impl Default for FaultPlan {
@@ -50,6 +54,7 @@ impl Default for FaultPlan {
             crashed: AtomicBool::new(false),
             crashed_in: Mutex::new(None),
             counts: Mutex::new(BTreeMap::new()),
+            refused_deletes: Mutex::new(BTreeSet::new()),
         }
     }
 }
@@ -71,8 +76,19 @@ impl FaultPlan {
         self.crash_at.store(call_number, Ordering::SeqCst);
     }
 
-    /// A new process: no crash planned, counters from zero.
+    /// From now on (until [`FaultPlan::heal`]), `delete_many` answers `AccessDenied` for these
+    /// keys and leaves them in the store; the other keys of a batch are deleted.
+    pub fn refuse_deletes_of(&self, keys: impl IntoIterator<Item = impl Into<String>>) {
+        self.refused_deletes.lock().expect("fault plan mutex poisoned").extend(keys.into_iter().map(Into::into));
+    }
+
+    fn delete_is_refused(&self, key: &str) -> bool {
+        self.refused_deletes.lock().expect("fault plan mutex poisoned").contains(key)
+    }
+
+    /// A new process: no crash planned, no refused deletes, counters from zero.
     pub fn heal(&self) {
+        self.refused_deletes.lock().expect("fault plan mutex poisoned").clear();
         self.crash_at.store(0, Ordering::SeqCst);
         self.crashed.store(false, Ordering::SeqCst);
         self.calls.store(0, Ordering::SeqCst);
@@ -266,6 +282,36 @@ impl ObjectStore for FaultyStore {
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
         faulty_store_call!(self, "store.delete", bucket, key, self.inner.delete(bucket, key))
     }
+
+    async fn delete_many(
+        &self,
+        bucket: &str,
+        requests: &[DeleteRequest],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let first_key = requests.first().map_or("", |request| request.key.as_str());
+        // Refused keys never reach the inner store; their outcomes are slotted back in order.
+        let (refused, passed): (Vec<&DeleteRequest>, Vec<&DeleteRequest>) =
+            requests.iter().partition(|request| self.plan.delete_is_refused(&request.key));
+        let passed: Vec<DeleteRequest> = passed.into_iter().cloned().collect();
+        let mut passed_outcomes =
+            faulty_store_call!(self, "store.delete_many", bucket, first_key, self.inner.delete_many(bucket, &passed))?
+                .into_iter();
+        let refused_keys: BTreeSet<&str> = refused.iter().map(|request| request.key.as_str()).collect();
+        Ok(requests
+            .iter()
+            .map(|request| {
+                if refused_keys.contains(request.key.as_str()) {
+                    Err(StoreError::AccessDenied {
+                        bucket: bucket.to_owned(),
+                        key: request.key.clone(),
+                        message: "injected refusal of this key".to_owned(),
+                    })
+                } else {
+                    passed_outcomes.next().expect("one outcome per key passed to the inner store")
+                }
+            })
+            .collect())
+    }
 }
 
 /// A [`Manifest`] that obeys a [`FaultPlan`].
@@ -314,6 +360,14 @@ impl Manifest for FaultyManifest {
 
     async fn closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<PartitionRecord>, ManifestError> {
         faulty_manifest_call!(self, "manifest.closed_partitions", self.inner.closed_partitions(now, limit))
+    }
+
+    async fn closed_partition_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PartitionKey>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.closed_partition_keys", self.inner.closed_partition_keys(now, limit))
     }
 
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError> {

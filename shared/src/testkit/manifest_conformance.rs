@@ -68,6 +68,7 @@ macro_rules! manifest_conformance_tests {
             closed_partitions_lists_closed_pending_unlocked_partitions_in_close_order,
             closed_partitions_returns_a_partition_whose_lease_expired,
             closed_partitions_returns_an_interrupted_seal_with_nothing_pending,
+            closed_partition_keys_are_those_of_closed_partitions_and_maybe_some_without_work,
             acquire_is_exclusive_and_bumps_the_generation,
             renew_extends_a_held_lease,
             a_takeover_after_expiry_fences_the_old_lease,
@@ -121,7 +122,8 @@ pub const OUTPUT_BUCKET: &str = "conformance-output";
 
 const LEASE_MINUTES: i64 = 15;
 
-fn lease_for() -> Duration {
+/// The lease every case takes.
+pub fn lease_for() -> Duration {
     Duration::minutes(LEASE_MINUTES)
 }
 
@@ -223,8 +225,9 @@ async fn object_record(manifest: &dyn Manifest, object: &NewObject) -> ObjectRec
 }
 
 /// Seal steps 3 to 5 for every pending object of the leased partition, in one output: begin,
-/// place, commit, mark compacted. Returns the committed output.
-async fn seal_pending_into_one_output(
+/// place, commit, mark compacted. Returns the committed output. Public for adapter-specific
+/// tests that need compacted objects.
+pub async fn seal_pending_into_one_output(
     manifest: &dyn Manifest,
     lease: &Lease,
     part_number: u32,
@@ -563,6 +566,54 @@ pub async fn closed_partitions_returns_an_interrupted_seal_with_nothing_pending(
     manifest.release(&takeover, locked_at + lease_for()).await.unwrap();
     let after_release = manifest.closed_partitions(locked_at + lease_for(), 10).await.unwrap();
     assert!(after_release.is_empty(), "a released, sealed partition has no work: {after_release:?}");
+}
+
+/// The keys the seal asks for: every key of `closed_partitions`, in its order, under the same
+/// limit; never an open, locked or sealed partition. A closed partition whose objects were all
+/// removed may be in it (it has no work, which only counting shows) or not.
+pub async fn closed_partition_keys_are_those_of_closed_partitions_and_maybe_some_without_work(manifest: &dyn Manifest) {
+    // Days 9 to 12 have closed (each 90 minutes after its end); day 13 has not.
+    let now = at("2024-01-14T00:00:00Z");
+    let day_10 = day_partition("logs", 10);
+    let day_11 = day_partition("logs", 11);
+    let locked_day_12 = day_partition("logs", 12);
+    let not_closed_day_13 = day_partition("logs", 13);
+    let only_removed_day_09 = day_partition("logs", 9);
+    for partition in [&not_closed_day_13, &day_11, &locked_day_12, &day_10] {
+        manifest.record_object(&new_object(partition, "a.json", "10", 10)).await.unwrap();
+    }
+    let removed = new_object(&only_removed_day_09, "a.json", "10", 10);
+    manifest.record_object(&removed).await.unwrap();
+    manifest.record_removal(&removal_of(&removed, "20")).await.unwrap();
+    manifest.acquire(&key_of(&locked_day_12), "seal-elsewhere", now, lease_for()).await.unwrap();
+
+    let keys = manifest.closed_partition_keys(now, 10).await.unwrap();
+    let with_work = [key_of(&day_10), key_of(&day_11)];
+    let without_removed: Vec<&PartitionKey> = keys.iter().filter(|key| **key != key_of(&only_removed_day_09)).collect();
+    assert_eq!(
+        without_removed,
+        with_work.iter().collect::<Vec<_>>(),
+        "closed and unlocked, earliest close first: {keys:?}"
+    );
+    if keys.len() == 3 {
+        assert_eq!(keys[0], key_of(&only_removed_day_09), "a partition without work still comes in close order");
+    }
+    let records = manifest.closed_partitions(now, 10).await.unwrap();
+    assert!(records.iter().all(|record| keys.contains(&record.key)), "every closed partition's key: {keys:?}");
+    assert!(manifest.closed_partition_keys(now, 1).await.unwrap().len() <= 1, "the limit holds");
+
+    // Locking and releasing a partition without work seals it: it leaves the answer for good.
+    if keys.contains(&key_of(&only_removed_day_09)) {
+        let lease = manifest.acquire(&key_of(&only_removed_day_09), "seal-1", now, lease_for()).await.unwrap();
+        let released = manifest.release(&lease, now).await.unwrap();
+        assert_eq!(released.state, PartitionState::Sealed);
+    }
+    let after_lease = manifest.closed_partition_keys(now + lease_for(), 10).await.unwrap();
+    assert_eq!(
+        after_lease,
+        [key_of(&day_10), key_of(&day_11), key_of(&locked_day_12)],
+        "an expired lease lists its partition; a released one without work is gone"
+    );
 }
 
 // ── the lock ─────────────────────────────────────────────────────────────────────────────────

@@ -156,6 +156,12 @@ pub struct FreshTable {
 
 #[cfg(feature = "aws")]
 impl FreshTable {
+    /// The guard of a table made another way (by `s3-compactor init`, say) on the server at
+    /// `endpoint`: it deletes the table when dropped. Name it with [`unique_table_name`].
+    pub fn adopt(endpoint: &str, table: &str) -> FreshTable {
+        FreshTable { endpoint: endpoint.to_owned(), table: table.to_owned() }
+    }
+
     pub fn table(&self) -> &str {
         &self.table
     }

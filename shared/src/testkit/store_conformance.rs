@@ -47,7 +47,9 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::ports::object_store::{CompletedPart, GetOptions, ObjectStore, PutOptions, StoreError, Tag};
+use crate::ports::object_store::{
+    CompletedPart, DeleteRequest, GetOptions, ObjectStore, PutOptions, StoreError, Tag, MAX_KEYS_PER_DELETE,
+};
 
 /// The smallest part S3 accepts for every part of a multipart upload but the last.
 pub const MINIMUM_PART_NUM_BYTES: usize = 5 * 1024 * 1024;
@@ -136,6 +138,9 @@ macro_rules! object_store_conformance_tests {
             completed_multipart_clears_tags,
             tags_of_a_missing_key_are_not_found,
             delete_is_idempotent,
+            delete_many_deletes_every_key_and_counts_missing_keys_as_deleted,
+            delete_many_with_the_current_etag_deletes_and_with_a_stale_one_keeps_the_object,
+            delete_many_takes_a_thousand_keys_and_refuses_more,
             large_object_streams_in_several_chunks,
         );
     };
@@ -702,6 +707,120 @@ pub async fn delete_is_idempotent(store: &dyn ObjectStore, bucket: &str) {
     store.delete(bucket, "logs/2024/01/14/kept").await.expect("delete");
     put_bytes(store, bucket, "logs/2024/01/14", Bytes::from_static(b"z")).await;
     assert_eq!(listed_keys(store, bucket, "", None).await, ["logs/2024/01/14"]);
+}
+
+/// The outcomes of a `delete_many` that must succeed as a call, with the store's name on failure.
+async fn delete_many_outcomes(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    requests: &[DeleteRequest],
+) -> Vec<Result<(), StoreError>> {
+    let outcomes = store.delete_many(bucket, requests).await.unwrap_or_else(|error| {
+        panic!("{}: delete_many of {} keys failed as a whole: {error}", store.name(), requests.len())
+    });
+    assert_eq!(outcomes.len(), requests.len(), "{}: one outcome per key, in order", store.name());
+    outcomes
+}
+
+pub async fn delete_many_deletes_every_key_and_counts_missing_keys_as_deleted(store: &dyn ObjectStore, bucket: &str) {
+    let doomed = ["logs/2024/01/14/a.json", "logs/2024/01/14/my file+x é%.json", "logs/2024/01/15/b.json"];
+    for (index, key) in doomed.iter().enumerate() {
+        put_bytes(store, bucket, key, patterned_bytes(100, index as u64)).await;
+    }
+    put_bytes(store, bucket, "logs/2024/01/14/kept.json", Bytes::from_static(b"kept")).await;
+    let mut requests: Vec<DeleteRequest> = doomed.iter().map(|key| DeleteRequest::new(*key)).collect();
+    requests.push(DeleteRequest::new("logs/2024/01/14/never existed.json"));
+
+    let outcomes = delete_many_outcomes(store, bucket, &requests).await;
+    for (request, outcome) in requests.iter().zip(&outcomes) {
+        assert!(outcome.is_ok(), "{}: deleting {:?} should succeed, got {outcome:?}", store.name(), request.key);
+    }
+    for key in doomed {
+        assert_not_found(store, "a key deleted by delete_many", store.head(bucket, key).await);
+    }
+    assert_eq!(listed_keys(store, bucket, "", None).await, ["logs/2024/01/14/kept.json"]);
+
+    // Again: nothing is left to delete, which is success.
+    let again = delete_many_outcomes(store, bucket, &requests).await;
+    assert!(again.iter().all(Result::is_ok), "{}: deleting deleted keys should succeed: {again:?}", store.name());
+    assert!(
+        store.delete_many(bucket, &[]).await.expect("an empty batch").is_empty(),
+        "{}: an empty batch has no outcomes",
+        store.name()
+    );
+    let missing_bucket = store.delete_many("compactor-no-such-bucket-0d1e2f", &requests[..1]).await;
+    assert!(
+        matches!(missing_bucket, Err(StoreError::NoSuchBucket { .. })),
+        "{}: a batch in a missing bucket should fail as NoSuchBucket, got {missing_bucket:?}",
+        store.name()
+    );
+}
+
+pub async fn delete_many_with_the_current_etag_deletes_and_with_a_stale_one_keeps_the_object(
+    store: &dyn ObjectStore,
+    bucket: &str,
+) {
+    let unchanged = put_bytes(store, bucket, "unchanged", Bytes::from_static(b"version one")).await;
+    let overwritten_first = put_bytes(store, bucket, "overwritten", Bytes::from_static(b"version one")).await;
+    let overwritten_now = put_bytes(store, bucket, "overwritten", Bytes::from_static(b"version two, longer")).await;
+    assert_ne!(overwritten_first.etag, overwritten_now.etag, "{}: a rewrite changes the ETag", store.name());
+    let requests = [
+        DeleteRequest::if_match("unchanged", unchanged.etag.clone().expect("put returns an ETag")),
+        DeleteRequest::if_match("overwritten", overwritten_first.etag.clone().expect("put returns an ETag")),
+        // Gone already: nothing is left to delete, whatever the ETag asked for.
+        DeleteRequest::if_match("never existed", unchanged.etag.clone().expect("put returns an ETag")),
+    ];
+
+    let outcomes = delete_many_outcomes(store, bucket, &requests).await;
+    assert!(outcomes[0].is_ok(), "{}: the current ETag should delete, got {:?}", store.name(), outcomes[0]);
+    assert!(
+        matches!(outcomes[1], Err(StoreError::PreconditionFailed { ref key, .. }) if key == "overwritten"),
+        "{}: a stale ETag should be PreconditionFailed for that key, got {:?}",
+        store.name(),
+        outcomes[1]
+    );
+    assert!(outcomes[2].is_ok(), "{}: a missing key counts as deleted, got {:?}", store.name(), outcomes[2]);
+    assert_not_found(store, "a key deleted with its current ETag", store.head(bucket, "unchanged").await);
+    assert_eq!(
+        get_bytes(store, bucket, "overwritten").await,
+        Bytes::from_static(b"version two, longer"),
+        "{}: the newer version must survive a delete conditional on the older one",
+        store.name()
+    );
+}
+
+pub async fn delete_many_takes_a_thousand_keys_and_refuses_more(store: &dyn ObjectStore, bucket: &str) {
+    let stored = ["batch/0000", "batch/0500", "batch/0999"];
+    for key in stored {
+        put_bytes(store, bucket, key, Bytes::from_static(b"x")).await;
+    }
+    let full_batch: Vec<DeleteRequest> =
+        (0..MAX_KEYS_PER_DELETE).map(|index| DeleteRequest::new(format!("batch/{index:04}"))).collect();
+    let mut oversized_batch = full_batch.clone();
+    oversized_batch.push(DeleteRequest::new("batch/1000"));
+
+    let refused = store.delete_many(bucket, &oversized_batch).await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidRequest { .. })),
+        "{}: a batch of {} keys should be refused as InvalidRequest, got {:?}",
+        store.name(),
+        oversized_batch.len(),
+        refused.map(|outcomes| outcomes.len())
+    );
+    assert_eq!(
+        listed_keys(store, bucket, "batch/", None).await,
+        stored,
+        "{}: a refused batch deletes nothing",
+        store.name()
+    );
+
+    let outcomes = delete_many_outcomes(store, bucket, &full_batch).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{}: a full batch should succeed", store.name());
+    assert!(
+        listed_keys(store, bucket, "batch/", None).await.is_empty(),
+        "{}: a full batch deletes them all",
+        store.name()
+    );
 }
 
 pub async fn large_object_streams_in_several_chunks(store: &dyn ObjectStore, bucket: &str) {
