@@ -29,6 +29,9 @@ pub struct Report {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// One row of the request table: which counts it sums.
+type Pick = fn(&RequestCounts) -> u64;
+
 fn ratio(numerator: Option<&Measured>, denominator: Option<&Measured>) -> Option<f64> {
     Some(numerator?.objects_per_second() / denominator?.objects_per_second())
 }
@@ -92,7 +95,7 @@ impl Report {
             objects,
             self.dataset_bytes as f64 / 1e6
         );
-        let _ = writeln!(out, "{:<46} {:>12} {:>10}  {}", "Throughput", "objects/s", "MB/s", "note");
+        let _ = writeln!(out, "{:<46} {:>12} {:>10}  note", "Throughput", "objects/s", "MB/s");
         let mut line = |name: &str, measured: &Option<Measured>, note: String| {
             if let Some(measured) = measured {
                 let _ = writeln!(
@@ -160,7 +163,7 @@ impl Report {
             "\n{:<46} {:>10} {:>10} {:>10} {:>12}",
             "Requests per 1,000 objects", "ingest", "seal", "ours", "list+concat"
         );
-        let rows: [(&str, fn(&RequestCounts) -> u64); 9] = [
+        let rows: [(&str, Pick); 9] = [
             ("S3 GET + HEAD", |c| c.s3_get + c.s3_head),
             ("S3 PUT + multipart (create, part, complete)", |c| {
                 c.s3_put + c.s3_multipart_create + c.s3_upload_part + c.s3_multipart_complete

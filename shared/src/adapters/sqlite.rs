@@ -1167,6 +1167,71 @@ impl Manifest for SqliteManifest {
     }
 }
 
+/// [`Manifest::record_object`] inside `transaction`. Statements are cached: a batch runs the
+/// same four many times.
+fn record_object_in(transaction: &Transaction<'_>, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
+    let size = integer("size", object.size)?;
+    let execute = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<usize, ManifestError> {
+        transaction.prepare_cached(sql).and_then(|mut statement| statement.execute(params)).map_err(sqlite_error)
+    };
+    // The partition record comes first; an existing one keeps its close time and state.
+    execute(
+        "INSERT INTO partitions (bucket, path, period_start_micros, period_end_micros, closes_at_micros,
+                                 state, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'open', 0)
+         ON CONFLICT (bucket, path) DO NOTHING",
+        params![
+            object.bucket,
+            object.partition.path,
+            micros(object.partition.period.start),
+            micros(object.partition.period.end),
+            micros(object.closes_at),
+        ],
+    )?;
+    let recorded_sequencer: Option<String> = transaction
+        .prepare_cached("SELECT sequencer FROM objects WHERE bucket = ?1 AND key = ?2")
+        .and_then(|mut statement| statement.query_row(params![object.bucket, object.key], |row| row.get(0)).optional())
+        .map_err(sqlite_error)?;
+    // The columns of a new record, in ?1..?7 order, for the INSERT and the UPDATE alike.
+    let event_time = micros(object.event_time);
+    let record =
+        params![object.bucket, object.key, object.partition.path, size, object.etag, object.sequencer, event_time];
+    let outcome = match recorded_sequencer {
+        None => {
+            execute(
+                "INSERT INTO objects (bucket, key, partition_path, size, etag, sequencer, event_time_micros, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+                record,
+            )?;
+            IngestOutcome::Recorded
+        }
+        Some(recorded) if !sequencer::supersedes(&object.sequencer, &recorded) => {
+            return Ok(IngestOutcome::Stale);
+        }
+        Some(_) => {
+            // A newer version: whatever was decided about the old one (placement, compaction,
+            // expiry) does not hold for these bytes.
+            execute(
+                "UPDATE objects
+                 SET partition_path = ?3, size = ?4, etag = ?5, sequencer = ?6, event_time_micros = ?7,
+                     state = 'pending', note = NULL, output_key = NULL, output_generation = NULL,
+                     output_offset = NULL, output_length = NULL, output_sha256 = NULL,
+                     output_separator_bytes = NULL, expiry_marked_at_micros = NULL
+                 WHERE bucket = ?1 AND key = ?2",
+                record,
+            )?;
+            IngestOutcome::Updated
+        }
+    };
+    // A pending object in a sealed partition reopens it. A `sealing` one stays so: its seal's
+    // release sees the pending object and opens it.
+    execute(
+        "UPDATE partitions SET state = 'open' WHERE bucket = ?1 AND path = ?2 AND state = 'sealed'",
+        params![object.bucket, object.partition.path],
+    )?;
+    Ok(outcome)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1338,69 +1403,4 @@ mod tests {
         assert!(message.contains("does not fit"), "{message}");
         assert_eq!(manifest.partition(&key_of(&day_partition("logs", 14))).await.unwrap(), None, "rolled back");
     }
-}
-
-/// [`Manifest::record_object`] inside `transaction`. Statements are cached: a batch runs the
-/// same four many times.
-fn record_object_in(transaction: &Transaction<'_>, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
-    let size = integer("size", object.size)?;
-    let execute = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<usize, ManifestError> {
-        transaction.prepare_cached(sql).and_then(|mut statement| statement.execute(params)).map_err(sqlite_error)
-    };
-    // The partition record comes first; an existing one keeps its close time and state.
-    execute(
-        "INSERT INTO partitions (bucket, path, period_start_micros, period_end_micros, closes_at_micros,
-                                 state, generation)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'open', 0)
-         ON CONFLICT (bucket, path) DO NOTHING",
-        params![
-            object.bucket,
-            object.partition.path,
-            micros(object.partition.period.start),
-            micros(object.partition.period.end),
-            micros(object.closes_at),
-        ],
-    )?;
-    let recorded_sequencer: Option<String> = transaction
-        .prepare_cached("SELECT sequencer FROM objects WHERE bucket = ?1 AND key = ?2")
-        .and_then(|mut statement| statement.query_row(params![object.bucket, object.key], |row| row.get(0)).optional())
-        .map_err(sqlite_error)?;
-    // The columns of a new record, in ?1..?7 order, for the INSERT and the UPDATE alike.
-    let event_time = micros(object.event_time);
-    let record =
-        params![object.bucket, object.key, object.partition.path, size, object.etag, object.sequencer, event_time];
-    let outcome = match recorded_sequencer {
-        None => {
-            execute(
-                "INSERT INTO objects (bucket, key, partition_path, size, etag, sequencer, event_time_micros, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
-                record,
-            )?;
-            IngestOutcome::Recorded
-        }
-        Some(recorded) if !sequencer::supersedes(&object.sequencer, &recorded) => {
-            return Ok(IngestOutcome::Stale);
-        }
-        Some(_) => {
-            // A newer version: whatever was decided about the old one (placement, compaction,
-            // expiry) does not hold for these bytes.
-            execute(
-                "UPDATE objects
-                 SET partition_path = ?3, size = ?4, etag = ?5, sequencer = ?6, event_time_micros = ?7,
-                     state = 'pending', note = NULL, output_key = NULL, output_generation = NULL,
-                     output_offset = NULL, output_length = NULL, output_sha256 = NULL,
-                     output_separator_bytes = NULL, expiry_marked_at_micros = NULL
-                 WHERE bucket = ?1 AND key = ?2",
-                record,
-            )?;
-            IngestOutcome::Updated
-        }
-    };
-    // A pending object in a sealed partition reopens it. A `sealing` one stays so: its seal's
-    // release sees the pending object and opens it.
-    execute(
-        "UPDATE partitions SET state = 'open' WHERE bucket = ?1 AND path = ?2 AND state = 'sealed'",
-        params![object.bucket, object.partition.path],
-    )?;
-    Ok(outcome)
 }
