@@ -375,6 +375,31 @@ impl AmazonS3 {
         &self.options
     }
 
+    /// HeadObject, pinned to `if_match` when given: [`ObjectStore::head`], and the size of an
+    /// upload just completed.
+    async fn head_object(&self, bucket: &str, key: &str, if_match: Option<&str>) -> Result<ObjectMeta, StoreError> {
+        let target = RequestTarget::new(S3Operation::HeadObject, bucket, key);
+        let output = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .set_if_match(if_match.map(quoted_etag))
+            .set_expected_bucket_owner(self.expected_bucket_owner())
+            .send()
+            .await
+            .map_err(|error| match error.as_service_error() {
+                Some(HeadObjectError::NotFound(_)) => target.not_found(),
+                _ => self.store_error(error, target),
+            })?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: object_size(target, output.content_length())?,
+            etag: output.e_tag().map(str::to_owned),
+            last_modified: chrono_time(output.last_modified()),
+        })
+    }
+
     fn expected_bucket_owner(&self) -> Option<String> {
         self.options.expected_bucket_owner.clone()
     }
@@ -574,25 +599,7 @@ impl ObjectStore for AmazonS3 {
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
-        let target = RequestTarget::new(S3Operation::HeadObject, bucket, key);
-        let output = self
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .set_expected_bucket_owner(self.expected_bucket_owner())
-            .send()
-            .await
-            .map_err(|error| match error.as_service_error() {
-                Some(HeadObjectError::NotFound(_)) => target.not_found(),
-                _ => self.store_error(error, target),
-            })?;
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            size: object_size(target, output.content_length())?,
-            etag: output.e_tag().map(str::to_owned),
-            last_modified: chrono_time(output.last_modified()),
-        })
+        self.head_object(bucket, key, None).await
     }
 
     async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
@@ -843,26 +850,8 @@ impl ObjectStore for AmazonS3 {
             .to_owned();
         // CompleteMultipartUpload does not say how large the object is. A HEAD pinned to the
         // new ETag does, and cannot report the size of a later writer's object instead.
-        let head_target = RequestTarget::new(S3Operation::HeadObject, bucket, key);
-        let head_output = self
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .if_match(quoted_etag(&etag))
-            .set_expected_bucket_owner(self.expected_bucket_owner())
-            .send()
-            .await
-            .map_err(|error| match error.as_service_error() {
-                Some(HeadObjectError::NotFound(_)) => head_target.not_found(),
-                _ => self.store_error(error, head_target),
-            })?;
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            size: object_size(head_target, head_output.content_length())?,
-            etag: Some(etag),
-            last_modified: chrono_time(head_output.last_modified()),
-        })
+        let meta = self.head_object(bucket, key, Some(&etag)).await?;
+        Ok(ObjectMeta { etag: Some(etag), ..meta })
     }
 
     async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
