@@ -24,7 +24,8 @@
 //!   <bucket>/<key>            one file per object; `/` in a key makes directories
 //!   .staging/                 temporary files, renamed into place once complete
 //!   .uploads/<upload-id>/     one directory per multipart upload: upload.json, part-00001, ...
-//!   .tags/<bucket>/<hash>.json  the tag set of one object, named by the sha256 of its key
+//!   .tags/<bucket>/<hash>.json  where the file system has no extended attributes: the tag
+//!                             set of one object, named by the sha256 of its key
 //! ```
 //! Nothing of the adapter's own lives inside a bucket directory, so no key segment is reserved
 //! and a listing never has to skip hidden files. Bucket names starting with `.` are refused:
@@ -45,8 +46,13 @@
 //!   quotes, read from file metadata so they cost no read of the bytes. They change whenever an
 //!   object is rewritten: a new file, whose mtime the adapter sets from the nanosecond clock.
 //!   `if_match` accepts them with or without quotes. Part ETags have the same form.
-//! - **Tags** live in sidecar JSON files, not with the object. They are cleared by every put or
-//!   completed upload of the key, as S3 does for a new object version.
+//! - **Tags** live in an extended attribute of the object's file (`user.s3-compactor.tags`, JSON),
+//!   so they belong to that file: a put or completed upload makes a new file, without tags, as
+//!   S3 makes a new object version; a delete takes them along; setting them is one system call
+//!   with no file to create. Where the file system refuses extended attributes (`open` tries
+//!   once), they live in sidecar JSON files under `.tags/` instead, cleared by every put,
+//!   completed upload and delete of the key. Sidecars cost a file creation and a rename per
+//!   tagging: the seal tags every source, and on ext4 that made tagging most of its time.
 //! - **`delete_many` is a loop**, one key after the other, and its `if_match` is a check
 //!   followed by the delete, not one atomic step as on S3: a concurrent writer of the same key
 //!   could slip in between.
@@ -76,8 +82,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ports::object_store::{
-    CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError,
-    Tag, MAX_KEYS_PER_DELETE,
+    with_tag_added, CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions,
+    StoreError, Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE, MAX_TAGS_PER_OBJECT,
 };
 
 /// Temporary files, renamed into place when complete. Outside the buckets so that a listing
@@ -95,7 +101,6 @@ const UPLOAD_RECORD_FILE_NAME: &str = "upload.json";
 const GET_CHUNK_NUM_BYTES: usize = 512 * 1024;
 /// S3's limits, kept so that what works locally works on S3.
 const MAX_KEY_NUM_BYTES: usize = 1024;
-const MAX_TAGS_PER_OBJECT: usize = 10;
 const MAX_TAG_KEY_NUM_CHARS: usize = 128;
 const MAX_TAG_VALUE_NUM_CHARS: usize = 256;
 const MAX_PART_NUMBER: u32 = 10_000;
@@ -112,6 +117,18 @@ const PARENT_DIRECTORY_RACE_ATTEMPTS: usize = 5;
 #[derive(Debug, Clone)]
 pub struct LocalDir {
     root: Arc<PathBuf>,
+    tag_storage: TagStorage,
+}
+
+/// Where tag sets are kept, decided once by [`LocalDir::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagStorage {
+    /// An extended attribute of the object's own file: one system call to read or write, and
+    /// gone with the file.
+    ExtendedAttribute,
+    /// A JSON file per tagged object under `.tags/`: for file systems without extended
+    /// attributes.
+    Sidecar,
 }
 
 /// What `.uploads/<id>/upload.json` holds: the target the upload was created for, so that a
@@ -158,9 +175,25 @@ impl LocalDir {
                 )
             })?;
         }
-        let store = LocalDir { root: Arc::new(root) };
+        let tag_storage = if extended_attributes::supported(&root.join(STAGING_DIRECTORY_NAME)) {
+            TagStorage::ExtendedAttribute
+        } else {
+            TagStorage::Sidecar
+        };
+        let store = LocalDir { root: Arc::new(root), tag_storage };
         store.remove_abandoned_staging_entries();
         Ok(store)
+    }
+
+    /// Like [`open`](Self::open), with tags always in sidecar files: what a file system without
+    /// extended attributes gets, for tests of that path on one that has them.
+    pub fn open_with_sidecar_tags(root: impl AsRef<Path>) -> Result<LocalDir, StoreError> {
+        Ok(LocalDir { tag_storage: TagStorage::Sidecar, ..LocalDir::open(root)? })
+    }
+
+    /// Where this store keeps tag sets.
+    pub fn tag_storage(&self) -> TagStorage {
+        self.tag_storage
     }
 
     /// Removes what crashed writers left in the staging directory. Only entries untouched for
@@ -365,7 +398,11 @@ impl LocalDir {
         Ok(object_meta(key, &metadata))
     }
 
+    /// Sidecar tags only: extended attributes go with their file.
     fn remove_tags_sidecar(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        if self.tag_storage == TagStorage::ExtendedAttribute {
+            return Ok(());
+        }
         match fs::remove_file(self.tags_sidecar_path(bucket, key)) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -457,36 +494,102 @@ impl LocalDir {
     }
 
     fn get_tags_blocking(&self, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError> {
-        // The object decides: a sidecar without its object is stale and means nothing.
-        self.head_blocking(bucket, key)?;
-        match fs::read(self.tags_sidecar_path(bucket, key)) {
-            Ok(sidecar_bytes) => {
-                let sidecar: TagsSidecar = serde_json::from_slice(&sidecar_bytes).map_err(|error| {
-                    StoreError::backend(
-                        bucket,
-                        key,
-                        format!("tags sidecar is not valid JSON ({error}); delete it or put the tags again"),
-                    )
-                })?;
-                Ok(sidecar.tags)
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(error) => Err(StoreError::backend(bucket, key, error)),
-        }
+        let (file, _) = self.open_object(bucket, key)?;
+        self.tags_of_open_object(&file, bucket, key)
     }
 
     fn put_tags_blocking(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError> {
         validate_tags(bucket, key, tags)?;
-        self.head_blocking(bucket, key)?;
-        let sidecar = TagsSidecar { key: key.to_owned(), tags: tags.to_vec() };
-        let sidecar_bytes =
-            serde_json::to_vec_pretty(&sidecar).map_err(|error| StoreError::backend(bucket, key, error))?;
-        let (staged_file, _) = self.stage_bytes(bucket, key, &sidecar_bytes)?;
-        let tags_directory = self.tags_directory(bucket);
-        // The tags directory is made by `create_bucket`, but a bucket made by hand lacks it.
-        fs::create_dir_all(&tags_directory).map_err(|error| StoreError::backend(bucket, key, error))?;
-        fs::rename(staged_file.path(), self.tags_sidecar_path(bucket, key))
-            .map_err(|error| StoreError::backend(bucket, key, error))
+        let (file, _) = self.open_object(bucket, key)?;
+        self.set_tags_of_open_object(&file, bucket, key, tags)
+    }
+
+    /// The whole batch in one blocking-pool hop: each object is opened once, and its ETag,
+    /// tags and new tags are read and written through that one open file.
+    fn add_tag_many_blocking(
+        &self,
+        bucket: &str,
+        requests: &[TagRequest],
+        tag: &Tag,
+    ) -> Vec<Result<TagOutcome, StoreError>> {
+        requests.iter().map(|request| self.add_tag_blocking(bucket, request, tag)).collect()
+    }
+
+    fn add_tag_blocking(&self, bucket: &str, request: &TagRequest, tag: &Tag) -> Result<TagOutcome, StoreError> {
+        let key = request.key.as_str();
+        validate_tags(bucket, key, std::slice::from_ref(tag))?;
+        let (file, metadata) = match self.open_object(bucket, key) {
+            Ok(opened) => opened,
+            Err(StoreError::NotFound { .. }) => return Ok(TagOutcome::Gone),
+            Err(error) => return Err(error),
+        };
+        if let Some(expected_etag) = &request.if_match {
+            if !etags_match(expected_etag, Some(&etag_of(&metadata))) {
+                return Ok(TagOutcome::Changed);
+            }
+        }
+        match with_tag_added(self.tags_of_open_object(&file, bucket, key)?, tag) {
+            Ok(tags) => self.set_tags_of_open_object(&file, bucket, key, &tags).map(|()| TagOutcome::Tagged),
+            Err(outcome) => Ok(outcome),
+        }
+    }
+
+    /// The tags of an object opened by the caller, who has so checked that it exists: a
+    /// sidecar without its object is stale and means nothing.
+    fn tags_of_open_object(&self, file: &File, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError> {
+        let tags_bytes = match self.tag_storage {
+            TagStorage::ExtendedAttribute => {
+                match extended_attributes::read_tags(file).map_err(|error| StoreError::backend(bucket, key, error))? {
+                    Some(tags_bytes) => tags_bytes,
+                    None => return Ok(Vec::new()),
+                }
+            }
+            TagStorage::Sidecar => match fs::read(self.tags_sidecar_path(bucket, key)) {
+                Ok(sidecar_bytes) => {
+                    let sidecar: TagsSidecar = serde_json::from_slice(&sidecar_bytes).map_err(|error| {
+                        StoreError::backend(
+                            bucket,
+                            key,
+                            format!("tags sidecar is not valid JSON ({error}); delete it or put the tags again"),
+                        )
+                    })?;
+                    return Ok(sidecar.tags);
+                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(error) => return Err(StoreError::backend(bucket, key, error)),
+            },
+        };
+        serde_json::from_slice(&tags_bytes).map_err(|error| {
+            StoreError::backend(
+                bucket,
+                key,
+                format!("the tags' extended attribute is not valid JSON ({error}); put the tags again"),
+            )
+        })
+    }
+
+    /// Replaces the tags of an object opened by the caller. An extended attribute is set on the
+    /// open file itself, so the tags go to the object that was opened, even if the key was
+    /// replaced meanwhile.
+    fn set_tags_of_open_object(&self, file: &File, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError> {
+        match self.tag_storage {
+            TagStorage::ExtendedAttribute => {
+                let tags_bytes = serde_json::to_vec(tags).map_err(|error| StoreError::backend(bucket, key, error))?;
+                extended_attributes::write_tags(file, &tags_bytes)
+                    .map_err(|error| StoreError::backend(bucket, key, error))
+            }
+            TagStorage::Sidecar => {
+                let sidecar = TagsSidecar { key: key.to_owned(), tags: tags.to_vec() };
+                let sidecar_bytes =
+                    serde_json::to_vec_pretty(&sidecar).map_err(|error| StoreError::backend(bucket, key, error))?;
+                let (staged_file, _) = self.stage_bytes(bucket, key, &sidecar_bytes)?;
+                let tags_directory = self.tags_directory(bucket);
+                // The tags directory is made by `create_bucket`, but a bucket made by hand lacks it.
+                fs::create_dir_all(&tags_directory).map_err(|error| StoreError::backend(bucket, key, error))?;
+                fs::rename(staged_file.path(), self.tags_sidecar_path(bucket, key))
+                    .map_err(|error| StoreError::backend(bucket, key, error))
+            }
+        }
     }
 
     fn create_multipart_blocking(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
@@ -897,6 +1000,88 @@ fn clamp_range(
     Ok(range.start..range.end.min(object_num_bytes))
 }
 
+/// Tags in an extended attribute of the object's file, on Linux where the file system has them
+/// (ext4, XFS, Btrfs; tmpfs since Linux 6.6).
+#[cfg(target_os = "linux")]
+mod extended_attributes {
+    use std::fs::File;
+    use std::io;
+    use std::path::Path;
+
+    use rustix::fs::{fgetxattr, fremovexattr, fsetxattr, XattrFlags};
+    use rustix::io::Errno;
+
+    const NAME: &str = "user.s3-compactor.tags";
+    /// Enough for our one tag; a larger set is read after asking for its size.
+    const FIRST_READ_NUM_BYTES: usize = 256;
+
+    /// Whether files in `directory` take our attribute: sets and reads it on a new file there.
+    pub fn supported(directory: &Path) -> bool {
+        let probe_path = directory.join(format!("xattr-probe-{}.tmp", uuid::Uuid::new_v4()));
+        let supported = File::create(&probe_path)
+            .and_then(|file| {
+                fsetxattr(&file, NAME, b"[]", XattrFlags::empty())?;
+                read_tags(&file)
+            })
+            .is_ok_and(|value| value.as_deref() == Some(b"[]".as_slice()));
+        let _ = std::fs::remove_file(&probe_path);
+        supported
+    }
+
+    /// The attribute's bytes, or `None` when the file has no tags.
+    pub fn read_tags(file: &File) -> io::Result<Option<Vec<u8>>> {
+        let mut value = vec![0; FIRST_READ_NUM_BYTES];
+        loop {
+            match fgetxattr(file, NAME, &mut value[..]) {
+                Ok(num_bytes) => {
+                    value.truncate(num_bytes);
+                    return Ok(Some(value));
+                }
+                Err(errno) if errno == Errno::NODATA => return Ok(None),
+                // Larger than the buffer: ask its size (an empty buffer), and read again; it
+                // may have grown in between, hence the loop.
+                Err(errno) if errno == Errno::RANGE => {
+                    let num_bytes: usize = fgetxattr(file, NAME, &mut [0u8; 0][..])?;
+                    value.resize(num_bytes.max(value.len() * 2), 0);
+                }
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+    }
+
+    /// Replaces the file's tags; an empty set removes the attribute.
+    pub fn write_tags(file: &File, value: &[u8]) -> io::Result<()> {
+        if value == b"[]" {
+            return match fremovexattr(file, NAME) {
+                Ok(()) => Ok(()),
+                Err(errno) if errno == Errno::NODATA => Ok(()),
+                Err(errno) => Err(errno.into()),
+            };
+        }
+        fsetxattr(file, NAME, value, XattrFlags::empty()).map_err(io::Error::from)
+    }
+}
+
+/// Elsewhere there are no extended attributes: tags go to sidecar files.
+#[cfg(not(target_os = "linux"))]
+mod extended_attributes {
+    use std::fs::File;
+    use std::io;
+    use std::path::Path;
+
+    pub fn supported(_directory: &Path) -> bool {
+        false
+    }
+
+    pub fn read_tags(_file: &File) -> io::Result<Option<Vec<u8>>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub fn write_tags(_file: &File, _value: &[u8]) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 fn part_file_name(part_number: u32) -> String {
     format!("part-{part_number:05}")
 }
@@ -1049,21 +1234,26 @@ fn read_in_chunks(
             let chunk_num_bytes = remaining_num_bytes.min(GET_CHUNK_NUM_BYTES as u64) as usize;
             let (error_bucket, error_key) = (bucket.clone(), key.clone());
             let (file, chunk) = run_blocking(&error_bucket, &error_key, move || {
-                let mut chunk = vec![0; chunk_num_bytes];
-                file.read_exact(&mut chunk).map_err(|error| {
-                    StoreError::backend(
-                        &bucket,
-                        &key,
-                        format!("reading the object failed ({error}); was it truncated in place rather than replaced through the store?"),
-                    )
-                })?;
+                let chunk = read_chunk(&mut file, chunk_num_bytes, &bucket, &key)?;
                 Ok((file, chunk))
             })
             .await?;
-            Ok(Some((Bytes::from(chunk), (file, remaining_num_bytes - chunk_num_bytes as u64))))
+            Ok(Some((chunk, (file, remaining_num_bytes - chunk_num_bytes as u64))))
         }
     })
     .boxed()
+}
+
+fn read_chunk(file: &mut File, num_bytes: usize, bucket: &str, key: &str) -> Result<Bytes, StoreError> {
+    let mut chunk = vec![0; num_bytes];
+    file.read_exact(&mut chunk).map_err(|error| {
+        StoreError::backend(
+            bucket,
+            key,
+            format!("reading the object failed ({error}); was it truncated in place rather than replaced through the store?"),
+        )
+    })?;
+    Ok(Bytes::from(chunk))
 }
 
 #[async_trait]
@@ -1079,9 +1269,25 @@ impl ObjectStore for LocalDir {
 
     async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
         let (store, owned_bucket, owned_key) = (self.clone(), bucket.to_owned(), key.to_owned());
-        let (file, meta, range) =
-            run_blocking(bucket, key, move || store.open_for_get(&owned_bucket, &owned_key, &options)).await?;
-        let body = read_in_chunks(file, range.end - range.start, bucket.to_owned(), key.to_owned());
+        let (file, meta, range, whole_body) = run_blocking(bucket, key, move || {
+            let (mut file, meta, range) = store.open_for_get(&owned_bucket, &owned_key, &options)?;
+            // Most objects are small: read them in the same blocking-pool hop as the open,
+            // which halves the hops (and thread wake-ups) of a seal of small objects.
+            let num_bytes = range.end - range.start;
+            let whole_body = match usize::try_from(num_bytes) {
+                Ok(num_bytes) if num_bytes <= GET_CHUNK_NUM_BYTES => {
+                    Some(read_chunk(&mut file, num_bytes, &owned_bucket, &owned_key)?)
+                }
+                _ => None,
+            };
+            Ok((file, meta, range, whole_body))
+        })
+        .await?;
+        let body = match whole_body {
+            Some(body) if body.is_empty() => futures::stream::empty().boxed(),
+            Some(body) => futures::stream::once(async move { Ok(body) }).boxed(),
+            None => read_in_chunks(file, range.end - range.start, bucket.to_owned(), key.to_owned()),
+        };
         Ok(GetResult { meta, range, body })
     }
 
@@ -1195,6 +1401,26 @@ impl ObjectStore for LocalDir {
         run_blocking(bucket, key, move || store.delete_blocking(&owned_bucket, &owned_key)).await
     }
 
+    async fn add_tag_many(
+        &self,
+        bucket: &str,
+        requests: &[TagRequest],
+        tag: &Tag,
+    ) -> Vec<Result<TagOutcome, StoreError>> {
+        let (store, owned_bucket, owned_requests, owned_tag) =
+            (self.clone(), bucket.to_owned(), requests.to_vec(), tag.clone());
+        let first_key = requests.first().map(|request| request.key.as_str()).unwrap_or_default();
+        let tagged = run_blocking(bucket, first_key, move || {
+            Ok(store.add_tag_many_blocking(&owned_bucket, &owned_requests, &owned_tag))
+        })
+        .await;
+        // Only a failure of the blocking pool itself fails the whole batch.
+        tagged.unwrap_or_else(|error| {
+            let message = error.to_string();
+            requests.iter().map(|request| Err(StoreError::backend(bucket, &request.key, message.clone()))).collect()
+        })
+    }
+
     async fn delete_many(
         &self,
         bucket: &str,
@@ -1227,6 +1453,41 @@ mod tests {
         use super::local_dir_with_fresh_bucket;
 
         crate::object_store_conformance_tests!(local_dir_with_fresh_bucket());
+    }
+
+    /// The same store with tags in sidecar files, as on a file system without extended
+    /// attributes.
+    fn local_dir_with_sidecar_tags() -> (LocalDir, String, tempfile::TempDir) {
+        let temporary_directory = tempfile::tempdir().expect("create a temporary directory");
+        let store =
+            LocalDir::open_with_sidecar_tags(temporary_directory.path().join("buckets")).expect("open the store");
+        store.create_bucket(BUCKET).expect("create the bucket");
+        (store, BUCKET.to_owned(), temporary_directory)
+    }
+
+    mod conformance_with_sidecar_tags {
+        use super::local_dir_with_sidecar_tags;
+
+        crate::object_store_conformance_tests!(local_dir_with_sidecar_tags());
+    }
+
+    #[tokio::test]
+    async fn tags_are_kept_where_open_chose_and_nowhere_else() {
+        for (store, bucket, _guard) in [local_dir_with_fresh_bucket(), local_dir_with_sidecar_tags()] {
+            store.put(&bucket, "a/object", Bytes::from_static(b"x"), PutOptions::default()).await.expect("put");
+            store.put_tags(&bucket, "a/object", &[Tag::new("k", "v")]).await.expect("put tags");
+            let sidecars = files_below(&store.tags_directory(&bucket));
+            match store.tag_storage() {
+                TagStorage::ExtendedAttribute => {
+                    assert!(sidecars.is_empty(), "no sidecar when tags are an extended attribute: {sidecars:?}");
+                    let (file, _) = store.open_object(&bucket, "a/object").expect("open");
+                    let kept = extended_attributes::read_tags(&file).expect("read the attribute");
+                    assert_eq!(kept.as_deref(), Some(br#"[{"key":"k","value":"v"}]"#.as_slice()));
+                }
+                TagStorage::Sidecar => assert_eq!(sidecars, [store.tags_sidecar_path(&bucket, "a/object")]),
+            }
+            assert_eq!(store.get_tags(&bucket, "a/object").await.expect("get tags"), [Tag::new("k", "v")]);
+        }
     }
 
     fn files_below(directory: &Path) -> Vec<PathBuf> {

@@ -19,8 +19,10 @@
 //! the ETag the manifest recorded, so a source overwritten since it was compacted is refused by
 //! the store itself and counted `changed`, with no HEAD beforehand. A crash with a batch
 //! waiting leaves compacted, unmarked sources, which the next run's recovery marks (it reads
-//! them 1,000 at a time). Tag mode has no batch request: right after each commit, every source
-//! is read (HEAD, GetObjectTagging) and tagged on its own, 16 at a time.
+//! them 1,000 at a time). Tag mode has no batch request on S3: right after each commit, every
+//! source is read (HEAD, GetObjectTagging) and tagged on its own, 16 at a time
+//! ([`ObjectStore::add_tag_many`](crate::ports::ObjectStore::add_tag_many)); the local
+//! directory tags a whole output's sources in one go.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,7 +39,9 @@ use crate::config::ExpiryMode;
 use crate::domain::partition::PartitionKey;
 use crate::domain::plan::{Packer, PlannedOutput};
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionState};
-use crate::ports::{DeleteRequest, Lease, ManifestError, ObjectQuery, StoreError, Tag, MAX_KEYS_PER_DELETE};
+use crate::ports::{
+    DeleteRequest, Lease, ManifestError, ObjectQuery, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
+};
 
 /// Called after every committed output, for progress bars.
 pub type ProgressFn = Arc<dyn Fn(&OutputProgress) + Send + Sync>;
@@ -252,8 +256,6 @@ enum PartitionOutcome {
 
 /// Manifest pages read at a time.
 const PAGE: usize = 1000;
-/// Sources tagged at once (tag mode: a few requests per source, none batched).
-const EXPIRY_CONCURRENCY: usize = 16;
 /// Committed sources marked for expiry together: one batch delete's worth.
 const EXPIRY_BATCH: usize = MAX_KEYS_PER_DELETE;
 
@@ -643,25 +645,44 @@ impl Compactor {
         }
     }
 
-    /// Tag mode: each source on its own, a few at a time. Returns what was done to each source
-    /// that did not fail, and the first failure.
+    /// Tag mode: one `add_tag_many` per bucket (on S3, a few requests per source, none
+    /// batched). Returns what was done to each source that did not fail, and the first failure.
     async fn tag_for_expiry<'a>(
         &self,
         sources: &'a [ObjectRecord],
     ) -> (Vec<(&'a ObjectRecord, ExpiryOutcome)>, Option<EngineError>) {
-        let results: Vec<(&ObjectRecord, Result<ExpiryOutcome, EngineError>)> = futures::stream::iter(sources)
-            .map(|source| async move { (source, self.tag_one_for_expiry(source).await) })
-            .buffer_unordered(EXPIRY_CONCURRENCY)
-            .collect()
-            .await;
-        let mut outcomes = Vec::with_capacity(results.len());
+        let mut by_bucket: BTreeMap<&str, Vec<&ObjectRecord>> = BTreeMap::new();
+        for source in sources {
+            by_bucket.entry(source.bucket.as_str()).or_default().push(source);
+        }
+        let mut outcomes = Vec::with_capacity(sources.len());
         let mut first_error = None;
-        for (source, result) in results {
-            match result {
-                Ok(outcome) => outcomes.push((source, outcome)),
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
+        for (bucket, bucket_sources) in by_bucket {
+            let requests: Vec<TagRequest> = bucket_sources
+                .iter()
+                .map(|source| TagRequest { key: source.key.clone(), if_match: source.etag.clone() })
+                .collect();
+            let answers = self.store.add_tag_many(bucket, &requests, &self.config.expiry_tag).await;
+            for (source, answer) in bucket_sources.into_iter().zip(answers) {
+                let outcome = match answer {
+                    Ok(TagOutcome::Tagged) => ExpiryOutcome::Tagged,
+                    Ok(TagOutcome::AlreadyTagged) => ExpiryOutcome::AlreadyTagged,
+                    Ok(TagOutcome::Gone) => ExpiryOutcome::Gone,
+                    Ok(TagOutcome::Changed) => {
+                        warn!(key = %source.key, "source changed since it was compacted; not marking it for expiry");
+                        ExpiryOutcome::Changed
+                    }
+                    Ok(TagOutcome::TagLimit) => {
+                        warn!(key = %source.key, "source already has 10 tags; left untagged rather than drop one");
+                        ExpiryOutcome::TagLimit
+                    }
+                    Err(error) => {
+                        warn!(key = %source.key, error = %error, "could not tag a compacted source; the next seal retries it");
+                        first_error.get_or_insert(error.into());
+                        continue;
+                    }
+                };
+                outcomes.push((source, outcome));
             }
         }
         (outcomes, first_error)
@@ -712,43 +733,6 @@ impl Compactor {
             }
         }
         (outcomes, first_error)
-    }
-
-    async fn tag_one_for_expiry(&self, source: &ObjectRecord) -> Result<ExpiryOutcome, EngineError> {
-        let meta = match self.store.head(&source.bucket, &source.key).await {
-            Ok(meta) => meta,
-            Err(StoreError::NotFound { .. }) => return Ok(ExpiryOutcome::Gone),
-            Err(error) => return Err(error.into()),
-        };
-        // PutObjectTagging takes no If-Match: this check narrows the window in which a newer
-        // version could be tagged to the time between these requests.
-        if let (Some(recorded), Some(current)) = (&source.etag, &meta.etag) {
-            if recorded.trim_matches('"') != current.trim_matches('"') {
-                warn!(key = %source.key, "source changed since it was compacted; not marking it for expiry");
-                return Ok(ExpiryOutcome::Changed);
-            }
-        }
-        let tag: &Tag = &self.config.expiry_tag;
-        let mut tags = match self.store.get_tags(&source.bucket, &source.key).await {
-            Ok(tags) => tags,
-            Err(StoreError::NotFound { .. }) => return Ok(ExpiryOutcome::Gone),
-            Err(error) => return Err(error.into()),
-        };
-        if tags.iter().any(|existing| existing == tag) {
-            return Ok(ExpiryOutcome::AlreadyTagged);
-        }
-        // PutObjectTagging replaces the whole set: merge, replacing only our own key.
-        tags.retain(|existing| existing.key != tag.key);
-        if tags.len() >= 10 {
-            warn!(key = %source.key, tags = tags.len(), "source already has 10 tags; left untagged rather than drop one");
-            return Ok(ExpiryOutcome::TagLimit);
-        }
-        tags.push(tag.clone());
-        match self.store.put_tags(&source.bucket, &source.key, &tags).await {
-            Ok(()) => Ok(ExpiryOutcome::Tagged),
-            Err(StoreError::NotFound { .. }) => Ok(ExpiryOutcome::Gone),
-            Err(error) => Err(error.into()),
-        }
     }
 }
 

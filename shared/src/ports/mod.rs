@@ -10,5 +10,5 @@ pub use manifest::{
 };
 pub use object_store::{
     CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError,
-    Tag, MAX_KEYS_PER_DELETE,
+    Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };

@@ -48,7 +48,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::ports::object_store::{
-    CompletedPart, DeleteRequest, GetOptions, ObjectStore, PutOptions, StoreError, Tag, MAX_KEYS_PER_DELETE,
+    CompletedPart, DeleteRequest, GetOptions, ObjectMeta, ObjectStore, PutOptions, StoreError, Tag, TagOutcome,
+    TagRequest, MAX_KEYS_PER_DELETE,
 };
 
 /// The smallest part S3 accepts for every part of a multipart upload but the last.
@@ -137,6 +138,7 @@ macro_rules! object_store_conformance_tests {
             put_of_new_bytes_clears_tags,
             completed_multipart_clears_tags,
             tags_of_a_missing_key_are_not_found,
+            add_tag_many_merges_and_answers_each_object_in_order,
             delete_is_idempotent,
             delete_many_deletes_every_key_and_counts_missing_keys_as_deleted,
             delete_many_with_the_current_etag_deletes_and_with_a_stale_one_keeps_the_object,
@@ -692,6 +694,70 @@ pub async fn tags_of_a_missing_key_are_not_found(store: &dyn ObjectStore, bucket
     assert_not_found(store, "get_tags of a deleted key", store.get_tags(bucket, "short-lived").await);
     put_bytes(store, bucket, "short-lived", Bytes::from_static(b"y")).await;
     assert_eq!(store.get_tags(bucket, "short-lived").await.expect("get tags"), Vec::<Tag>::new());
+}
+
+pub async fn add_tag_many_merges_and_answers_each_object_in_order(store: &dyn ObjectStore, bucket: &str) {
+    let tag = Tag::new("compacted", "true");
+    let untagged = put_bytes(store, bucket, "expiry/untagged", Bytes::from_static(b"a")).await;
+    let with_other_tags = put_bytes(store, bucket, "expiry/other-tags", Bytes::from_static(b"b")).await;
+    store
+        .put_tags(bucket, "expiry/other-tags", &[Tag::new("team", "x"), Tag::new("compacted", "false")])
+        .await
+        .expect("tags");
+    let full = put_bytes(store, bucket, "expiry/ten-tags", Bytes::from_static(b"c")).await;
+    let ten_tags: Vec<Tag> = (0..10).map(|index| Tag::new(format!("key-{index}"), "v")).collect();
+    store.put_tags(bucket, "expiry/ten-tags", &ten_tags).await.expect("ten tags");
+    let already = put_bytes(store, bucket, "expiry/already", Bytes::from_static(b"d")).await;
+    store.put_tags(bucket, "expiry/already", std::slice::from_ref(&tag)).await.expect("our tag");
+    let stale = put_bytes(store, bucket, "expiry/rewritten", Bytes::from_static(b"old")).await;
+    put_bytes(store, bucket, "expiry/rewritten", Bytes::from_static(b"new")).await;
+
+    let request = |key: &str, meta: Option<&ObjectMeta>| TagRequest {
+        key: key.to_owned(),
+        if_match: meta.and_then(|meta| meta.etag.clone()),
+    };
+    let requests = [
+        request("expiry/untagged", Some(&untagged)),
+        request("expiry/other-tags", Some(&with_other_tags)),
+        request("expiry/ten-tags", Some(&full)),
+        request("expiry/already", Some(&already)),
+        request("expiry/rewritten", Some(&stale)),
+        request("expiry/missing", None),
+    ];
+    let outcomes: Vec<TagOutcome> = store
+        .add_tag_many(bucket, &requests, &tag)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.expect("no object fails"))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            TagOutcome::Tagged,
+            TagOutcome::Tagged,
+            TagOutcome::TagLimit,
+            TagOutcome::AlreadyTagged,
+            TagOutcome::Changed,
+            TagOutcome::Gone
+        ],
+        "{}",
+        store.name()
+    );
+    assert_eq!(store.get_tags(bucket, "expiry/untagged").await.expect("tags"), vec![tag.clone()]);
+    assert_eq!(
+        sorted_tags(store.get_tags(bucket, "expiry/other-tags").await.expect("tags")),
+        sorted_tags(vec![Tag::new("team", "x"), tag.clone()]),
+        "{}: the other tags are kept, ours replaces its own key only",
+        store.name()
+    );
+    assert_eq!(sorted_tags(store.get_tags(bucket, "expiry/ten-tags").await.expect("tags")), sorted_tags(ten_tags));
+    assert_eq!(
+        store.get_tags(bucket, "expiry/rewritten").await.expect("tags"),
+        Vec::<Tag>::new(),
+        "{}: a newer version is never tagged",
+        store.name()
+    );
+    assert_eq!(store.add_tag_many(bucket, &[], &tag).await.len(), 0, "an empty batch is no work");
 }
 
 pub async fn delete_is_idempotent(store: &dyn ObjectStore, bucket: &str) {
