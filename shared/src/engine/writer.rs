@@ -52,7 +52,9 @@ use crate::config::{Config, MAX_PART_BYTES, MIN_PART_BYTES};
 use crate::domain::format::FormatClass;
 use crate::domain::plan::PlannedOutput;
 use crate::domain::records::{ObjectRecord, Placement};
-use crate::ports::{CompletedPart, GetOptions, GetResult, ObjectStore, PutOptions, SourcePlacement, StoreError};
+use crate::ports::{
+    CompletedPart, GetOptions, GetRequest, GetResult, ObjectStore, PutOptions, SourcePlacement, StoreError,
+};
 
 /// A source the writer could not read as recorded: it is gone, or its bytes changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,11 +119,57 @@ fn at_part_boundary(buffered_bytes: u64) -> bool {
 
 /// How the writer gets a source's bytes.
 enum SourceRead {
-    /// Read whole ahead of the writer. The permit holds the source's share of the read-ahead
-    /// budget until its bytes are in the part buffer.
-    Prefetched { result: Result<Bytes, SourceUnreadable>, permit: OwnedSemaphorePermit },
+    /// Read whole ahead of the writer. The last source of a batch holds the batch's share of
+    /// the read-ahead budget until its bytes are in the part buffer.
+    Prefetched { result: Result<Bytes, SourceUnreadable>, permit: Option<OwnedSemaphorePermit> },
     /// A copy candidate: read by the writer at its turn, never ahead, holding no permits.
     AtTurn,
+}
+
+/// Sources read together, consecutive in plan order.
+struct ReadBatch {
+    sources: Vec<ObjectRecord>,
+    /// One copy candidate, read by the writer at its turn.
+    at_turn: bool,
+}
+
+/// Sources larger than this are read on their own.
+const BATCHED_SOURCE_MAX_BYTES: u64 = 256 * 1024;
+/// Bytes of sources in one batch at most.
+const BATCH_MAX_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Groups consecutive small sources of one bucket into batches of up to `batch_size`; a copy
+/// candidate or a larger source is a batch of its own. With `batch_size` 1, one source each.
+fn read_batches(
+    sources: &[ObjectRecord],
+    batch_size: usize,
+    is_copy_candidate: impl Fn(&ObjectRecord) -> bool,
+) -> Vec<ReadBatch> {
+    let mut batches: Vec<ReadBatch> = Vec::new();
+    let mut batch_bytes = 0;
+    for source in sources {
+        let at_turn = is_copy_candidate(source);
+        let joins_last = !at_turn
+            && source.size <= BATCHED_SOURCE_MAX_BYTES
+            && batches.last().is_some_and(|last| {
+                !last.at_turn
+                    && last.sources.len() < batch_size
+                    && last.sources[0].size <= BATCHED_SOURCE_MAX_BYTES
+                    && last.sources[0].bucket == source.bucket
+                    && batch_bytes + source.size <= BATCH_MAX_BYTES
+            });
+        match batches.last_mut() {
+            Some(last) if joins_last => {
+                last.sources.push(source.clone());
+                batch_bytes += source.size;
+            }
+            _ => {
+                batches.push(ReadBatch { sources: vec![source.clone()], at_turn });
+                batch_bytes = source.size;
+            }
+        }
+    }
+    batches
 }
 
 /// Aborts its task when dropped: a failed output stops its reads instead of finishing them
@@ -151,60 +199,84 @@ pub(crate) async fn write_output(
     let budget_kib = u32::try_from(config.read_ahead_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
     let read_budget = Arc::new(Semaphore::new(budget_kib as usize));
 
+    // Reads go in batches: of one source on S3 (each GET its own request, many at once), of
+    // up to `get_batch_size` small ones where the store opens many in one go (the local
+    // directory, where a blocking-pool hop per file cost more than the read).
+    let batch_size = store.get_batch_size().max(1);
+    let batches =
+        read_batches(&planned.sources, batch_size, |source| copy_candidate(source, &planned.class, config, multipart));
+    let batches_in_flight = config.read_concurrency.div_ceil(batch_size).clamp(4, config.read_concurrency.max(4));
+
     // Permits are taken in plan order (`then` is sequential) before a GET starts, so the
     // source the writer waits for always holds its permits: no deadlock with `buffered`.
-    let reads = futures::stream::iter(planned.sources.iter().cloned())
-        .then(|source| {
+    let reads = futures::stream::iter(batches)
+        .then(|batch| {
             let read_budget = Arc::clone(&read_budget);
-            let at_turn = copy_candidate(&source, &planned.class, config, multipart);
             async move {
-                if at_turn {
-                    return (source, None);
+                if batch.at_turn {
+                    return (batch, None);
                 }
-                let permit = read_budget
-                    .acquire_many_owned(permits_for(source.size, budget_kib))
-                    .await
-                    .expect("the read budget is never closed");
-                (source, Some(permit))
+                let permits = batch
+                    .sources
+                    .iter()
+                    .map(|source| permits_for(source.size, budget_kib))
+                    .sum::<u32>()
+                    .min(budget_kib);
+                let permit = read_budget.acquire_many_owned(permits).await.expect("the read budget is never closed");
+                (batch, Some(permit))
             }
         })
-        .map(|(source, permit)| {
+        .map(|(batch, permit)| {
             // Spawned, so that reads go on while the writer waits for an upload, a copy or a
             // source it reads itself; a `buffered` future only runs when the stream is polled.
             let read = permit.map(|permit| {
-                let (store, source) = (Arc::clone(store), source.clone());
-                AbortOnDrop(tokio::spawn(async move { (read_source(store.as_ref(), &source).await, permit) }))
+                let (store, sources) = (Arc::clone(store), batch.sources.clone());
+                AbortOnDrop(tokio::spawn(async move { (read_sources(store.as_ref(), &sources).await, permit) }))
             });
             async move {
-                let read = match read {
-                    None => SourceRead::AtTurn,
-                    Some(task) => {
-                        let (result, permit) = task.await.map_err(|join_error| {
-                            StoreError::backend(
-                                source.bucket.as_str(),
-                                source.key.as_str(),
-                                format!("source read task failed: {join_error}"),
-                            )
-                        })?;
-                        SourceRead::Prefetched { result: result?, permit }
-                    }
+                let Some(task) = read else {
+                    return Ok::<_, StoreError>(
+                        batch.sources.into_iter().map(|source| (source, SourceRead::AtTurn)).collect::<Vec<_>>(),
+                    );
                 };
-                Ok::<_, StoreError>((source, read))
+                let (results, permit) = task.await.map_err(|join_error| {
+                    let first = &batch.sources[0];
+                    StoreError::backend(
+                        first.bucket.as_str(),
+                        first.key.as_str(),
+                        format!("source read task failed: {join_error}"),
+                    )
+                })?;
+                // The batch's permits go back with its last source: a batch is small.
+                let mut permit = Some(permit);
+                let count = batch.sources.len();
+                Ok(batch
+                    .sources
+                    .into_iter()
+                    .zip(results?)
+                    .enumerate()
+                    .map(|(index, (source, result))| {
+                        let permit = if index + 1 == count { permit.take() } else { None };
+                        (source, SourceRead::Prefetched { result, permit })
+                    })
+                    .collect())
             }
         })
-        .buffered(config.read_concurrency);
+        .buffered(batches_in_flight);
     let mut reads = std::pin::pin!(reads);
 
     let mut writer = OutputWriter::new(store, config, planned, &target);
-    while let Some(read) = reads.next().await {
-        match read? {
-            (source, SourceRead::Prefetched { result: Ok(bytes), permit }) => {
-                writer.append_whole(&source, bytes, permit).await?
+    while let Some(batch) = reads.next().await {
+        for read in batch? {
+            match read {
+                (source, SourceRead::Prefetched { result: Ok(bytes), permit }) => {
+                    writer.append_whole(&source, bytes, permit).await?
+                }
+                (source, SourceRead::Prefetched { result: Err(unreadable), .. }) => {
+                    writer.record_missing(&source, unreadable)
+                }
+                (source, SourceRead::AtTurn) => writer.write_at_turn(&source).await?,
             }
-            (source, SourceRead::Prefetched { result: Err(unreadable), .. }) => {
-                writer.record_missing(&source, unreadable)
-            }
-            (source, SourceRead::AtTurn) => writer.write_at_turn(&source).await?,
         }
     }
     writer.finish().await
@@ -267,7 +339,7 @@ impl<'a> OutputWriter<'a> {
         &mut self,
         source: &ObjectRecord,
         bytes: Bytes,
-        permit: OwnedSemaphorePermit,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
         let source_sha256 = hex::encode(Sha256::digest(&bytes));
         let last_byte = bytes.last().copied();
@@ -489,8 +561,20 @@ async fn open_source(
     store: &dyn ObjectStore,
     source: &ObjectRecord,
 ) -> Result<Result<GetResult, SourceUnreadable>, StoreError> {
-    let options = GetOptions { range: None, if_match: source.etag.clone() };
-    match store.get(&source.bucket, &source.key, options).await {
+    checked_open(source, store.get(&source.bucket, &source.key, get_options(source)).await)
+}
+
+/// The whole object, only as the version the manifest recorded.
+fn get_options(source: &ObjectRecord) -> GetOptions {
+    GetOptions { range: None, if_match: source.etag.clone() }
+}
+
+/// A GET's answer for `source`, as [`open_source`] returns it.
+fn checked_open(
+    source: &ObjectRecord,
+    answer: Result<GetResult, StoreError>,
+) -> Result<Result<GetResult, SourceUnreadable>, StoreError> {
+    match answer {
         Ok(result) if result.meta.size == source.size => Ok(Ok(result)),
         Ok(result) => Ok(Err(size_changed(source, result.meta.size))),
         Err(error) => unreadable_from(error).map(Err),
@@ -506,15 +590,41 @@ async fn read_source(
     store: &dyn ObjectStore,
     source: &ObjectRecord,
 ) -> Result<Result<Bytes, SourceUnreadable>, StoreError> {
-    let body = match open_source(store, source).await? {
-        Ok(body) => body,
-        Err(unreadable) => return Ok(Err(unreadable)),
-    };
+    match open_source(store, source).await? {
+        Ok(body) => read_body(source, body).await,
+        Err(unreadable) => Ok(Err(unreadable)),
+    }
+}
+
+/// An opened source's bytes, whole; a body that ends early or late is a changed source.
+async fn read_body(source: &ObjectRecord, body: GetResult) -> Result<Result<Bytes, SourceUnreadable>, StoreError> {
     match body.bytes().await {
         Ok(bytes) if bytes.len() as u64 == source.size => Ok(Ok(bytes)),
         Ok(bytes) => Ok(Err(size_changed(source, bytes.len() as u64))),
         Err(error) => unreadable_from(error).map(Err),
     }
+}
+
+/// Reads a batch of sources whole, each as [`read_source`] reads it: one source by `get`,
+/// several (of one bucket) by one `get_many`.
+async fn read_sources(
+    store: &dyn ObjectStore,
+    sources: &[ObjectRecord],
+) -> Result<Vec<Result<Bytes, SourceUnreadable>>, StoreError> {
+    if let [source] = sources {
+        return Ok(vec![read_source(store, source).await?]);
+    }
+    let requests: Vec<GetRequest> =
+        sources.iter().map(|source| GetRequest { key: source.key.clone(), options: get_options(source) }).collect();
+    let answers = store.get_many(&sources[0].bucket, &requests).await;
+    let mut results = Vec::with_capacity(sources.len());
+    for (source, answer) in sources.iter().zip(answers) {
+        results.push(match checked_open(source, answer)? {
+            Ok(body) => read_body(source, body).await?,
+            Err(unreadable) => Err(unreadable),
+        });
+    }
+    Ok(results)
 }
 
 /// Parts in flight for one multipart upload, at most `limit` uploads at a time.
@@ -683,6 +793,35 @@ mod tests {
         );
         assert!(!copy_candidate(&source(64 * MIB, Some("e")), &lines, &self::config("off"), true), "copying off");
         assert!(!copy_candidate(&source(6 * MIB, Some("e")), &lines, &self::config("8MiB"), true));
+    }
+
+    #[test]
+    fn small_sources_of_one_bucket_are_read_in_batches_and_others_alone() {
+        const KIB: u64 = 1024;
+        let in_bucket = |bucket: &str, size: u64| ObjectRecord { bucket: bucket.into(), ..source(size, Some("e")) };
+        let sources = [
+            in_bucket("logs", KIB),
+            in_bucket("logs", KIB),
+            in_bucket("logs", KIB),
+            in_bucket("logs", 6 * MIB), // a copy candidate
+            in_bucket("logs", KIB),
+            in_bucket("logs", 300 * KIB), // too large to batch
+            in_bucket("logs", KIB),
+            in_bucket("other", KIB),
+        ];
+        let batches = read_batches(&sources, 2, |source| source.size >= 5 * MIB);
+        let shape: Vec<(usize, bool)> = batches.iter().map(|batch| (batch.sources.len(), batch.at_turn)).collect();
+        assert_eq!(shape, [(2, false), (1, false), (1, true), (1, false), (1, false), (1, false), (1, false)]);
+        let in_order: Vec<u64> =
+            batches.iter().flat_map(|batch| batch.sources.iter().map(|source| source.size)).collect();
+        assert_eq!(in_order, sources.iter().map(|source| source.size).collect::<Vec<_>>(), "plan order is kept");
+
+        let singles = read_batches(&sources, 1, |_| false);
+        assert!(singles.iter().all(|batch| batch.sources.len() == 1), "a batch size of 1 reads each on its own");
+        let many_small: Vec<ObjectRecord> = (0..20).map(|_| in_bucket("logs", 200 * KIB)).collect();
+        let by_bytes = read_batches(&many_small, 64, |_| false);
+        assert!(by_bytes.iter().all(|batch| batch.sources.len() as u64 * 200 * KIB <= BATCH_MAX_BYTES));
+        assert_eq!(by_bytes.len(), 20usize.div_ceil((BATCH_MAX_BYTES / (200 * KIB)) as usize));
     }
 
     #[test]

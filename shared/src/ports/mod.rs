@@ -9,6 +9,6 @@ pub use manifest::{
     IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 pub use object_store::{
-    CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError,
-    Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
+    CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions,
+    StoreError, Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };

@@ -61,6 +61,13 @@ pub struct GetOptions {
     pub if_match: Option<String>,
 }
 
+/// One object of a `get_many`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GetRequest {
+    pub key: String,
+    pub options: GetOptions,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
     /// Fail with [`StoreError::AlreadyExists`] if the key exists.
@@ -228,6 +235,25 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError>;
 
     async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError>;
+
+    /// How many small objects this store opens best in one `get_many`. The default, 1, is for
+    /// stores where every GET is a request of its own (S3): callers then GET objects one by
+    /// one, many at once.
+    fn get_batch_size(&self) -> usize {
+        1
+    }
+
+    /// Opens objects of one bucket as `get` opens each: one answer per request, in order, each
+    /// failing on its own. Cheaper than the GETs one by one only where `get_batch_size` is above
+    /// 1 (the local directory opens, and reads small objects whole, in one blocking-pool hop);
+    /// the default GETs them one after the other.
+    async fn get_many(&self, bucket: &str, requests: &[GetRequest]) -> Vec<Result<GetResult, StoreError>> {
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            answers.push(self.get(bucket, &request.key, request.options.clone()).await);
+        }
+        answers
+    }
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError>;
 

@@ -48,8 +48,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::ports::object_store::{
-    CompletedPart, DeleteRequest, GetOptions, ObjectMeta, ObjectStore, PutOptions, StoreError, Tag, TagOutcome,
-    TagRequest, MAX_KEYS_PER_DELETE,
+    CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ObjectMeta, ObjectStore, PutOptions, StoreError,
+    Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };
 
 /// The smallest part S3 accepts for every part of a multipart upload but the last.
@@ -118,6 +118,7 @@ macro_rules! object_store_conformance_tests {
             ranged_get_returns_exactly_the_range_and_clamps_to_the_end,
             ranged_get_starting_past_the_end_is_an_invalid_request,
             missing_key_is_not_found,
+            get_many_answers_each_object_in_order,
             get_if_match_reads_on_match_and_fails_on_mismatch,
             put_if_none_match_fails_when_the_key_exists,
             concurrent_if_none_match_puts_have_exactly_one_winner,
@@ -694,6 +695,39 @@ pub async fn tags_of_a_missing_key_are_not_found(store: &dyn ObjectStore, bucket
     assert_not_found(store, "get_tags of a deleted key", store.get_tags(bucket, "short-lived").await);
     put_bytes(store, bucket, "short-lived", Bytes::from_static(b"y")).await;
     assert_eq!(store.get_tags(bucket, "short-lived").await.expect("get tags"), Vec::<Tag>::new());
+}
+
+pub async fn get_many_answers_each_object_in_order(store: &dyn ObjectStore, bucket: &str) {
+    let first = put_bytes(store, bucket, "many/first", Bytes::from_static(b"first object")).await;
+    put_bytes(store, bucket, "many/empty", Bytes::new()).await;
+    let stale = put_bytes(store, bucket, "many/rewritten", Bytes::from_static(b"old")).await;
+    put_bytes(store, bucket, "many/rewritten", Bytes::from_static(b"new")).await;
+    let request = |key: &str, options: GetOptions| GetRequest { key: key.to_owned(), options };
+    let requests = [
+        request("many/first", GetOptions { if_match: first.etag.clone(), ..GetOptions::default() }),
+        request("many/missing", GetOptions::default()),
+        request("many/empty", GetOptions::default()),
+        request("many/rewritten", GetOptions { if_match: stale.etag.clone(), ..GetOptions::default() }),
+        request("many/first", GetOptions { range: Some(6..12), ..GetOptions::default() }),
+    ];
+    let answers = store.get_many(bucket, &requests).await;
+    assert_eq!(answers.len(), requests.len(), "{}: one answer per request", store.name());
+    let mut answers = answers.into_iter();
+    let first_answer = answers.next().expect("an answer");
+    assert_eq!(answer_bytes(store, "the first object", first_answer).await, Bytes::from_static(b"first object"));
+    assert_not_found(store, "a missing key in get_many", answers.next().expect("an answer").map(drop));
+    assert_eq!(answer_bytes(store, "the empty object", answers.next().expect("an answer")).await, Bytes::new());
+    assert!(
+        matches!(answers.next(), Some(Err(StoreError::PreconditionFailed { .. }))),
+        "{}: a stale if_match fails that object alone",
+        store.name()
+    );
+    assert_eq!(answer_bytes(store, "a range", answers.next().expect("an answer")).await, Bytes::from_static(b"object"));
+}
+
+async fn answer_bytes(store: &dyn ObjectStore, what: &str, answer: Result<GetResult, StoreError>) -> Bytes {
+    let body = answer.unwrap_or_else(|error| panic!("{}: {what}: {error}", store.name()));
+    body.bytes().await.unwrap_or_else(|error| panic!("{}: {what}: {error}", store.name()))
 }
 
 pub async fn add_tag_many_merges_and_answers_each_object_in_order(store: &dyn ObjectStore, bucket: &str) {
