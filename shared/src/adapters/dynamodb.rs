@@ -647,8 +647,12 @@ struct ReleaseCount {
 /// What a canceled fenced transaction (the fence check first) means.
 enum TransactionOutcome {
     Committed,
-    /// An item other than the fence changed since it was read: read again and retry.
-    Conflict,
+    /// An item other than the fence changed since it was read: read again and retry. The
+    /// cancellation code of each write, in order (without the fence's), when DynamoDB gave
+    /// them: `ConditionalCheckFailed` names the writes whose condition failed.
+    Conflict {
+        write_codes: Vec<String>,
+    },
 }
 
 impl DynamoDbManifest {
@@ -915,10 +919,10 @@ impl DynamoDbManifest {
                     } else {
                         // A changed item, or a conflict with another transaction on one of the
                         // items: both are resolved by reading again.
-                        Ok(TransactionOutcome::Conflict)
+                        Ok(TransactionOutcome::Conflict { write_codes: codes.into_iter().skip(1).collect() })
                     }
                 }
-                Failure::ConditionFailed(_) => Ok(TransactionOutcome::Conflict),
+                Failure::ConditionFailed(_) => Ok(TransactionOutcome::Conflict { write_codes: Vec::new() }),
                 Failure::Other(error) => Err(error),
             },
         }
@@ -1393,6 +1397,11 @@ impl DynamoDbManifest {
     /// Reads, decides in Rust and writes a placement batch of at most
     /// [`OBJECTS_PER_TRANSACTION`] objects in one fenced transaction. Returns the superseded
     /// keys, in the batch's order.
+    /// Writes each placement on the condition that its item is still pending as the version
+    /// that was placed, all in one fenced transaction, with no read first. Should the
+    /// transaction be cancelled, its cancellation reasons name the writes whose condition
+    /// failed: those sources are superseded (a newer version, or gone), and the others are
+    /// written again without them.
     async fn record_placement_batch(
         &self,
         lease: &Lease,
@@ -1400,37 +1409,14 @@ impl DynamoDbManifest {
         batch: &[SourcePlacement],
     ) -> Result<Vec<String>, ManifestError> {
         let partition = &lease.partition;
+        let mut superseded = Vec::new();
+        let mut remaining: Vec<&SourcePlacement> = batch.iter().collect();
         for _attempt in 0..OPTIMISTIC_ATTEMPTS {
-            // Owned keys: a stream of borrowed ones trips the `Send` bound async_trait puts on this.
-            let item_keys: Vec<Item> = batch
-                .iter()
-                .map(|source| {
-                    key_of(object_item_pk(&partition.bucket, &partition.path, &source.key), source.key.clone())
-                })
-                .collect();
-            let recorded: Vec<Option<Item>> = stream::iter(item_keys)
-                .map(|item_key| self.get_item(item_key))
-                .buffered(CONCURRENT_REQUESTS)
-                .try_collect()
-                .await?;
-            let mut superseded = Vec::new();
-            let mut writes = Vec::new();
-            for (source, item) in batch.iter().zip(&recorded) {
-                let still_planned = match item {
-                    Some(item) => {
-                        let reader = ItemReader::new(item, &self.table);
-                        let state: ObjectState = reader.state("state")?;
-                        let recorded_sequencer = reader.optional_string("sequencer")?.unwrap_or_default();
-                        (state == ObjectState::Pending
-                            && sequencer::compare(&recorded_sequencer, &source.sequencer).is_eq())
-                        .then_some(recorded_sequencer)
-                    }
-                    None => None,
-                };
-                let Some(recorded_sequencer) = still_planned else {
-                    superseded.push(source.key.clone());
-                    continue;
-                };
+            if remaining.is_empty() {
+                return Ok(superseded);
+            }
+            let mut writes = Vec::with_capacity(remaining.len());
+            for source in &remaining {
                 debug_assert_eq!(source.placement.output_key, output_key, "a placement names another output");
                 let placement = &source.placement;
                 writes.push(self.update(
@@ -1438,7 +1424,9 @@ impl DynamoDbManifest {
                     "SET #output_key = :output_key, #output_generation = :generation, #output_offset = :offset, \
                      #output_length = :length, #output_sha256 = :sha256, #output_separator_bytes = :separator_bytes, \
                      #gsi2pk = :sources_pk, #gsi2sk = :offset",
-                    "#state = :pending AND #sequencer = :recorded_sequencer",
+                    // A sequencer is stored as the first event of its version gave it, and the
+                    // placed one was read from the manifest: the same version has the same string.
+                    "#state = :pending AND #sequencer = :placed_sequencer",
                     values([
                         (":output_key", string_value(output_key)),
                         (":generation", number_value(placement.generation)),
@@ -1448,16 +1436,32 @@ impl DynamoDbManifest {
                         (":separator_bytes", number_value(placement.separator_bytes)),
                         (":sources_pk", string_value(sources_index_pk(&partition.bucket, &partition.path, output_key))),
                         (":pending", string_value(ObjectState::Pending.as_str())),
-                        (":recorded_sequencer", string_value(recorded_sequencer)),
+                        (":placed_sequencer", string_value(&source.sequencer)),
                     ]),
                 )?);
             }
-            if writes.is_empty() {
-                return Ok(superseded);
-            }
             match self.fenced_transaction(lease, writes).await? {
                 TransactionOutcome::Committed => return Ok(superseded),
-                TransactionOutcome::Conflict => continue,
+                TransactionOutcome::Conflict { write_codes } => {
+                    let failed: Vec<bool> = remaining
+                        .iter()
+                        .enumerate()
+                        .map(|(index, _)| write_codes.get(index).map(String::as_str) == Some(CONDITION_FAILED_CODE))
+                        .collect();
+                    let mut kept = Vec::with_capacity(remaining.len());
+                    for (source, failed) in remaining.into_iter().zip(failed) {
+                        if failed {
+                            superseded.push(source.key.clone());
+                        } else {
+                            kept.push(source);
+                        }
+                    }
+                    // Without reasons (another transaction in the way), the same writes again.
+                    remaining = kept;
+                    if remaining.is_empty() {
+                        return Ok(superseded);
+                    }
+                }
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("the placements into {output_key}") }.into())
@@ -1915,7 +1919,7 @@ impl Manifest for DynamoDbManifest {
             )?;
             match self.fenced_transaction(lease, vec![write]).await? {
                 TransactionOutcome::Committed => return Ok(()),
-                TransactionOutcome::Conflict => continue,
+                TransactionOutcome::Conflict { .. } => continue,
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("object {key}") }.into())
@@ -1979,7 +1983,7 @@ impl Manifest for DynamoDbManifest {
             };
             match self.fenced_transaction(lease, writes).await? {
                 TransactionOutcome::Committed => return Ok(()),
-                TransactionOutcome::Conflict => continue,
+                TransactionOutcome::Conflict { .. } => continue,
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("output s3://{}/{}", output.bucket, output.key) }.into())
@@ -2036,7 +2040,7 @@ impl Manifest for DynamoDbManifest {
             )?;
             match self.fenced_transaction(lease, vec![write]).await? {
                 TransactionOutcome::Committed => return Ok(()),
-                TransactionOutcome::Conflict => continue,
+                TransactionOutcome::Conflict { .. } => continue,
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("output s3://{output_bucket}/{output_key}") }.into())
@@ -2165,7 +2169,7 @@ impl Manifest for DynamoDbManifest {
             )?;
             match self.fenced_transaction(lease, vec![write]).await? {
                 TransactionOutcome::Committed => return Ok(()),
-                TransactionOutcome::Conflict => continue,
+                TransactionOutcome::Conflict { .. } => continue,
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("output s3://{output_bucket}/{output_key}") }.into())
