@@ -1260,6 +1260,23 @@ where
     }
 }
 
+/// Runs a batch of per-key work in one blocking-pool hop. Each key fails on its own; only a
+/// failure of the pool itself fails them all.
+async fn run_blocking_batch<T, F>(bucket: &str, keys: &[&str], work: F) -> Vec<Result<T, StoreError>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Vec<Result<T, StoreError>> + Send + 'static,
+{
+    let first_key = keys.first().copied().unwrap_or_default();
+    match run_blocking(bucket, first_key, move || Ok(work())).await {
+        Ok(results) => results,
+        Err(error) => {
+            let message = error.to_string();
+            keys.iter().map(|key| Err(StoreError::backend(bucket, *key, message.clone()))).collect()
+        }
+    }
+}
+
 /// Streams `num_bytes` from the file's current position in chunks, each read on the blocking
 /// pool, so that a large object never sits in memory whole.
 fn read_in_chunks(
@@ -1323,26 +1340,19 @@ impl ObjectStore for LocalDir {
 
     async fn get_many(&self, bucket: &str, requests: &[GetRequest]) -> Vec<Result<GetResult, StoreError>> {
         let (store, owned_bucket, owned_requests) = (self.clone(), bucket.to_owned(), requests.to_vec());
-        let first_key = requests.first().map(|request| request.key.as_str()).unwrap_or_default();
-        let opened = run_blocking(bucket, first_key, move || {
-            Ok(owned_requests
+        let keys: Vec<&str> = requests.iter().map(|request| request.key.as_str()).collect();
+        let opened = run_blocking_batch(bucket, &keys, move || {
+            owned_requests
                 .iter()
                 .map(|request| store.open_and_read_small(&owned_bucket, &request.key, &request.options))
-                .collect::<Vec<_>>())
+                .collect()
         })
         .await;
-        match opened {
-            Ok(opened) => opened
-                .into_iter()
-                .zip(requests)
-                .map(|(opened, request)| opened.map(|opened| opened.into_get_result(bucket, &request.key)))
-                .collect(),
-            // Only a failure of the blocking pool itself fails the whole batch.
-            Err(error) => {
-                let message = error.to_string();
-                requests.iter().map(|request| Err(StoreError::backend(bucket, &request.key, message.clone()))).collect()
-            }
-        }
+        opened
+            .into_iter()
+            .zip(keys)
+            .map(|(opened, key)| opened.map(|opened| opened.into_get_result(bucket, key)))
+            .collect()
     }
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError> {
@@ -1463,16 +1473,11 @@ impl ObjectStore for LocalDir {
     ) -> Vec<Result<TagOutcome, StoreError>> {
         let (store, owned_bucket, owned_requests, owned_tag) =
             (self.clone(), bucket.to_owned(), requests.to_vec(), tag.clone());
-        let first_key = requests.first().map(|request| request.key.as_str()).unwrap_or_default();
-        let tagged = run_blocking(bucket, first_key, move || {
-            Ok(store.add_tag_many_blocking(&owned_bucket, &owned_requests, &owned_tag))
+        let keys: Vec<&str> = requests.iter().map(|request| request.key.as_str()).collect();
+        run_blocking_batch(bucket, &keys, move || {
+            store.add_tag_many_blocking(&owned_bucket, &owned_requests, &owned_tag)
         })
-        .await;
-        // Only a failure of the blocking pool itself fails the whole batch.
-        tagged.unwrap_or_else(|error| {
-            let message = error.to_string();
-            requests.iter().map(|request| Err(StoreError::backend(bucket, &request.key, message.clone()))).collect()
-        })
+        .await
     }
 
     async fn delete_many(
