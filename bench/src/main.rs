@@ -64,6 +64,23 @@ enum Command {
     /// JSON. The benchmark runs it as a child process, so the peak is the seal's alone.
     #[command(hide = true)]
     SealChild(memory::SealChildArgs),
+    /// Only step 4: peak RSS of one seal per partition size, each in a fresh bucket.
+    Memory(MemoryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MemoryArgs {
+    /// Partition sizes, e.g. 100MB,2GB.
+    #[arg(long, value_delimiter = ',', default_value = "100MB,2GB")]
+    partitions: Vec<String>,
+    /// Where the manifest lives. `sqlite` runs the same seal on S3 without the slow local
+    /// DynamoDB server, for quick iterations; the full benchmark uses `dynamodb`.
+    #[arg(long, value_enum, default_value = "dynamodb")]
+    manifest: memory::ManifestBackend,
+    /// With `--manifest sqlite`: keep a copy of each ingested manifest in this directory, to
+    /// seal the same partition again with `seal-child --sqlite-manifest`.
+    #[arg(long)]
+    keep_manifest_in: Option<PathBuf>,
 }
 
 /// Prints one phase's result as it finishes: a full run takes minutes.
@@ -87,6 +104,7 @@ async fn main() {
     let args = Args::parse();
     let result = match args.command {
         Some(Command::SealChild(child)) => memory::seal_child(&args.endpoints, child).await,
+        Some(Command::Memory(memory_args)) => run_memory(&args.endpoints, memory_args).await,
         None => run(args).await,
     };
     if let Err(error) = result {
@@ -150,13 +168,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
 
     eprintln!("[5/6] peak RSS of one seal per partition size");
     for size in memory_partitions {
-        let measured = memory::measure(&backend, &args.endpoints, size).await?;
-        eprintln!(
-            "      peak RSS {:.1} MiB, sealed in {:.1} s",
-            measured.peak_rss_bytes as f64 / (1 << 20) as f64,
-            measured.seconds
-        );
-        report.memory.push(measured);
+        let run = memory::MemoryRun { manifest: memory::ManifestBackend::Dynamodb, keep_manifest_in: None };
+        report.memory.push(measure_memory(&backend, &args.endpoints, size, &run).await?);
     }
 
     report.seconds = started.elapsed().as_secs_f64();
@@ -172,6 +185,37 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         writeln!(file, "{line}")?;
+    }
+    Ok(())
+}
+
+async fn measure_memory(
+    backend: &Backend,
+    endpoints: &Endpoints,
+    partition_bytes: u64,
+    run: &memory::MemoryRun<'_>,
+) -> anyhow::Result<memory::SealMemory> {
+    let measured = memory::measure(backend, endpoints, partition_bytes, run).await?;
+    eprintln!(
+        "      peak RSS {:.1} MiB, sealed in {:.1} s",
+        measured.peak_rss_bytes as f64 / (1 << 20) as f64,
+        measured.seconds
+    );
+    Ok(measured)
+}
+
+/// The `memory` command: step 4 alone, one JSON line per partition on stdout.
+async fn run_memory(endpoints: &Endpoints, args: MemoryArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.keep_manifest_in.is_none() || args.manifest == memory::ManifestBackend::Sqlite,
+        "--keep-manifest-in needs --manifest sqlite"
+    );
+    let backend = Backend::connect(endpoints).await?;
+    let run = memory::MemoryRun { manifest: args.manifest, keep_manifest_in: args.keep_manifest_in.as_deref() };
+    for text in &args.partitions {
+        let partition_bytes = compactor::config::parse_bytes("--partitions", text)?;
+        let measured = measure_memory(&backend, endpoints, partition_bytes, &run).await?;
+        println!("{}", serde_json::to_string(&measured)?);
     }
     Ok(())
 }

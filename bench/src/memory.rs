@@ -2,6 +2,8 @@
 //! (`s3-compactor-bench seal-child`), so its peak resident set (the kernel's `VmHWM`) is the
 //! seal's alone, not the benchmark's data generation.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{ensure, Context};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -13,8 +15,31 @@ use crate::setup::{Backend, Endpoints};
 pub struct SealChildArgs {
     #[arg(long)]
     bucket: String,
+    /// The DynamoDB manifest table.
+    #[arg(long, required_unless_present = "sqlite_manifest", conflicts_with = "sqlite_manifest")]
+    table: Option<String>,
+    /// The SQLite manifest file, instead of a DynamoDB table.
     #[arg(long)]
-    table: String,
+    sqlite_manifest: Option<PathBuf>,
+}
+
+/// Where the measured partition's manifest lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ManifestBackend {
+    /// The DynamoDB server: what the full benchmark measures (the local emulator is slow).
+    Dynamodb,
+    /// SQLite in a temporary directory: the same seal on S3, in a fraction of the time.
+    Sqlite,
+}
+
+/// How one memory measurement runs.
+#[derive(Debug, Clone)]
+pub struct MemoryRun<'a> {
+    pub manifest: ManifestBackend,
+    /// With an SQLite manifest: also copy it here once ingested, before the seal, so the same
+    /// partition can be sealed again by hand (`seal-child --sqlite-manifest`) under other
+    /// settings.
+    pub keep_manifest_in: Option<&'a Path>,
 }
 
 /// What one child seal reports.
@@ -31,7 +56,12 @@ pub struct SealMemory {
 const RECORDS_PER_FILE: u32 = 75;
 
 /// Writes and ingests one partition of about `partition_bytes`, then seals it in a child.
-pub async fn measure(backend: &Backend, endpoints: &Endpoints, partition_bytes: u64) -> anyhow::Result<SealMemory> {
+pub async fn measure(
+    backend: &Backend,
+    endpoints: &Endpoints,
+    partition_bytes: u64,
+    run: &MemoryRun<'_>,
+) -> anyhow::Result<SealMemory> {
     let mut spec = DatasetSpec {
         kind: DatasetKind::SeedJson,
         seed: 11,
@@ -52,17 +82,42 @@ pub async fn measure(backend: &Backend, endpoints: &Endpoints, partition_bytes: 
         mean / 1024
     );
 
-    let deployment = backend.fresh_deployment(&format!("memory-{}mb", partition_bytes / 1_000_000)).await?;
-    let written = deployment.upload(&spec, 64).await?;
-    deployment.ingest(&written.events, 32).await?;
+    let purpose = format!("memory-{}mb", partition_bytes / 1_000_000);
+    let manifest_dir = tempfile::tempdir()?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?);
+    child.args(["--s3-endpoint", &endpoints.s3_endpoint, "--dynamodb-endpoint", &endpoints.dynamodb_endpoint]);
+    let written = match run.manifest {
+        ManifestBackend::Dynamodb => {
+            let deployment = backend.fresh_deployment(&purpose).await?;
+            let written = deployment.upload(&spec, 64).await?;
+            deployment.ingest(&written.events, 32).await?;
+            child.args(["seal-child", "--bucket", &deployment.bucket, "--table", &deployment.table]);
+            written
+        }
+        ManifestBackend::Sqlite => {
+            let bucket = backend.fresh_bucket(&purpose).await?;
+            let manifest_path = manifest_dir.path().join("manifest.sqlite");
+            let written = {
+                let deployment = backend.sqlite_deployment(&bucket, &manifest_path)?;
+                let written = deployment.upload(&spec, 64).await?;
+                deployment.compactor.ingest(&written.events).await?;
+                written
+                // Dropped here: closing the manifest checkpoints its write-ahead log into the
+                // file, so the copy below and the child see every ingested object.
+            };
+            if let Some(keep_dir) = run.keep_manifest_in {
+                let kept = keep_dir.join(format!("{bucket}.sqlite"));
+                std::fs::copy(&manifest_path, &kept)
+                    .with_context(|| format!("cannot copy the manifest to {}", kept.display()))?;
+                eprintln!("      manifest kept at {} (bucket {bucket})", kept.display());
+            }
+            child.args(["seal-child", "--bucket", &bucket, "--sqlite-manifest"]).arg(&manifest_path);
+            written
+        }
+    };
 
-    let output = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["--s3-endpoint", &endpoints.s3_endpoint, "--dynamodb-endpoint", &endpoints.dynamodb_endpoint])
-        .args(["seal-child", "--bucket", &deployment.bucket, "--table", &deployment.table])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .context("cannot run the seal child process")?;
+    let output =
+        child.stderr(std::process::Stdio::inherit()).output().await.context("cannot run the seal child process")?;
     ensure!(output.status.success(), "the seal child process failed: {}", output.status);
     let mut measured: SealMemory = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("the seal child printed {:?}", String::from_utf8_lossy(&output.stdout)))?;
@@ -79,7 +134,11 @@ pub async fn measure(backend: &Backend, endpoints: &Endpoints, partition_bytes: 
 /// The child: seal, then print `SealMemory` as JSON on stdout.
 pub async fn seal_child(endpoints: &Endpoints, args: SealChildArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(endpoints).await?;
-    let deployment = backend.deployment(&args.bucket, &args.table, false).await?;
+    let deployment = match (&args.sqlite_manifest, &args.table) {
+        (Some(manifest_path), _) => backend.sqlite_deployment(&args.bucket, manifest_path)?,
+        (None, Some(table)) => backend.deployment(&args.bucket, table, false).await?,
+        (None, None) => anyhow::bail!("seal-child needs --table or --sqlite-manifest"),
+    };
     let sealed = deployment.seal().await?;
     let result = SealMemory {
         partition_bytes: 0,

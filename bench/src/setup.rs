@@ -88,6 +88,18 @@ impl Backend {
         self.deployment(&name, &name, true).await
     }
 
+    /// A new, empty bucket named after `purpose`.
+    pub async fn fresh_bucket(&self, purpose: &str) -> anyhow::Result<String> {
+        let bucket = format!("bench-{purpose}-{}", uuid_suffix());
+        self.s3
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .with_context(|| format!("cannot create bucket {bucket}: is the S3 server up?"))?;
+        Ok(bucket)
+    }
+
     /// The deployment on `bucket` and `table`, created first when `create` is set.
     pub async fn deployment(&self, bucket: &str, table: &str, create: bool) -> anyhow::Result<Deployment> {
         if create {
@@ -132,6 +144,22 @@ impl Backend {
             bucket: deployment.bucket.clone(),
             table: String::new(),
             compactor: Compactor::new(config, store, Arc::new(manifest), Arc::new(SystemClock)),
+            s3: self.s3.clone(),
+            counter: self.counter.clone(),
+        })
+    }
+}
+
+impl Backend {
+    /// The default configuration on `bucket` with the manifest in SQLite at `manifest_path`:
+    /// the seal's S3 path exactly as with DynamoDB, without the emulator's own speed.
+    pub fn sqlite_deployment(&self, bucket: &str, manifest_path: &std::path::Path) -> anyhow::Result<Deployment> {
+        let manifest = compactor::adapters::sqlite::SqliteManifest::open(manifest_path)?;
+        let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3::new(self.s3.clone(), S3Options::default()));
+        Ok(Deployment {
+            bucket: bucket.to_string(),
+            table: String::new(),
+            compactor: Compactor::new(bench_config(bucket)?, store, Arc::new(manifest), Arc::new(SystemClock)),
             s3: self.s3.clone(),
             counter: self.counter.clone(),
         })
