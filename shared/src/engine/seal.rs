@@ -651,13 +651,9 @@ impl Compactor {
         &self,
         sources: &'a [ObjectRecord],
     ) -> (Vec<(&'a ObjectRecord, ExpiryOutcome)>, Option<EngineError>) {
-        let mut by_bucket: BTreeMap<&str, Vec<&ObjectRecord>> = BTreeMap::new();
-        for source in sources {
-            by_bucket.entry(source.bucket.as_str()).or_default().push(source);
-        }
         let mut outcomes = Vec::with_capacity(sources.len());
         let mut first_error = None;
-        for (bucket, bucket_sources) in by_bucket {
+        for (bucket, bucket_sources) in by_bucket(sources) {
             let requests: Vec<TagRequest> = bucket_sources
                 .iter()
                 .map(|source| TagRequest { key: source.key.clone(), if_match: source.etag.clone() })
@@ -697,13 +693,9 @@ impl Compactor {
         &self,
         sources: &'a [ObjectRecord],
     ) -> (Vec<(&'a ObjectRecord, ExpiryOutcome)>, Option<EngineError>) {
-        let mut by_bucket: BTreeMap<&str, Vec<&ObjectRecord>> = BTreeMap::new();
-        for source in sources {
-            by_bucket.entry(source.bucket.as_str()).or_default().push(source);
-        }
         let mut outcomes = Vec::with_capacity(sources.len());
         let mut first_error = None;
-        for (bucket, bucket_sources) in by_bucket {
+        for (bucket, bucket_sources) in by_bucket(sources) {
             for batch in bucket_sources.chunks(MAX_KEYS_PER_DELETE) {
                 let requests: Vec<DeleteRequest> = batch
                     .iter()
@@ -734,6 +726,15 @@ impl Compactor {
         }
         (outcomes, first_error)
     }
+}
+
+/// Sources grouped by bucket, each group in the order given: stores take one bucket a batch.
+fn by_bucket(sources: &[ObjectRecord]) -> BTreeMap<&str, Vec<&ObjectRecord>> {
+    let mut grouped: BTreeMap<&str, Vec<&ObjectRecord>> = BTreeMap::new();
+    for source in sources {
+        grouped.entry(source.bucket.as_str()).or_default().push(source);
+    }
+    grouped
 }
 
 enum ExpiryOutcome {
