@@ -1443,14 +1443,9 @@ impl DynamoDbManifest {
             match self.fenced_transaction(lease, writes).await? {
                 TransactionOutcome::Committed => return Ok(superseded),
                 TransactionOutcome::Conflict { write_codes } => {
-                    let failed: Vec<bool> = remaining
-                        .iter()
-                        .enumerate()
-                        .map(|(index, _)| write_codes.get(index).map(String::as_str) == Some(CONDITION_FAILED_CODE))
-                        .collect();
                     let mut kept = Vec::with_capacity(remaining.len());
-                    for (source, failed) in remaining.into_iter().zip(failed) {
-                        if failed {
+                    for (index, source) in remaining.into_iter().enumerate() {
+                        if write_codes.get(index).map(String::as_str) == Some(CONDITION_FAILED_CODE) {
                             superseded.push(source.key.clone());
                         } else {
                             kept.push(source);

@@ -173,6 +173,12 @@ fn read_batches(
     batches
 }
 
+/// Batches read at once: a few, so reading goes on while the writer works on one, and never
+/// more than `read_concurrency` (on S3 a batch is one GET, and that is the GETs in flight).
+fn batches_in_flight(read_concurrency: usize, batch_size: usize) -> usize {
+    read_concurrency.div_ceil(batch_size).max(4).min(read_concurrency)
+}
+
 /// Aborts its task when dropped: a failed output stops its reads instead of finishing them
 /// in the background.
 struct AbortOnDrop<T>(JoinHandle<T>);
@@ -206,7 +212,7 @@ pub(crate) async fn write_output(
     let batch_size = store.get_batch_size().max(1);
     let batches =
         read_batches(&planned.sources, batch_size, |source| copy_candidate(source, &planned.class, config, multipart));
-    let batches_in_flight = config.read_concurrency.div_ceil(batch_size).clamp(4, config.read_concurrency.max(4));
+    let batches_in_flight = batches_in_flight(config.read_concurrency, batch_size);
 
     // Permits are taken in plan order (`then` is sequential) before a GET starts, so the
     // source the writer waits for always holds its permits: no deadlock with `buffered`.
@@ -848,6 +854,14 @@ mod tests {
         let by_bytes = read_batches(&many_small, 64, |_| false);
         assert!(by_bytes.iter().all(|batch| batch.sources.len() as u64 * 200 * KIB <= BATCH_MAX_BYTES));
         assert_eq!(by_bytes.len(), 20usize.div_ceil((BATCH_MAX_BYTES / (200 * KIB)) as usize));
+    }
+
+    #[test]
+    fn batches_in_flight_never_exceed_the_read_concurrency() {
+        assert_eq!(batches_in_flight(32, 1), 32, "S3: one GET a batch, read_concurrency of them");
+        assert_eq!(batches_in_flight(2, 1), 2, "a low read_concurrency is kept");
+        assert_eq!(batches_in_flight(32, 64), 4, "a few large batches, so reads overlap the writer");
+        assert_eq!(batches_in_flight(1, 64), 1);
     }
 
     #[test]
