@@ -26,10 +26,10 @@ use futures::StreamExt;
 use test_data::{DatasetKind, DatasetSpec};
 
 use crate::args::{DemoArgs, GlobalArgs};
-use crate::commands::{
-    check_verified, open_embedded, print_audit_summary, print_ingest_report, print_verify_report, progress_bar,
+use crate::backend::open_embedded;
+use crate::output::{
+    check_verified, human_bytes, print_audit_summary, print_ingest_report, print_verify_report, progress_bar, thousands,
 };
-use crate::output::{human_bytes, thousands};
 use crate::{CliError, CliResult};
 
 const BUCKET: &str = "demo-logs";

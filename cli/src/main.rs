@@ -4,6 +4,7 @@
 //! the work; this file maps results to tables, JSON and exit codes.
 
 mod args;
+mod backend;
 mod commands;
 mod demo;
 mod output;
