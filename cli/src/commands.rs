@@ -18,8 +18,8 @@ use crate::args::{
 };
 use crate::backend::{engine, open_embedded};
 use crate::output::{
-    check_verified, human_bytes, print_audit_summary, print_ingest_report, print_json, print_partitions, print_plan,
-    print_seal_report, print_verify_report, thousands, Table,
+    check_verified, human_bytes, nothing_to_seal, print_audit_summary, print_ingest_report, print_json,
+    print_partitions, print_plan, print_seal_report, print_verify_report, short_sha256, thousands, Table,
 };
 use crate::{CliError, CliResult};
 
@@ -246,7 +246,7 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
                 table.row(vec![
                     placement.offset.to_string(),
                     placement.length.to_string(),
-                    placement.sha256[..16].to_string(),
+                    short_sha256(&placement.sha256, 16).to_string(),
                     source.key.clone(),
                 ]);
             }
@@ -286,7 +286,7 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
                 output.state.to_string(),
                 thousands(output.object_count),
                 output.size.map(human_bytes).unwrap_or_else(|| "-".into()),
-                output.sha256.as_deref().map(|sha| sha[..16].to_string()).unwrap_or_else(|| "-".into()),
+                output.sha256.as_deref().map(|sha| short_sha256(sha, 16).to_string()).unwrap_or_else(|| "-".into()),
                 output.key,
             ]);
         }
@@ -346,6 +346,12 @@ async fn plan(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     let report = compactor.plan(partition_keys(&compactor, &args.partitions)).await?;
     if global.json {
         return print_json(&report);
+    }
+    if report.partitions.is_empty() {
+        // An empty table and a $0 cost say nothing: say why there is nothing, as `audit` would.
+        let partitions = compactor.audit_partitions().await?;
+        println!("{}", nothing_to_seal(&partitions));
+        return Ok(());
     }
     print_plan(&report);
     Ok(())

@@ -1,6 +1,7 @@
 //! What the commands print: human-readable tables and sizes, JSON, the reports, progress bars,
 //! and the verification check that turns a report into an exit code.
 
+use compactor::domain::records::{PartitionRecord, PartitionState};
 use compactor::engine::audit::AuditSummary;
 use compactor::engine::plan::PlanReport;
 use compactor::engine::seal::SealReport;
@@ -80,6 +81,47 @@ pub fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// The first `length` characters of a sha256, for tables; all of it when it is shorter (a
+/// corrupt manifest row is printed, not a reason to panic).
+pub fn short_sha256(sha256: &str, length: usize) -> &str {
+    sha256.get(..length).unwrap_or(sha256)
+}
+
+/// Why a plan has nothing to seal, from the partitions' records: how many there are in each
+/// state, and when the next open one with pending objects closes.
+pub fn nothing_to_seal(partitions: &[PartitionRecord]) -> String {
+    if partitions.is_empty() {
+        return "nothing to seal: the manifest has no partitions yet; record objects first with `ingest FILE…` \
+                or `ingest --scan PREFIX`"
+            .to_string();
+    }
+    let summary = AuditSummary::of(partitions);
+    let mut text = format!(
+        "nothing to seal: no closed partition has pending objects ({} partitions: {} sealed, {} open, {} sealing)",
+        thousands(partitions.len() as u64),
+        thousands(summary.partitions_sealed),
+        thousands(summary.partitions_open),
+        thousands(summary.partitions_sealing),
+    );
+    let next_to_close = partitions
+        .iter()
+        .filter(|record| record.state == PartitionState::Open && record.pending_objects > 0)
+        .min_by_key(|record| record.closes_at);
+    if let Some(record) = next_to_close {
+        text.push_str(&format!(
+            "; the next to close is {} ({} pending objects, {}), at {}",
+            record.key.path,
+            thousands(record.pending_objects),
+            human_bytes(record.pending_bytes),
+            record.closes_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
+    }
+    if summary.partitions_sealing > 0 {
+        text.push_str("; a sealing partition is locked by a seal run until it finishes or its lease expires (--lease)");
+    }
+    text
 }
 
 /// Thousands separators: `21,000`.
@@ -168,6 +210,12 @@ pub fn print_seal_report(report: &SealReport) {
             human_bytes(report.copied_bytes)
         );
     }
+    if report.objects_refused > 0 {
+        println!(
+            "{} objects left pending: their format cannot be concatenated (Parquet, ORC, Avro, zip, …)",
+            thousands(report.objects_refused)
+        );
+    }
     if report.outputs_abandoned > 0 || report.objects_finished > 0 {
         println!(
             "recovered from earlier runs: {} uncommitted outputs abandoned, {} objects of committed outputs finished",
@@ -185,7 +233,7 @@ pub fn print_seal_report(report: &SealReport) {
     }
 }
 
-pub fn print_partitions(partitions: &[compactor::domain::records::PartitionRecord]) {
+pub fn print_partitions(partitions: &[PartitionRecord]) {
     let mut table = Table::new(&["partition", "state", "gen", "pending", "compacted", "compacted bytes", "outputs"]);
     for record in partitions {
         table.row(vec![
