@@ -286,3 +286,41 @@ impl<L: StoreLayer> ObjectStore for Layered<L> {
         }
     }
 }
+
+/// The wrapper is faithful: the object store conformance suite passes through it, on the path
+/// production takes and on the per-source one.
+#[cfg(all(test, feature = "local"))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Forward, Layered};
+    use crate::adapters::local_dir::LocalDir;
+    use crate::ports::ObjectStore;
+
+    const BUCKET: &str = "conformance";
+
+    fn wrapped_local_dir(per_source: bool) -> (Layered<Forward>, String, tempfile::TempDir) {
+        let temporary_directory = tempfile::tempdir().expect("create a temporary directory");
+        let store = LocalDir::open(temporary_directory.path().join("buckets")).expect("open the store");
+        store.create_bucket(BUCKET).expect("create the bucket");
+        let layered = Layered::new(Arc::new(store), Forward);
+        let layered = if per_source { layered.per_source() } else { layered };
+        (layered, BUCKET.to_owned(), temporary_directory)
+    }
+
+    #[test]
+    fn the_batch_size_is_the_inner_stores_unless_per_source() {
+        let (as_production, _, _guard) = wrapped_local_dir(false);
+        assert!(as_production.get_batch_size() > 1, "the local directory batches its reads");
+        let (per_source, _, _other_guard) = wrapped_local_dir(true);
+        assert_eq!(per_source.get_batch_size(), 1);
+    }
+
+    mod as_production {
+        crate::object_store_conformance_tests!(super::wrapped_local_dir(false));
+    }
+
+    mod per_source {
+        crate::object_store_conformance_tests!(super::wrapped_local_dir(true));
+    }
+}
