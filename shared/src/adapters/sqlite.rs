@@ -25,8 +25,8 @@
 //!   transaction ([`sequencer::supersedes`]): their lengths differ, so SQL string order is wrong.
 //! - **Counts derived by queries.** A partition's pending, compacted and committed counts are
 //!   aggregate queries over covering indexes, computed when the record is read, so they can
-//!   never drift. DynamoDB has no aggregates: its adapter must keep counters on the partition
-//!   item, updated in the same transaction as the objects.
+//!   never drift. DynamoDB has no aggregates either: its adapter sums the object items when a
+//!   record is read (no counters on the partition item, which would make it a hot key).
 //! - **One writer at a time.** SQLite has a single write lock per file; in WAL mode readers do
 //!   not block it. A second process waits up to [`BUSY_TIMEOUT`] for the lock, then fails with
 //!   a backend error. Fine for one machine, not for a fleet of Lambdas.

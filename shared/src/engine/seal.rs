@@ -192,6 +192,8 @@ pub struct SealReport {
     pub copied_bytes: u64,
     pub objects_missing: u64,
     pub objects_superseded: u64,
+    /// See [`PartitionSealReport::objects_refused`].
+    pub objects_refused: u64,
     pub outputs_abandoned: u64,
     pub objects_finished: u64,
     pub expiry: ExpiryCounts,
@@ -219,6 +221,7 @@ impl SealReport {
         self.copied_bytes += partition.copied_bytes;
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
+        self.objects_refused += partition.objects_refused;
         self.outputs_abandoned += partition.outputs_abandoned;
         self.objects_finished += partition.objects_finished;
         self.expiry.add(&partition.expiry);
@@ -240,6 +243,7 @@ impl SealReport {
             copied_bytes = self.copied_bytes,
             missing = self.objects_missing,
             superseded = self.objects_superseded,
+            refused = self.objects_refused,
             abandoned = self.outputs_abandoned,
             finished = self.objects_finished,
             tagged = self.expiry.tagged,
