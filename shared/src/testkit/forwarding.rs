@@ -39,11 +39,17 @@ pub struct StoreCall<'a> {
     pub key: &'a str,
     /// The source's bucket and key of an `upload_part_copy`.
     pub copy_source: Option<(&'a str, &'a str)>,
+    /// How many objects the call is about: a batch's requests, 1 otherwise.
+    pub objects: usize,
 }
 
 impl<'a> StoreCall<'a> {
     fn new(operation: &'static str, bucket: &'a str, key: &'a str) -> Self {
-        Self { operation, bucket, key, copy_source: None }
+        Self { operation, bucket, key, copy_source: None, objects: 1 }
+    }
+
+    fn batch(operation: &'static str, bucket: &'a str, first_key: &'a str, objects: usize) -> Self {
+        Self { objects, ..Self::new(operation, bucket, first_key) }
     }
 }
 
@@ -144,7 +150,11 @@ impl<L: StoreLayer> ObjectStore for Layered<L> {
         }
         let first_key = requests.first().map_or("", |request| request.key.as_str());
         let forward = self.inner.get_many(bucket, requests).map(Ok);
-        match self.layer.around(StoreCall::new("store.get_many", bucket, first_key), forward.boxed()).await {
+        match self
+            .layer
+            .around(StoreCall::batch("store.get_many", bucket, first_key, requests.len()), forward.boxed())
+            .await
+        {
             Ok(answers) => answers,
             Err(error) => Self::failed_batch(bucket, requests.iter().map(|request| request.key.clone()), &error),
         }
@@ -255,8 +265,11 @@ impl<L: StoreLayer> ObjectStore for Layered<L> {
             .map(|(request, _)| request.clone())
             .collect();
         let forward = async move { self.inner.delete_many(bucket, &passed).await }.boxed();
-        let mut passed_outcomes =
-            self.layer.around(StoreCall::new("store.delete_many", bucket, first_key), forward).await?.into_iter();
+        let mut passed_outcomes = self
+            .layer
+            .around(StoreCall::batch("store.delete_many", bucket, first_key, requests.len()), forward)
+            .await?
+            .into_iter();
         Ok(requests
             .iter()
             .zip(refusals)
@@ -280,7 +293,11 @@ impl<L: StoreLayer> ObjectStore for Layered<L> {
         }
         let first_key = requests.first().map_or("", |request| request.key.as_str());
         let forward = self.inner.add_tag_many(bucket, requests, tag).map(Ok);
-        match self.layer.around(StoreCall::new("store.add_tag_many", bucket, first_key), forward.boxed()).await {
+        match self
+            .layer
+            .around(StoreCall::batch("store.add_tag_many", bucket, first_key, requests.len()), forward.boxed())
+            .await
+        {
             Ok(answers) => answers,
             Err(error) => Self::failed_batch(bucket, requests.iter().map(|request| request.key.clone()), &error),
         }

@@ -407,21 +407,21 @@ impl DynamoDbManifest {
         Ok(())
     }
 
-    /// `output_sources` of an output that has chunks: placements by offset after
-    /// `start_after_offset`, each with its object item (read for its state), at most `limit`.
+    /// `output_sources` of an output that has chunks: placements by (offset, key) after
+    /// `start_after`, each with its object item (read for its state), at most `limit`.
     /// A source whose item now holds another version that was never placed here is left out,
     /// as the index left it out.
     pub(super) async fn sources_from_chunks(
         &self,
         partition: &PartitionKey,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
         // The chunk holding the cursor starts at or before it: find it, then read on from it.
-        let from_sk = match start_after_offset {
+        let from_sk = match start_after {
             None => None,
-            Some(offset) => {
+            Some((offset, _)) => {
                 let page = self
                     .client
                     .query()
@@ -448,7 +448,7 @@ impl DynamoDbManifest {
             let (placements, next) = self.chunk_page(partition, output_key, start_key, from_sk.clone()).await?;
             let wanted: Vec<SourcePlacement> = placements
                 .into_iter()
-                .filter(|source| start_after_offset.is_none_or(|after| source.placement.offset > after))
+                .filter(|source| start_after.is_none_or(|after| (source.placement.offset, source.key.as_str()) > after))
                 .collect();
             for window in wanted.chunks(KEYS_PER_BATCH_GET) {
                 let keys: Vec<&str> = window.iter().map(|source| source.key.as_str()).collect();
