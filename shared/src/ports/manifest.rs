@@ -262,9 +262,12 @@ pub trait Manifest: Send + Sync + fmt::Debug {
     /// the same output again updates it.
     async fn begin_output(&self, lease: &Lease, output: &OutputRecord) -> Result<(), ManifestError>;
 
-    /// Records where each source sits in an output that is being written. The objects stay
-    /// `pending` until the output commits. Returns the keys whose record no longer holds the
-    /// planned version (a newer event arrived meanwhile): their placement was not recorded.
+    /// Records where each source sits in an output that is being written, given in offset
+    /// order (successive calls for one output continue where the last one ended). The objects
+    /// stay `pending` until the output commits, and whether `object` shows their placement
+    /// before then is the adapter's choice (DynamoDB keeps it in per-output chunk items until
+    /// `mark_compacted`). Returns the keys whose record no longer holds the planned version (a
+    /// newer event arrived meanwhile): their placement was not recorded.
     async fn record_placements(
         &self,
         lease: &Lease,
