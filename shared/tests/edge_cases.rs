@@ -52,14 +52,12 @@ fn config(bucket: &str, expiry: &str) -> Config {
     .unwrap()
 }
 
+/// What a backend opens to: a guard that keeps it alive, the bucket, the two ports.
+type Opened = (Box<dyn std::any::Any>, String, Arc<dyn ObjectStore>, Arc<dyn Manifest>);
+
 impl Harness {
     async fn new(backend: Backend, expiry: &str) -> Option<Harness> {
-        let (guard, bucket, store, manifest): (
-            Box<dyn std::any::Any>,
-            String,
-            Arc<dyn ObjectStore>,
-            Arc<dyn Manifest>,
-        ) = match backend {
+        let (guard, bucket, store, manifest): Opened = match backend {
             Backend::Embedded => {
                 let dir = tempfile::tempdir().unwrap();
                 std::fs::create_dir_all(dir.path().join("buckets").join(EMBEDDED_BUCKET)).unwrap();

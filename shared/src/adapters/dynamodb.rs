@@ -1877,7 +1877,7 @@ impl Manifest for DynamoDbManifest {
             return Ok(Vec::new());
         };
         if self.has_chunks(&output.partition, &output.key).await? {
-            return self.sources_from_chunks(&output.partition, &output.key, start_after_offset, limit).await;
+            return self.sources_from_chunks(&output.partition, &output.key, start_after, limit).await;
         }
         // Placed by an older version of this adapter: the index of placed object items.
         let sources_pk = sources_index_pk(&output.partition.bucket, &output.partition.path, &output.key);
