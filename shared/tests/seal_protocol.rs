@@ -25,7 +25,8 @@ use compactor::engine::seal::{OutputProgress, SealOptions};
 use compactor::engine::Compactor;
 use compactor::event::{ObjectEvent, ObjectEventKind};
 use compactor::ports::{
-    GetOptions, Manifest, ManifestError, NewObject, ObjectQuery, ObjectStore, PutOptions, SourcePlacement, Tag,
+    CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, Manifest, ManifestError, NewObject, ObjectMeta,
+    ObjectQuery, ObjectStore, PutOptions, SourcePlacement, StoreError, Tag,
 };
 use compactor::testkit::faults::{CrashMode, FaultPlan, FaultyManifest, FaultyStore};
 use compactor::testkit::forwarding::{Layered, StoreAnswer, StoreCall, StoreLayer};
