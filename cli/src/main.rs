@@ -30,7 +30,9 @@ pub enum CliError {
 
 impl From<compactor::engine::EngineError> for CliError {
     fn from(error: compactor::engine::EngineError) -> Self {
-        if error.is_bad_input() {
+        if let compactor::engine::EngineError::Mismatch(message) = error {
+            CliError::Unverified(message)
+        } else if error.is_bad_input() {
             CliError::BadInput(error.into())
         } else {
             CliError::Failure(error.into())

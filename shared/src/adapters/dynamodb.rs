@@ -1510,10 +1510,45 @@ impl Manifest for DynamoDbManifest {
                 Some(recorded) => {
                     let reader = ItemReader::new(&recorded, &self.table);
                     let recorded_sequencer = reader.optional_string("sequencer")?.unwrap_or_default();
-                    if !sequencer::supersedes(&object.sequencer, &recorded_sequencer) {
+                    let recorded_etag = reader.optional_string("etag")?;
+                    let recorded_state = reader.state::<ObjectState>("state")?;
+                    let order = sequencer::order(
+                        sequencer::Version {
+                            sequencer: &object.sequencer,
+                            etag: object.etag.as_deref(),
+                            time: object.event_time,
+                        },
+                        sequencer::Version {
+                            sequencer: &recorded_sequencer,
+                            etag: recorded_etag.as_deref(),
+                            time: reader.time("event_time")?,
+                        },
+                        recorded_state == ObjectState::Removed,
+                    );
+                    if order == sequencer::VersionOrder::ConfirmsScanned {
+                        // The same bytes: whatever was decided about them stands; only later
+                        // events must now be ordered by this one's sequencer.
+                        let confirmed = self
+                            .conditional_update(
+                                item_key.clone(),
+                                "SET #sequencer = :sequencer, #event_time = :event_time",
+                                "#sequencer = :recorded_sequencer",
+                                values([
+                                    (":sequencer", string_value(&object.sequencer)),
+                                    (":event_time", time_value(object.event_time)),
+                                    (":recorded_sequencer", string_value(&recorded_sequencer)),
+                                ]),
+                                false,
+                            )
+                            .await?;
+                        if confirmed.is_err() {
+                            continue;
+                        }
+                    }
+                    if order != sequencer::VersionOrder::Newer {
                         // A replay of a pending object still makes sure its partition is flagged:
                         // the first delivery may have crashed between the two writes.
-                        if reader.state::<ObjectState>("state")? == ObjectState::Pending {
+                        if recorded_state == ObjectState::Pending {
                             self.flag_partition_pending(object).await?;
                         }
                         return Ok(IngestOutcome::Stale);
@@ -1778,11 +1813,19 @@ impl Manifest for DynamoDbManifest {
     }
 
     /// An output the manifest does not know has no sources.
+    ///
+    /// [`SOURCES_INDEX`] sorts by offset alone, and returns the sources of one offset (empty
+    /// ones share theirs with the source after them) in no fixed order. So the Query starts at
+    /// the cursor's offset (`>=`), skips what is at or before the cursor, and reads on until it
+    /// holds `limit` sources and the next one lies at a greater offset (every source of the
+    /// page's last offset seen); the page is then sorted by (offset, key). Memory stays under
+    /// twice `limit` sources; a run of many empty sources at one offset is read again by each
+    /// page that ends inside it.
     async fn output_sources(
         &self,
         output_bucket: &str,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
         let Some((_, output)) = self.load_output(output_bucket, output_key).await? else {
@@ -1793,16 +1836,19 @@ impl Manifest for DynamoDbManifest {
         }
         // Placed by an older version of this adapter: the index of placed object items.
         let sources_pk = sources_index_pk(&output.partition.bucket, &output.partition.path, &output.key);
-        let (key_condition, mut expression_values) = match start_after_offset {
-            Some(offset) => {
-                ("#gsi2pk = :sources_pk AND #gsi2sk > :offset", values([(":offset", number_value(offset))]))
+        let (key_condition, mut expression_values) = match start_after {
+            Some((offset, _)) => {
+                ("#gsi2pk = :sources_pk AND #gsi2sk >= :offset", values([(":offset", number_value(offset))]))
             }
             None => ("#gsi2pk = :sources_pk", HashMap::new()),
         };
         expression_values.insert(":sources_pk".to_owned(), string_value(sources_pk));
-        let mut sources = Vec::new();
+        let position = |source: &ObjectRecord| (source.placement.as_ref().map_or(0, |placement| placement.offset), source.key.clone());
+        let by_position = |one: &ObjectRecord, other: &ObjectRecord| position(one).cmp(&position(other));
+        let mut sources: Vec<ObjectRecord> = Vec::new();
+        let mut last_offset_taken: Option<u64> = None;
         let mut start_key: Option<Item> = None;
-        while sources.len() < limit {
+        'pages: loop {
             let page = self
                 .query_page(
                     Some(SOURCES_INDEX),
@@ -1811,17 +1857,32 @@ impl Manifest for DynamoDbManifest {
                     expression_values.clone(),
                     false,
                     start_key.take(),
-                    Some(limit_i32(limit - sources.len())),
+                    Some(limit_i32(limit.saturating_add(1))),
                 )
                 .await?;
             for item in page.items() {
-                sources.push(object_from_item(item, &self.table)?);
+                let source = object_from_item(item, &self.table)?;
+                let (offset, key) = position(&source);
+                if start_after.is_some_and(|(after_offset, after_key)| (offset, key.as_str()) <= (after_offset, after_key)) {
+                    continue;
+                }
+                // Offsets only grow from here: past the last one taken, the page is complete.
+                if sources.len() >= limit && last_offset_taken.is_some_and(|last| offset > last) {
+                    break 'pages;
+                }
+                last_offset_taken = Some(offset);
+                sources.push(source);
+                if sources.len() >= limit.saturating_mul(2) {
+                    sources.sort_by(by_position);
+                    sources.truncate(limit);
+                }
             }
             start_key = page.last_evaluated_key;
             if start_key.is_none() {
                 break;
             }
         }
+        sources.sort_by(by_position);
         sources.truncate(limit);
         Ok(sources)
     }

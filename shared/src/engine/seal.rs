@@ -779,7 +779,9 @@ impl Compactor {
                             warn!(key = %source.key, "source changed since it was compacted; not deleting it");
                             outcomes.push((*source, ExpiryOutcome::Changed));
                         }
-                        Err(StoreError::NotFound { .. }) => outcomes.push((*source, ExpiryOutcome::Gone)),
+                        // Gone already (deleted by a run that crashed before recording it): what
+                        // delete mode wanted, so `deleted`, as the port's `Ok` for a gone key is.
+                        Err(StoreError::NotFound { .. }) => outcomes.push((*source, ExpiryOutcome::Deleted)),
                         Err(error) => {
                             warn!(key = %source.key, error = %error, "could not delete a compacted source; the next seal retries it");
                             first_error.get_or_insert(error.into());

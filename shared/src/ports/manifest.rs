@@ -226,12 +226,15 @@ pub trait Manifest: Send + Sync + fmt::Debug {
 
     async fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, ManifestError>;
 
-    /// The objects placed in an output, by offset, one page (`start_after_offset` exclusive).
+    /// The objects placed in an output, by offset then key, one page: those after
+    /// `start_after`, the (offset, key) of the previous page's last source. The key breaks ties:
+    /// an empty source shares its offset with the source after it, so paging by offset alone
+    /// would skip one.
     async fn output_sources(
         &self,
         output_bucket: &str,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError>;
 

@@ -263,13 +263,13 @@ impl Manifest for FaultyManifest {
         &self,
         output_bucket: &str,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
         faulty_manifest_call!(
             self,
             "manifest.output_sources",
-            self.inner.output_sources(output_bucket, output_key, start_after_offset, limit)
+            self.inner.output_sources(output_bucket, output_key, start_after, limit)
         )
     }
 
