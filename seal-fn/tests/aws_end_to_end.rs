@@ -166,7 +166,8 @@ async fn objects_flow_from_s3_notifications_through_ingest_and_fanned_out_seals_
         .expect("PutBucketNotificationConfiguration");
 
     let config = RawConfig { source_bucket: Some(bucket.clone()), ..Default::default() }.validate().unwrap();
-    let manifest = DynamoDbManifest::new(dynamodb_test_client(&endpoint).await, table, config.layout.clone());
+    let dynamodb = dynamodb_test_client(&endpoint).await;
+    let manifest = DynamoDbManifest::new(dynamodb.clone(), table.clone(), config.layout.clone());
     manifest.create_table().await.expect("the manifest table");
     let store = AmazonS3::new(s3.clone(), S3Options::default());
     let compactor = Compactor::new(config, Arc::new(store), Arc::new(manifest), Arc::new(SystemClock));
@@ -238,4 +239,11 @@ async fn objects_flow_from_s3_notifications_through_ingest_and_fanned_out_seals_
     let echoes = drain_ingest_queue(&sqs, &ingest_queue, &compactor, |report| report.skipped_total() >= 3).await;
     assert_eq!(echoes.skipped.get(&SkipReason::UnderDestination), Some(&3), "{echoes:?}");
     assert_eq!(echoes.recorded, 0);
+
+    // Leave the shared server as we found it: queues and table gone (the bucket's objects are
+    // the test's evidence, and the server is in memory).
+    for queue_url in [&ingest_queue, &seal_queue] {
+        sqs.delete_queue().queue_url(queue_url).send().await.expect("DeleteQueue");
+    }
+    dynamodb.delete_table().table_name(&table).send().await.expect("DeleteTable");
 }
