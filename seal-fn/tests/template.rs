@@ -377,6 +377,9 @@ fn seal_fn_is_granted_every_operation_the_adapters_call() {
         ("update_item", Some("dynamodb:UpdateItem")),
         ("query", Some("dynamodb:Query")),
         ("transact_write_items", Some("dynamodb:ConditionCheckItem")),
+        ("batch_get_item", Some("dynamodb:BatchGetItem")),
+        // The adapter's only PartiQL statements are UPDATEs.
+        ("batch_execute_statement", Some("dynamodb:PartiQLUpdate")),
         // Table administration: the template creates the table, `s3-compactor init` otherwise.
         ("create_table", None),
         ("describe_table", None),
