@@ -140,6 +140,17 @@ def deploy_and_run(arguments, repository, venv_bin, endpoint, work):
     overrides = [f"SourceBucketName={BUCKET}", "Architecture=x86_64", "LogRetentionDays=1"]
     run([os.path.join(venv_bin, "sam"), "build", "--template-file", template, "--build-dir", arguments.build_dir,
          "--beta-features", "--parameter-overrides", *overrides], env, "sam build (cargo-lambda, both functions)")
+    # Parameters are refused before anything is created.
+    for bad, expected in ((['DestinationPrefix=""'], "need a DestinationPrefix"),
+                          (["DestinationPrefix=/compacted/"], "folders ending in '/'")):
+        refused = subprocess.run([os.path.join(venv_bin, "sam"), "deploy", "--template-file", built, "--stack-name",
+                                  STACK + "-refused", "--resolve-s3", "--capabilities", "CAPABILITY_IAM",
+                                  "--region", "us-east-1", "--no-confirm-changeset", "--parameter-overrides",
+                                  " ".join([f"SourceBucketName={BUCKET}", *bad])],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if refused.returncode == 0 or expected not in refused.stdout:
+            fail(f"{bad} was not refused with {expected!r}: {refused.stdout[-1500:]}")
+    say("bad parameters refused: an empty DestinationPrefix on the source bucket, a prefix starting with '/'")
     run([os.path.join(venv_bin, "sam"), "deploy", "--template-file", built, "--stack-name", STACK, "--resolve-s3",
          "--capabilities", "CAPABILITY_IAM", "--region", "us-east-1", "--no-confirm-changeset",
          "--no-fail-on-empty-changeset", "--parameter-overrides", *overrides], env, "sam deploy")
@@ -156,6 +167,7 @@ def deploy_and_run(arguments, repository, venv_bin, endpoint, work):
     if environment.get("COMPACTOR_TABLE") != outputs["ManifestTableName"]:
         fail(f"seal-fn's COMPACTOR_TABLE is {environment.get('COMPACTOR_TABLE')}")
     say(f"stack {STACK} deployed: table {outputs['ManifestTableName']}")
+    check_deployed_shape(outputs, lambda_, client("events"))
 
     # A day of objects, and one output-looking key the rule must keep out.
     originals = {}
@@ -225,6 +237,30 @@ def deploy_and_run(arguments, repository, venv_bin, endpoint, work):
     run([os.path.join(venv_bin, "sam"), "delete", "--stack-name", STACK, "--region", "us-east-1", "--no-prompts"],
         env, "sam delete")
     say("passed")
+
+
+def check_deployed_shape(outputs, lambda_, events):
+    """What the template asks of the deployed resources, where ministack reports it."""
+    mappings = lambda_.list_event_source_mappings(FunctionName=outputs["SealFunctionName"])["EventSourceMappings"]
+    if [mapping.get("ScalingConfig", {}).get("MaximumConcurrency") for mapping in mappings] != [10]:
+        fail(f"the seal queue's event source is not bounded to 10 workers: {mappings}")
+    rules = events.list_rules()["Rules"]
+    objects_rule = next(rule for rule in rules if "ObjectEventsRule" in rule["Name"])
+    pattern = json.loads(objects_rule["EventPattern"])
+    if pattern["detail"]["object"]["key"] != [{"anything-but": {"prefix": "compacted/"}}]:
+        fail(f"the rule does not keep the outputs out: {pattern}")
+    target = events.list_targets_by_rule(Rule=objects_rule["Name"])["Targets"][0]
+    if "IngestDeadLetterQueue" not in target.get("DeadLetterConfig", {}).get("Arn", ""):
+        fail(f"the rule's target has no dead-letter queue: {target}")
+    # Gaps of ministack, said rather than tested: it accepts both, but reports neither.
+    reserved = lambda_.get_function_concurrency(FunctionName=outputs["SealFunctionName"])
+    if "ReservedConcurrentExecutions" not in reserved:
+        say("ministack does not report seal-fn's reserved concurrency (not checked here)")
+    try:
+        lambda_.get_function_event_invoke_config(FunctionName=outputs["SealFunctionName"])
+    except Exception:  # noqa: BLE001
+        say("ministack does not report seal-fn's EventInvokeConfig (no retry of the schedule; not checked here)")
+    say("deployed shape: 10 workers at most, the rule filters outputs and dead-letters what it cannot deliver")
 
 
 def _answers(s3):
