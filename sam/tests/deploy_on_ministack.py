@@ -214,13 +214,16 @@ def deploy_and_run(arguments, repository, venv_bin, endpoint, work):
 
     # seal-fn's metrics line, in the log group the template gave it.
     log_group = f"/s3-compactor/{STACK}/seal-fn"
+
     def metrics_line():
         try:
             events = logs.filter_log_events(logGroupName=log_group)["events"]
         except Exception:  # noqa: BLE001 (not there yet)
             return None
-        lines = [json.loads(event["message"]) for event in events if '"_aws"' in event["message"]]
+        messages = [event["message"] for event in events if '"_aws"' in event["message"]]
+        lines = [json.loads(message[message.index("{"):]) for message in messages]
         return lines[-1] if lines else None
+
     line = wait_until(f"seal-fn's metrics line in {log_group}", 30, metrics_line)
     directive = line["_aws"]["CloudWatchMetrics"][0]
     if directive["Namespace"] != outputs["MetricsNamespace"] or line.get("ObjectsSealed") != OBJECTS:
