@@ -208,7 +208,8 @@ impl DynamoDbManifest {
         let Some(first) = placements.first() else { return Ok(Vec::new()) };
         let generation = first.placement.generation;
         let mut in_order: Vec<SourcePlacement> = placements.to_vec();
-        in_order.sort_by_key(|source| source.placement.offset);
+        // Offset, then key: sources at one offset (empty ones and the next) page by key.
+        in_order.sort_by(|one, other| (one.placement.offset, &one.key).cmp(&(other.placement.offset, &other.key)));
         let keys: Vec<&str> = in_order.iter().map(|source| source.key.as_str()).collect();
         let items = self.object_items(partition, &keys, Some("#sk, #state, #sequencer")).await?;
         let superseded = |source: &SourcePlacement| !holds_placed_version(items.get(&source.key), &source.sequencer);
@@ -418,7 +419,9 @@ impl DynamoDbManifest {
         start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
-        // The chunk holding the cursor starts at or before it: find it, then read on from it.
+        // The sources after the cursor start in the last chunk that starts before its offset:
+        // a chunk starting at the offset itself may follow one that ends with sources at that
+        // offset (empty ones share their offset with the source after them).
         let from_sk = match start_after {
             None => None,
             Some((offset, _)) => {
@@ -426,7 +429,7 @@ impl DynamoDbManifest {
                     .client
                     .query()
                     .table_name(&self.table)
-                    .key_condition_expression("#pk = :pk AND #sk <= :cursor")
+                    .key_condition_expression("#pk = :pk AND #sk < :cursor")
                     .set_expression_attribute_names(Some(super::names_in(&["#pk #sk"])))
                     .set_expression_attribute_values(Some(values([
                         (":pk", string_value(chunk_pk(partition, output_key))),
