@@ -588,7 +588,7 @@ impl Compactor {
         // a page at a time, so that neither a superseded source nor all of a large output's
         // sources are ever held here.
         let mut source_bytes = 0;
-        // Paged by (offset, key): an empty source shares its offset with the source after it.
+        // Paged after (offset, key): an empty source shares its offset with the next one.
         let mut after: Option<(u64, String)> = None;
         loop {
             let cursor = after.as_ref().map(|(offset, key)| (*offset, key.as_str()));
