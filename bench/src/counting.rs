@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementOutput;
 use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
@@ -18,6 +19,7 @@ use aws_sdk_dynamodb::operation::scan::ScanOutput;
 use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsOutput;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::BatchStatementErrorCodeEnum;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::{
     AfterDeserializationInterceptorContextRef, BeforeSerializationInterceptorContextRef,
@@ -178,6 +180,20 @@ impl Intercept for RequestCounter {
                     Some(_) => (0.0, shadow.write(actions, *transactional, WriteOutcome::Refused) as f64),
                     None => return Ok(()),
                 }
+            }
+            (Request::Statements(statements), Ok(output)) => {
+                let Some(batch) = output.downcast_ref::<BatchExecuteStatementOutput>() else { return Ok(()) };
+                let mut units = 0;
+                for (statement, response) in statements.iter().zip(batch.responses()) {
+                    let Some(action) = statement else { continue };
+                    let outcome = match response.error().and_then(|error| error.code()) {
+                        None => WriteOutcome::Succeeded,
+                        Some(BatchStatementErrorCodeEnum::ConditionalCheckFailed) => WriteOutcome::Refused,
+                        Some(_) => continue,
+                    };
+                    units += shadow.write(std::slice::from_ref(action), false, outcome);
+                }
+                (0.0, units as f64)
             }
             (Request::Read(read), Ok(output)) => {
                 let units = match read {

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementInput;
 use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput;
 use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemInput;
 use aws_sdk_dynamodb::operation::create_table::CreateTableInput;
@@ -154,6 +155,8 @@ enum Change {
         values: Item,
     },
     Delete,
+    /// A PartiQL `UPDATE ... SET "a" = ? ...`: the attributes it sets.
+    Assign(Item),
     /// A transaction's condition check: billed as a write of the item, changes nothing.
     Check,
 }
@@ -170,9 +173,17 @@ pub enum ReadAction {
 /// What the counter learns from a request before it is sent.
 #[derive(Debug, Clone)]
 pub enum Request {
-    Write { actions: Vec<WriteAction>, transactional: bool },
+    Write {
+        actions: Vec<WriteAction>,
+        transactional: bool,
+    },
+    /// BatchExecuteStatement: each statement succeeds or fails on its own.
+    Statements(Vec<Option<WriteAction>>),
     Read(ReadAction),
-    CreateTable { table: String, schema: TableSchemaHandle },
+    CreateTable {
+        table: String,
+        schema: TableSchemaHandle,
+    },
     Other,
 }
 
@@ -287,6 +298,14 @@ impl Request {
             }
             return Request::Write { actions, transactional: false };
         }
+        if let Some(batch) = input.downcast_ref::<BatchExecuteStatementInput>() {
+            let statements = batch
+                .statements()
+                .iter()
+                .map(|statement| partiql_update(statement.statement(), statement.parameters()))
+                .collect();
+            return Request::Statements(statements);
+        }
         if let Some(get) = input.downcast_ref::<GetItemInput>() {
             return Request::Read(ReadAction::Items {
                 table_of_each: vec![get.table_name().unwrap_or_default().to_string()],
@@ -375,6 +394,11 @@ impl Shadow {
                 (WriteOutcome::Refused, _) | (_, Change::Check) => before.clone(),
                 (_, Change::Delete) => None,
                 (_, Change::Put(item)) => Some(item.clone()),
+                (_, Change::Assign(assigned)) => {
+                    let mut item = before.clone().unwrap_or_else(|| action.key.clone());
+                    item.extend(assigned.iter().map(|(name, value)| (name.clone(), value.clone())));
+                    Some(item)
+                }
                 (_, Change::Update { expression, names, values }) => {
                     let mut item = before.clone().unwrap_or_else(|| action.key.clone());
                     apply_update(&mut item, expression, names, values);
@@ -449,6 +473,28 @@ impl Shadow {
         };
         item_bytes(entry).max(item_bytes(returned))
     }
+}
+
+/// A PartiQL `UPDATE "table" SET "a" = ? ... WHERE "pk" = ? AND "sk" = ? AND ...` as a write
+/// of the attributes it sets to the item its key names: each `"name" = ?` takes the next
+/// parameter. `None` for any other statement (a read, an insert, a delete), which the
+/// manifest does not send in batches; it is then counted as a request without units.
+fn partiql_update(statement: &str, parameters: &[AttributeValue]) -> Option<WriteAction> {
+    let rest = statement.trim_start().strip_prefix("UPDATE")?.trim_start();
+    let table = rest.strip_prefix('"')?.split('"').next()?.to_string();
+    let (assignments, conditions) = rest.split_once(" WHERE ")?;
+    let mut parameters = parameters.iter();
+    let mut bound = |text: &str| -> Vec<(String, AttributeValue)> {
+        text.split('"')
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|pair| pair[1].trim_start().starts_with("= ?"))
+            .filter_map(|pair| Some((pair[0].to_string(), parameters.next()?.clone())))
+            .collect()
+    };
+    let assigned: Item = bound(assignments).into_iter().collect();
+    let key: Item = bound(conditions).into_iter().filter(|(name, _)| name == "pk" || name == "sk").collect();
+    Some(WriteAction { table, key, change: Change::Assign(assigned) })
 }
 
 /// Applies an update expression's SET, REMOVE and ADD actions on top-level attributes to
@@ -646,6 +692,18 @@ mod tests {
         // A list: 3 bytes, plus per element 1 byte and its value.
         let list = AttributeValue::L(vec![s("abc"), n("7")]);
         assert_eq!(item_bytes(&item(&[("l", list)])), 1 + 3 + (1 + 3) + (1 + 2));
+    }
+
+    #[test]
+    fn partiql_updates_set_the_attributes_of_the_item_their_key_names() {
+        let statement = "UPDATE \"t\" SET \"state\" = ? SET \"n\" = ? WHERE \"pk\" = ? AND \"sk\" = ? AND \"state\" = ? AND \"x\" IS MISSING";
+        let parameters = [s("compacted"), n("7"), s("p"), s("k"), s("pending")];
+        let action = partiql_update(statement, &parameters).expect("an update");
+        assert_eq!(action.table, "t");
+        assert_eq!(action.key, item(&[("pk", s("p")), ("sk", s("k"))]));
+        let Change::Assign(assigned) = action.change else { panic!("an assignment") };
+        assert_eq!(assigned, item(&[("state", s("compacted")), ("n", n("7"))]));
+        assert!(partiql_update("SELECT * FROM \"t\"", &[]).is_none());
     }
 
     #[test]
