@@ -65,7 +65,7 @@ struct Args {
     /// Backends of the many-tiny-objects rows.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded,s3")]
     tiny_backends: Vec<tiny::TinyBackend>,
-    /// A small run (a few hundred objects, 8 MB and 32 MB partitions, 2,000 and 5,000 tiny
+    /// A small run (a few hundred objects, 8 MB and 32 MB partitions, 500 and 1,000 tiny
     /// objects) that checks the benchmark itself works; its numbers mean little.
     #[arg(long)]
     quick: bool,
@@ -151,7 +151,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         args.files_per_day = args.files_per_day.min(120);
         args.memory_partitions = vec!["8MB".into(), "32MB".into()];
         args.expiry_days = args.expiry_days.min(1);
-        args.tiny_objects = vec![2000, 5000];
+        args.tiny_objects = vec![500, 1000];
     }
     let memory_partitions = args
         .memory_partitions
