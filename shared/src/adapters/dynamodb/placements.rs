@@ -57,9 +57,30 @@ pub(super) fn chunk_pk(partition: &PartitionKey, output_key: &str) -> String {
     format!("PL#{}", super::sources_index_pk(&partition.bucket, &partition.path, output_key))
 }
 
-fn chunk_sk(first_offset: u64) -> String {
-    format!("{first_offset:020}")
+/// A chunk's sort key: its first offset, then its first source's key. The offset alone is not
+/// unique: a chunk of nothing but empty sources shares its first offset with the chunk after it,
+/// which would overwrite it. The key keeps chunks in (offset, key) order, the order sources page
+/// in; it is cut at a character boundary to stay within DynamoDB's 1,024-byte sort keys (keys
+/// that long and alike in their first 1,000 bytes are the one case two chunks could collide).
+fn chunk_sk(first_offset: u64, first_key: &str) -> String {
+    let mut end = first_key.len().min(SORT_KEY_MAX_BYTES - OFFSET_PREFIX_BYTES);
+    while !first_key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}#{}", chunk_offset_floor(first_offset), &first_key[..end])
 }
+
+/// Every chunk that starts at `offset` or after sorts at or above this; every one that starts
+/// before it sorts below.
+fn chunk_offset_floor(offset: u64) -> String {
+    format!("{offset:020}")
+}
+
+/// DynamoDB's limit on a sort key's size.
+const SORT_KEY_MAX_BYTES: usize = 1024;
+
+/// The offset's 20 digits and the `#` after them.
+const OFFSET_PREFIX_BYTES: usize = 21;
 
 /// One placement as a chunk stores it: a JSON array, the shortest self-describing form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +120,7 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct EncodedChunk {
     pub first_offset: u64,
+    pub first_key: String,
     pub placements: String,
 }
 
@@ -110,15 +132,15 @@ pub(super) fn encode_chunks(
     skipped: impl Fn(&SourcePlacement) -> bool,
 ) -> Vec<EncodedChunk> {
     let mut chunks = Vec::new();
-    let mut current: Option<(u64, Vec<String>, usize)> = None;
+    let mut current: Option<(u64, String, Vec<String>, usize)> = None;
     for source in placements {
         let encoded = serde_json::to_string(&Entry::of(source)).expect("a placement always encodes");
-        let fits = current.as_ref().is_some_and(|(_, _, bytes)| bytes + encoded.len() < CHUNK_MAX_BYTES);
+        let fits = current.as_ref().is_some_and(|(_, _, _, bytes)| bytes + encoded.len() < CHUNK_MAX_BYTES);
         if !fits {
             chunks.extend(current.take().map(finish_chunk));
-            current = Some((source.placement.offset, Vec::new(), 2));
+            current = Some((source.placement.offset, source.key.clone(), Vec::new(), 2));
         }
-        let (_, entries, bytes) = current.as_mut().expect("a chunk is open");
+        let (_, _, entries, bytes) = current.as_mut().expect("a chunk is open");
         *bytes += encoded.len() + 1;
         if !skipped(source) {
             entries.push(encoded);
@@ -128,8 +150,8 @@ pub(super) fn encode_chunks(
     chunks
 }
 
-fn finish_chunk((first_offset, entries, _): (u64, Vec<String>, usize)) -> EncodedChunk {
-    EncodedChunk { first_offset, placements: format!("[{}]", entries.join(",")) }
+fn finish_chunk((first_offset, first_key, entries, _): (u64, String, Vec<String>, usize)) -> EncodedChunk {
+    EncodedChunk { first_offset, first_key, placements: format!("[{}]", entries.join(",")) }
 }
 
 fn decode_chunk(text: &str, output_key: &str, generation: u64) -> Result<Vec<SourcePlacement>, serde_json::Error> {
@@ -216,7 +238,7 @@ impl DynamoDbManifest {
         let chunks = encode_chunks(&in_order, superseded);
         stream::iter(chunks)
             .map(|chunk| async move {
-                let mut item = key_of(chunk_pk(partition, output_key), chunk_sk(chunk.first_offset));
+                let mut item = key_of(chunk_pk(partition, output_key), chunk_sk(chunk.first_offset, &chunk.first_key));
                 item.insert("generation".to_owned(), number_value(generation));
                 item.insert("placements".to_owned(), string_value(chunk.placements));
                 self.client
@@ -433,7 +455,7 @@ impl DynamoDbManifest {
                     .set_expression_attribute_names(Some(super::names_in(&["#pk #sk"])))
                     .set_expression_attribute_values(Some(values([
                         (":pk", string_value(chunk_pk(partition, output_key))),
-                        (":cursor", string_value(chunk_sk(offset))),
+                        (":cursor", string_value(chunk_offset_floor(offset))),
                     ])))
                     .projection_expression("#sk")
                     .scan_index_forward(false)
@@ -534,6 +556,29 @@ mod tests {
             .map(|chunk| decode_chunk(&chunk.placements, "compacted/out.json", 3).unwrap().len())
             .sum();
         assert_eq!(kept, 500);
+    }
+
+    /// A run of empty sources long enough to fill a chunk: every chunk starts at offset 0, and
+    /// each must still be an item of its own, in the order the sources page in.
+    #[test]
+    fn chunks_of_empty_sources_at_one_offset_get_distinct_ordered_sort_keys() {
+        let long_key = "é".repeat(400);
+        let mut placements: Vec<SourcePlacement> =
+            (0..2_000).map(|index| placement(&format!("{long_key}{index:05}"), 0)).collect();
+        for source in &mut placements {
+            source.placement.length = 0;
+        }
+        let chunks = encode_chunks(&placements, |_| false);
+        assert!(chunks.len() > 1, "1.2 MB of keys need several chunks");
+        let sort_keys: Vec<String> =
+            chunks.iter().map(|chunk| chunk_sk(chunk.first_offset, &chunk.first_key)).collect();
+        assert!(sort_keys.windows(2).all(|pair| pair[0] < pair[1]), "distinct and in key order");
+        assert!(sort_keys.iter().all(|sort_key| sort_key.len() <= SORT_KEY_MAX_BYTES));
+        assert!(sort_keys
+            .iter()
+            .all(|sort_key| *sort_key >= chunk_offset_floor(0) && *sort_key < chunk_offset_floor(1)));
+        let longest = chunk_sk(7, &"é".repeat(1_000));
+        assert!(longest.len() <= SORT_KEY_MAX_BYTES && longest.starts_with(&chunk_offset_floor(7)), "cut to fit");
     }
 
     #[test]
