@@ -153,7 +153,7 @@ fn plan_with_nothing_to_seal_says_why() {
 }
 
 /// Issue 10: a huge duration panicked, at validation (`999999999999999d`) or on every ingest
-/// after passing it (`100000000000d`). It is bad input: exit 2, naming the variable and the
+/// after passing it (`100000000000d`). It is bad input: exit 2, naming the flag given and the
 /// range.
 #[test]
 fn a_huge_grace_is_bad_input_not_a_panic() {

@@ -449,10 +449,15 @@ impl DynamoDbManifest {
         let mut start_key = None;
         loop {
             let (placements, next) = self.chunk_page(partition, output_key, start_key, from_sk.clone()).await?;
-            let wanted: Vec<SourcePlacement> = placements
+            let mut wanted: Vec<SourcePlacement> = placements
                 .into_iter()
                 .filter(|source| start_after.is_none_or(|after| (source.placement.offset, source.key.as_str()) > after))
                 .collect();
+            // Empty sources share an offset with the source after them, and a chunk holds them
+            // in the order they were placed: pages go by (offset, key), as the cursor does.
+            wanted.sort_by(|one, other| {
+                (one.placement.offset, one.key.as_str()).cmp(&(other.placement.offset, other.key.as_str()))
+            });
             for window in wanted.chunks(KEYS_PER_BATCH_GET) {
                 let keys: Vec<&str> = window.iter().map(|source| source.key.as_str()).collect();
                 let items = self.object_items(partition, &keys, None).await?;
