@@ -140,10 +140,11 @@ def deploy_and_run(arguments, repository, venv_bin, endpoint, work):
     overrides = [f"SourceBucketName={BUCKET}", "Architecture=x86_64", "LogRetentionDays=1"]
     run([os.path.join(venv_bin, "sam"), "build", "--template-file", template, "--build-dir", arguments.build_dir,
          "--beta-features", "--parameter-overrides", *overrides], env, "sam build (cargo-lambda, both functions)")
-    # Parameters are refused before anything is created.
+    # Parameters are refused before anything is created. (The source template: packaging its
+    # crate folders costs less than uploading the built binaries for a deploy that must fail.)
     for bad, expected in ((['DestinationPrefix=""'], "need a DestinationPrefix"),
                           (["DestinationPrefix=/compacted/"], "folders ending in '/'")):
-        refused = subprocess.run([os.path.join(venv_bin, "sam"), "deploy", "--template-file", built, "--stack-name",
+        refused = subprocess.run([os.path.join(venv_bin, "sam"), "deploy", "--template-file", template, "--stack-name",
                                   STACK + "-refused", "--resolve-s3", "--capabilities", "CAPABILITY_IAM",
                                   "--region", "us-east-1", "--no-confirm-changeset", "--parameter-overrides",
                                   " ".join([f"SourceBucketName={BUCKET}", *bad])],
