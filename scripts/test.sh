@@ -5,7 +5,8 @@
 #
 # In order:
 #   1. installs the local servers (SeaweedFS for S3, ministack for DynamoDB, SQS and S3 event
-#      notifications) and cfn-lint into a Python virtual environment, once;
+#      notifications), cfn-lint and DuckDB (the reader the format tests count records with)
+#      into a Python virtual environment, once;
 #   2. cargo fmt --check, cargo clippy with warnings denied, cfn-lint on the SAM template;
 #   3. starts the servers on 127.0.0.1 and runs `cargo test --workspace`: the unit tests, the
 #      conformance suites on the embedded backend AND on the servers, the seal protocol with a
@@ -35,8 +36,10 @@ fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-say "installing the local servers and cfn-lint into $venv"
+say "installing the local servers, cfn-lint and DuckDB into $venv"
 install_servers
+# The format tests find DuckDB there.
+export COMPACTOR_VENV="$venv"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
