@@ -60,7 +60,7 @@ JSON
   local s3_port ministack_port
   s3_port=$(free_port)
   "$venv/bin/weed" mini -dir="$server_dir/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -s3.port="$s3_port" -s3.config="$server_dir/identities.json" >"$server_dir/seaweedfs.log" 2>&1 &
+    -s3.port="$s3_port" -s3.port.lance=0 -s3.config="$server_dir/identities.json" >"$server_dir/seaweedfs.log" 2>&1 &
   server_pids+=($!)
   ministack_port=$(free_port)
   GATEWAY_PORT="$ministack_port" BIND_HOST=127.0.0.1 SERVICES=s3,sqs,dynamodb \

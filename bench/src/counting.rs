@@ -9,7 +9,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementInput;
+use aws_sdk_dynamodb::operation::batch_get_item::{BatchGetItemInput, BatchGetItemOutput};
 use aws_sdk_dynamodb::operation::get_item::{GetItemInput, GetItemOutput};
+use aws_sdk_dynamodb::operation::put_item::PutItemInput;
 use aws_sdk_dynamodb::operation::query::{QueryInput, QueryOutput};
 use aws_sdk_dynamodb::operation::scan::{ScanInput, ScanOutput};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
@@ -134,6 +137,18 @@ impl Intercept for RequestCounter {
             RequestShape { write_units: 0.0, consistent_read: scan.consistent_read.unwrap_or(false) }
         } else if let Some(get) = input.downcast_ref::<GetItemInput>() {
             RequestShape { write_units: 0.0, consistent_read: get.consistent_read.unwrap_or(false) }
+        } else if let Some(batch) = input.downcast_ref::<BatchExecuteStatementInput>() {
+            // The manifest sends single-item conditional UPDATEs of items under 1 KB: a unit each.
+            RequestShape { write_units: batch.statements().len() as f64, consistent_read: false }
+        } else if let Some(batch) = input.downcast_ref::<BatchGetItemInput>() {
+            let consistent = batch
+                .request_items()
+                .is_some_and(|tables| tables.values().all(|keys| keys.consistent_read.unwrap_or(false)));
+            RequestShape { write_units: 0.0, consistent_read: consistent }
+        } else if let Some(put) = input.downcast_ref::<PutItemInput>() {
+            // Placement chunks are hundreds of KB: a unit per KB.
+            let bytes = put.item().map_or(0, item_bytes);
+            RequestShape { write_units: bytes.div_ceil(1024).max(1) as f64, consistent_read: false }
         } else if matches!(operation.as_str(), "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem") {
             // Items of up to 1 KB, as the manifest's are. (BatchWriteItem is not used by the
             // adapter: one unit a request rather than a guess.)
@@ -174,6 +189,13 @@ impl Intercept for RequestCounter {
             scan.items().iter().map(item_bytes).sum::<u64>()
         } else if let Some(get) = output.downcast_ref::<GetItemOutput>() {
             get.item().map_or(0, item_bytes)
+        } else if let Some(batch) = output.downcast_ref::<BatchGetItemOutput>() {
+            // Billed per item, each rounded up to 4 KB on its own.
+            let consistent = cfg.load::<RequestShape>().is_some_and(|shape| shape.consistent_read);
+            let items = batch.responses().map(|tables| tables.values().flatten().count()).unwrap_or(0);
+            let units = items as f64 * if consistent { 1.0 } else { 0.5 };
+            self.add(&operation_name(cfg), |count| count.read_units += units);
+            return Ok(());
         } else {
             return Ok(());
         };

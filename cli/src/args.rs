@@ -114,7 +114,7 @@ pub struct ConfigArgs {
     /// Partition by day or hour [default: the finest field of the layout].
     #[arg(long, global = true, env = "COMPACTOR_GRANULARITY", value_name = "day|hour")]
     pub granularity: Option<String>,
-    /// How long after its period a partition closes, for late arrivals [default: 2h].
+    /// How long after its period a partition closes, for late arrivals; at most 365d [default: 2h].
     #[arg(long, global = true, env = "COMPACTOR_GRACE", value_name = "DURATION")]
     pub grace: Option<String>,
     /// Size the planner packs outputs towards [default: 128MiB].
@@ -136,7 +136,7 @@ pub struct ConfigArgs {
     #[arg(long, global = true, env = "COMPACTOR_EXPIRY_TAG", value_name = "KEY=VALUE")]
     pub expiry_tag: Option<String>,
     /// DynamoDB only: delete a source's manifest record this long after the source was marked
-    /// for expiry, e.g. 400d (at least 30d); the embedded backend keeps every record [default:
+    /// for expiry, e.g. 400d (30d to 3650d); the embedded backend keeps every record [default:
     /// unset, records are kept as the audit trail].
     #[arg(long, global = true, env = "COMPACTOR_RECORD_TTL", value_name = "DURATION")]
     pub record_ttl: Option<String>,
@@ -156,7 +156,7 @@ pub struct ConfigArgs {
     /// Partitions sealed at once [default: 4].
     #[arg(long, global = true, env = "COMPACTOR_PARTITION_CONCURRENCY", value_name = "N")]
     pub partition_concurrency: Option<String>,
-    /// How long a seal lock lasts unless renewed [default: 15m].
+    /// How long a seal lock lasts unless renewed, 30s to 1d [default: 15m].
     #[arg(long, global = true, env = "COMPACTOR_LEASE", value_name = "DURATION")]
     pub lease: Option<String>,
 }

@@ -5,24 +5,22 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use compactor::adapters::local_dir::LocalDir;
-use compactor::adapters::sqlite::SqliteManifest;
-use compactor::clock::SystemClock;
-use compactor::config::Config;
 use compactor::domain::partition::PartitionKey;
 use compactor::domain::records::PartitionState;
 use compactor::engine::audit::AuditSummary;
-use compactor::engine::plan::PlanReport;
-use compactor::engine::seal::{OutputProgress, SealOptions, SealReport};
-use compactor::engine::{Compactor, IngestReport, VerifyReport};
+use compactor::engine::seal::{OutputProgress, SealOptions};
+use compactor::engine::{Compactor, IngestReport};
 use compactor::event::decode_json;
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use indicatif::ProgressBar;
 
 use crate::args::{
     AuditArgs, Backend, Cli, Command, GlobalArgs, IngestArgs, PlanArgs, RestoreArgs, SealArgs, VerifyArgs,
 };
-use crate::output::{human_bytes, thousands, Table};
+use crate::backend::{engine, open_embedded};
+use crate::output::{
+    check_verified, human_bytes, nothing_to_seal, print_audit_summary, print_ingest_report, print_json,
+    print_partitions, print_plan, print_seal_report, print_verify_report, short_sha256, thousands, Table,
+};
 use crate::{CliError, CliResult};
 
 pub async fn run(cli: Cli) -> CliResult {
@@ -36,62 +34,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Restore(args) => restore(&cli.global, args).await,
         Command::Plan(args) => plan(&cli.global, args).await,
     }
-}
-
-/// Opens the embedded backend under `data_dir` for `config`, creating what is missing.
-pub async fn open_embedded(data_dir: &Path, config: Config) -> CliResult<Compactor> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| {
-            format!("cannot create the data directory {}: check the path and its permissions", data_dir.display())
-        })
-        .map_err(CliError::Failure)?;
-    let store = LocalDir::open(data_dir.join("buckets"))
-        .with_context(|| format!("cannot open the buckets under {}", data_dir.display()))
-        .map_err(CliError::Failure)?;
-    let manifest = SqliteManifest::open(data_dir.join("manifest.sqlite"))
-        .with_context(|| format!("cannot open the manifest in {}", data_dir.display()))
-        .map_err(CliError::Failure)?;
-    Ok(Compactor::new(config, Arc::new(store), Arc::new(manifest), Arc::new(SystemClock)))
-}
-
-async fn engine(global: &GlobalArgs) -> CliResult<Compactor> {
-    let config = global.config.raw().validate()?;
-    match global.backend {
-        Backend::Embedded => {
-            if config.record_ttl.is_some() {
-                tracing::warn!(
-                    "--record-ttl (COMPACTOR_RECORD_TTL) is ignored by the embedded backend: SQLite keeps every record"
-                );
-            }
-            open_embedded(&global.data_dir, config).await
-        }
-        Backend::Aws => open_aws(global, config).await,
-    }
-}
-
-#[cfg(feature = "aws")]
-fn aws_settings(global: &GlobalArgs) -> CliResult<compactor::aws::AwsSettings> {
-    let mut settings = compactor::aws::AwsSettings::from_lookup(|name| match name {
-        "COMPACTOR_TABLE" => global.table.clone(),
-        "COMPACTOR_S3_PATH_STYLE" => Some(global.path_style.to_string()),
-        other => std::env::var(other).ok(),
-    })?;
-    settings.s3_endpoint = global.s3_endpoint.clone();
-    settings.dynamodb_endpoint = global.dynamodb_endpoint.clone();
-    Ok(settings)
-}
-
-#[cfg(feature = "aws")]
-async fn open_aws(global: &GlobalArgs, config: Config) -> CliResult<Compactor> {
-    let settings = aws_settings(global)?;
-    Ok(compactor::aws::build_aws_compactor(config, &settings).await)
-}
-
-#[cfg(not(feature = "aws"))]
-async fn open_aws(_global: &GlobalArgs, _config: Config) -> CliResult<Compactor> {
-    Err(CliError::BadInput(anyhow!(
-        "this build of s3-compactor has no AWS backend: build it with `cargo install --path cli --features aws`"
-    )))
 }
 
 async fn init(global: &GlobalArgs) -> CliResult {
@@ -114,7 +56,7 @@ async fn init(global: &GlobalArgs) -> CliResult {
 
 #[cfg(feature = "aws")]
 async fn init_aws(global: &GlobalArgs) -> CliResult {
-    let settings = aws_settings(global)?;
+    let settings = crate::backend::aws_settings(global)?;
     let layout = compactor::domain::layout::Layout::parse(global.config.layout.as_deref().unwrap_or("%Y/%m/%d"), None)
         .map_err(|error| CliError::BadInput(error.into()))?;
     let client = compactor::adapters::dynamodb::client_for(settings.dynamodb_endpoint.as_deref()).await;
@@ -126,24 +68,7 @@ async fn init_aws(global: &GlobalArgs) -> CliResult {
 
 #[cfg(not(feature = "aws"))]
 async fn init_aws(global: &GlobalArgs) -> CliResult {
-    open_aws(global, global.config.raw().validate()?).await.map(|_| ())
-}
-
-fn print_json(value: &impl Serialize) -> CliResult {
-    let text = serde_json::to_string_pretty(value).map_err(|error| CliError::Failure(error.into()))?;
-    println!("{text}");
-    Ok(())
-}
-
-pub fn progress_bar(length: u64, message: &str) -> ProgressBar {
-    let bar = ProgressBar::new(length);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("the template is valid")
-            .progress_chars("=> "),
-    );
-    bar.set_message(message.to_string());
-    bar
+    crate::backend::open_aws(global, global.config.raw().validate()?).await.map(|_| ())
 }
 
 fn partition_keys(compactor: &Compactor, paths: &[String]) -> Option<Vec<PartitionKey>> {
@@ -206,24 +131,6 @@ async fn ingest(global: &GlobalArgs, args: IngestArgs) -> CliResult {
     Ok(())
 }
 
-pub fn print_ingest_report(report: &IngestReport) {
-    println!(
-        "ingested {} events: {} recorded ({}), {} updated, {} stale (replays or older), {} removed, {} removals ignored, {} skipped, {} non-object records",
-        thousands(report.events),
-        thousands(report.recorded),
-        human_bytes(report.bytes_recorded),
-        thousands(report.updated),
-        thousands(report.stale),
-        thousands(report.removed),
-        thousands(report.removal_ignored),
-        thousands(report.skipped_total()),
-        thousands(report.ignored_records),
-    );
-    for (reason, count) in &report.skipped {
-        println!("  skipped {reason}: {}", thousands(*count));
-    }
-}
-
 fn read_input(path: &Path) -> CliResult<String> {
     if path == Path::new("-") {
         let mut text = String::new();
@@ -278,61 +185,6 @@ async fn seal(global: &GlobalArgs, args: SealArgs) -> CliResult {
         )));
     }
     Ok(())
-}
-
-pub fn print_seal_report(report: &SealReport) {
-    let mut table = Table::new(&["partition", "gen", "state", "outputs", "objects", "source bytes", "output bytes"]);
-    for partition in &report.partitions {
-        table.row(vec![
-            partition.partition.path.clone(),
-            partition.generation.to_string(),
-            partition.state.to_string(),
-            thousands(partition.outputs_committed),
-            thousands(partition.objects_compacted),
-            human_bytes(partition.source_bytes),
-            human_bytes(partition.output_bytes),
-        ]);
-    }
-    if !table.is_empty() {
-        print!("{}", table.render());
-    }
-    println!(
-        "sealed {} partitions ({} left open, {} locked elsewhere, {} failed): {} objects ({}) into {} outputs; \
-         {} missing, {} superseded; sources tagged {}, deleted {}",
-        report.partitions_sealed,
-        report.partitions_left_open,
-        report.partitions_locked,
-        report.partitions_failed,
-        thousands(report.objects_compacted),
-        human_bytes(report.source_bytes),
-        thousands(report.outputs_committed),
-        report.objects_missing,
-        report.objects_superseded,
-        thousands(report.expiry.tagged),
-        thousands(report.expiry.deleted),
-    );
-    if report.copied_sources > 0 {
-        println!(
-            "{} sources ({}) copied server-side (UploadPartCopy): read once to hash them, not uploaded",
-            thousands(report.copied_sources),
-            human_bytes(report.copied_bytes)
-        );
-    }
-    if report.outputs_abandoned > 0 || report.objects_finished > 0 {
-        println!(
-            "recovered from earlier runs: {} uncommitted outputs abandoned, {} objects of committed outputs finished",
-            report.outputs_abandoned, report.objects_finished
-        );
-    }
-    if report.expiry.tag_limit > 0 || report.expiry.changed > 0 {
-        println!(
-            "not marked for expiry: {} with 10 tags already, {} changed since compaction",
-            report.expiry.tag_limit, report.expiry.changed
-        );
-    }
-    for (partition, error) in &report.failures {
-        println!("failed {partition}: {error}");
-    }
 }
 
 async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
@@ -394,7 +246,7 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
                 table.row(vec![
                     placement.offset.to_string(),
                     placement.length.to_string(),
-                    placement.sha256[..16].to_string(),
+                    short_sha256(&placement.sha256, 16).to_string(),
                     source.key.clone(),
                 ]);
             }
@@ -434,7 +286,7 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
                 output.state.to_string(),
                 thousands(output.object_count),
                 output.size.map(human_bytes).unwrap_or_else(|| "-".into()),
-                output.sha256.as_deref().map(|sha| sha[..16].to_string()).unwrap_or_else(|| "-".into()),
+                output.sha256.as_deref().map(|sha| short_sha256(sha, 16).to_string()).unwrap_or_else(|| "-".into()),
                 output.key,
             ]);
         }
@@ -454,37 +306,6 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
     Ok(())
 }
 
-pub fn print_partitions(partitions: &[compactor::domain::records::PartitionRecord]) {
-    let mut table = Table::new(&["partition", "state", "gen", "pending", "compacted", "compacted bytes", "outputs"]);
-    for record in partitions {
-        table.row(vec![
-            record.key.path.clone(),
-            record.state.to_string(),
-            record.generation.to_string(),
-            thousands(record.pending_objects),
-            thousands(record.compacted_objects),
-            human_bytes(record.compacted_bytes),
-            thousands(record.committed_outputs),
-        ]);
-    }
-    print!("{}", table.render());
-}
-
-pub fn print_audit_summary(summary: &AuditSummary) {
-    println!(
-        "{} partitions ({} sealed, {} open, {} sealing): {} objects ({}) compacted into {} outputs, {} pending ({})",
-        summary.partitions_sealed + summary.partitions_open + summary.partitions_sealing,
-        summary.partitions_sealed,
-        summary.partitions_open,
-        summary.partitions_sealing,
-        thousands(summary.compacted_objects),
-        human_bytes(summary.compacted_bytes),
-        thousands(summary.committed_outputs),
-        thousands(summary.pending_objects),
-        human_bytes(summary.pending_bytes),
-    );
-}
-
 async fn verify(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
     let compactor = engine(global).await?;
     let partitions = partition_keys(&compactor, &args.partitions);
@@ -501,43 +322,6 @@ async fn verify(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
         print_verify_report(&report);
     }
     check_verified(&report)
-}
-
-pub fn print_verify_report(report: &VerifyReport) {
-    println!(
-        "verified {}/{} outputs and {}/{} source ranges ({} read){}",
-        thousands(report.outputs_ok),
-        thousands(report.outputs_checked),
-        thousands(report.sources_ok),
-        thousands(report.sources_checked),
-        human_bytes(report.bytes_read),
-        if report.originals_compared > 0 {
-            format!(
-                "; {}/{} match their original object",
-                thousands(report.originals_ok),
-                thousands(report.originals_compared)
-            )
-        } else {
-            String::new()
-        }
-    );
-    if report.source_records_expired > 0 {
-        println!(
-            "  {} sources of those outputs are no longer in the manifest: their records expired (COMPACTOR_RECORD_TTL)",
-            thousands(report.source_records_expired)
-        );
-    }
-    for failure in &report.failures {
-        println!("  FAILED {failure}");
-    }
-}
-
-pub fn check_verified(report: &VerifyReport) -> CliResult {
-    if report.all_verified() {
-        Ok(())
-    } else {
-        Err(CliError::Unverified(format!("{} problems found (listed above)", report.failures.len())))
-    }
 }
 
 async fn restore(global: &GlobalArgs, args: RestoreArgs) -> CliResult {
@@ -563,39 +347,12 @@ async fn plan(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     if global.json {
         return print_json(&report);
     }
+    if report.partitions.is_empty() {
+        // An empty table and a $0 cost say nothing: say why there is nothing, as `audit` would.
+        let partitions = compactor.audit_partitions().await?;
+        println!("{}", nothing_to_seal(&partitions));
+        return Ok(());
+    }
     print_plan(&report);
     Ok(())
-}
-
-fn print_plan(report: &PlanReport) {
-    let mut table = Table::new(&["partition", "objects", "bytes", "outputs", "requests", "cost"]);
-    for partition in &report.partitions {
-        table.row(vec![
-            partition.partition.path.clone(),
-            thousands(partition.pending_objects),
-            human_bytes(partition.pending_bytes),
-            thousands(partition.outputs.len() as u64),
-            thousands(partition.requests.total()),
-            format!("${:.6}", partition.cost_usd),
-        ]);
-    }
-    print!("{}", table.render());
-    let requests = &report.requests;
-    println!(
-        "requests: {} GET, {} HEAD, {} PUT, {} multipart (create+parts+complete), {} tagging (get+put), {} DELETE, \
-         {} manifest writes, {} manifest reads, {} LIST",
-        thousands(requests.s3_get),
-        thousands(requests.s3_head),
-        thousands(requests.s3_put),
-        thousands(requests.s3_multipart_create + requests.s3_upload_part + requests.s3_multipart_complete),
-        thousands(requests.s3_get_tagging + requests.s3_put_tagging),
-        thousands(requests.s3_delete),
-        thousands(requests.manifest_writes),
-        thousands(requests.manifest_reads),
-        thousands(requests.s3_list),
-    );
-    println!(
-        "cost at us-east-1 prices: ${:.4} (a list-and-concatenate job: ${:.4}, without the manifest's audit trail)",
-        report.cost_usd, report.listing_job_cost_usd
-    );
 }

@@ -26,10 +26,11 @@ use futures::StreamExt;
 use test_data::{DatasetKind, DatasetSpec};
 
 use crate::args::{DemoArgs, GlobalArgs};
-use crate::commands::{
-    check_verified, open_embedded, print_audit_summary, print_ingest_report, print_verify_report, progress_bar,
+use crate::backend::open_embedded;
+use crate::output::{
+    check_verified, human_bytes, print_audit_summary, print_ingest_report, print_verify_report, progress_bar,
+    short_sha256, thousands,
 };
-use crate::output::{human_bytes, thousands};
 use crate::{CliError, CliResult};
 
 const BUCKET: &str = "demo-logs";
@@ -204,7 +205,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> CliResult {
                 output.key,
                 output.object_count,
                 human_bytes(output.size.unwrap_or(0)),
-                &output.sha256.as_deref().unwrap_or("")[..12]
+                short_sha256(output.sha256.as_deref().unwrap_or(""), 12)
             );
         }
     }

@@ -1,9 +1,11 @@
-//! `s3-compactor`: the command line of the compactor, on the embedded backend.
+//! `s3-compactor`: the command line of the compactor, on the embedded backend (a local
+//! directory and SQLite) or, in builds with the `aws` feature, on S3 and DynamoDB.
 //!
 //! Thin by design: flags become a `Config`, the backend is opened, and one engine call does
-//! the work; this file maps results to tables, JSON and exit codes.
+//! the work; this file maps results to exit codes.
 
 mod args;
+mod backend;
 mod commands;
 mod demo;
 mod output;
@@ -28,7 +30,9 @@ pub enum CliError {
 
 impl From<compactor::engine::EngineError> for CliError {
     fn from(error: compactor::engine::EngineError) -> Self {
-        if error.is_bad_input() {
+        if let compactor::engine::EngineError::Mismatch(message) = error {
+            CliError::Unverified(message)
+        } else if error.is_bad_input() {
             CliError::BadInput(error.into())
         } else {
             CliError::Failure(error.into())
@@ -53,7 +57,27 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
+/// A CLI piped into `head`, `jq` or `less` stops quietly when the reader goes away, as ripgrep
+/// does. Rust ignores SIGPIPE, so a write to the closed pipe fails, and `println!` panics on a
+/// failed write: this hook turns that one panic into a quiet exit 0 instead of a backtrace.
+/// Every other panic goes to the default hook.
+fn exit_quietly_on_broken_pipe() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message =
+            payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        let broken_pipe = message
+            .is_some_and(|message| message.starts_with("failed printing to stdout") && message.contains("Broken pipe"));
+        if broken_pipe {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     init_logging(&cli.global.log_level, cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

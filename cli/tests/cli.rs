@@ -35,6 +35,24 @@ fn files_under(directory: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// One S3 notification record of a 12-byte object created in bucket `logs`.
+fn s3_record(key: &str, sequencer: &str, event_time: &str) -> serde_json::Value {
+    serde_json::json!({"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": event_time, "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "x"}, "requestParameters": {"sourceIPAddress": "1.2.3.4"},
+        "responseElements": {}, "s3": {"s3SchemaVersion": "1.0", "configurationId": "c",
+        "bucket": {"name": "logs", "arn": "arn:aws:s3:::logs"},
+        "object": {"key": key, "size": 12, "eTag": "e", "sequencer": sequencer}}})
+}
+
+/// Writes one S3 notification of `key` into a file under `directory`, and returns its path.
+fn event_file(directory: &Path, key: &str) -> String {
+    let events = directory.join("event.json");
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    std::fs::write(&events, serde_json::json!({"Records": [s3_record(key, "01", &now)]}).to_string()).unwrap();
+    events.to_str().unwrap().to_string()
+}
+
 #[test]
 fn demo_then_audit_and_restore_give_back_the_exact_bytes() {
     let work = tempfile::tempdir().unwrap();
@@ -80,9 +98,75 @@ fn demo_then_audit_and_restore_give_back_the_exact_bytes() {
         text(&verify.stdout)
     );
 
-    // A second demo in the same directory replaces the first.
+    // A second demo in the same directory replaces the first: only its own day is there, and
+    // only its own objects are in the manifest.
     let again = s3_compactor(&["demo", "--dir", demo_dir_text, "--days", "1", "--files-per-day", "5"], work.path());
     assert!(again.status.success(), "{}", text(&again.stderr));
+    let sources_left: Vec<PathBuf> = files_under(&bucket_dir.join("AWSLogs"))
+        .into_iter()
+        .filter(|path| path.to_str().unwrap().contains("/2024/"))
+        .collect();
+    assert_eq!(sources_left.len(), 5, "the first demo's sources are gone: {sources_left:?}");
+    assert!(!source_files[61].exists(), "{} is left from the first demo", source_files[61].display());
+    let verify = s3_compactor(&[&common[..], &["verify"]].concat(), work.path());
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    assert!(text(&verify.stdout).contains("verified 1/1 outputs and 5/5 source ranges"), "{}", text(&verify.stdout));
+}
+
+/// Issue 10: `s3-compactor --json audit | head` panicked with "failed printing to stdout:
+/// Broken pipe". Piped into a reader that has gone, the CLI exits quietly, as ripgrep does.
+#[test]
+fn output_into_a_closed_pipe_exits_quietly() {
+    let work = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
+        .args(["--source-bucket", "logs", "--json", "audit"])
+        .env("COMPACTOR_DATA_DIR", work.path())
+        .env("LOG_LEVEL", "error")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stderr), "", "nothing on stderr, no backtrace");
+}
+
+/// Issue 10: `plan` with nothing to seal printed an empty table and a $0.0000 cost.
+#[test]
+fn plan_with_nothing_to_seal_says_why() {
+    let work = tempfile::tempdir().unwrap();
+    let empty = s3_compactor(&["--source-bucket", "logs", "plan"], work.path());
+    assert!(empty.status.success(), "{}", text(&empty.stderr));
+    assert!(text(&empty.stdout).contains("the manifest has no partitions yet"), "{}", text(&empty.stdout));
+
+    let today = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    let key = format!("app/{today}/a.json");
+    let ingest = s3_compactor(&["--source-bucket", "logs", "ingest", &event_file(work.path(), &key)], work.path());
+    assert!(ingest.status.success(), "{}", text(&ingest.stderr));
+    let plan = s3_compactor(&["--source-bucket", "logs", "plan"], work.path());
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    let stdout = text(&plan.stdout);
+    assert!(stdout.contains("nothing to seal: no closed partition has pending objects (1 partitions: 0 sealed, 1 open"));
+    assert!(stdout.contains(&format!("the next to close is app/{today}/ (1 pending objects, 12 B), at ")), "{stdout}");
+    assert!(!stdout.contains("cost"), "no empty table and no $0 cost: {stdout}");
+}
+
+/// Issue 10: a huge duration panicked, at validation (`999999999999999d`) or on every ingest
+/// after passing it (`100000000000d`). It is bad input: exit 2, naming the variable and the
+/// range.
+#[test]
+fn a_huge_grace_is_bad_input_not_a_panic() {
+    let work = tempfile::tempdir().unwrap();
+    let events = event_file(work.path(), "app/2024/01/14/a.json");
+    for (grace, reason) in [("999999999999999d", "out of range"), ("100000000000d", "use at most 365d")] {
+        let output = s3_compactor(&["--source-bucket", "logs", "--grace", grace, "ingest", &events], work.path());
+        assert_eq!(output.status.code(), Some(2), "{grace}: {}", text(&output.stderr));
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(&format!("COMPACTOR_GRACE=\"{grace}\" is invalid")), "{stderr}");
+        assert!(stderr.contains(reason), "{grace}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[test]
@@ -119,14 +203,7 @@ fn ingest_counts_skips_and_replays_from_event_files() {
     let work = tempfile::tempdir().unwrap();
     let bucket_dir = work.path().join("buckets").join("logs");
     std::fs::create_dir_all(&bucket_dir).unwrap();
-    let record = |key: &str, sequencer: &str| {
-        serde_json::json!({"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-            "eventTime": "2024-01-14T10:00:00.000Z", "eventName": "ObjectCreated:Put",
-            "userIdentity": {"principalId": "x"}, "requestParameters": {"sourceIPAddress": "1.2.3.4"},
-            "responseElements": {}, "s3": {"s3SchemaVersion": "1.0", "configurationId": "c",
-            "bucket": {"name": "logs", "arn": "arn:aws:s3:::logs"},
-            "object": {"key": key, "size": 12, "eTag": "e", "sequencer": sequencer}}})
-    };
+    let record = |key: &str, sequencer: &str| s3_record(key, sequencer, "2024-01-14T10:00:00.000Z");
     let lines = [
         serde_json::json!({"Records": [record("app/2024/01/14/a+b.json", "01")]}),
         serde_json::json!({"Records": [record("app/2024/01/14/a+b.json", "01")]}),

@@ -22,8 +22,9 @@ use compactor::clock::SystemClock;
 use compactor::config::RawConfig;
 use compactor::engine::{Compactor, IngestReport, SkipReason};
 use compactor::ports::Tag;
+use compactor::testkit::s3_server::FreshBucket;
 use compactor::testkit::servers::{
-    dynamodb_test_client, ministack_endpoint, TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY,
+    dynamodb_test_client, ministack_endpoint, FreshTable, TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY,
 };
 use seal_fn::sqs::SqsFanOut;
 use seal_fn::{FanOut, SealFunction};
@@ -126,6 +127,38 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String)
     (url, arn)
 }
 
+/// Deletes the test's queues when dropped, also when the test fails, so that no run leaves
+/// them behind on the server. Like `FreshBucket`, on a thread of its own with its own runtime:
+/// `Drop` cannot `.await`, and the test's runtime is busy running this very `drop`.
+struct QueuesGuard {
+    endpoint: String,
+    queue_urls: Vec<String>,
+}
+
+impl Drop for QueuesGuard {
+    fn drop(&mut self) {
+        let (endpoint, queue_urls) = (self.endpoint.clone(), std::mem::take(&mut self.queue_urls));
+        let deleter = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                eprintln!("warning: cannot start a runtime; queues {queue_urls:?} are left behind");
+                return;
+            };
+            runtime.block_on(async {
+                let sqs = sqs_client(&endpoint);
+                for queue_url in queue_urls {
+                    let deletion = sqs.delete_queue().queue_url(&queue_url).send();
+                    match tokio::time::timeout(StdDuration::from_secs(10), deletion).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => eprintln!("warning: queue {queue_url} is left behind: {error}"),
+                        Err(_) => eprintln!("warning: queue {queue_url} is left behind: DeleteQueue took over 10s"),
+                    }
+                }
+            });
+        });
+        let _ = deleter.join();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_flow_from_s3_notifications_through_ingest_and_fanned_out_seals_into_verified_outputs() {
     let Some(endpoint) = ministack_endpoint() else { return };
@@ -137,9 +170,14 @@ async fn objects_flow_from_s3_notifications_through_ingest_and_fanned_out_seals_
 
     // The deployment: a bucket whose notifications go to the ingest queue, a manifest table,
     // and the seal workers' queue.
+    // Each is removed by its guard when the test ends, passed or failed.
     s3.create_bucket().bucket(&bucket).send().await.expect("CreateBucket");
+    let bucket_guard = FreshBucket::adopt(&endpoint, &bucket);
+    let mut queues_guard = QueuesGuard { endpoint: endpoint.clone(), queue_urls: Vec::new() };
     let (ingest_queue, ingest_queue_arn) = create_queue(&sqs, &format!("ingest-{suffix}")).await;
+    queues_guard.queue_urls.push(ingest_queue.clone());
     let (seal_queue, _) = create_queue(&sqs, &format!("seal-{suffix}")).await;
+    queues_guard.queue_urls.push(seal_queue.clone());
     let notifications = NotificationConfiguration::builder()
         .queue_configurations(
             QueueConfiguration::builder()
@@ -158,8 +196,10 @@ async fn objects_flow_from_s3_notifications_through_ingest_and_fanned_out_seals_
         .expect("PutBucketNotificationConfiguration");
 
     let config = RawConfig { source_bucket: Some(bucket.clone()), ..Default::default() }.validate().unwrap();
-    let manifest = DynamoDbManifest::new(dynamodb_test_client(&endpoint).await, table, config.layout.clone());
+    let dynamodb = dynamodb_test_client(&endpoint).await;
+    let manifest = DynamoDbManifest::new(dynamodb.clone(), table.clone(), config.layout.clone());
     manifest.create_table().await.expect("the manifest table");
+    let table_guard = FreshTable::adopt(&endpoint, &table);
     let store = AmazonS3::new(s3.clone(), S3Options::default());
     let compactor = Compactor::new(config, Arc::new(store), Arc::new(manifest), Arc::new(SystemClock));
 
@@ -229,4 +269,12 @@ async fn objects_flow_from_s3_notifications_through_ingest_and_fanned_out_seals_
     let echoes = drain_ingest_queue(&sqs, &ingest_queue, &compactor, |report| report.skipped_total() >= 3).await;
     assert_eq!(echoes.skipped.get(&SkipReason::UnderDestination), Some(&3), "{echoes:?}");
     assert_eq!(echoes.recorded, 0);
+
+    // Nothing is left behind on the server.
+    drop((queues_guard, table_guard, bucket_guard));
+    let queues = sqs.list_queues().queue_name_prefix(format!("ingest-{suffix}")).send().await.expect("ListQueues");
+    let seal_queues = sqs.list_queues().queue_name_prefix(format!("seal-{suffix}")).send().await.expect("ListQueues");
+    assert!(queues.queue_urls().is_empty() && seal_queues.queue_urls().is_empty(), "{queues:?} {seal_queues:?}");
+    assert!(dynamodb.describe_table().table_name(&table).send().await.is_err(), "table {table} is left behind");
+    assert!(s3.head_bucket().bucket(&bucket).send().await.is_err(), "bucket {bucket} is left behind");
 }

@@ -11,20 +11,20 @@
 //! | `COMPACTOR_DEST_PREFIX` | prefix the partition paths are mirrored under | `compacted/` |
 //! | `COMPACTOR_LAYOUT` | date layout in keys (`%Y/%m/%d`, `year=%Y/month=%m/day=%d/hour=%H`, …) | `%Y/%m/%d` |
 //! | `COMPACTOR_GRANULARITY` | `day` or `hour` | finest field of the layout |
-//! | `COMPACTOR_GRACE` | how long after its period a partition closes (`90m`, `2h`, `1d`) | `2h` |
+//! | `COMPACTOR_GRACE` | how long after its period a partition closes (`90m`, `2h`, `1d`; at most `365d`) | `2h` |
 //! | `COMPACTOR_TARGET_OUTPUT_BYTES` | output size the planner packs towards | `128MiB` |
 //! | `COMPACTOR_PART_BYTES` | multipart part size (5 MiB to 5 GiB) | `8MiB` |
 //! | `COMPACTOR_SMALL_OBJECT_MAX_BYTES` | larger objects are skipped (`too_large`) | `64MiB` |
 //! | `COMPACTOR_FORMAT` | `auto` (by extension) or `bytes` (no separators) | `auto` |
 //! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
 //! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |
-//! | `COMPACTOR_RECORD_TTL` | DynamoDB only: delete a source's record this long after the source was marked for expiry (`400d`; at least `30d`); SQLite ignores it | unset: records are kept (the audit trail) |
+//! | `COMPACTOR_RECORD_TTL` | DynamoDB only: delete a source's record this long after the source was marked for expiry (`400d`; `30d` to `3650d`); SQLite ignores it | unset: records are kept (the audit trail) |
 //! | `COMPACTOR_READ_CONCURRENCY` | source GETs in flight per output | `32` |
 //! | `COMPACTOR_READ_AHEAD_BYTES` | bytes of sources read ahead of the writer | `64MiB` |
 //! | `COMPACTOR_UPLOAD_CONCURRENCY` | parts uploading at once per output | `4` |
 //! | `COMPACTOR_COPY_MIN_BYTES` | sources this large (5 MiB to 5 GiB) become parts by server-side `UploadPartCopy`, read once only to hash them; `off` streams every source | `5MiB` |
 //! | `COMPACTOR_PARTITION_CONCURRENCY` | partitions sealed at once | `4` |
-//! | `COMPACTOR_LEASE` | how long a seal lock lasts unless renewed | `15m` |
+//! | `COMPACTOR_LEASE` | how long a seal lock lasts unless renewed (`30s` to `1d`) | `15m` |
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,13 +41,22 @@ use crate::ports::Tag;
 pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 /// S3's largest part.
 pub const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
-/// S3's most parts per upload.
-pub const MAX_PARTS: u64 = 10_000;
+/// S3's most parts per upload (part numbers are 1 to this).
+pub const MAX_PARTS: u32 = 10_000;
 
 /// The shortest `COMPACTOR_RECORD_TTL`: S3 may deliver an event again, and SQS keeps a message
 /// up to 14 days; a record gone before its source's last event could see the source recorded,
 /// and compacted, again.
 pub const MIN_RECORD_TTL: Duration = Duration::days(30);
+
+/// The longest `COMPACTOR_GRACE`: late data a year after its period is a backfill, not a
+/// reason to keep a partition open.
+pub const MAX_GRACE: Duration = Duration::days(365);
+/// The longest `COMPACTOR_LEASE`: a live seal renews its lease, so a long one only keeps a
+/// crashed run's partitions locked longer.
+pub const MAX_LEASE: Duration = Duration::days(1);
+/// The longest `COMPACTOR_RECORD_TTL`; unset keeps records for ever.
+pub const MAX_RECORD_TTL: Duration = Duration::days(3650);
 
 /// What happens to a source once the output holding it is committed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,8 +222,22 @@ impl RawConfig {
             .transpose()?;
         let layout = Layout::parse(self.layout.as_deref().unwrap_or("%Y/%m/%d"), granularity)
             .map_err(|source| ConfigError::Layout { name: "COMPACTOR_LAYOUT", source })?;
-        let grace = parse_duration("COMPACTOR_GRACE", self.grace.as_deref().unwrap_or("2h"))?;
-        let lease = parse_duration("COMPACTOR_LEASE", self.lease.as_deref().unwrap_or("15m"))?;
+        let grace_text = self.grace.as_deref().unwrap_or("2h");
+        let grace = at_most(
+            "COMPACTOR_GRACE",
+            grace_text,
+            parse_duration("COMPACTOR_GRACE", grace_text)?,
+            MAX_GRACE,
+            "a partition would stay open over a year after its period ends: use at most 365d",
+        )?;
+        let lease_text = self.lease.as_deref().unwrap_or("15m");
+        let lease = at_most(
+            "COMPACTOR_LEASE",
+            lease_text,
+            parse_duration("COMPACTOR_LEASE", lease_text)?,
+            MAX_LEASE,
+            "a crashed seal would keep its partitions locked that long: use at most 1d (a live seal renews its lease)",
+        )?;
         if lease < Duration::seconds(30) {
             return Err(invalid(
                 "COMPACTOR_LEASE",
@@ -233,7 +256,9 @@ impl RawConfig {
         }
         let small_object_max_bytes =
             parse_bytes("COMPACTOR_SMALL_OBJECT_MAX_BYTES", self.small_object_max_bytes.as_deref().unwrap_or("64MiB"))?;
-        if small_object_max_bytes.div_ceil(part_bytes).max(target_output_bytes.div_ceil(part_bytes)) + 1 > MAX_PARTS {
+        if small_object_max_bytes.div_ceil(part_bytes).max(target_output_bytes.div_ceil(part_bytes)) + 1
+            > u64::from(MAX_PARTS)
+        {
             return Err(invalid(
                 "COMPACTOR_PART_BYTES",
                 &part_bytes.to_string(),
@@ -262,7 +287,13 @@ impl RawConfig {
         let record_ttl = match self.record_ttl.as_deref() {
             None => None,
             Some(text) => {
-                let record_ttl = parse_duration("COMPACTOR_RECORD_TTL", text)?;
+                let record_ttl = at_most(
+                    "COMPACTOR_RECORD_TTL",
+                    text,
+                    parse_duration("COMPACTOR_RECORD_TTL", text)?,
+                    MAX_RECORD_TTL,
+                    "use at most 3650d (ten years), or unset COMPACTOR_RECORD_TTL to keep every record",
+                )?;
                 if record_ttl < MIN_RECORD_TTL {
                     return Err(invalid(
                         "COMPACTOR_RECORD_TTL",
@@ -295,7 +326,7 @@ impl RawConfig {
             // A copied source is a part of its own, and a part may then be as small as S3's
             // minimum rather than `part_bytes`: the 10,000-part limit must hold for that too.
             let largest_output_bytes = small_object_max_bytes.max(target_output_bytes);
-            if largest_output_bytes.div_ceil(MIN_PART_BYTES) + 1 > MAX_PARTS {
+            if largest_output_bytes.div_ceil(MIN_PART_BYTES) + 1 > u64::from(MAX_PARTS) {
                 return Err(invalid(
                     "COMPACTOR_COPY_MIN_BYTES",
                     self.copy_min_bytes.as_deref().unwrap_or("5MiB"),
@@ -442,10 +473,13 @@ pub fn parse_bytes(name: &'static str, text: &str) -> Result<u64, ConfigError> {
         .ok_or_else(|| invalid(name, text, "give a size such as 8MiB, 500KB or 1048576"))
 }
 
-/// Parses durations such as `90s`, `15m`, `2h`, `1d`, `1h30m`.
+/// Parses durations such as `90s`, `15m`, `2h`, `1d`, `1h30m`. The arithmetic is checked: a
+/// count too large for any duration is an error, never a panic (chrono's constructors panic out
+/// of range). Each variable bounds its own range on top of this.
 pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let error = || invalid(name, text, "give a duration such as 90s, 15m, 2h, 1d or 1h30m");
-    let mut total = Duration::zero();
+    let too_long = || invalid(name, text, "that duration is out of range: give one such as 90s, 15m, 2h, 1d or 1h30m");
+    let mut total_seconds: i64 = 0;
     let mut digits = String::new();
     let mut any_unit = false;
     for character in text.trim().chars() {
@@ -453,21 +487,45 @@ pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, Config
             digits.push(character);
             continue;
         }
-        let count: i64 = digits.parse().map_err(|_| error())?;
+        let count: i64 = match digits.parse() {
+            Ok(count) => count,
+            // Only digits are collected: a parse error here is an empty count or an overflow.
+            Err(_) if digits.is_empty() => return Err(error()),
+            Err(_) => return Err(too_long()),
+        };
         digits.clear();
-        total += match character {
-            's' => Duration::seconds(count),
-            'm' => Duration::minutes(count),
-            'h' => Duration::hours(count),
-            'd' => Duration::days(count),
+        let unit_seconds: i64 = match character {
+            's' => 1,
+            'm' => 60,
+            'h' => 60 * 60,
+            'd' => 24 * 60 * 60,
             _ => return Err(error()),
         };
+        total_seconds = count
+            .checked_mul(unit_seconds)
+            .and_then(|seconds| total_seconds.checked_add(seconds))
+            .ok_or_else(too_long)?;
         any_unit = true;
     }
     if !digits.is_empty() || !any_unit {
         return Err(error());
     }
-    Ok(total)
+    Duration::try_seconds(total_seconds).ok_or_else(too_long)
+}
+
+/// `duration` if it is at most `max`; else an error that gives `reason`.
+fn at_most(
+    name: &'static str,
+    text: &str,
+    duration: Duration,
+    max: Duration,
+    reason: &str,
+) -> Result<Duration, ConfigError> {
+    if duration > max {
+        Err(invalid(name, text, reason))
+    } else {
+        Ok(duration)
+    }
 }
 
 #[cfg(test)]
@@ -578,6 +636,37 @@ mod tests {
         assert_eq!(config.record_ttl, Some(Duration::days(400)));
         let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_RECORD_TTL", "30d")]).unwrap();
         assert_eq!(config.record_ttl, Some(MIN_RECORD_TTL));
+    }
+
+    /// Issue 10: `999999999999999d` panicked in chrono's `Duration::days`, and `100000000000d`
+    /// passed validation and then panicked in `Period::closes_at` on every ingest.
+    #[test]
+    fn huge_durations_are_refused_with_a_message_instead_of_panicking() {
+        for (name, huge) in [
+            ("COMPACTOR_GRACE", "999999999999999d"),
+            ("COMPACTOR_GRACE", "100000000000d"),
+            ("COMPACTOR_GRACE", "99999999999999999999999s"),
+            ("COMPACTOR_GRACE", "9223372036854775807s1s"),
+            ("COMPACTOR_LEASE", "100000000000d"),
+            ("COMPACTOR_RECORD_TTL", "100000000000d"),
+        ] {
+            let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), (name, huge)]).unwrap_err();
+            let message = error.to_string();
+            assert!(message.starts_with(&format!("{name}=")), "{message}");
+            assert!(message.contains("at most") || message.contains("out of range"), "{message}");
+        }
+    }
+
+    #[test]
+    fn durations_are_bounded_to_sane_ranges() {
+        let with = |name: &str, value: &str| from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), (name, value)]);
+        assert_eq!(with("COMPACTOR_GRACE", "365d").unwrap().grace, MAX_GRACE);
+        assert!(with("COMPACTOR_GRACE", "366d").unwrap_err().to_string().contains("use at most 365d"));
+        assert_eq!(with("COMPACTOR_GRACE", "0s").unwrap().grace, Duration::zero());
+        assert_eq!(with("COMPACTOR_LEASE", "1d").unwrap().lease, MAX_LEASE);
+        assert!(with("COMPACTOR_LEASE", "1d1s").unwrap_err().to_string().contains("use at most 1d"));
+        assert_eq!(with("COMPACTOR_RECORD_TTL", "3650d").unwrap().record_ttl, Some(MAX_RECORD_TTL));
+        assert!(with("COMPACTOR_RECORD_TTL", "3651d").unwrap_err().to_string().contains("use at most 3650d"));
     }
 
     #[test]

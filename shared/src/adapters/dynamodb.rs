@@ -27,14 +27,15 @@
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
 //! | partition | `P#{bucket}#{path}` | `#PARTITION` | `bucket`, `path`, `period_start`, `period_end`, `closes_at`, `state`, `generation`, `lock_owner`?, `lease_expires_at`?, `sealed_at`?, `ingest_counter`; `gsi1pk`/`gsi1sk` while it may have pending objects; `gsi3pk`/`gsi3sk` always |
-//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once placed: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`, `gsi2pk`, `gsi2sk` |
-//! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`? |
+//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once compacted: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`; `gsi2pk`, `gsi2sk` only on items placed by versions before placement chunks |
+//! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`? |
+//! | placement chunk | `PL#{bucket}#{len(path)}#{path}{output key}` | first offset, 20 digits | `generation`, `placements` (JSON, up to 300 KB): see the `placements` module |
 //! | output pointer | `OUTKEY#{bucket}#{key}` | `#` | `target_pk`, `target_sk`: where the output item is |
 //!
 //! | index | key | projection | holds |
 //! |---|---|---|---|
 //! | [`PENDING_INDEX`] | `gsi1pk` = `PENDING`, `gsi1sk` = `{closes_at}#{path}#{bucket}` | `lock_owner`, `lease_expires_at` | partitions that have (or may have) pending objects: sparse |
-//! | [`SOURCES_INDEX`] | `gsi2pk` = `{bucket}#{len(path)}#{path}{output key}`, `gsi2sk` = offset (N) | all | placed objects, by output and offset |
+//! | [`SOURCES_INDEX`] | `gsi2pk` = `{bucket}#{len(path)}#{path}{output key}`, `gsi2sk` = offset (N) | all | objects placed by versions before placement chunks, by output and offset; nothing new enters it |
 //! | [`PARTITIONS_INDEX`] | `gsi3pk` = `PARTITION`, `gsi3sk` = `{bucket}#{path}` | keys | every partition, in (bucket, path) order |
 //!
 //! Times are Numbers of microseconds since the Unix epoch; `closes_at` inside `gsi1sk` is
@@ -64,6 +65,10 @@
 //! recorded objects from those calls: re-ingest (a backfill) into a fresh table instead.
 //!
 //! # How it differs from SQLite
+//! - **Batched conditional updates.** The seal's per-source writes (`mark_compacted`,
+//!   `mark_expiry`) are single-item conditional PartiQL `UPDATE`s sent 25 to a
+//!   `BatchExecuteStatement`: the same write units as `UpdateItem`, a 25th of the requests (the
+//!   seal's role needs `dynamodb:PartiQLUpdate`; see `sam/template.yaml`).
 //! - **Conditional writes instead of transactions.** Every read-then-write reads the item, decides
 //!   in Rust (sequencers compare right-padded, which no condition expression can do), and writes
 //!   with a condition that the item still holds what was read; on `ConditionalCheckFailed` it
@@ -81,10 +86,11 @@
 //! - **Indexes are eventually consistent.** `closed_partitions`, `partitions` and
 //!   `output_sources` read global secondary indexes, which lag writes by a fraction of a
 //!   second; `acquire` and the other writes re-check the item itself, so a stale answer only
-//!   delays a seal. `mark_compacted` finds an output's sources through [`SOURCES_INDEX`] too:
-//!   a source placed a moment before may be missed, stays pending with its placement, and the
-//!   next seal's recovery (which calls `mark_compacted` for every committed output first)
-//!   finishes it; the partition is then released `open`, not `sealed`, in between.
+//!   delays a seal. `mark_compacted` and `output_sources` read an output's placement chunks, on
+//!   the base table, strongly consistent; only outputs placed before chunks existed go through
+//!   [`SOURCES_INDEX`], where a source placed a moment before may be missed, stays pending with
+//!   its placement, and the next seal's recovery (which calls `mark_compacted` for every
+//!   committed output first) finishes it.
 //!   Base-table reads are strongly consistent.
 //! - **A partition with only removed objects stays in the pending index** until a seal
 //!   releases it; `closed_partitions` leaves it out of its answer (it counts pending objects),
@@ -134,10 +140,10 @@
 //! | `acquire`, `renew` | 0 | 1 |
 //! | `release` | 1 + all object items of the partition (counting) | 1 |
 //! | `objects` (one page of n) | about n, over 16 Queries | 0 |
-//! | `record_placements` (n) | 1 + n | 2 (n + 1) per 99 objects, transactional |
+//! | `record_placements` (n) | 1 + n (strongly consistent, in `BatchGetItem`s of 100) | the chunk items' size: about 0.2 per source |
 //! | `begin_output`, `commit_output`, `abandon_output`, `mark_missing` | 2 to 3 | 4 to 6 (a transaction of 2 or 3 items) |
-//! | `mark_compacted` (n sources) | n from [`SOURCES_INDEX`] | n (+ n for the index's copy) |
-//! | `mark_expiry` (n keys) | 0 | n (+ n for the index's copy of placed objects) |
+//! | `mark_compacted` (n sources) | the output items, and the chunks (about n / 20) | n in n / 25 `BatchExecuteStatement`s, + 1 on the output item (0 once done) |
+//! | `mark_expiry` (n keys) | 0 | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks) |
 //! | `partition`, `partitions`, `closed_partitions` | all object and output items of each partition returned | 0 |
 //! | `closed_partition_keys` | the index Query (keys and lease attributes) + 1 per partition returned | 0 |
 
@@ -150,9 +156,9 @@ use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::error::BuildError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, ConditionCheck, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    ScalarAttributeType, Select, TableStatus, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BatchStatementRequest, BillingMode, CancellationReason, ConditionCheck,
+    GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, TableStatus, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, Utc};
@@ -167,6 +173,8 @@ use crate::domain::sequencer;
 use crate::ports::manifest::{
     IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
+
+mod placements;
 
 const BACKEND_NAME: &str = "dynamodb";
 
@@ -192,10 +200,6 @@ pub const OPTIMISTIC_ATTEMPTS: usize = 8;
 /// How many attempts the SDK makes for a throttled or failed request (standard retry mode,
 /// exponential back-off with jitter) before the error reaches the caller.
 pub const SDK_MAX_ATTEMPTS: u32 = 8;
-
-/// Object updates per `TransactWriteItems`: DynamoDB's limit is 100 actions, one of which is
-/// the fencing `ConditionCheck` of the partition item.
-const OBJECTS_PER_TRANSACTION: usize = 99;
 
 /// Concurrent single-item requests of one call (`mark_compacted`, `mark_expiry`, reads of a
 /// placement batch): enough to hide latency, few enough to stay polite to a shared table.
@@ -258,6 +262,11 @@ enum DynamoDbManifestError {
     Malformed { table: String, item: String, attribute: &'static str },
     #[error("{what} kept changing under this call for {OPTIMISTIC_ATTEMPTS} attempts: retry it")]
     Contended { what: String },
+    #[error(
+        "DynamoDB refused a statement of a BatchExecuteStatement ({code}: {message}): check the table's permissions \
+         (dynamodb:PartiQLUpdate) and that it was created by `s3-compactor init`"
+    )]
+    Statement { code: String, message: String },
     #[error("{now} + lease of {lease_for} is past the end of time: use a shorter lease")]
     LeaseOverflow { now: DateTime<Utc>, lease_for: Duration },
     #[error("{what} belongs to partition {found}, not to the leased partition {leased}: this is a bug in the caller")]
@@ -647,12 +656,8 @@ struct ReleaseCount {
 /// What a canceled fenced transaction (the fence check first) means.
 enum TransactionOutcome {
     Committed,
-    /// An item other than the fence changed since it was read: read again and retry. The
-    /// cancellation code of each write, in order (without the fence's), when DynamoDB gave
-    /// them: `ConditionalCheckFailed` names the writes whose condition failed.
-    Conflict {
-        write_codes: Vec<String>,
-    },
+    /// An item other than the fence changed since it was read: read again and retry.
+    Conflict,
 }
 
 impl DynamoDbManifest {
@@ -919,10 +924,10 @@ impl DynamoDbManifest {
                     } else {
                         // A changed item, or a conflict with another transaction on one of the
                         // items: both are resolved by reading again.
-                        Ok(TransactionOutcome::Conflict { write_codes: codes.into_iter().skip(1).collect() })
+                        Ok(TransactionOutcome::Conflict)
                     }
                 }
-                Failure::ConditionFailed(_) => Ok(TransactionOutcome::Conflict { write_codes: Vec::new() }),
+                Failure::ConditionFailed(_) => Ok(TransactionOutcome::Conflict),
                 Failure::Other(error) => Err(error),
             },
         }
@@ -1393,74 +1398,6 @@ impl DynamoDbManifest {
         }
         Err(DynamoDbManifestError::Contended { what: format!("partition {key}") }.into())
     }
-
-    /// Reads, decides in Rust and writes a placement batch of at most
-    /// [`OBJECTS_PER_TRANSACTION`] objects in one fenced transaction. Returns the superseded
-    /// keys, in the batch's order.
-    /// Writes each placement on the condition that its item is still pending as the version
-    /// that was placed, all in one fenced transaction, with no read first. Should the
-    /// transaction be cancelled, its cancellation reasons name the writes whose condition
-    /// failed: those sources are superseded (a newer version, or gone), and the others are
-    /// written again without them.
-    async fn record_placement_batch(
-        &self,
-        lease: &Lease,
-        output_key: &str,
-        batch: &[SourcePlacement],
-    ) -> Result<Vec<String>, ManifestError> {
-        let partition = &lease.partition;
-        let mut superseded = Vec::new();
-        let mut remaining: Vec<&SourcePlacement> = batch.iter().collect();
-        for _attempt in 0..OPTIMISTIC_ATTEMPTS {
-            if remaining.is_empty() {
-                return Ok(superseded);
-            }
-            let mut writes = Vec::with_capacity(remaining.len());
-            for source in &remaining {
-                debug_assert_eq!(source.placement.output_key, output_key, "a placement names another output");
-                let placement = &source.placement;
-                writes.push(self.update(
-                    key_of(object_item_pk(&partition.bucket, &partition.path, &source.key), source.key.clone()),
-                    "SET #output_key = :output_key, #output_generation = :generation, #output_offset = :offset, \
-                     #output_length = :length, #output_sha256 = :sha256, #output_separator_bytes = :separator_bytes, \
-                     #gsi2pk = :sources_pk, #gsi2sk = :offset",
-                    // A sequencer is stored as the first event of its version gave it, and the
-                    // placed one was read from the manifest: the same version has the same string.
-                    "#state = :pending AND #sequencer = :placed_sequencer",
-                    values([
-                        (":output_key", string_value(output_key)),
-                        (":generation", number_value(placement.generation)),
-                        (":offset", number_value(placement.offset)),
-                        (":length", number_value(placement.length)),
-                        (":sha256", string_value(&placement.sha256)),
-                        (":separator_bytes", number_value(placement.separator_bytes)),
-                        (":sources_pk", string_value(sources_index_pk(&partition.bucket, &partition.path, output_key))),
-                        (":pending", string_value(ObjectState::Pending.as_str())),
-                        (":placed_sequencer", string_value(&source.sequencer)),
-                    ]),
-                )?);
-            }
-            match self.fenced_transaction(lease, writes).await? {
-                TransactionOutcome::Committed => return Ok(superseded),
-                TransactionOutcome::Conflict { write_codes } => {
-                    let mut kept = Vec::with_capacity(remaining.len());
-                    for (index, source) in remaining.into_iter().enumerate() {
-                        if write_codes.get(index).map(String::as_str) == Some(CONDITION_FAILED_CODE) {
-                            superseded.push(source.key.clone());
-                        } else {
-                            kept.push(source);
-                        }
-                    }
-                    // Without reasons (another transaction in the way), the same writes again.
-                    remaining = kept;
-                    if remaining.is_empty() {
-                        return Ok(superseded);
-                    }
-                }
-            }
-        }
-        Err(DynamoDbManifestError::Contended { what: format!("the placements into {output_key}") }.into())
-    }
 }
 
 fn lease_lost(lease: &Lease) -> ManifestError {
@@ -1573,10 +1510,45 @@ impl Manifest for DynamoDbManifest {
                 Some(recorded) => {
                     let reader = ItemReader::new(&recorded, &self.table);
                     let recorded_sequencer = reader.optional_string("sequencer")?.unwrap_or_default();
-                    if !sequencer::supersedes(&object.sequencer, &recorded_sequencer) {
+                    let recorded_etag = reader.optional_string("etag")?;
+                    let recorded_state = reader.state::<ObjectState>("state")?;
+                    let order = sequencer::order(
+                        sequencer::Version {
+                            sequencer: &object.sequencer,
+                            etag: object.etag.as_deref(),
+                            time: object.event_time,
+                        },
+                        sequencer::Version {
+                            sequencer: &recorded_sequencer,
+                            etag: recorded_etag.as_deref(),
+                            time: reader.time("event_time")?,
+                        },
+                        recorded_state == ObjectState::Removed,
+                    );
+                    if order == sequencer::VersionOrder::ConfirmsScanned {
+                        // The same bytes: whatever was decided about them stands; only later
+                        // events must now be ordered by this one's sequencer.
+                        let confirmed = self
+                            .conditional_update(
+                                item_key.clone(),
+                                "SET #sequencer = :sequencer, #event_time = :event_time",
+                                "#sequencer = :recorded_sequencer",
+                                values([
+                                    (":sequencer", string_value(&object.sequencer)),
+                                    (":event_time", time_value(object.event_time)),
+                                    (":recorded_sequencer", string_value(&recorded_sequencer)),
+                                ]),
+                                false,
+                            )
+                            .await?;
+                        if confirmed.is_err() {
+                            continue;
+                        }
+                    }
+                    if order != sequencer::VersionOrder::Newer {
                         // A replay of a pending object still makes sure its partition is flagged:
                         // the first delivery may have crashed between the two writes.
-                        if reader.state::<ObjectState>("state")? == ObjectState::Pending {
+                        if recorded_state == ObjectState::Pending {
                             self.flag_partition_pending(object).await?;
                         }
                         return Ok(IngestOutcome::Stale);
@@ -1841,27 +1813,42 @@ impl Manifest for DynamoDbManifest {
     }
 
     /// An output the manifest does not know has no sources.
+    ///
+    /// [`SOURCES_INDEX`] sorts by offset alone, and returns the sources of one offset (empty
+    /// ones share theirs with the source after them) in no fixed order. So the Query starts at
+    /// the cursor's offset (`>=`), skips what is at or before the cursor, and reads on until it
+    /// holds `limit` sources and the next one lies at a greater offset (every source of the
+    /// page's last offset seen); the page is then sorted by (offset, key). Memory stays under
+    /// twice `limit` sources; a run of many empty sources at one offset is read again by each
+    /// page that ends inside it.
     async fn output_sources(
         &self,
         output_bucket: &str,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
         let Some((_, output)) = self.load_output(output_bucket, output_key).await? else {
             return Ok(Vec::new());
         };
+        if self.has_chunks(&output.partition, &output.key).await? {
+            return self.sources_from_chunks(&output.partition, &output.key, start_after_offset, limit).await;
+        }
+        // Placed by an older version of this adapter: the index of placed object items.
         let sources_pk = sources_index_pk(&output.partition.bucket, &output.partition.path, &output.key);
-        let (key_condition, mut expression_values) = match start_after_offset {
-            Some(offset) => {
-                ("#gsi2pk = :sources_pk AND #gsi2sk > :offset", values([(":offset", number_value(offset))]))
+        let (key_condition, mut expression_values) = match start_after {
+            Some((offset, _)) => {
+                ("#gsi2pk = :sources_pk AND #gsi2sk >= :offset", values([(":offset", number_value(offset))]))
             }
             None => ("#gsi2pk = :sources_pk", HashMap::new()),
         };
         expression_values.insert(":sources_pk".to_owned(), string_value(sources_pk));
-        let mut sources = Vec::new();
+        let position = |source: &ObjectRecord| (source.placement.as_ref().map_or(0, |placement| placement.offset), source.key.clone());
+        let by_position = |one: &ObjectRecord, other: &ObjectRecord| position(one).cmp(&position(other));
+        let mut sources: Vec<ObjectRecord> = Vec::new();
+        let mut last_offset_taken: Option<u64> = None;
         let mut start_key: Option<Item> = None;
-        while sources.len() < limit {
+        'pages: loop {
             let page = self
                 .query_page(
                     Some(SOURCES_INDEX),
@@ -1870,17 +1857,32 @@ impl Manifest for DynamoDbManifest {
                     expression_values.clone(),
                     false,
                     start_key.take(),
-                    Some(limit_i32(limit - sources.len())),
+                    Some(limit_i32(limit.saturating_add(1))),
                 )
                 .await?;
             for item in page.items() {
-                sources.push(object_from_item(item, &self.table)?);
+                let source = object_from_item(item, &self.table)?;
+                let (offset, key) = position(&source);
+                if start_after.is_some_and(|(after_offset, after_key)| (offset, key.as_str()) <= (after_offset, after_key)) {
+                    continue;
+                }
+                // Offsets only grow from here: past the last one taken, the page is complete.
+                if sources.len() >= limit && last_offset_taken.is_some_and(|last| offset > last) {
+                    break 'pages;
+                }
+                last_offset_taken = Some(offset);
+                sources.push(source);
+                if sources.len() >= limit.saturating_mul(2) {
+                    sources.sort_by(by_position);
+                    sources.truncate(limit);
+                }
             }
             start_key = page.last_evaluated_key;
             if start_key.is_none() {
                 break;
             }
         }
+        sources.sort_by(by_position);
         sources.truncate(limit);
         Ok(sources)
     }
@@ -1914,7 +1916,7 @@ impl Manifest for DynamoDbManifest {
             )?;
             match self.fenced_transaction(lease, vec![write]).await? {
                 TransactionOutcome::Committed => return Ok(()),
-                TransactionOutcome::Conflict { .. } => continue,
+                TransactionOutcome::Conflict => continue,
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("object {key}") }.into())
@@ -1978,7 +1980,7 @@ impl Manifest for DynamoDbManifest {
             };
             match self.fenced_transaction(lease, writes).await? {
                 TransactionOutcome::Committed => return Ok(()),
-                TransactionOutcome::Conflict { .. } => continue,
+                TransactionOutcome::Conflict => continue,
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("output s3://{}/{}", output.bucket, output.key) }.into())
@@ -1991,14 +1993,9 @@ impl Manifest for DynamoDbManifest {
         placements: &[SourcePlacement],
     ) -> Result<Vec<String>, ManifestError> {
         self.check_fence(lease).await?;
-        let mut superseded_keys = Vec::new();
-        // Each batch is atomic with its fence check; a crash between batches leaves placements
-        // of a `writing` output, which count for nothing until the commit and are rewritten by
-        // a retry.
-        for batch in placements.chunks(OBJECTS_PER_TRANSACTION) {
-            superseded_keys.extend(self.record_placement_batch(lease, output_key, batch).await?);
-        }
-        Ok(superseded_keys)
+        // No transaction: chunk items count for nothing until the commit, which is fenced, and
+        // name an output of this lease's generation, which a stalled run cannot commit.
+        self.write_placement_chunks(&lease.partition, output_key, placements).await
     }
 
     async fn commit_output(
@@ -2035,7 +2032,7 @@ impl Manifest for DynamoDbManifest {
             )?;
             match self.fenced_transaction(lease, vec![write]).await? {
                 TransactionOutcome::Committed => return Ok(()),
-                TransactionOutcome::Conflict { .. } => continue,
+                TransactionOutcome::Conflict => continue,
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("output s3://{output_bucket}/{output_key}") }.into())
@@ -2044,20 +2041,29 @@ impl Manifest for DynamoDbManifest {
     /// An output that is not committed (yet, or ever) compacts nothing: `Ok(0)`. An unknown
     /// output is [`ManifestError::NotFound`].
     async fn mark_compacted(&self, partition: &PartitionKey, output_key: &str) -> Result<u64, ManifestError> {
-        let mut output_state = None;
+        let mut found = None;
         for item in self.output_items(partition).await? {
             let record = output_from_item(&item, &self.table)?;
             if record.key == output_key {
-                output_state = Some(record.state);
+                found = Some((record.state, item));
                 break;
             }
         }
-        let Some(output_state) = output_state else {
+        let Some((output_state, output_item)) = found else {
             return Err(ManifestError::NotFound { what: format!("output {output_key} of partition {partition}") });
         };
         if output_state != OutputState::Committed {
             return Ok(0);
         }
+        if output_item.contains_key(placements::SOURCES_COMPACTED) {
+            return Ok(0);
+        }
+        if self.has_chunks(partition, output_key).await? {
+            let changed = self.compact_from_chunks(partition, output_key).await?;
+            self.mark_sources_compacted(&output_item).await?;
+            return Ok(changed);
+        }
+        // Placed by an older version of this adapter, on the object items.
         let sources = self
             .query_all(
                 Some(SOURCES_INDEX),
@@ -2101,43 +2107,43 @@ impl Manifest for DynamoDbManifest {
     }
 
     async fn mark_expiry(&self, bucket: &str, keys: &[String], at: DateTime<Utc>) -> Result<(), ManifestError> {
-        // Keys outside the layout have no record to mark.
+        // Keys outside the layout have no record to mark; a batch must not name an item twice.
+        let keys: std::collections::BTreeSet<&String> = keys.iter().collect();
         let item_keys: Vec<Item> = keys
-            .iter()
+            .into_iter()
             .filter_map(|key| {
                 let partition = self.layout.partition_of(key).ok()?;
                 Some(key_of(object_item_pk(bucket, &partition.path, key), key.clone()))
             })
             .collect();
-        let mut expression_values =
-            values([(":at", time_value(at)), (":compacted", string_value(ObjectState::Compacted.as_str()))]);
-        let update_expression = match self.record_ttl {
-            None => "SET #expiry_marked_at = :at",
-            Some(record_ttl) => {
-                let expires_at = at.checked_add_signed(record_ttl).unwrap_or(DateTime::<Utc>::MAX_UTC);
-                expression_values.insert(":expires_at".to_owned(), number_value(expires_at.timestamp()));
-                "SET #expiry_marked_at = :at, #expires_at = :expires_at"
-            }
-        };
-        let expression_values = &expression_values;
-        stream::iter(item_keys)
-            .map(|item_key| async move {
-                // Only the first mark counts: it is when the source was tagged (or deleted). A
-                // failed condition (not compacted, already marked, unknown) changes nothing, so
-                // a pending item never gets an expiry time.
-                self.conditional_update(
-                    item_key,
-                    update_expression,
-                    "#state = :compacted AND attribute_not_exists(#expiry_marked_at)",
-                    expression_values.clone(),
-                    false,
-                )
-                .await
-                .map(|_| ())
+        // Only the first mark counts: it is when the source was tagged (or deleted). A failed
+        // condition (not compacted, already marked, unknown) changes nothing, so a pending item
+        // never gets an expiry time. One conditional update per key, 25 to a request.
+        let expires_at = self
+            .record_ttl
+            .map(|record_ttl| at.checked_add_signed(record_ttl).unwrap_or(DateTime::<Utc>::MAX_UTC).timestamp());
+        let statement = format!(
+            "UPDATE \"{}\" SET \"expiry_marked_at\" = ?{} WHERE \"pk\" = ? AND \"sk\" = ? AND \"state\" = ? \
+             AND \"expiry_marked_at\" IS MISSING",
+            self.table,
+            if expires_at.is_some() { " SET \"expires_at\" = ?" } else { "" },
+        );
+        let statements = item_keys
+            .into_iter()
+            .map(|mut item_key| {
+                let mut parameters = vec![time_value(at)];
+                parameters.extend(expires_at.map(number_value));
+                parameters.extend(item_key.remove("pk"));
+                parameters.extend(item_key.remove("sk"));
+                parameters.push(string_value(ObjectState::Compacted.as_str()));
+                BatchStatementRequest::builder()
+                    .statement(&statement)
+                    .set_parameters(Some(parameters))
+                    .build()
+                    .map_err(|error| DynamoDbManifestError::Build(error).into())
             })
-            .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect::<Result<Vec<_>, ManifestError>>()?;
+        self.conditional_statements(statements).await?;
         Ok(())
     }
 
@@ -2164,7 +2170,7 @@ impl Manifest for DynamoDbManifest {
             )?;
             match self.fenced_transaction(lease, vec![write]).await? {
                 TransactionOutcome::Committed => return Ok(()),
-                TransactionOutcome::Conflict { .. } => continue,
+                TransactionOutcome::Conflict => continue,
             }
         }
         Err(DynamoDbManifestError::Contended { what: format!("output s3://{output_bucket}/{output_key}") }.into())

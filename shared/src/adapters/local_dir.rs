@@ -81,6 +81,7 @@ use futures::stream::{BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::MAX_PARTS;
 use crate::ports::object_store::{
     with_tag_added, CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ListPage, ObjectMeta, ObjectStore,
     PutOptions, StoreError, Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE, MAX_TAGS_PER_OBJECT,
@@ -106,7 +107,6 @@ const GET_BATCH_SIZE: usize = 64;
 const MAX_KEY_NUM_BYTES: usize = 1024;
 const MAX_TAG_KEY_NUM_CHARS: usize = 128;
 const MAX_TAG_VALUE_NUM_CHARS: usize = 256;
-const MAX_PART_NUMBER: u32 = 10_000;
 /// Most file systems refuse longer file names (`NAME_MAX`).
 const MAX_KEY_SEGMENT_NUM_BYTES: usize = 255;
 /// Staging entries older than this are left by a crashed writer: no write takes that long.
@@ -1197,14 +1197,10 @@ fn validate_key(bucket: &str, key: &str) -> Result<(), StoreError> {
 }
 
 fn validate_part_number(bucket: &str, key: &str, part_number: u32) -> Result<(), StoreError> {
-    if (1..=MAX_PART_NUMBER).contains(&part_number) {
+    if (1..=MAX_PARTS).contains(&part_number) {
         Ok(())
     } else {
-        Err(invalid_request(
-            bucket,
-            key,
-            format!("part number {part_number} is outside 1..={MAX_PART_NUMBER}, S3's range"),
-        ))
+        Err(invalid_request(bucket, key, format!("part number {part_number} is outside 1..={MAX_PARTS}, S3's range")))
     }
 }
 

@@ -53,7 +53,11 @@
 //! One request per batch, in Quiet mode: S3 answers only the keys it could not delete, each
 //! with its own code, which `delete_many` maps like a request's error (`PreconditionFailed`
 //! when the key's `ETag` no longer matches, `AccessDenied`, …; `NoSuchKey` is success: nothing
-//! is left to delete). A key the answer names but the request did not fails the whole call:
+//! is left to delete). A conditional delete of a key already gone is answered `NoSuchKey` by
+//! S3 (general purpose buckets), SeaweedFS and ministack, as success by directory buckets and
+//! some servers, and `PreconditionFailed` by others (older ministack; SeaweedFS's single-key
+//! DeleteObject): a key refused with `PreconditionFailed` is looked up with one HeadObject,
+//! and counts as deleted if it is gone. A key the answer names but the request did not fails the whole call:
 //! the answer cannot be trusted, and every delete is safe to send again. S3 requires an
 //! integrity checksum on this request (Content-MD5 or an `x-amz-checksum-*` header); the SDK
 //! adds a CRC32 one, which S3 and the S3-compatible servers we test against accept.
@@ -1047,13 +1051,24 @@ impl ObjectStore for AmazonS3 {
             }
             key_errors.insert(key, (key_error.code().unwrap_or_default(), key_error.message().unwrap_or("no message")));
         }
-        Ok(requests
-            .iter()
-            .map(|request| match key_errors.get(request.key.as_str()) {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            let outcome = match key_errors.get(request.key.as_str()) {
                 None => Ok(()),
                 Some((code, message)) => delete_objects_key_outcome(self, bucket, &request.key, code, message),
-            })
-            .collect())
+            };
+            outcomes.push(match outcome {
+                // S3 answers NoSuchKey for a conditional delete of a key already gone, but some
+                // servers answer 412, as for a changed ETag: a HEAD tells the two apart. Only
+                // refused keys pay for it (a rerun after a crash, an overwritten source).
+                Err(StoreError::PreconditionFailed { .. }) => match self.head_object(bucket, &request.key, None).await {
+                    Err(StoreError::NotFound { .. }) => Ok(()),
+                    _ => outcome,
+                },
+                _ => outcome,
+            });
+        }
+        Ok(outcomes)
     }
 }
 
@@ -1519,9 +1534,13 @@ mod tests {
                         ))
                         .build()
                 });
+            // The refused key is still there, so it changed: a 412 is looked up with one HEAD.
+            let still_there = mock!(Client::head_object)
+                .match_requests(|request| request.key() == Some("changed"))
+                .then_output(|| aws_sdk_s3::operation::head_object::HeadObjectOutput::builder().e_tag("\"new\"").build());
             let sent = SentRequests::default();
             let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
-            interceptor = interceptor.with_rule(&batch);
+            interceptor = interceptor.with_rule(&batch).with_rule(&still_there);
             let config = aws_sdk_s3::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new("us-east-1"))
@@ -1562,14 +1581,48 @@ mod tests {
             let busy = backend_message(outcomes.pop().expect("five outcomes"));
             assert!(busy.contains("InternalError") && busy.contains("retry this one"), "{busy}");
 
+            assert_eq!(still_there.num_calls(), 1, "only the key refused with 412 is looked up");
             let sent = sent.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            assert_eq!(sent.len(), 1, "{sent:?}");
+            assert_eq!(sent.len(), 2, "the batch and one HEAD: {sent:?}");
             let (headers, body) = &sent[0];
             assert!(
                 headers.iter().any(|name| name == "content-md5" || name.starts_with("x-amz-checksum-")),
                 "S3 refuses a DeleteObjects without an integrity checksum: {headers:?}"
             );
             assert!(body.contains("<Quiet>true</Quiet>") && body.contains("<Key>changed</Key>"), "{body}");
+        }
+
+        /// Issue 11, item 11: S3 answers NoSuchKey for a conditional delete of a key already
+        /// gone (a rerun after a crash), but servers that answer 412 must not make the seal
+        /// count those sources `changed`.
+        #[tokio::test]
+        async fn a_conditional_delete_refused_with_412_for_a_key_already_gone_counts_as_deleted() {
+            let batch = mock!(Client::delete_objects).then_output(|| {
+                let refused = "At least one of the pre-conditions you specified did not hold";
+                aws_sdk_s3::operation::delete_objects::DeleteObjectsOutput::builder()
+                    .errors(key_error("gone", "PreconditionFailed", refused))
+                    .errors(key_error("changed", "PreconditionFailed", refused))
+                    .build()
+            });
+            let gone = mock!(Client::head_object)
+                .match_requests(|request| request.key() == Some("gone"))
+                .sequence()
+                .http_status(404, None)
+                .build();
+            let changed = mock!(Client::head_object)
+                .match_requests(|request| request.key() == Some("changed"))
+                .then_output(|| aws_sdk_s3::operation::head_object::HeadObjectOutput::builder().e_tag("\"new\"").build());
+            let store = mocked_store(&[&batch, &gone, &changed], S3Options::default());
+            let requests = [
+                DeleteRequest::if_match("deleted", "e1"),
+                DeleteRequest::if_match("gone", "e2"),
+                DeleteRequest::if_match("changed", "e3"),
+            ];
+            let outcomes = store.delete_many("sources", &requests).await.expect("the batch as a whole succeeds");
+            assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+            assert!(outcomes[1].is_ok(), "a key already gone counts as deleted, whatever the server answered: {:?}", outcomes[1]);
+            assert!(matches!(&outcomes[2], Err(StoreError::PreconditionFailed { key, .. }) if key == "changed"), "{:?}", outcomes[2]);
+            assert_eq!((gone.num_calls(), changed.num_calls()), (1, 1));
         }
 
         #[tokio::test]

@@ -25,8 +25,8 @@
 //!   transaction ([`sequencer::supersedes`]): their lengths differ, so SQL string order is wrong.
 //! - **Counts derived by queries.** A partition's pending, compacted and committed counts are
 //!   aggregate queries over covering indexes, computed when the record is read, so they can
-//!   never drift. DynamoDB has no aggregates: its adapter must keep counters on the partition
-//!   item, updated in the same transaction as the objects.
+//!   never drift. DynamoDB has no aggregates either: its adapter sums the object items when a
+//!   record is read (no counters on the partition item, which would make it a hot key).
 //! - **One writer at a time.** SQLite has a single write lock per file; in WAL mode readers do
 //!   not block it. A second process waits up to [`BUSY_TIMEOUT`] for the lock, then fails with
 //!   a backend error. Fine for one machine, not for a fleet of Lambdas.
@@ -602,13 +602,15 @@ fn objects_sql(filter_by_state: bool) -> String {
     )
 }
 
-/// One page of an output's sources by offset: `?1` the partition's bucket, `?2` the output key,
-/// `?3` the partition path, `?4` the offset to start after, `?5` the limit.
+/// One page of an output's sources by offset, then key: `?1` the partition's bucket, `?2` the
+/// output key, `?3` the partition path, `?4` and `?6` the offset and key to start after, `?5`
+/// the limit. The index on (bucket, output_key, output_offset) ends with the primary key's
+/// `key` (a `WITHOUT ROWID` table's indexes do), so the row-value range is one index walk.
 fn output_sources_sql() -> String {
     format!(
         "{OBJECT_SELECT}
-         WHERE bucket = ?1 AND output_key = ?2 AND partition_path = ?3 AND output_offset > ?4
-         ORDER BY output_offset
+         WHERE bucket = ?1 AND output_key = ?2 AND partition_path = ?3 AND (output_offset, key) > (?4, ?6)
+         ORDER BY output_offset, key
          LIMIT ?5"
     )
 }
@@ -849,19 +851,20 @@ impl Manifest for SqliteManifest {
         &self,
         output_bucket: &str,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
         let output_bucket = output_bucket.to_owned();
         let output_key = output_key.to_owned();
+        let start_after = start_after.map(|(offset, key)| (offset, key.to_owned()));
         self.read(move |transaction| {
             let Some(output) = load_output(transaction, &output_bucket, &output_key)? else {
                 return Ok(Vec::new());
             };
             // Offsets are never negative, so -1 means "from the first" and keeps `>` a range scan.
-            let start_after_offset = match start_after_offset {
-                Some(offset) => integer("offset", offset)?,
-                None => -1,
+            let (start_after_offset, start_after_key) = match start_after {
+                Some((offset, key)) => (integer("offset", offset)?, key),
+                None => (-1, String::new()),
             };
             let sql = output_sources_sql();
             let mut statement = transaction.prepare_cached(&sql).map_err(sqlite_error)?;
@@ -871,7 +874,8 @@ impl Manifest for SqliteManifest {
                     output.key,
                     output.partition.path,
                     start_after_offset,
-                    limit_integer(limit)
+                    limit_integer(limit),
+                    start_after_key
                 ],
                 object_from_row,
             );
@@ -1191,15 +1195,33 @@ fn record_object_in(transaction: &Transaction<'_>, object: &NewObject) -> Result
             micros(object.closes_at),
         ],
     )?;
-    let recorded_sequencer: Option<String> = transaction
-        .prepare_cached("SELECT sequencer FROM objects WHERE bucket = ?1 AND key = ?2")
-        .and_then(|mut statement| statement.query_row(params![object.bucket, object.key], |row| row.get(0)).optional())
+    let recorded: Option<(String, Option<String>, DateTime<Utc>, String)> = transaction
+        .prepare_cached("SELECT sequencer, etag, event_time_micros, state FROM objects WHERE bucket = ?1 AND key = ?2")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![object.bucket, object.key], |row| {
+                    Ok((row.get(0)?, row.get(1)?, column_time(row, "event_time_micros")?, row.get(3)?))
+                })
+                .optional()
+        })
         .map_err(sqlite_error)?;
     // The columns of a new record, in ?1..?7 order, for the INSERT and the UPDATE alike.
     let event_time = micros(object.event_time);
     let record =
         params![object.bucket, object.key, object.partition.path, size, object.etag, object.sequencer, event_time];
-    let outcome = match recorded_sequencer {
+    let incoming =
+        sequencer::Version { sequencer: &object.sequencer, etag: object.etag.as_deref(), time: object.event_time };
+    let order_of = |(recorded_sequencer, recorded_etag, recorded_time, recorded_state): &(
+        String,
+        Option<String>,
+        DateTime<Utc>,
+        String,
+    )| {
+        let recorded =
+            sequencer::Version { sequencer: recorded_sequencer, etag: recorded_etag.as_deref(), time: *recorded_time };
+        sequencer::order(incoming, recorded, recorded_state == ObjectState::Removed.as_str())
+    };
+    let outcome = match recorded.as_ref().map(order_of) {
         None => {
             execute(
                 "INSERT INTO objects (bucket, key, partition_path, size, etag, sequencer, event_time_micros, state)
@@ -1208,10 +1230,17 @@ fn record_object_in(transaction: &Transaction<'_>, object: &NewObject) -> Result
             )?;
             IngestOutcome::Recorded
         }
-        Some(recorded) if !sequencer::supersedes(&object.sequencer, &recorded) => {
+        Some(sequencer::VersionOrder::NotNewer) => return Ok(IngestOutcome::Stale),
+        Some(sequencer::VersionOrder::ConfirmsScanned) => {
+            // The same bytes: whatever was decided about them stands; only later events must
+            // now be ordered by this one's sequencer.
+            execute(
+                "UPDATE objects SET sequencer = ?3, event_time_micros = ?4 WHERE bucket = ?1 AND key = ?2",
+                params![object.bucket, object.key, object.sequencer, event_time],
+            )?;
             return Ok(IngestOutcome::Stale);
         }
-        Some(_) => {
+        Some(sequencer::VersionOrder::Newer) => {
             // A newer version: whatever was decided about the old one (placement, compaction,
             // expiry) does not hold for these bytes.
             execute(
@@ -1386,7 +1415,7 @@ mod tests {
             (
                 "output_sources",
                 "objects_by_output",
-                query_plan(&manifest, &output_sources_sql(), params!["b", "o", "p/", -1, 10]),
+                query_plan(&manifest, &output_sources_sql(), params!["b", "o", "p/", -1, 10, ""]),
             ),
         ];
         for (query, expected_index, plan) in plans {

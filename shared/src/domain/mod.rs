@@ -5,6 +5,7 @@
 //! - [`format`]: how sources are joined (bytes, lines, gzip members) and which are refused.
 //! - [`records`]: the manifest's three kinds of record and their states.
 //! - [`plan`]: bin-packing a partition's pending objects into outputs.
+//! - [`ranges`]: the same plan as key ranges, so a seal holds a window of an output's sources.
 //! - [`sequencer`]: ordering S3 events for one key.
 //! - [`cost`]: request counts and their price.
 
@@ -13,5 +14,6 @@ pub mod format;
 pub mod layout;
 pub mod partition;
 pub mod plan;
+pub mod ranges;
 pub mod records;
 pub mod sequencer;

@@ -243,9 +243,10 @@ mod tests {
     }
 
     fn arbitrary_pending() -> impl Strategy<Value = Vec<PlanInput>> {
-        proptest::collection::btree_map("[a-e]{1,3}(\\.json|\\.gz|\\.log|)", 0u64..400, 0..60).prop_map(|objects| {
-            objects.into_iter().map(|(key, size)| PlanInput { key: format!("p/{key}"), size }).collect()
-        })
+        // A parquet key now and then: refused formats must stay out of every output.
+        proptest::collection::btree_map("[a-e]{1,3}(\\.json|\\.gz|\\.log|\\.parquet|)", 0u64..400, 0..60).prop_map(
+            |objects| objects.into_iter().map(|(key, size)| PlanInput { key: format!("p/{key}"), size }).collect(),
+        )
     }
 
     proptest! {
@@ -275,8 +276,9 @@ mod tests {
                     *seen.entry(source.key.as_str()).or_default() += 1;
                 }
             }
-            prop_assert_eq!(seen.len(), pending.len());
+            prop_assert_eq!(seen.len() + plan.refused.len(), pending.len());
             prop_assert!(seen.values().all(|count| *count == 1));
+            prop_assert!(plan.refused.iter().all(|refused| !seen.contains_key(refused.key.as_str())));
 
             for output in &plan.outputs {
                 // Key order inside an output, and under target unless one object alone.
@@ -296,10 +298,27 @@ mod tests {
                     prop_assert!(pair[0].sources.last().unwrap().key < pair[1].sources[0].key);
                 }
             }
-            // Distinct keys.
-            let mut keys: Vec<_> = plan.outputs.iter().map(|output| &output.key).collect();
-            keys.dedup();
+            // Distinct keys (a set: the outputs come by class, not in key order).
+            let keys: std::collections::BTreeSet<&String> = plan.outputs.iter().map(|output| &output.key).collect();
             prop_assert_eq!(keys.len(), plan.outputs.len());
+        }
+
+        /// Sealing twice equals sealing once: once a plan's outputs are sealed, only its refused
+        /// objects are still pending, and the next generation's plan writes nothing and refuses
+        /// the same objects.
+        #[test]
+        fn sealing_twice_equals_sealing_once(pending in arbitrary_pending(), target in 1u64..1000) {
+            let first = plan_partition("p/", 1, &pending, &settings(target));
+            let sealed: std::collections::BTreeSet<&str> = first
+                .outputs
+                .iter()
+                .flat_map(|output| output.sources.iter().map(|source| source.key.as_str()))
+                .collect();
+            let still_pending: Vec<PlanInput> =
+                pending.iter().filter(|object| !sealed.contains(object.key.as_str())).cloned().collect();
+            let second = plan_partition("p/", 2, &still_pending, &settings(target));
+            prop_assert!(second.outputs.is_empty(), "{:?}", second.outputs);
+            prop_assert_eq!(&second.refused, &first.refused);
         }
     }
 }

@@ -145,9 +145,27 @@ pub struct OutputRecord {
     pub committed_at: Option<DateTime<Utc>>,
 }
 
+/// Whether a seal should renew its lease now: once less than half of a lease of `lease_for`
+/// is left, so that however slow the next output (or window of one) is, the lease outlives it
+/// with a renewal to spare.
+pub fn renewal_due(expires_at: DateTime<Utc>, now: DateTime<Utc>, lease_for: chrono::Duration) -> bool {
+    expires_at - now < lease_for / 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_is_renewed_once_less_than_half_is_left() {
+        let lease_for = chrono::Duration::minutes(10);
+        let start = DateTime::parse_from_rfc3339("2024-01-16T00:00:00Z").unwrap().with_timezone(&Utc);
+        let expires_at = start + lease_for;
+        assert!(!renewal_due(expires_at, start, lease_for), "a fresh lease");
+        assert!(!renewal_due(expires_at, start + chrono::Duration::minutes(5), lease_for), "exactly half left");
+        assert!(renewal_due(expires_at, start + chrono::Duration::minutes(6), lease_for));
+        assert!(renewal_due(expires_at, start + chrono::Duration::minutes(11), lease_for), "already expired");
+    }
 
     #[test]
     fn states_print_and_parse_back() {

@@ -108,7 +108,9 @@ impl Compactor {
     pub(crate) async fn output_sources(&self, output: &OutputRecord) -> Result<Vec<ObjectRecord>, EngineError> {
         let mut sources: Vec<ObjectRecord> = Vec::new();
         loop {
-            let after = sources.last().and_then(|source| source.placement.as_ref()).map(|placement| placement.offset);
+            let after = sources
+                .last()
+                .and_then(|source| source.placement.as_ref().map(|placement| (placement.offset, source.key.as_str())));
             let page = self.manifest.output_sources(&output.bucket, &output.key, after, PAGE).await?;
             let page_length = page.len();
             sources.extend(page);

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{Compactor, EngineError};
 use crate::domain::format::classify;
-use crate::domain::sequencer::SCAN_SEQUENCER;
+use crate::domain::sequencer::scan_sequencer;
 use crate::event::{Decoded, ObjectEvent, ObjectEventKind};
 use crate::ports::{IngestOutcome, NewObject, RemovedObject};
 
@@ -269,8 +269,14 @@ impl Compactor {
     }
 
     /// Backfill: lists the source bucket under `prefix` and records every object found as if
-    /// its event had arrived. Scan records carry the lowest sequencer, so they never overwrite
-    /// what a real event recorded. This is the only place the compactor lists.
+    /// its event had arrived. This is the only place the compactor lists.
+    ///
+    /// A listed version replaces a record only when it is one the manifest has not seen (its
+    /// ETag differs) and not older than the record ([`sequencer::order`]): a rescan picks up an
+    /// object overwritten since the last scan (pending again, compacted by the next seal), and
+    /// never lets an older listing, or a listing in the same second as a newer event, win.
+    ///
+    /// [`sequencer::order`]: crate::domain::sequencer::order
     pub async fn scan(
         &self,
         prefix: &str,
@@ -285,13 +291,16 @@ impl Compactor {
             let events: Vec<ObjectEvent> = page
                 .objects
                 .iter()
-                .map(|meta| ObjectEvent {
-                    kind: ObjectEventKind::Created { size: meta.size, etag: meta.etag.clone() },
-                    bucket: bucket.clone(),
-                    key: meta.key.clone(),
-                    sequencer: SCAN_SEQUENCER.to_string(),
-                    event_time: meta.last_modified.unwrap_or(now),
-                    event_name: "Scan".to_string(),
+                .map(|meta| {
+                    let last_modified = meta.last_modified.unwrap_or(now);
+                    ObjectEvent {
+                        kind: ObjectEventKind::Created { size: meta.size, etag: meta.etag.clone() },
+                        bucket: bucket.clone(),
+                        key: meta.key.clone(),
+                        sequencer: scan_sequencer(last_modified, meta.etag.as_deref()),
+                        event_time: last_modified,
+                        event_name: "Scan".to_string(),
+                    }
                 })
                 .collect();
             report.merge(&self.ingest(&events).await?);

@@ -44,6 +44,10 @@ pub enum EngineError {
     Event(#[from] EventError),
     #[error("{0}")]
     InvalidInput(String),
+    /// Bytes read back do not match the sha256 recorded for them: neither the input's fault
+    /// nor one a retry fixes (the CLI exits 3, as `verify` does).
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 impl EngineError {

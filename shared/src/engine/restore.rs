@@ -29,15 +29,21 @@ impl Compactor {
                 )))
             }
         };
-        let range = placement.offset..placement.offset + placement.length;
-        let got = self
-            .store
-            .get(&self.config.dest_bucket, &placement.output_key, GetOptions { range: Some(range), if_match: None })
-            .await?;
-        let bytes = got.bytes().await?;
+        // An empty source is an empty range, which no store serves (S3 answers 416): its bytes
+        // are known without reading, and still checked against the sha256 recorded for them.
+        let bytes = if placement.length == 0 {
+            Bytes::new()
+        } else {
+            let range = placement.offset..placement.offset + placement.length;
+            let got = self
+                .store
+                .get(&self.config.dest_bucket, &placement.output_key, GetOptions { range: Some(range), if_match: None })
+                .await?;
+            got.bytes().await?
+        };
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if sha256 != placement.sha256 || bytes.len() as u64 != placement.length {
-            return Err(EngineError::InvalidInput(format!(
+            return Err(EngineError::Mismatch(format!(
                 "the bytes of {key} in {} do not match the sha256 recorded at seal time: run `verify` on its partition",
                 placement.output_key
             )));

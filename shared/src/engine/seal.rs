@@ -33,11 +33,13 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, info_span, warn, Instrument};
 
-use super::writer::{needs_multipart, write_output, OutputTarget};
+use super::writer::{needs_multipart, OutputTarget, WindowedWriter, WrittenOutput};
 use super::{Compactor, EngineError};
 use crate::config::ExpiryMode;
 use crate::domain::partition::PartitionKey;
-use crate::domain::plan::{Packer, PlannedOutput};
+use crate::domain::plan::PlannedOutput;
+use crate::domain::ranges::{PlannedRange, RangePacker, RangeWindow};
+use crate::domain::records::renewal_due;
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionState};
 use crate::ports::{
     DeleteRequest, Lease, ManifestError, ObjectQuery, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
@@ -196,6 +198,8 @@ pub struct SealReport {
     pub unreadable_gzip_sources: u64,
     pub objects_missing: u64,
     pub objects_superseded: u64,
+    /// See [`PartitionSealReport::objects_refused`].
+    pub objects_refused: u64,
     pub outputs_abandoned: u64,
     pub objects_finished: u64,
     pub expiry: ExpiryCounts,
@@ -224,6 +228,7 @@ impl SealReport {
         self.unreadable_gzip_sources += partition.unreadable_gzip_sources;
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
+        self.objects_refused += partition.objects_refused;
         self.outputs_abandoned += partition.outputs_abandoned;
         self.objects_finished += partition.objects_finished;
         self.expiry.add(&partition.expiry);
@@ -246,6 +251,7 @@ impl SealReport {
             unreadable_gzip_sources = self.unreadable_gzip_sources,
             missing = self.objects_missing,
             superseded = self.objects_superseded,
+            refused = self.objects_refused,
             abandoned = self.outputs_abandoned,
             finished = self.objects_finished,
             tagged = self.expiry.tagged,
@@ -393,8 +399,10 @@ impl Compactor {
     ) -> Result<(), EngineError> {
         self.recover(lease, report).await?;
 
-        let mut packer: Packer<ObjectRecord> =
-            Packer::new(&lease.partition.path, lease.generation, self.config.plan_settings());
+        // Ranges, not sources: an output's sources are read back a window at a time while it is
+        // written, so memory holds a page of this scan and a window of the output's, however
+        // many sources the output has.
+        let mut packer = RangePacker::new(&lease.partition.path, lease.generation, self.config.plan_settings());
         // Compacted sources not yet marked for expiry; dropped by a failure, and then found
         // again by the next run's recovery.
         let mut awaiting_expiry: Vec<ObjectRecord> = Vec::new();
@@ -405,23 +413,23 @@ impl Compactor {
             let page_length = page.len();
             start_after = page.last().map(|object| object.key.clone());
             for object in page {
-                match packer.push(object) {
-                    Ok(Some(output)) => {
-                        if !self.write_and_commit(lease, report, output, options, &mut awaiting_expiry).await? {
+                match packer.push(&object.key, object.size) {
+                    Ok(Some(range)) => {
+                        if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
                             break 'pages;
                         }
                         self.expire_ready_sources(report, &mut awaiting_expiry).await?;
                     }
                     Ok(None) => {}
-                    Err(refused) => {
-                        warn!(key = %refused.key, "pending object has a format that cannot be concatenated; left pending");
+                    Err(_refused) => {
+                        warn!(key = %object.key, "pending object has a format that cannot be concatenated; left pending");
                         report.objects_refused += 1;
                     }
                 }
             }
             if page_length < PAGE {
-                for output in packer.finish() {
-                    if !self.write_and_commit(lease, report, output, options, &mut awaiting_expiry).await? {
+                for range in packer.finish() {
+                    if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
                         break 'pages;
                     }
                     self.expire_ready_sources(report, &mut awaiting_expiry).await?;
@@ -497,13 +505,23 @@ impl Compactor {
         Ok(())
     }
 
-    /// Writes and commits one output, and adds its committed sources to `awaiting_expiry`.
+    /// Renews the lease when half of it is gone, so a slow output never outlives it.
+    async fn renew_if_due(&self, lease: &mut Lease) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        if renewal_due(lease.expires_at, now, self.config.lease) {
+            *lease = self.manifest.renew(lease, now, self.config.lease).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes and commits one output, and adds its committed sources to `awaiting_expiry` (in
+    /// delete mode at most a batch is left there; see [`Self::expire_ready_sources`]).
     /// Returns false when the deadline stopped the run.
     async fn write_and_commit(
         &self,
         lease: &mut Lease,
         report: &mut PartitionSealReport,
-        planned: PlannedOutput<ObjectRecord>,
+        range: PlannedRange,
         options: &SealOptions,
         awaiting_expiry: &mut Vec<ObjectRecord>,
     ) -> Result<bool, EngineError> {
@@ -513,92 +531,84 @@ impl Compactor {
             report.stopped_at_deadline = true;
             return Ok(false);
         }
-        // Renew well before expiry, so a slow output never outlives the lease.
-        if lease.expires_at - now < self.config.lease / 2 {
-            *lease = self.manifest.renew(lease, now, self.config.lease).await?;
-        }
+        self.renew_if_due(lease).await?;
         let dest_bucket = self.config.dest_bucket.clone();
         let mut record = OutputRecord {
             bucket: dest_bucket.clone(),
-            key: planned.key.clone(),
+            key: range.key.clone(),
             partition: lease.partition.clone(),
             generation: lease.generation,
-            part_number: planned.part_number,
+            part_number: range.part_number,
             state: OutputState::Writing,
             size: None,
             sha256: None,
-            object_count: planned.sources.len() as u64,
+            object_count: range.sources,
             upload_id: None,
             created_at: now,
             committed_at: None,
         };
         // Recorded before a byte is written, so a crash leaves a record to clean up after.
         self.manifest.begin_output(lease, &record).await?;
-        if needs_multipart(&planned, &self.config) {
-            let upload_id = self.store.create_multipart(&dest_bucket, &planned.key).await?;
+        if needs_multipart(range.source_bytes, range.sources, &self.config) {
+            let upload_id = self.store.create_multipart(&dest_bucket, &range.key).await?;
             record.upload_id = Some(upload_id);
             self.manifest.begin_output(lease, &record).await?;
         }
-        let target =
-            OutputTarget { bucket: &dest_bucket, generation: lease.generation, upload_id: record.upload_id.as_deref() };
-        let written = write_output(&self.store, &self.config, &planned, target).await?;
-
-        for missing in &written.missing {
-            self.manifest.mark_missing(lease, &missing.key, &missing.sequencer, &missing.note).await?;
-        }
-        report.objects_missing += written.missing.len() as u64;
+        let (placed, superseded, written) = self.write_windows(lease, report, &range, &record).await?;
         if !written.written {
             if let Some(upload_id) = &record.upload_id {
-                self.store.abort_multipart(&dest_bucket, &planned.key, upload_id).await?;
+                self.store.abort_multipart(&dest_bucket, &range.key, upload_id).await?;
             }
-            self.manifest.abandon_output(lease, &dest_bucket, &planned.key).await?;
+            self.manifest.abandon_output(lease, &dest_bucket, &range.key).await?;
             return Ok(true);
         }
-
-        let mut superseded: Vec<String> = Vec::new();
-        for chunk in written.placements.chunks(PAGE) {
-            superseded.extend(self.manifest.record_placements(lease, &planned.key, chunk).await?);
+        if superseded > 0 {
+            warn!(output = %range.key, objects = superseded, "objects changed while their output was written; they stay pending");
         }
-        if !superseded.is_empty() {
-            warn!(output = %planned.key, objects = superseded.len(), "objects changed while their output was written; they stay pending");
-        }
-        let placed = written.placements.len() as u64 - superseded.len() as u64;
+        let placed = placed - superseded;
         self.manifest
-            .commit_output(lease, &dest_bucket, &planned.key, written.size, &written.sha256, placed, self.clock.now())
+            .commit_output(lease, &dest_bucket, &range.key, written.size, &written.sha256, placed, self.clock.now())
             .await?;
-        let compacted = self.manifest.mark_compacted(&lease.partition, &planned.key).await?;
+        let compacted = self.manifest.mark_compacted(&lease.partition, &range.key).await?;
         if compacted != placed {
-            // A manifest whose index lags its writes (DynamoDB's GSIs) may miss a source placed
-            // a moment ago; it stays pending with its placement, and the next seal's recovery
-            // finishes it. Worth a line in the log, never a failure.
-            warn!(output = %planned.key, placed, compacted, "not every placed source turned compacted yet; the next seal finishes them");
+            // A newer version may have arrived between placement and commit (it stays pending),
+            // and a manifest whose index lags its writes may miss a source placed a moment ago
+            // (the next seal's recovery finishes it). Worth a line in the log, never a failure.
+            warn!(output = %range.key, placed, compacted, "not every placed source turned compacted");
         }
-
-        let superseded_keys: std::collections::HashSet<&str> = superseded.iter().map(String::as_str).collect();
-        let committed_sources: Vec<ObjectRecord> = planned
-            .sources
-            .into_iter()
-            .filter(|source| !superseded_keys.contains(source.key.as_str()))
-            .filter(|source| !written.missing.iter().any(|missing| missing.key == source.key))
-            .map(|mut source| {
-                source.state = ObjectState::Compacted;
-                source
-            })
-            .collect();
-        let source_bytes: u64 = committed_sources.iter().map(|source| source.size).sum();
-        if self.config.expiry != ExpiryMode::None {
-            awaiting_expiry.extend(committed_sources);
+        // What may expire is what the manifest now holds as compacted in this output: read back
+        // a page at a time, so that neither a superseded source nor all of a large output's
+        // sources are ever held here.
+        let mut source_bytes = 0;
+        let mut after_offset = None;
+        loop {
+            let page = self.manifest.output_sources(&dest_bucket, &range.key, after_offset, PAGE).await?;
+            let page_length = page.len();
+            after_offset = page.last().and_then(|source| source.placement.as_ref()).map(|placement| placement.offset);
+            for source in page {
+                if source.state != ObjectState::Compacted {
+                    continue;
+                }
+                source_bytes += source.size;
+                if self.config.expiry != ExpiryMode::None && source.expiry_marked_at.is_none() {
+                    awaiting_expiry.push(source);
+                }
+            }
+            self.expire_ready_sources(report, awaiting_expiry).await?;
+            if page_length < PAGE {
+                break;
+            }
         }
         report.outputs_committed += 1;
         report.objects_compacted += compacted;
-        report.objects_superseded += superseded.len() as u64;
+        report.objects_superseded += superseded;
         report.source_bytes += source_bytes;
         report.output_bytes += written.size;
         report.copied_sources += written.copied_sources;
         report.copied_bytes += written.copied_bytes;
         report.unreadable_gzip_sources += written.unreadable_gzip_sources;
         info!(
-            output = %planned.key,
+            output = %range.key,
             objects = compacted,
             bytes = written.size,
             copied_sources = written.copied_sources,
@@ -608,12 +618,66 @@ impl Compactor {
         if let Some(progress) = &options.progress {
             progress(&super::seal::OutputProgress {
                 partition: lease.partition.clone(),
-                output_key: planned.key.clone(),
+                output_key: range.key.clone(),
                 objects: compacted,
                 source_bytes,
             });
         }
         Ok(true)
+    }
+
+    /// Step 4 and the placements of step 5: reads the range's sources back from the manifest a
+    /// window at a time, writes each window, and records its placements and missing sources
+    /// before reading the next. Returns how many were placed, how many of those the manifest
+    /// found superseded, and the finished output.
+    async fn write_windows(
+        &self,
+        lease: &mut Lease,
+        report: &mut PartitionSealReport,
+        range: &PlannedRange,
+        record: &OutputRecord,
+    ) -> Result<(u64, u64, WrittenOutput), EngineError> {
+        // The writer needs the output's key and class; the sources come window by window.
+        let planned = PlannedOutput::<ObjectRecord> {
+            key: range.key.clone(),
+            part_number: range.part_number,
+            class: range.class.clone(),
+            sources: Vec::new(),
+            source_bytes: range.source_bytes,
+        };
+        let target = OutputTarget {
+            bucket: &record.bucket,
+            generation: lease.generation,
+            upload_id: record.upload_id.as_deref(),
+        };
+        let mut writer = WindowedWriter::new(&self.store, &self.config, &planned, &target);
+        let mut window = RangeWindow::new(range, self.config.format);
+        let mut start_after = window.start_after().map(str::to_owned);
+        let (mut placed, mut superseded) = (0, 0);
+        while !window.done() {
+            let query = ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
+            let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
+            let short = page.len() < PAGE;
+            start_after = page.last().map(|object| object.key.clone());
+            let sources = window.take(page, |object| (object.key.as_str(), object.size));
+            if short {
+                window.end();
+            }
+            if sources.is_empty() {
+                continue;
+            }
+            self.renew_if_due(lease).await?;
+            writer.write(&sources).await?;
+            drop(sources);
+            for missing in writer.take_missing() {
+                self.manifest.mark_missing(lease, &missing.key, &missing.sequencer, &missing.note).await?;
+                report.objects_missing += 1;
+            }
+            let placements = writer.take_placements();
+            placed += placements.len() as u64;
+            superseded += self.manifest.record_placements(lease, &range.key, &placements).await?.len() as u64;
+        }
+        Ok((placed, superseded, writer.finish().await?))
     }
 
     /// Step 5's second half: tags (merging with the object's own tags) or deletes compacted
@@ -725,7 +789,9 @@ impl Compactor {
                             warn!(key = %source.key, "source changed since it was compacted; not deleting it");
                             outcomes.push((*source, ExpiryOutcome::Changed));
                         }
-                        Err(StoreError::NotFound { .. }) => outcomes.push((*source, ExpiryOutcome::Gone)),
+                        // Gone already (deleted by a run that crashed before recording it): what
+                        // delete mode wanted, so `deleted`, as the port's `Ok` for a gone key is.
+                        Err(StoreError::NotFound { .. }) => outcomes.push((*source, ExpiryOutcome::Deleted)),
                         Err(error) => {
                             warn!(key = %source.key, error = %error, "could not delete a compacted source; the next seal retries it");
                             first_error.get_or_insert(error.into());

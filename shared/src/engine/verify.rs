@@ -83,13 +83,30 @@ impl Compactor {
         let mut covered = 0u64;
         let mut previous_end = 0u64;
         for source in &sources {
-            let placement = source.placement.as_ref().expect("output sources have placements");
+            // The rows are read back from the manifest: a corrupt one is reported, not trusted.
+            let Some(placement) = source.placement.as_ref() else {
+                report.sources_checked += 1;
+                report.fail(format!("{}: the manifest lists {} in it without a byte range", output.key, source.key));
+                continue;
+            };
+            let Some((end, end_with_separator)) = placement
+                .offset
+                .checked_add(placement.length)
+                .and_then(|end| Some((end, end.checked_add(placement.separator_bytes)?)))
+            else {
+                report.sources_checked += 1;
+                report.fail(format!(
+                    "{}: the manifest gives {} an impossible byte range (offset {}, length {})",
+                    output.key, source.key, placement.offset, placement.length
+                ));
+                continue;
+            };
             if placement.offset < previous_end {
                 report.fail(format!("{}: sources overlap at byte {}", output.key, placement.offset));
             }
-            previous_end = placement.offset + placement.length + placement.separator_bytes;
-            covered += placement.length + placement.separator_bytes;
-            ranges.push((source, placement.offset, placement.offset + placement.length, placement.sha256.as_str()));
+            previous_end = end_with_separator;
+            covered = covered.saturating_add(end_with_separator - placement.offset);
+            ranges.push((source, placement.offset, end, placement.sha256.as_str()));
         }
         let listed_sources = sources.len() as u64;
         // Every expiry mark comes after the commit, so no record of this output can have
@@ -119,7 +136,7 @@ impl Compactor {
             Ok(got) => got,
             Err(StoreError::NotFound { .. }) => {
                 report.fail(format!("{}: committed output is missing from the store", output.key));
-                report.sources_checked += sources.len() as u64;
+                report.sources_checked += ranges.len() as u64;
                 return Ok(());
             }
             Err(error) => return Err(error.into()),

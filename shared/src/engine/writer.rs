@@ -96,10 +96,11 @@ fn permits_for(size: u64, budget_kib: u32) -> u32 {
     (size.div_ceil(1024).max(1)).min(budget_kib as u64) as u32
 }
 
-/// True when this planned output needs a multipart upload (more than one part's bytes).
-pub(crate) fn needs_multipart<T>(planned: &PlannedOutput<T>, config: &Config) -> bool {
+/// True when an output of `sources` planned sources of `source_bytes` needs a multipart upload
+/// (more than one part's bytes).
+pub(crate) fn needs_multipart(source_bytes: u64, sources: u64, config: &Config) -> bool {
     // One separator a source at most, so this bound is safe.
-    planned.source_bytes + planned.sources.len() as u64 * MAX_SEPARATOR_BYTES > config.part_bytes
+    source_bytes + sources * MAX_SEPARATOR_BYTES > config.part_bytes
 }
 
 /// True when `source` may become a part by server-side copy, as far as the plan can tell; the
@@ -200,97 +201,137 @@ impl<T> Future for AbortOnDrop<T> {
     }
 }
 
-pub(crate) async fn write_output(
-    store: &Arc<dyn ObjectStore>,
-    config: &Config,
-    planned: &PlannedOutput<ObjectRecord>,
-    target: OutputTarget<'_>,
-) -> Result<WrittenOutput, EngineError> {
-    let multipart = target.upload_id.is_some();
-    let budget_kib = u32::try_from(config.read_ahead_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
-    let read_budget = Arc::new(Semaphore::new(budget_kib as usize));
+/// One output written a window of sources at a time, so that the seal holds a window of an
+/// output's sources and placements, never all of them: it hands each window over in plan
+/// order, takes the window's placements and missing sources away to the manifest, and
+/// finishes. `planned` names the output and its class; its `sources` are not read. Reads run
+/// ahead within a window; between windows the pipeline drains once, a pause per window of
+/// sources, not per source.
+pub(crate) struct WindowedWriter<'a> {
+    writer: OutputWriter<'a>,
+    read_budget: Arc<Semaphore>,
+    budget_kib: u32,
+}
 
-    // Reads go in batches: of one source on S3 (each GET its own request, many at once), of
-    // up to `get_batch_size` small ones where the store opens many in one go (the local
-    // directory, where a blocking-pool hop per file cost more than the read).
-    let batch_size = store.get_batch_size().max(1);
-    let batches =
-        read_batches(&planned.sources, batch_size, |source| copy_candidate(source, &planned.class, config, multipart));
-    let batches_in_flight = batches_in_flight(config.read_concurrency, batch_size);
-
-    // Permits are taken in plan order (`then` is sequential) before a GET starts, so the
-    // source the writer waits for always holds its permits: no deadlock with `buffered`.
-    let reads = futures::stream::iter(batches)
-        .then(|batch| {
-            let read_budget = Arc::clone(&read_budget);
-            async move {
-                if batch.at_turn {
-                    return (batch, None);
-                }
-                let permits = batch
-                    .sources
-                    .iter()
-                    .map(|source| permits_for(source.size, budget_kib))
-                    .sum::<u32>()
-                    .min(budget_kib);
-                let permit = read_budget.acquire_many_owned(permits).await.expect("the read budget is never closed");
-                (batch, Some(permit))
-            }
-        })
-        .map(|(batch, permit)| {
-            // Spawned, so that reads go on while the writer waits for an upload, a copy or a
-            // source it reads itself; a `buffered` future only runs when the stream is polled.
-            let read = permit.map(|permit| {
-                let (store, sources) = (Arc::clone(store), batch.sources.clone());
-                AbortOnDrop(tokio::spawn(async move { (read_sources(store.as_ref(), &sources).await, permit) }))
-            });
-            async move {
-                let Some(task) = read else {
-                    return Ok::<_, StoreError>(
-                        batch.sources.into_iter().map(|source| (source, SourceRead::AtTurn)).collect::<Vec<_>>(),
-                    );
-                };
-                let (results, permit) = task.await.map_err(|join_error| {
-                    let first = &batch.sources[0];
-                    StoreError::backend(
-                        first.bucket.as_str(),
-                        first.key.as_str(),
-                        format!("source read task failed: {join_error}"),
-                    )
-                })?;
-                // The batch's permits go back with its last source: a batch is small.
-                let mut permit = Some(permit);
-                let count = batch.sources.len();
-                Ok(batch
-                    .sources
-                    .into_iter()
-                    .zip(results?)
-                    .enumerate()
-                    .map(|(index, (source, result))| {
-                        let permit = if index + 1 == count { permit.take() } else { None };
-                        (source, SourceRead::Prefetched { result, permit })
-                    })
-                    .collect())
-            }
-        })
-        .buffered(batches_in_flight);
-    let mut reads = std::pin::pin!(reads);
-
-    let mut writer = OutputWriter::new(store, config, planned, &target);
-    while let Some(batch) = reads.next().await {
-        for read in batch? {
-            match read {
-                (source, SourceRead::Prefetched { result: Ok(bytes), permit }) => {
-                    writer.append_whole(&source, bytes, permit).await?
-                }
-                (source, SourceRead::Prefetched { result: Err(unreadable), .. }) => {
-                    writer.record_missing(&source, unreadable)
-                }
-                (source, SourceRead::AtTurn) => writer.write_at_turn(&source).await?,
-            }
+impl<'a> WindowedWriter<'a> {
+    pub(crate) fn new(
+        store: &'a Arc<dyn ObjectStore>,
+        config: &'a Config,
+        planned: &'a PlannedOutput<ObjectRecord>,
+        target: &OutputTarget<'a>,
+    ) -> Self {
+        let budget_kib = u32::try_from(config.read_ahead_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+        Self {
+            writer: OutputWriter::new(store, config, planned, target),
+            read_budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
         }
     }
-    writer.finish().await
+
+    /// The placements of the sources written since the last call, in output order.
+    pub(crate) fn take_placements(&mut self) -> Vec<SourcePlacement> {
+        std::mem::take(&mut self.writer.written.placements)
+    }
+
+    /// The sources found missing since the last call.
+    pub(crate) fn take_missing(&mut self) -> Vec<MissingSource> {
+        std::mem::take(&mut self.writer.written.missing)
+    }
+
+    pub(crate) async fn finish(self) -> Result<WrittenOutput, EngineError> {
+        self.writer.finish().await
+    }
+
+    /// Appends the next window of sources, in plan order.
+    pub(crate) async fn write(&mut self, sources: &[ObjectRecord]) -> Result<(), EngineError> {
+        let (store, config, planned) = (self.writer.store, self.writer.config, self.writer.planned);
+        let multipart = self.writer.multipart;
+        let budget_kib = self.budget_kib;
+        let read_budget = &self.read_budget;
+
+        // Reads go in batches: of one source on S3 (each GET its own request, many at once), of
+        // up to `get_batch_size` small ones where the store opens many in one go (the local
+        // directory, where a blocking-pool hop per file cost more than the read).
+        let batch_size = store.get_batch_size().max(1);
+        let batches =
+            read_batches(sources, batch_size, |source| copy_candidate(source, &planned.class, config, multipart));
+        let batches_in_flight = batches_in_flight(config.read_concurrency, batch_size);
+
+        // Permits are taken in plan order (`then` is sequential) before a GET starts, so the
+        // source the writer waits for always holds its permits: no deadlock with `buffered`.
+        let reads = futures::stream::iter(batches)
+            .then(|batch| {
+                let read_budget = Arc::clone(read_budget);
+                async move {
+                    if batch.at_turn {
+                        return (batch, None);
+                    }
+                    let permits = batch
+                        .sources
+                        .iter()
+                        .map(|source| permits_for(source.size, budget_kib))
+                        .sum::<u32>()
+                        .min(budget_kib);
+                    let permit =
+                        read_budget.acquire_many_owned(permits).await.expect("the read budget is never closed");
+                    (batch, Some(permit))
+                }
+            })
+            .map(|(batch, permit)| {
+                // Spawned, so that reads go on while the writer waits for an upload, a copy or a
+                // source it reads itself; a `buffered` future only runs when the stream is polled.
+                let read = permit.map(|permit| {
+                    let (store, sources) = (Arc::clone(store), batch.sources.clone());
+                    AbortOnDrop(tokio::spawn(async move { (read_sources(store.as_ref(), &sources).await, permit) }))
+                });
+                async move {
+                    let Some(task) = read else {
+                        return Ok::<_, StoreError>(
+                            batch.sources.into_iter().map(|source| (source, SourceRead::AtTurn)).collect::<Vec<_>>(),
+                        );
+                    };
+                    let (results, permit) = task.await.map_err(|join_error| {
+                        let first = &batch.sources[0];
+                        StoreError::backend(
+                            first.bucket.as_str(),
+                            first.key.as_str(),
+                            format!("source read task failed: {join_error}"),
+                        )
+                    })?;
+                    // The batch's permits go back with its last source: a batch is small.
+                    let mut permit = Some(permit);
+                    let count = batch.sources.len();
+                    Ok(batch
+                        .sources
+                        .into_iter()
+                        .zip(results?)
+                        .enumerate()
+                        .map(|(index, (source, result))| {
+                            let permit = if index + 1 == count { permit.take() } else { None };
+                            (source, SourceRead::Prefetched { result, permit })
+                        })
+                        .collect())
+                }
+            })
+            .buffered(batches_in_flight);
+        let mut reads = std::pin::pin!(reads);
+
+        let writer = &mut self.writer;
+        while let Some(batch) = reads.next().await {
+            for read in batch? {
+                match read {
+                    (source, SourceRead::Prefetched { result: Ok(bytes), permit }) => {
+                        writer.append_whole(&source, bytes, permit).await?
+                    }
+                    (source, SourceRead::Prefetched { result: Err(unreadable), .. }) => {
+                        writer.record_missing(&source, unreadable)
+                    }
+                    (source, SourceRead::AtTurn) => writer.write_at_turn(&source).await?,
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The state of one output while its sources go in, in plan order.
@@ -306,6 +347,8 @@ struct OutputWriter<'a> {
     buffer: BytesMut,
     /// Where the next source starts in the output.
     offset: u64,
+    /// Sources placed so far (their placements may have been taken away already).
+    placed: u64,
     written: WrittenOutput,
     uploads: PartUploads<'a>,
 }
@@ -335,6 +378,7 @@ impl<'a> OutputWriter<'a> {
             output_hasher: Sha256::new(),
             buffer: BytesMut::with_capacity(config.part_bytes as usize),
             offset: 0,
+            placed: 0,
             written: WrittenOutput::default(),
             uploads: PartUploads::new(store, target.bucket, &planned.key, target.upload_id, config.upload_concurrency),
         }
@@ -480,6 +524,7 @@ impl<'a> OutputWriter<'a> {
             },
         });
         self.offset += source.size + separator_bytes;
+        self.placed += 1;
         Ok(())
     }
 
@@ -523,11 +568,12 @@ impl<'a> OutputWriter<'a> {
             output_hasher,
             buffer,
             offset,
+            placed,
             mut written,
             mut uploads,
             ..
         } = self;
-        if written.placements.is_empty() {
+        if placed == 0 {
             return Ok(written);
         }
         let output_bytes = buffer.freeze();
@@ -545,7 +591,7 @@ impl<'a> OutputWriter<'a> {
         debug!(
             output = %planned.key,
             size = written.size,
-            sources = written.placements.len(),
+            sources = placed,
             copied_sources = written.copied_sources,
             "output written"
         );

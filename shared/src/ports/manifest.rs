@@ -226,12 +226,15 @@ pub trait Manifest: Send + Sync + fmt::Debug {
 
     async fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, ManifestError>;
 
-    /// The objects placed in an output, by offset, one page (`start_after_offset` exclusive).
+    /// The objects placed in an output, by offset then key, one page: those after
+    /// `start_after`, the (offset, key) of the previous page's last source. The key breaks ties:
+    /// an empty source shares its offset with the source after it, so paging by offset alone
+    /// would skip one.
     async fn output_sources(
         &self,
         output_bucket: &str,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError>;
 
@@ -244,9 +247,12 @@ pub trait Manifest: Send + Sync + fmt::Debug {
     /// the same output again updates it.
     async fn begin_output(&self, lease: &Lease, output: &OutputRecord) -> Result<(), ManifestError>;
 
-    /// Records where each source sits in an output that is being written. The objects stay
-    /// `pending` until the output commits. Returns the keys whose record no longer holds the
-    /// planned version (a newer event arrived meanwhile): their placement was not recorded.
+    /// Records where each source sits in an output that is being written, given in offset
+    /// order (successive calls for one output continue where the last one ended). The objects
+    /// stay `pending` until the output commits, and whether `object` shows their placement
+    /// before then is the adapter's choice (DynamoDB keeps it in per-output chunk items until
+    /// `mark_compacted`). Returns the keys whose record no longer holds the planned version (a
+    /// newer event arrived meanwhile): their placement was not recorded.
     async fn record_placements(
         &self,
         lease: &Lease,

@@ -248,11 +248,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// 1 (the local directory opens, and reads small objects whole, in one blocking-pool hop);
     /// the default GETs them one after the other.
     async fn get_many(&self, bucket: &str, requests: &[GetRequest]) -> Vec<Result<GetResult, StoreError>> {
-        let mut answers = Vec::with_capacity(requests.len());
-        for request in requests {
-            answers.push(self.get(bucket, &request.key, request.options.clone()).await);
-        }
-        answers
+        get_one_by_one(self, bucket, requests).await
     }
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError>;
@@ -340,10 +336,35 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         requests: &[TagRequest],
         tag: &Tag,
     ) -> Vec<Result<TagOutcome, StoreError>> {
-        // The futures are made first: a closure inside the stream trips async_trait's bounds.
-        let pending: Vec<_> = requests.iter().map(|request| add_tag(self, bucket, request, tag)).collect();
-        futures::stream::iter(pending).buffered(TAG_CONCURRENCY).collect().await
+        add_tag_one_by_one(self, bucket, requests, tag).await
     }
+}
+
+/// `get_many`'s default: each object by `get`, one after the other. Public for wrappers that
+/// take this path on purpose (`testkit::forwarding`).
+pub async fn get_one_by_one<S: ObjectStore + ?Sized>(
+    store: &S,
+    bucket: &str,
+    requests: &[GetRequest],
+) -> Vec<Result<GetResult, StoreError>> {
+    let mut answers = Vec::with_capacity(requests.len());
+    for request in requests {
+        answers.push(store.get(bucket, &request.key, request.options.clone()).await);
+    }
+    answers
+}
+
+/// `add_tag_many`'s default: HEAD, GetObjectTagging and PutObjectTagging per object, a few
+/// objects at a time. Public for wrappers that take this path on purpose.
+pub async fn add_tag_one_by_one<S: ObjectStore + ?Sized>(
+    store: &S,
+    bucket: &str,
+    requests: &[TagRequest],
+    tag: &Tag,
+) -> Vec<Result<TagOutcome, StoreError>> {
+    // The futures are made first: a closure inside the stream trips async_trait's bounds.
+    let pending: Vec<_> = requests.iter().map(|request| add_tag(store, bucket, request, tag)).collect();
+    futures::stream::iter(pending).buffered(TAG_CONCURRENCY).collect().await
 }
 
 /// `add_tag_many`'s default, for one object.

@@ -10,21 +10,17 @@
 //! rest of the batch goes through), as S3's DeleteObjects does when it cannot delete a key.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{ObjectRecord, OutputRecord, OutputState, PartitionRecord};
 use crate::ports::manifest::SourcePlacement;
-use crate::ports::{
-    CompletedPart, DeleteRequest, GetOptions, GetResult, IngestOutcome, Lease, ListPage, Manifest, ManifestError,
-    NewObject, ObjectMeta, ObjectQuery, ObjectStore, PutOptions, RemovedObject, StoreError, Tag,
-};
+use crate::ports::{IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, StoreError};
+use crate::testkit::forwarding::{Layered, StoreAnswer, StoreCall, StoreLayer};
 
 /// Whether the crashing call takes effect before the crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,180 +133,31 @@ impl FaultPlan {
     }
 }
 
-/// An [`ObjectStore`] that obeys a [`FaultPlan`].
-#[derive(Debug)]
-pub struct FaultyStore {
-    inner: Arc<dyn ObjectStore>,
-    plan: Arc<FaultPlan>,
-}
-
-impl FaultyStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, plan: Arc<FaultPlan>) -> Self {
-        Self { inner, plan }
-    }
-}
+/// An [`ObjectStore`] that obeys a [`FaultPlan`]: every port method forwarded through the plan
+/// (see [`crate::testkit::forwarding`]), the batched ones included. `.per_source()` takes S3's
+/// path instead, one request per source, each a call the plan can crash in.
+pub type FaultyStore = Layered<Arc<FaultPlan>>;
 
 fn store_crash(bucket: &str, key: &str) -> StoreError {
     StoreError::backend(bucket, key, "injected crash")
 }
 
-macro_rules! faulty_store_call {
-    ($self:ident, $operation:literal, $bucket:expr, $key:expr, $call:expr) => {{
-        match $self.plan.verdict($operation) {
-            Verdict::Proceed => $call.await,
-            Verdict::Fail => Err(store_crash($bucket, $key)),
-            Verdict::ProceedThenFail => {
-                let _ = $call.await;
-                Err(store_crash($bucket, $key))
-            }
-        }
-    }};
-}
-
-#[async_trait]
-impl ObjectStore for FaultyStore {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
-        faulty_store_call!(self, "store.head", bucket, key, self.inner.head(bucket, key))
-    }
-
-    async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
-        faulty_store_call!(self, "store.get", bucket, key, self.inner.get(bucket, key, options.clone()))
-    }
-
-    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError> {
-        faulty_store_call!(self, "store.put", bucket, key, self.inner.put(bucket, key, body.clone(), options.clone()))
-    }
-
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
-        faulty_store_call!(self, "store.create_multipart", bucket, key, self.inner.create_multipart(bucket, key))
-    }
-
-    async fn upload_part(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        part_number: u32,
-        body: Bytes,
-    ) -> Result<CompletedPart, StoreError> {
-        faulty_store_call!(
-            self,
-            "store.upload_part",
-            bucket,
-            key,
-            self.inner.upload_part(bucket, key, upload_id, part_number, body.clone())
-        )
-    }
-
-    async fn upload_part_copy(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        part_number: u32,
-        source_bucket: &str,
-        source_key: &str,
-        range: Option<Range<u64>>,
-        source_if_match: Option<&str>,
-    ) -> Result<CompletedPart, StoreError> {
-        faulty_store_call!(
-            self,
-            "store.upload_part_copy",
-            bucket,
-            key,
-            self.inner.upload_part_copy(
-                bucket,
-                key,
-                upload_id,
-                part_number,
-                source_bucket,
-                source_key,
-                range.clone(),
-                source_if_match
-            )
-        )
-    }
-
-    async fn complete_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        parts: &[CompletedPart],
-    ) -> Result<ObjectMeta, StoreError> {
-        faulty_store_call!(
-            self,
-            "store.complete_multipart",
-            bucket,
-            key,
-            self.inner.complete_multipart(bucket, key, upload_id, parts)
-        )
-    }
-
-    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        faulty_store_call!(
-            self,
-            "store.abort_multipart",
-            bucket,
-            key,
-            self.inner.abort_multipart(bucket, key, upload_id)
-        )
-    }
-
-    async fn list(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        start_after: Option<&str>,
-        max_keys: usize,
-    ) -> Result<ListPage, StoreError> {
-        faulty_store_call!(self, "store.list", bucket, prefix, self.inner.list(bucket, prefix, start_after, max_keys))
-    }
-
-    async fn get_tags(&self, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError> {
-        faulty_store_call!(self, "store.get_tags", bucket, key, self.inner.get_tags(bucket, key))
-    }
-
-    async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError> {
-        faulty_store_call!(self, "store.put_tags", bucket, key, self.inner.put_tags(bucket, key, tags))
-    }
-
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        faulty_store_call!(self, "store.delete", bucket, key, self.inner.delete(bucket, key))
-    }
-
-    async fn delete_many(
-        &self,
-        bucket: &str,
-        requests: &[DeleteRequest],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let first_key = requests.first().map_or("", |request| request.key.as_str());
-        // Refused keys never reach the inner store; their outcomes are slotted back in order.
-        let (refused, passed): (Vec<&DeleteRequest>, Vec<&DeleteRequest>) =
-            requests.iter().partition(|request| self.plan.delete_is_refused(&request.key));
-        let passed: Vec<DeleteRequest> = passed.into_iter().cloned().collect();
-        let mut passed_outcomes =
-            faulty_store_call!(self, "store.delete_many", bucket, first_key, self.inner.delete_many(bucket, &passed))?
-                .into_iter();
-        let refused_keys: BTreeSet<&str> = refused.iter().map(|request| request.key.as_str()).collect();
-        Ok(requests
-            .iter()
-            .map(|request| {
-                if refused_keys.contains(request.key.as_str()) {
-                    Err(StoreError::AccessDenied {
-                        bucket: bucket.to_owned(),
-                        key: request.key.clone(),
-                        message: "injected refusal of this key".to_owned(),
-                    })
-                } else {
-                    passed_outcomes.next().expect("one outcome per key passed to the inner store")
+impl StoreLayer for FaultPlan {
+    fn around<'a, T: Send + 'a>(&'a self, call: StoreCall<'a>, forward: StoreAnswer<'a, T>) -> StoreAnswer<'a, T> {
+        Box::pin(async move {
+            match self.verdict(call.operation) {
+                Verdict::Proceed => forward.await,
+                Verdict::Fail => Err(store_crash(call.bucket, call.key)),
+                Verdict::ProceedThenFail => {
+                    let _ = forward.await;
+                    Err(store_crash(call.bucket, call.key))
                 }
-            })
-            .collect())
+            }
+        })
+    }
+
+    fn refuses_delete(&self, _bucket: &str, key: &str) -> Option<String> {
+        self.delete_is_refused(key).then(|| "injected refusal of this key".to_owned())
     }
 }
 
@@ -352,6 +199,10 @@ impl Manifest for FaultyManifest {
 
     async fn record_object(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
         faulty_manifest_call!(self, "manifest.record_object", self.inner.record_object(object))
+    }
+
+    async fn record_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.record_objects", self.inner.record_objects(objects))
     }
 
     async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError> {
@@ -412,13 +263,13 @@ impl Manifest for FaultyManifest {
         &self,
         output_bucket: &str,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
         faulty_manifest_call!(
             self,
             "manifest.output_sources",
-            self.inner.output_sources(output_bucket, output_key, start_after_offset, limit)
+            self.inner.output_sources(output_bucket, output_key, start_after, limit)
         )
     }
 

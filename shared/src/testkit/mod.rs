@@ -3,6 +3,7 @@
 
 pub mod duckdb;
 pub mod faults;
+pub mod forwarding;
 pub mod manifest_conformance;
 #[cfg(feature = "aws")]
 pub mod s3_server;

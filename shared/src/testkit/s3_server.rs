@@ -135,6 +135,12 @@ pub struct FreshBucket {
 }
 
 impl FreshBucket {
+    /// The guard of a bucket made another way (with notifications, say) on the server at
+    /// `endpoint`: it empties and deletes the bucket when dropped.
+    pub fn adopt(endpoint: &str, bucket: &str) -> FreshBucket {
+        FreshBucket { endpoint: endpoint.to_owned(), bucket: bucket.to_owned() }
+    }
+
     pub fn bucket(&self) -> &str {
         &self.bucket
     }

@@ -47,13 +47,11 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::config::MIN_PART_BYTES;
 use crate::ports::object_store::{
     CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ObjectMeta, ObjectStore, PutOptions, StoreError,
     Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };
-
-/// The smallest part S3 accepts for every part of a multipart upload but the last.
-pub const MINIMUM_PART_NUM_BYTES: usize = 5 * 1024 * 1024;
 
 /// Makes one `#[tokio::test]` per conformance case, each calling
 /// `$crate::testkit::store_conformance::<case>` on the store `$make_store` yields. See the
@@ -468,8 +466,8 @@ pub async fn list_paginates_with_max_keys(store: &dyn ObjectStore, bucket: &str)
 /// and 2 at S3's 5 MiB minimum, part 3 small.
 pub async fn multipart_assembles_parts_in_part_number_order(store: &dyn ObjectStore, bucket: &str) {
     let part_bodies = [
-        patterned_bytes(MINIMUM_PART_NUM_BYTES, 21),
-        patterned_bytes(MINIMUM_PART_NUM_BYTES, 22),
+        patterned_bytes(MIN_PART_BYTES as usize, 21),
+        patterned_bytes(MIN_PART_BYTES as usize, 22),
         patterned_bytes(1000, 23),
     ];
     let upload_id = store.create_multipart(bucket, "outputs/assembled").await.expect("create multipart");
@@ -500,10 +498,10 @@ pub async fn multipart_assembles_parts_in_part_number_order(store: &dyn ObjectSt
 pub async fn multipart_reuploaded_part_replaces_the_earlier_one(store: &dyn ObjectStore, bucket: &str) {
     let upload_id = store.create_multipart(bucket, "outputs/replaced").await.expect("create multipart");
     store
-        .upload_part(bucket, "outputs/replaced", &upload_id, 1, patterned_bytes(MINIMUM_PART_NUM_BYTES, 31))
+        .upload_part(bucket, "outputs/replaced", &upload_id, 1, patterned_bytes(MIN_PART_BYTES as usize, 31))
         .await
         .expect("first upload of part 1");
-    let replacement_body = patterned_bytes(MINIMUM_PART_NUM_BYTES, 32);
+    let replacement_body = patterned_bytes(MIN_PART_BYTES as usize, 32);
     let part_one = store
         .upload_part(bucket, "outputs/replaced", &upload_id, 1, replacement_body.clone())
         .await
@@ -581,7 +579,7 @@ pub async fn upload_part_copy_copies_a_range_of_another_object(store: &dyn Objec
     let source_body = patterned_bytes(10_000, 51);
     let source_meta = put_bytes(store, bucket, "sources/a", source_body.clone()).await;
     let source_etag = source_meta.etag.expect("put returns an ETag");
-    let first_part_body = patterned_bytes(MINIMUM_PART_NUM_BYTES, 52);
+    let first_part_body = patterned_bytes(MIN_PART_BYTES as usize, 52);
 
     let upload_id = store.create_multipart(bucket, "outputs/copied").await.expect("create multipart");
     let part_one = store

@@ -1,0 +1,544 @@
+//! Placement chunks: where an output's sources sit, a few hundred KB of them per item.
+//!
+//! Why: writing each placement onto its object item cost, per source, a transactional update
+//! (2 write units) plus the [`SOURCES_INDEX`](super::SOURCES_INDEX) copy (1 more), and
+//! `mark_compacted` then found the sources through that eventually consistent index. Now
+//! `record_placements` reads the planned objects (one strongly consistent `BatchGetItem` per
+//! 100, to answer which were superseded) and writes the placements as chunk items, one
+//! `PutItem` per [`CHUNK_MAX_BYTES`] of them; `mark_compacted` reads the committed output's
+//! chunks back (a strongly consistent Query: no index lag) and turns each source `compacted`
+//! with its placement in one conditional update, which no index copies.
+//!
+//! | item | `pk` | `sk` | other attributes |
+//! |---|---|---|---|
+//! | placement chunk | `PL#{bucket}#{len(path)}#{path}{output key}` | first offset, 20 digits | `generation`, `placements`: JSON `[[key, sequencer, offset, length, sha256, separator_bytes], ...]` in offset order |
+//!
+//! An output's chunks are one Query in offset order, so `output_sources` pages through them
+//! (reading the object items of each page for their state) without an index. Chunks are only
+//! trusted once their output is `committed`: chunks of an abandoned output are never read by
+//! the seal. Outputs placed by an older version of this adapter have no chunks; their
+//! placements are on the object items, and `mark_compacted` and `output_sources` fall back to
+//! [`SOURCES_INDEX`](super::SOURCES_INDEX) for them, so an existing table needs no migration.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    key_of, number_value, object_from_item, object_item_pk, string_value, values, DynamoDbManifest,
+    DynamoDbManifestError, Item, ItemReader, CONCURRENT_REQUESTS, OPTIMISTIC_ATTEMPTS,
+};
+use crate::domain::partition::PartitionKey;
+use crate::domain::records::{ObjectRecord, ObjectState, Placement};
+use crate::ports::manifest::{ManifestError, SourcePlacement};
+
+/// Encoded placements per chunk item at most: under DynamoDB's 400 KB item limit with room for
+/// the keys and attribute names. About 1,500 sources of 60-byte keys.
+pub(super) const CHUNK_MAX_BYTES: usize = 300 * 1024;
+
+/// Set on an output item once `mark_compacted` went through all its chunks: every placed
+/// source is then `compacted` or was superseded for good (a sequencer never goes back), so
+/// later recoveries skip the output instead of trying each source again (a failed conditional
+/// write costs a write unit all the same).
+pub(super) const SOURCES_COMPACTED: &str = "sources_compacted";
+
+/// Keys per `BatchGetItem`: DynamoDB's limit.
+const KEYS_PER_BATCH_GET: usize = 100;
+
+/// Statements per `BatchExecuteStatement`: DynamoDB's limit.
+const STATEMENTS_PER_BATCH: usize = 25;
+
+/// Named by the partition and the output key (output keys are unique within a partition), in
+/// the form of [`SOURCES_INDEX`](super::SOURCES_INDEX)'s keys: a path holding `#` cannot read as
+/// another (path, output key) pair.
+pub(super) fn chunk_pk(partition: &PartitionKey, output_key: &str) -> String {
+    format!("PL#{}", super::sources_index_pk(&partition.bucket, &partition.path, output_key))
+}
+
+fn chunk_sk(first_offset: u64) -> String {
+    format!("{first_offset:020}")
+}
+
+/// One placement as a chunk stores it: a JSON array, the shortest self-describing form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry(String, String, u64, u64, String, u64);
+
+impl Entry {
+    fn of(source: &SourcePlacement) -> Self {
+        let placement = &source.placement;
+        Entry(
+            source.key.clone(),
+            source.sequencer.clone(),
+            placement.offset,
+            placement.length,
+            placement.sha256.clone(),
+            placement.separator_bytes,
+        )
+    }
+
+    fn into_placement(self, output_key: &str, generation: u64) -> SourcePlacement {
+        let Entry(key, sequencer, offset, length, sha256, separator_bytes) = self;
+        SourcePlacement {
+            key,
+            sequencer,
+            placement: Placement {
+                output_key: output_key.to_owned(),
+                generation,
+                offset,
+                length,
+                sha256,
+                separator_bytes,
+            },
+        }
+    }
+}
+
+/// One chunk to write: its first offset (the sort key) and its encoded placements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct EncodedChunk {
+    pub first_offset: u64,
+    pub placements: String,
+}
+
+/// Splits placements (in offset order) into chunks of at most [`CHUNK_MAX_BYTES`] encoded,
+/// leaving out the `skipped` ones. The split depends on `placements` alone, never on which are
+/// skipped, so recording the same placements again rewrites the same chunk items.
+pub(super) fn encode_chunks(
+    placements: &[SourcePlacement],
+    skipped: impl Fn(&SourcePlacement) -> bool,
+) -> Vec<EncodedChunk> {
+    let mut chunks = Vec::new();
+    let mut current: Option<(u64, Vec<String>, usize)> = None;
+    for source in placements {
+        let encoded = serde_json::to_string(&Entry::of(source)).expect("a placement always encodes");
+        let fits = current.as_ref().is_some_and(|(_, _, bytes)| bytes + encoded.len() < CHUNK_MAX_BYTES);
+        if !fits {
+            chunks.extend(current.take().map(finish_chunk));
+            current = Some((source.placement.offset, Vec::new(), 2));
+        }
+        let (_, entries, bytes) = current.as_mut().expect("a chunk is open");
+        *bytes += encoded.len() + 1;
+        if !skipped(source) {
+            entries.push(encoded);
+        }
+    }
+    chunks.extend(current.map(finish_chunk));
+    chunks
+}
+
+fn finish_chunk((first_offset, entries, _): (u64, Vec<String>, usize)) -> EncodedChunk {
+    EncodedChunk { first_offset, placements: format!("[{}]", entries.join(",")) }
+}
+
+fn decode_chunk(text: &str, output_key: &str, generation: u64) -> Result<Vec<SourcePlacement>, serde_json::Error> {
+    let entries: Vec<Entry> = serde_json::from_str(text)?;
+    Ok(entries.into_iter().map(|entry| entry.into_placement(output_key, generation)).collect())
+}
+
+/// Whether an object item still holds the version a placement names, pending: only then may
+/// the placement apply (the same rule the per-item transaction used to check).
+fn holds_placed_version(item: Option<&Item>, sequencer: &str) -> bool {
+    let Some(item) = item else { return false };
+    let text = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(text)) => Some(text.as_str()),
+        _ => None,
+    };
+    text("state") == Some(ObjectState::Pending.as_str()) && text("sequencer") == Some(sequencer)
+}
+
+impl DynamoDbManifest {
+    /// Strongly consistent reads of object items by key, [`KEYS_PER_BATCH_GET`] per request,
+    /// unprocessed keys asked again. Keyed by object key; absent items are missing.
+    async fn object_items(
+        &self,
+        partition: &PartitionKey,
+        keys: &[&str],
+        projection: Option<&str>,
+    ) -> Result<HashMap<String, Item>, ManifestError> {
+        let mut found = HashMap::with_capacity(keys.len());
+        for batch in keys.chunks(KEYS_PER_BATCH_GET) {
+            let mut request_keys: Vec<Item> =
+                batch.iter().map(|key| key_of(object_item_pk(&partition.bucket, &partition.path, key), *key)).collect();
+            for _attempt in 0..OPTIMISTIC_ATTEMPTS {
+                if request_keys.is_empty() {
+                    break;
+                }
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut request_keys)))
+                    .consistent_read(true)
+                    .set_projection_expression(projection.map(str::to_owned))
+                    .set_expression_attribute_names(projection.map(|projection| super::names_in(&[projection])))
+                    .build()
+                    .map_err(DynamoDbManifestError::Build)?;
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|error| self.request_error("BatchGetItem", error.into()))?;
+                for item in output.responses.and_then(|mut tables| tables.remove(&self.table)).unwrap_or_default() {
+                    if let Some(AttributeValue::S(key)) = item.get("sk") {
+                        found.insert(key.clone(), item);
+                    }
+                }
+                request_keys = output
+                    .unprocessed_keys
+                    .and_then(|mut tables| tables.remove(&self.table))
+                    .map(|unprocessed| unprocessed.keys)
+                    .unwrap_or_default();
+            }
+            if !request_keys.is_empty() {
+                return Err(DynamoDbManifestError::Contended { what: "a batch read of object items".to_owned() }.into());
+            }
+        }
+        Ok(found)
+    }
+
+    /// `record_placements` after its fence check: the superseded keys (in the batch's order),
+    /// and the placements of the others written as chunk items.
+    pub(super) async fn write_placement_chunks(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+        placements: &[SourcePlacement],
+    ) -> Result<Vec<String>, ManifestError> {
+        let Some(first) = placements.first() else { return Ok(Vec::new()) };
+        let generation = first.placement.generation;
+        let mut in_order: Vec<SourcePlacement> = placements.to_vec();
+        in_order.sort_by_key(|source| source.placement.offset);
+        let keys: Vec<&str> = in_order.iter().map(|source| source.key.as_str()).collect();
+        let items = self.object_items(partition, &keys, Some("#sk, #state, #sequencer")).await?;
+        let superseded = |source: &SourcePlacement| !holds_placed_version(items.get(&source.key), &source.sequencer);
+        let chunks = encode_chunks(&in_order, superseded);
+        stream::iter(chunks)
+            .map(|chunk| async move {
+                let mut item = key_of(chunk_pk(partition, output_key), chunk_sk(chunk.first_offset));
+                item.insert("generation".to_owned(), number_value(generation));
+                item.insert("placements".to_owned(), string_value(chunk.placements));
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                    .map_err(|error| self.request_error("PutItem", error.into()))
+                    .map(|_| ())
+            })
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(placements.iter().filter(|source| superseded(source)).map(|source| source.key.clone()).collect())
+    }
+
+    /// One page of an output's chunk items, in offset order, from `start_sk` on.
+    async fn chunk_page(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+        start_key: Option<Item>,
+        from_sk: Option<String>,
+    ) -> Result<(Vec<SourcePlacement>, Option<Item>), ManifestError> {
+        let (key_condition, mut expression_values) = match from_sk {
+            Some(from_sk) => ("#pk = :pk AND #sk >= :from", values([(":from", string_value(from_sk))])),
+            None => ("#pk = :pk", HashMap::new()),
+        };
+        expression_values.insert(":pk".to_owned(), string_value(chunk_pk(partition, output_key)));
+        let page = self.query_page(None, key_condition, None, expression_values, true, start_key, Some(8)).await?;
+        let mut placements = Vec::new();
+        for item in page.items() {
+            let reader = ItemReader::new(item, &self.table);
+            let generation = reader.number("generation")?;
+            let text = reader.string("placements")?;
+            placements.extend(decode_chunk(&text, output_key, generation).map_err(|_| reader.malformed("placements"))?);
+        }
+        Ok((placements, page.last_evaluated_key))
+    }
+
+    /// Whether an output has placement chunks (else it was placed by an older version of this
+    /// adapter, on its object items).
+    pub(super) async fn has_chunks(&self, partition: &PartitionKey, output_key: &str) -> Result<bool, ManifestError> {
+        let page = self
+            .query_page(
+                None,
+                "#pk = :pk",
+                None,
+                values([(":pk", string_value(chunk_pk(partition, output_key)))]),
+                true,
+                None,
+                Some(1),
+            )
+            .await?;
+        Ok(!page.items().is_empty())
+    }
+
+    /// `mark_compacted` of a committed output that has chunks: each placed source still
+    /// pending as the placed version turns `compacted`, its placement written with it. Returns
+    /// how many changed. Reads one page of chunks at a time, so memory stays a page's worth.
+    pub(super) async fn compact_from_chunks(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+    ) -> Result<u64, ManifestError> {
+        let mut changed = 0;
+        let mut start_key = None;
+        loop {
+            let (placements, next) = self.chunk_page(partition, output_key, start_key, None).await?;
+            // Still pending as the placed version: a newer version stays pending. One
+            // conditional update per source, 25 to a request.
+            let statement = format!(
+                "UPDATE \"{}\" SET \"state\" = ? SET \"output_key\" = ? SET \"output_generation\" = ? \
+                 SET \"output_offset\" = ? SET \"output_length\" = ? SET \"output_sha256\" = ? \
+                 SET \"output_separator_bytes\" = ? WHERE \"pk\" = ? AND \"sk\" = ? AND \"state\" = ? AND \"sequencer\" = ?",
+                self.table
+            );
+            let statements = placements
+                .iter()
+                .map(|source| {
+                    let placement = &source.placement;
+                    BatchStatementRequest::builder()
+                        .statement(&statement)
+                        .set_parameters(Some(vec![
+                            string_value(ObjectState::Compacted.as_str()),
+                            string_value(output_key),
+                            number_value(placement.generation),
+                            number_value(placement.offset),
+                            number_value(placement.length),
+                            string_value(&placement.sha256),
+                            number_value(placement.separator_bytes),
+                            string_value(object_item_pk(&partition.bucket, &partition.path, &source.key)),
+                            string_value(&source.key),
+                            string_value(ObjectState::Pending.as_str()),
+                            string_value(&source.sequencer),
+                        ]))
+                        .build()
+                        .map_err(|error| DynamoDbManifestError::Build(error).into())
+                })
+                .collect::<Result<Vec<_>, ManifestError>>()?;
+            changed +=
+                self.conditional_statements(statements).await?.into_iter().filter(|applied| *applied).count() as u64;
+            start_key = next;
+            if start_key.is_none() {
+                return Ok(changed);
+            }
+        }
+    }
+
+    /// Runs conditional PartiQL statements (each on another item), [`STATEMENTS_PER_BATCH`] to
+    /// a `BatchExecuteStatement`, [`CONCURRENT_REQUESTS`] requests side by side. For each
+    /// statement, in order: whether it applied (false when its condition failed). Statements
+    /// refused for throttling or a conflict with a transaction are sent again.
+    pub(super) async fn conditional_statements(
+        &self,
+        statements: Vec<BatchStatementRequest>,
+    ) -> Result<Vec<bool>, ManifestError> {
+        let batches: Vec<Vec<BatchStatementRequest>> =
+            statements.chunks(STATEMENTS_PER_BATCH).map(<[BatchStatementRequest]>::to_vec).collect();
+        let answers: Vec<Vec<bool>> = stream::iter(batches)
+            .map(|batch| self.statement_batch(batch))
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await?;
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    async fn statement_batch(&self, batch: Vec<BatchStatementRequest>) -> Result<Vec<bool>, ManifestError> {
+        let mut applied: Vec<Option<bool>> = vec![None; batch.len()];
+        for _attempt in 0..OPTIMISTIC_ATTEMPTS {
+            let open: Vec<usize> = (0..batch.len()).filter(|index| applied[*index].is_none()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let output = self
+                .client
+                .batch_execute_statement()
+                .set_statements(Some(open.iter().map(|index| batch[*index].clone()).collect()))
+                .send()
+                .await
+                .map_err(|error| self.request_error("BatchExecuteStatement", error.into()))?;
+            for (index, response) in open.iter().zip(output.responses()) {
+                applied[*index] = match response.error().and_then(|error| error.code()) {
+                    None => Some(true),
+                    Some(BatchStatementErrorCodeEnum::ConditionalCheckFailed) => Some(false),
+                    Some(
+                        BatchStatementErrorCodeEnum::ThrottlingError
+                        | BatchStatementErrorCodeEnum::ProvisionedThroughputExceeded
+                        | BatchStatementErrorCodeEnum::RequestLimitExceeded
+                        | BatchStatementErrorCodeEnum::TransactionConflict
+                        | BatchStatementErrorCodeEnum::InternalServerError,
+                    ) => None,
+                    Some(code) => {
+                        let message = response.error().and_then(|error| error.message()).unwrap_or_default();
+                        return Err(DynamoDbManifestError::Statement {
+                            code: code.as_str().to_owned(),
+                            message: message.to_owned(),
+                        }
+                        .into());
+                    }
+                };
+            }
+        }
+        if applied.iter().any(Option::is_none) {
+            return Err(DynamoDbManifestError::Contended { what: "a batch of conditional updates".to_owned() }.into());
+        }
+        Ok(applied.into_iter().map(|applied| applied.unwrap_or(false)).collect())
+    }
+
+    /// Records on a committed output's item that its sources are all compacted.
+    pub(super) async fn mark_sources_compacted(&self, output_item: &Item) -> Result<(), ManifestError> {
+        let reader = ItemReader::new(output_item, &self.table);
+        let key = key_of(reader.string("pk")?, reader.string("sk")?);
+        self.conditional_update(
+            key,
+            "SET #sources_compacted = :yes",
+            "#state = :committed",
+            values([
+                (":yes", AttributeValue::Bool(true)),
+                (":committed", string_value(crate::domain::records::OutputState::Committed.as_str())),
+            ]),
+            false,
+        )
+        .await?
+        // Only a committed output is marked, and a committed output stays committed: a failed
+        // condition cannot happen, and would only mean the next recovery tries the sources again.
+        .ok();
+        Ok(())
+    }
+
+    /// `output_sources` of an output that has chunks: placements by offset after
+    /// `start_after_offset`, each with its object item (read for its state), at most `limit`.
+    /// A source whose item now holds another version that was never placed here is left out,
+    /// as the index left it out.
+    pub(super) async fn sources_from_chunks(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+        start_after_offset: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ObjectRecord>, ManifestError> {
+        // The chunk holding the cursor starts at or before it: find it, then read on from it.
+        let from_sk = match start_after_offset {
+            None => None,
+            Some(offset) => {
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("#pk = :pk AND #sk <= :cursor")
+                    .set_expression_attribute_names(Some(super::names_in(&["#pk #sk"])))
+                    .set_expression_attribute_values(Some(values([
+                        (":pk", string_value(chunk_pk(partition, output_key))),
+                        (":cursor", string_value(chunk_sk(offset))),
+                    ])))
+                    .projection_expression("#sk")
+                    .scan_index_forward(false)
+                    .consistent_read(true)
+                    .limit(1)
+                    .send()
+                    .await
+                    .map_err(|error| self.request_error("Query", error.into()))?;
+                page.items().first().and_then(|item| item.get("sk")).and_then(|sk| sk.as_s().ok()).cloned()
+            }
+        };
+        let mut sources = Vec::new();
+        let mut start_key = None;
+        loop {
+            let (placements, next) = self.chunk_page(partition, output_key, start_key, from_sk.clone()).await?;
+            let wanted: Vec<SourcePlacement> = placements
+                .into_iter()
+                .filter(|source| start_after_offset.is_none_or(|after| source.placement.offset > after))
+                .collect();
+            for window in wanted.chunks(KEYS_PER_BATCH_GET) {
+                let keys: Vec<&str> = window.iter().map(|source| source.key.as_str()).collect();
+                let items = self.object_items(partition, &keys, None).await?;
+                for source in window {
+                    let Some(item) = items.get(&source.key) else { continue };
+                    let mut record = object_from_item(item, &self.table)?;
+                    let placed_here =
+                        record.placement.as_ref().is_some_and(|placement| placement.output_key == output_key);
+                    if record.sequencer != source.sequencer && !placed_here {
+                        continue;
+                    }
+                    record.placement = Some(source.placement.clone());
+                    sources.push(record);
+                    if sources.len() == limit {
+                        return Ok(sources);
+                    }
+                }
+            }
+            start_key = next;
+            if start_key.is_none() {
+                return Ok(sources);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(key: &str, offset: u64) -> SourcePlacement {
+        SourcePlacement {
+            key: key.to_owned(),
+            sequencer: "0055".to_owned(),
+            placement: Placement {
+                output_key: "compacted/out.json".to_owned(),
+                generation: 3,
+                offset,
+                length: 10,
+                sha256: "ab".repeat(32),
+                separator_bytes: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn chunks_decode_to_the_placements_they_encode() {
+        let placements = vec![placement("logs/a \"quoted\".json", 0), placement("logs/é\n.json", 11)];
+        let chunks = encode_chunks(&placements, |_| false);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].first_offset, 0);
+        let decoded = decode_chunk(&chunks[0].placements, "compacted/out.json", 3).unwrap();
+        assert_eq!(decoded, placements);
+    }
+
+    #[test]
+    fn chunks_stay_under_the_item_limit_and_split_where_the_input_alone_says() {
+        let long_key = "k".repeat(1000);
+        let placements: Vec<SourcePlacement> =
+            (0..1000).map(|index| placement(&format!("{long_key}{index:04}"), index * 11)).collect();
+        let all = encode_chunks(&placements, |_| false);
+        assert!(all.len() > 1, "a million bytes of keys need several chunks");
+        assert!(all.iter().all(|chunk| chunk.placements.len() <= CHUNK_MAX_BYTES));
+        let decoded: Vec<SourcePlacement> =
+            all.iter().flat_map(|chunk| decode_chunk(&chunk.placements, "compacted/out.json", 3).unwrap()).collect();
+        assert_eq!(decoded, placements, "every placement once, in order");
+        // Skipping some changes what the chunks hold, never where they start: a rerun with
+        // other superseded sources overwrites the same items.
+        let some_skipped = encode_chunks(&placements, |source| source.placement.offset % 2 == 0);
+        let starts = |chunks: &[EncodedChunk]| chunks.iter().map(|chunk| chunk.first_offset).collect::<Vec<_>>();
+        assert_eq!(starts(&some_skipped), starts(&all));
+        let kept: usize = some_skipped
+            .iter()
+            .map(|chunk| decode_chunk(&chunk.placements, "compacted/out.json", 3).unwrap().len())
+            .sum();
+        assert_eq!(kept, 500);
+    }
+
+    #[test]
+    fn only_a_pending_item_of_the_placed_version_takes_a_placement() {
+        let item = |state: &str, sequencer: &str| -> Item {
+            HashMap::from([
+                ("state".to_owned(), string_value(state)),
+                ("sequencer".to_owned(), string_value(sequencer)),
+            ])
+        };
+        assert!(holds_placed_version(Some(&item("pending", "0055")), "0055"));
+        assert!(!holds_placed_version(Some(&item("pending", "0056")), "0055"), "a newer version");
+        assert!(!holds_placed_version(Some(&item("removed", "0055")), "0055"), "removed");
+        assert!(!holds_placed_version(None, "0055"), "gone");
+    }
+}
