@@ -441,110 +441,21 @@ impl StoreLayer for ChangeOnCopy {
     }
 }
 
-/// A store that notes, at each GET, whether the seal had recorded placements already: with
+/// A layer that notes, at each GET, whether the seal had recorded placements already: with
 /// placements recorded a window at a time, most of a large output's GETs come after the first
 /// `record_placements`; held until the output's end, none would. Every call goes through.
 #[derive(Debug)]
 struct WatchPlacements {
-    inner: Arc<dyn ObjectStore>,
     plan: Arc<FaultPlan>,
     gets_after_first_placements: std::sync::atomic::AtomicU64,
 }
 
-#[async_trait::async_trait]
-impl ObjectStore for WatchPlacements {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.inner.head(bucket, key).await
-    }
-
-    async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
-        if self.plan.counts().contains_key("manifest.record_placements") {
+impl StoreLayer for WatchPlacements {
+    fn around<'a, T: Send + 'a>(&'a self, call: StoreCall<'a>, forward: StoreAnswer<'a, T>) -> StoreAnswer<'a, T> {
+        if call.operation == "store.get" && self.plan.counts().contains_key("manifest.record_placements") {
             self.gets_after_first_placements.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        self.inner.get(bucket, key, options).await
-    }
-
-    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError> {
-        self.inner.put(bucket, key, body, options).await
-    }
-
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
-        self.inner.create_multipart(bucket, key).await
-    }
-
-    async fn upload_part(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        part_number: u32,
-        body: Bytes,
-    ) -> Result<CompletedPart, StoreError> {
-        self.inner.upload_part(bucket, key, upload_id, part_number, body).await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        part_number: u32,
-        source_bucket: &str,
-        source_key: &str,
-        range: Option<std::ops::Range<u64>>,
-        source_if_match: Option<&str>,
-    ) -> Result<CompletedPart, StoreError> {
-        self.inner
-            .upload_part_copy(bucket, key, upload_id, part_number, source_bucket, source_key, range, source_if_match)
-            .await
-    }
-
-    async fn complete_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        parts: &[CompletedPart],
-    ) -> Result<ObjectMeta, StoreError> {
-        self.inner.complete_multipart(bucket, key, upload_id, parts).await
-    }
-
-    async fn delete_many(
-        &self,
-        bucket: &str,
-        requests: &[DeleteRequest],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        self.inner.delete_many(bucket, requests).await
-    }
-
-    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.inner.abort_multipart(bucket, key, upload_id).await
-    }
-
-    async fn list(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        start_after: Option<&str>,
-        max_keys: usize,
-    ) -> Result<ListPage, StoreError> {
-        self.inner.list(bucket, prefix, start_after, max_keys).await
-    }
-
-    async fn get_tags(&self, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError> {
-        self.inner.get_tags(bucket, key).await
-    }
-
-    async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError> {
-        self.inner.put_tags(bucket, key, tags).await
-    }
-
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(bucket, key).await
+        forward
     }
 }
 
@@ -642,11 +553,14 @@ async fn an_output_of_many_sources_is_written_and_placed_a_window_at_a_time() {
         .collect();
     harness.add_many(objects).await;
     harness.plan.heal();
-    let watch = Arc::new(WatchPlacements {
-        inner: Arc::clone(&harness.store),
-        plan: Arc::clone(&harness.plan),
-        gets_after_first_placements: Default::default(),
-    });
+    // One GET per source (S3's path), so that each source read is a call the layer counts.
+    let watch = Arc::new(
+        Layered::new(
+            Arc::clone(&harness.store),
+            WatchPlacements { plan: Arc::clone(&harness.plan), gets_after_first_placements: Default::default() },
+        )
+        .per_source(),
+    );
     let report = harness
         .compactor_on(Arc::clone(&watch) as Arc<dyn ObjectStore>)
         .seal_closed(&SealOptions::default())
@@ -657,7 +571,7 @@ async fn an_output_of_many_sources_is_written_and_placed_a_window_at_a_time() {
     assert_eq!(report.expiry.tagged, 2_500);
     let counts = harness.plan.counts();
     assert_eq!(counts.get("manifest.record_placements"), Some(&3), "windows of 1,000, 1,000 and 500: {counts:?}");
-    let gets_after = watch.gets_after_first_placements.load(std::sync::atomic::Ordering::SeqCst);
+    let gets_after = watch.layer().gets_after_first_placements.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(gets_after, 1_500, "the first window's placements were recorded before the second window was read");
     harness.assert_safe("after a seal of one large output").await;
     harness.assert_finished("after a seal of one large output").await;

@@ -1832,7 +1832,7 @@ impl Manifest for DynamoDbManifest {
             return Ok(Vec::new());
         };
         if self.has_chunks(&output.partition, &output.key).await? {
-            return self.sources_from_chunks(&output.partition, &output.key, start_after_offset, limit).await;
+            return self.sources_from_chunks(&output.partition, &output.key, start_after, limit).await;
         }
         // Placed by an older version of this adapter: the index of placed object items.
         let sources_pk = sources_index_pk(&output.partition.bucket, &output.partition.path, &output.key);
@@ -1843,7 +1843,9 @@ impl Manifest for DynamoDbManifest {
             None => ("#gsi2pk = :sources_pk", HashMap::new()),
         };
         expression_values.insert(":sources_pk".to_owned(), string_value(sources_pk));
-        let position = |source: &ObjectRecord| (source.placement.as_ref().map_or(0, |placement| placement.offset), source.key.clone());
+        let position = |source: &ObjectRecord| {
+            (source.placement.as_ref().map_or(0, |placement| placement.offset), source.key.clone())
+        };
         let by_position = |one: &ObjectRecord, other: &ObjectRecord| position(one).cmp(&position(other));
         let mut sources: Vec<ObjectRecord> = Vec::new();
         let mut last_offset_taken: Option<u64> = None;
@@ -1863,7 +1865,9 @@ impl Manifest for DynamoDbManifest {
             for item in page.items() {
                 let source = object_from_item(item, &self.table)?;
                 let (offset, key) = position(&source);
-                if start_after.is_some_and(|(after_offset, after_key)| (offset, key.as_str()) <= (after_offset, after_key)) {
+                if start_after
+                    .is_some_and(|(after_offset, after_key)| (offset, key.as_str()) <= (after_offset, after_key))
+                {
                     continue;
                 }
                 // Offsets only grow from here: past the last one taken, the page is complete.

@@ -1061,10 +1061,12 @@ impl ObjectStore for AmazonS3 {
                 // S3 answers NoSuchKey for a conditional delete of a key already gone, but some
                 // servers answer 412, as for a changed ETag: a HEAD tells the two apart. Only
                 // refused keys pay for it (a rerun after a crash, an overwritten source).
-                Err(StoreError::PreconditionFailed { .. }) => match self.head_object(bucket, &request.key, None).await {
-                    Err(StoreError::NotFound { .. }) => Ok(()),
-                    _ => outcome,
-                },
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    match self.head_object(bucket, &request.key, None).await {
+                        Err(StoreError::NotFound { .. }) => Ok(()),
+                        _ => outcome,
+                    }
+                }
                 _ => outcome,
             });
         }
@@ -1535,9 +1537,10 @@ mod tests {
                         .build()
                 });
             // The refused key is still there, so it changed: a 412 is looked up with one HEAD.
-            let still_there = mock!(Client::head_object)
-                .match_requests(|request| request.key() == Some("changed"))
-                .then_output(|| aws_sdk_s3::operation::head_object::HeadObjectOutput::builder().e_tag("\"new\"").build());
+            let still_there =
+                mock!(Client::head_object).match_requests(|request| request.key() == Some("changed")).then_output(
+                    || aws_sdk_s3::operation::head_object::HeadObjectOutput::builder().e_tag("\"new\"").build(),
+                );
             let sent = SentRequests::default();
             let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
             interceptor = interceptor.with_rule(&batch).with_rule(&still_there);
@@ -1609,9 +1612,10 @@ mod tests {
                 .sequence()
                 .http_status(404, None)
                 .build();
-            let changed = mock!(Client::head_object)
-                .match_requests(|request| request.key() == Some("changed"))
-                .then_output(|| aws_sdk_s3::operation::head_object::HeadObjectOutput::builder().e_tag("\"new\"").build());
+            let changed =
+                mock!(Client::head_object).match_requests(|request| request.key() == Some("changed")).then_output(
+                    || aws_sdk_s3::operation::head_object::HeadObjectOutput::builder().e_tag("\"new\"").build(),
+                );
             let store = mocked_store(&[&batch, &gone, &changed], S3Options::default());
             let requests = [
                 DeleteRequest::if_match("deleted", "e1"),
@@ -1620,8 +1624,16 @@ mod tests {
             ];
             let outcomes = store.delete_many("sources", &requests).await.expect("the batch as a whole succeeds");
             assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
-            assert!(outcomes[1].is_ok(), "a key already gone counts as deleted, whatever the server answered: {:?}", outcomes[1]);
-            assert!(matches!(&outcomes[2], Err(StoreError::PreconditionFailed { key, .. }) if key == "changed"), "{:?}", outcomes[2]);
+            assert!(
+                outcomes[1].is_ok(),
+                "a key already gone counts as deleted, whatever the server answered: {:?}",
+                outcomes[1]
+            );
+            assert!(
+                matches!(&outcomes[2], Err(StoreError::PreconditionFailed { key, .. }) if key == "changed"),
+                "{:?}",
+                outcomes[2]
+            );
             assert_eq!((gone.num_calls(), changed.num_calls()), (1, 1));
         }
 

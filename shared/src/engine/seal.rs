@@ -580,11 +580,15 @@ impl Compactor {
         // a page at a time, so that neither a superseded source nor all of a large output's
         // sources are ever held here.
         let mut source_bytes = 0;
-        let mut after_offset = None;
+        // Paged by (offset, key): an empty source shares its offset with the source after it.
+        let mut after: Option<(u64, String)> = None;
         loop {
-            let page = self.manifest.output_sources(&dest_bucket, &range.key, after_offset, PAGE).await?;
+            let cursor = after.as_ref().map(|(offset, key)| (*offset, key.as_str()));
+            let page = self.manifest.output_sources(&dest_bucket, &range.key, cursor, PAGE).await?;
             let page_length = page.len();
-            after_offset = page.last().and_then(|source| source.placement.as_ref()).map(|placement| placement.offset);
+            after = page
+                .last()
+                .and_then(|source| source.placement.as_ref().map(|placement| (placement.offset, source.key.clone())));
             for source in page {
                 if source.state != ObjectState::Compacted {
                     continue;

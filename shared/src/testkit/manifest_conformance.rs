@@ -394,7 +394,10 @@ pub async fn a_rescan_records_an_overwritten_version_and_an_event_confirms_a_sca
     let first_listed = partition.period.start + Duration::hours(1);
     let first = scanned_object(&partition, "a.json", "e1", first_listed);
     let confirmed = scanned_object(&partition, "b.json", "e9", first_listed);
-    assert_eq!(manifest.record_objects(&[first.clone(), confirmed.clone()]).await.unwrap(), [IngestOutcome::Recorded; 2]);
+    assert_eq!(
+        manifest.record_objects(&[first.clone(), confirmed.clone()]).await.unwrap(),
+        [IngestOutcome::Recorded; 2]
+    );
     assert_eq!(manifest.record_object(&first).await.unwrap(), IngestOutcome::Stale, "the same version listed again");
 
     let now = at("2024-01-16T00:00:00Z");
@@ -405,7 +408,8 @@ pub async fn a_rescan_records_an_overwritten_version_and_an_event_confirms_a_sca
     assert_eq!(object_record(manifest, &first).await.state, ObjectState::Missing);
     assert_eq!(object_record(manifest, &confirmed).await.state, ObjectState::Compacted);
 
-    let overwritten = NewObject { size: 20, ..scanned_object(&partition, "a.json", "e2", first_listed + Duration::hours(30)) };
+    let overwritten =
+        NewObject { size: 20, ..scanned_object(&partition, "a.json", "e2", first_listed + Duration::hours(30)) };
     assert_eq!(manifest.record_object(&overwritten).await.unwrap(), IngestOutcome::Updated, "a version not seen yet");
     let record = object_record(manifest, &overwritten).await;
     assert_eq!((record.state, record.size, record.etag), (ObjectState::Pending, 20, overwritten.etag.clone()));
@@ -416,10 +420,7 @@ pub async fn a_rescan_records_an_overwritten_version_and_an_event_confirms_a_sca
 
     // The compacted version's own event arrives late: same ETag, so its bytes stay compacted
     // once, and the record now orders later events by the event's sequencer.
-    let event = NewObject {
-        etag: Some("e9".to_owned()),
-        ..new_object(&partition, "b.json", "0055AED6DCD90281E5", 10)
-    };
+    let event = NewObject { etag: Some("e9".to_owned()), ..new_object(&partition, "b.json", "0055AED6DCD90281E5", 10) };
     assert_eq!(manifest.record_object(&event).await.unwrap(), IngestOutcome::Stale);
     let record = object_record(manifest, &confirmed).await;
     assert_eq!((record.state, record.sequencer.as_str()), (ObjectState::Compacted, "0055AED6DCD90281E5"));

@@ -408,25 +408,28 @@ impl DynamoDbManifest {
     }
 
     /// `output_sources` of an output that has chunks: placements by offset after
-    /// `start_after_offset`, each with its object item (read for its state), at most `limit`.
+    /// the `(offset, key)` cursor, each with its object item (read for its state), at most `limit`.
     /// A source whose item now holds another version that was never placed here is left out,
     /// as the index left it out.
     pub(super) async fn sources_from_chunks(
         &self,
         partition: &PartitionKey,
         output_key: &str,
-        start_after_offset: Option<u64>,
+        start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
-        // The chunk holding the cursor starts at or before it: find it, then read on from it.
-        let from_sk = match start_after_offset {
+        // The cursor is (offset, key): an empty source shares its offset with the source after
+        // it, and a run of them may end one chunk and begin the next. So reading starts at the
+        // last chunk that begins strictly before the cursor's offset (it may end with sources at
+        // that offset), or at the first chunk, and skips everything up to the cursor.
+        let from_sk = match start_after {
             None => None,
-            Some(offset) => {
+            Some((offset, _)) => {
                 let page = self
                     .client
                     .query()
                     .table_name(&self.table)
-                    .key_condition_expression("#pk = :pk AND #sk <= :cursor")
+                    .key_condition_expression("#pk = :pk AND #sk < :cursor")
                     .set_expression_attribute_names(Some(super::names_in(&["#pk #sk"])))
                     .set_expression_attribute_values(Some(values([
                         (":pk", string_value(chunk_pk(partition, output_key))),
@@ -448,7 +451,10 @@ impl DynamoDbManifest {
             let (placements, next) = self.chunk_page(partition, output_key, start_key, from_sk.clone()).await?;
             let wanted: Vec<SourcePlacement> = placements
                 .into_iter()
-                .filter(|source| start_after_offset.is_none_or(|after| source.placement.offset > after))
+                .filter(|source| {
+                    start_after
+                        .is_none_or(|(offset, key)| (source.placement.offset, source.key.as_str()) > (offset, key))
+                })
                 .collect();
             for window in wanted.chunks(KEYS_PER_BATCH_GET) {
                 let keys: Vec<&str> = window.iter().map(|source| source.key.as_str()).collect();
