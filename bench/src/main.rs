@@ -28,7 +28,8 @@ use crate::setup::{Backend, Endpoints};
 ///  4. peak RSS of one seal, for a small and a large partition;
 ///  5. requests per 1,000 objects by type and dollars per million objects, ours next to a
 ///     list-and-concatenate job over the same objects;
-///  6. the embedded backend's seal throughput next to `cat` of the same files.
+///  6. the embedded backend's seal throughput next to `cat` of the same files, on the
+///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte).
 #[derive(Debug, Parser)]
 #[command(name = "s3-compactor-bench", version, verbatim_doc_comment)]
 struct Args {
@@ -165,6 +166,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.ingest_sqlite = Some(progress("ingest into SQLite", embedded.ingest));
     report.seal_embedded = Some(progress("seal, embedded", embedded.seal));
     report.cat = Some(progress("cat", embedded.cat));
+    // Gzip sources cost more: each is inflated to find whether its text ends with a newline.
+    let cloudtrail = embedded::run(&setup::cloudtrail_dataset(args.days, args.files_per_day)).await?;
+    report.seal_embedded_cloudtrail = Some(progress("seal, embedded, CloudTrail", cloudtrail.seal));
+    report.cat_cloudtrail = Some(progress("cat, CloudTrail", cloudtrail.cat));
 
     eprintln!("[5/6] peak RSS of one seal per partition size");
     for size in memory_partitions {
