@@ -1,22 +1,25 @@
 //! Counts every request the AWS SDK clients send, by service and operation, and the DynamoDB
-//! request units they consume, so the benchmark reports what a run would be billed for.
+//! request units they are billed, so the benchmark reports what a run would be billed for.
 //!
-//! The counter is an SDK interceptor: it sees each attempt as it is transmitted (retries are
-//! billed, so they count), whatever code made the call. DynamoDB units are estimated as AWS
-//! bills on-demand tables: a write is one unit per item of up to 1 KB (two inside a
-//! transaction); a read is one unit per 4 KB returned, half when eventually consistent.
+//! The counter is an SDK interceptor: it sees each attempt as it is transmitted (a retried
+//! request is sent, and billed, again), whatever code made the call. DynamoDB units are
+//! counted as AWS bills on-demand tables, with the item sizes of the requests and responses
+//! themselves: see [`crate::dynamodb_units`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementInput;
-use aws_sdk_dynamodb::operation::batch_get_item::{BatchGetItemInput, BatchGetItemOutput};
-use aws_sdk_dynamodb::operation::get_item::{GetItemInput, GetItemOutput};
-use aws_sdk_dynamodb::operation::put_item::PutItemInput;
-use aws_sdk_dynamodb::operation::query::{QueryInput, QueryOutput};
-use aws_sdk_dynamodb::operation::scan::{ScanInput, ScanOutput};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementOutput;
+use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::query::QueryOutput;
+use aws_sdk_dynamodb::operation::scan::ScanOutput;
+use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsOutput;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::BatchStatementErrorCodeEnum;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::{
     AfterDeserializationInterceptorContextRef, BeforeSerializationInterceptorContextRef,
@@ -28,6 +31,8 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use compactor::domain::cost::RequestCounts;
 use serde::Serialize;
+
+use crate::dynamodb_units::{ReadAction, Request, Shadow, WriteOutcome};
 
 /// Requests and DynamoDB units of one operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -80,6 +85,7 @@ impl Counts {
             s3_delete: self.requests("DeleteObject") + self.requests("DeleteObjects"),
             manifest_reads: units(|count| count.read_units),
             manifest_writes: units(|count| count.write_units),
+            sqs_requests: 0,
         }
     }
 }
@@ -88,6 +94,7 @@ impl Counts {
 #[derive(Debug, Clone, Default)]
 pub struct RequestCounter {
     counts: Arc<Mutex<Counts>>,
+    shadow: Arc<Mutex<Shadow>>,
 }
 
 impl RequestCounter {
@@ -105,15 +112,22 @@ fn operation_name(cfg: &ConfigBag) -> String {
     cfg.load::<Metadata>().map_or_else(|| "unknown".to_string(), |metadata| metadata.name().to_string())
 }
 
-/// What the interceptor learns from a request's input, before serialization consumes it.
-#[derive(Debug, Clone, Copy, Default)]
-struct RequestShape {
-    write_units: f64,
-    consistent_read: bool,
+/// The request as read before serialization consumed it, kept for its response.
+#[derive(Debug, Clone)]
+struct SeenRequest(Request);
+
+impl Storable for SeenRequest {
+    type Storer = StoreReplace<Self>;
 }
 
-impl Storable for RequestShape {
-    type Storer = StoreReplace<Self>;
+/// Whether an operation error is a write refused by its condition, which DynamoDB bills.
+fn refused_by_condition(error: &aws_smithy_runtime_api::client::interceptors::context::Error) -> bool {
+    error.downcast_ref::<PutItemError>().is_some_and(PutItemError::is_conditional_check_failed_exception)
+        || error.downcast_ref::<UpdateItemError>().is_some_and(UpdateItemError::is_conditional_check_failed_exception)
+        || error.downcast_ref::<DeleteItemError>().is_some_and(DeleteItemError::is_conditional_check_failed_exception)
+        || error
+            .downcast_ref::<TransactWriteItemsError>()
+            .is_some_and(TransactWriteItemsError::is_transaction_canceled_exception)
 }
 
 impl Intercept for RequestCounter {
@@ -127,105 +141,105 @@ impl Intercept for RequestCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let operation = operation_name(cfg);
-        let input = context.input();
-        let shape = if let Some(transaction) = input.downcast_ref::<TransactWriteItemsInput>() {
-            RequestShape { write_units: 2.0 * transaction.transact_items().len() as f64, consistent_read: false }
-        } else if let Some(query) = input.downcast_ref::<QueryInput>() {
-            RequestShape { write_units: 0.0, consistent_read: query.consistent_read.unwrap_or(false) }
-        } else if let Some(scan) = input.downcast_ref::<ScanInput>() {
-            RequestShape { write_units: 0.0, consistent_read: scan.consistent_read.unwrap_or(false) }
-        } else if let Some(get) = input.downcast_ref::<GetItemInput>() {
-            RequestShape { write_units: 0.0, consistent_read: get.consistent_read.unwrap_or(false) }
-        } else if let Some(batch) = input.downcast_ref::<BatchExecuteStatementInput>() {
-            // The manifest sends single-item conditional UPDATEs of items under 1 KB: a unit each.
-            RequestShape { write_units: batch.statements().len() as f64, consistent_read: false }
-        } else if let Some(batch) = input.downcast_ref::<BatchGetItemInput>() {
-            let consistent = batch
-                .request_items()
-                .is_some_and(|tables| tables.values().all(|keys| keys.consistent_read.unwrap_or(false)));
-            RequestShape { write_units: 0.0, consistent_read: consistent }
-        } else if let Some(put) = input.downcast_ref::<PutItemInput>() {
-            // Placement chunks are hundreds of KB: a unit per KB.
-            let bytes = put.item().map_or(0, item_bytes);
-            RequestShape { write_units: bytes.div_ceil(1024).max(1) as f64, consistent_read: false }
-        } else if matches!(operation.as_str(), "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem") {
-            // Items of up to 1 KB, as the manifest's are. (BatchWriteItem is not used by the
-            // adapter: one unit a request rather than a guess.)
-            RequestShape { write_units: 1.0, consistent_read: false }
-        } else {
-            RequestShape::default()
-        };
-        cfg.interceptor_state().store_put(shape);
+        let request = Request::from_input(context.input());
+        if let Request::CreateTable { table, schema } = &request {
+            self.shadow.lock().expect("shadow lock").learn_schema(table, schema);
+        }
+        cfg.interceptor_state().store_put(SeenRequest(request));
         Ok(())
     }
 
-    /// Once per attempt: a retried request is billed again.
+    /// Once per attempt: a retried request is sent again.
     fn read_before_transmit(
         &self,
         _context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let write_units = cfg.load::<RequestShape>().map_or(0.0, |shape| shape.write_units);
-        self.add(&operation_name(cfg), |count| {
-            count.requests += 1;
-            count.write_units += write_units;
-        });
+        self.add(&operation_name(cfg), |count| count.requests += 1);
         Ok(())
     }
 
-    /// Reads are billed by the bytes they return, so they are counted from the response.
+    /// Units are billed by what a request did, so they are counted from its response: a
+    /// write that succeeded or was refused by its condition, a read by the items it read.
+    /// Throttled and failed attempts are not billed.
     fn read_after_deserialization(
         &self,
         context: &AfterDeserializationInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let Ok(output) = context.output_or_error() else { return Ok(()) };
-        let bytes = if let Some(query) = output.downcast_ref::<QueryOutput>() {
-            query.items().iter().map(item_bytes).sum::<u64>()
-        } else if let Some(scan) = output.downcast_ref::<ScanOutput>() {
-            scan.items().iter().map(item_bytes).sum::<u64>()
-        } else if let Some(get) = output.downcast_ref::<GetItemOutput>() {
-            get.item().map_or(0, item_bytes)
-        } else if let Some(batch) = output.downcast_ref::<BatchGetItemOutput>() {
-            // Billed per item, each rounded up to 4 KB on its own.
-            let consistent = cfg.load::<RequestShape>().is_some_and(|shape| shape.consistent_read);
-            let items = batch.responses().map(|tables| tables.values().flatten().count()).unwrap_or(0);
-            let units = items as f64 * if consistent { 1.0 } else { 0.5 };
-            self.add(&operation_name(cfg), |count| count.read_units += units);
-            return Ok(());
-        } else {
-            return Ok(());
+        let Some(SeenRequest(request)) = cfg.load::<SeenRequest>() else { return Ok(()) };
+        let mut shadow = self.shadow.lock().expect("shadow lock");
+        let (read_units, write_units) = match (request, context.output_or_error()) {
+            (Request::Write { actions, transactional }, Ok(_)) => {
+                (0.0, shadow.write(actions, *transactional, WriteOutcome::Succeeded) as f64)
+            }
+            (Request::Write { actions, transactional }, Err(error)) => {
+                match error.as_operation_error().filter(|error| refused_by_condition(error)) {
+                    Some(_) => (0.0, shadow.write(actions, *transactional, WriteOutcome::Refused) as f64),
+                    None => return Ok(()),
+                }
+            }
+            (Request::Statements(statements), Ok(output)) => {
+                let Some(batch) = output.downcast_ref::<BatchExecuteStatementOutput>() else { return Ok(()) };
+                let mut units = 0;
+                for (statement, response) in statements.iter().zip(batch.responses()) {
+                    let Some(action) = statement else { continue };
+                    let outcome = match response.error().and_then(|error| error.code()) {
+                        None => WriteOutcome::Succeeded,
+                        Some(BatchStatementErrorCodeEnum::ConditionalCheckFailed) => WriteOutcome::Refused,
+                        Some(_) => continue,
+                    };
+                    units += shadow.write(std::slice::from_ref(action), false, outcome);
+                }
+                (0.0, units as f64)
+            }
+            (Request::Read(read), Ok(output)) => {
+                let units = match read {
+                    ReadAction::Range { table, index, consistent } => {
+                        let page = output
+                            .downcast_ref::<QueryOutput>()
+                            .map(|query| (query.items(), query.scanned_count()))
+                            .or_else(|| {
+                                output.downcast_ref::<ScanOutput>().map(|scan| (scan.items(), scan.scanned_count()))
+                            });
+                        let Some((items, scanned)) = page else { return Ok(()) };
+                        shadow.read_range(table, index.as_deref(), *consistent, items, scanned.max(0) as u64)
+                    }
+                    ReadAction::Items { table_of_each, consistent, transactional } => {
+                        if let Some(get) = output.downcast_ref::<GetItemOutput>() {
+                            let table = table_of_each.first().map_or("", String::as_str);
+                            shadow.read_items(get.item().map(|item| (table, item)).into_iter(), *consistent, false)
+                        } else if let Some(batch) = output.downcast_ref::<BatchGetItemOutput>() {
+                            let items = batch
+                                .responses()
+                                .into_iter()
+                                .flatten()
+                                .flat_map(|(table, items)| items.iter().map(move |item| (table.as_str(), item)));
+                            shadow.read_items(items, *consistent, false)
+                        } else if let Some(transaction) = output.downcast_ref::<TransactGetItemsOutput>() {
+                            let items = transaction
+                                .responses()
+                                .iter()
+                                .zip(table_of_each)
+                                .filter_map(|(response, table)| Some((table.as_str(), response.item()?)));
+                            shadow.read_items(items, true, *transactional)
+                        } else {
+                            return Ok(());
+                        }
+                    }
+                };
+                (units, 0.0)
+            }
+            _ => return Ok(()),
         };
-        let consistent = cfg.load::<RequestShape>().is_some_and(|shape| shape.consistent_read);
-        // At least one 4 KB unit per request, even when nothing matched.
-        let units = bytes.div_ceil(4096).max(1) as f64 * if consistent { 1.0 } else { 0.5 };
-        self.add(&operation_name(cfg), |count| count.read_units += units);
+        drop(shadow);
+        self.add(&operation_name(cfg), |count| {
+            count.read_units += read_units;
+            count.write_units += write_units;
+        });
         Ok(())
-    }
-}
-
-/// An item's size as DynamoDB bills it: attribute names plus values.
-fn item_bytes(item: &HashMap<String, AttributeValue>) -> u64 {
-    item.iter().map(|(name, value)| name.len() as u64 + value_bytes(value)).sum()
-}
-
-fn value_bytes(value: &AttributeValue) -> u64 {
-    match value {
-        AttributeValue::S(text) => text.len() as u64,
-        AttributeValue::N(number) => (number.len() as u64).div_ceil(2) + 1,
-        AttributeValue::B(blob) => blob.as_ref().len() as u64,
-        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
-        AttributeValue::Ss(items) => items.iter().map(|text| text.len() as u64).sum(),
-        AttributeValue::Ns(items) => items.iter().map(|number| (number.len() as u64).div_ceil(2) + 1).sum(),
-        AttributeValue::Bs(items) => items.iter().map(|blob| blob.as_ref().len() as u64).sum(),
-        AttributeValue::L(items) => 3 + items.iter().map(|item| 1 + value_bytes(item)).sum::<u64>(),
-        AttributeValue::M(map) => {
-            3 + map.iter().map(|(name, item)| 1 + name.len() as u64 + value_bytes(item)).sum::<u64>()
-        }
-        _ => 0,
     }
 }
 
@@ -267,15 +281,5 @@ mod tests {
         assert_eq!(priced.manifest_writes, 40);
         assert_eq!(priced.manifest_reads, 3, "units round up");
         assert_eq!(priced.s3_list, 0);
-    }
-
-    #[test]
-    fn item_sizes_follow_dynamodb_billing() {
-        let item = HashMap::from([
-            ("pk".to_string(), AttributeValue::S("abcd".into())),
-            ("n".to_string(), AttributeValue::N("12345".into())),
-        ]);
-        // "pk" + "abcd" = 6; "n" + ceil(5/2)+1 = 1 + 4 = 5.
-        assert_eq!(item_bytes(&item), 11);
     }
 }

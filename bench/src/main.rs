@@ -4,10 +4,13 @@
 
 mod baseline;
 mod counting;
+mod dynamodb_units;
 mod embedded;
 mod memory;
 mod report;
 mod setup;
+mod template;
+mod tiny;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,10 +29,13 @@ use crate::setup::{Backend, Endpoints};
 ///  2. ingest throughput into DynamoDB and into SQLite;
 ///  3. seal throughput and its ratio to (1);
 ///  4. peak RSS of one seal, for a small and a large partition;
-///  5. requests per 1,000 objects by type and dollars per million objects, ours next to a
-///     list-and-concatenate job over the same objects;
+///  5. requests and billed units per 1,000 objects by phase (delivery, ingest, seal under each
+///     expiry mode) and dollars per million objects, ours next to a list-and-concatenate job
+///     over the same objects and S3 Tables' published compaction price;
 ///  6. the embedded backend's seal throughput next to `cat` of the same files, on the
-///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte).
+///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte);
+///  7. many tiny objects in one partition: scan and seal rates and peak RSS per size, on the
+///     embedded backend and on S3 + SQLite.
 #[derive(Debug, Parser)]
 #[command(name = "s3-compactor-bench", version, verbatim_doc_comment)]
 struct Args {
@@ -47,11 +53,21 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "100MB,2GB")]
     memory_partitions: Vec<String>,
     /// Ingest calls in flight against DynamoDB (Lambda invocations at once), each an SQS
-    /// batch of 10 events.
+    /// batch of the SAM template's BatchSize.
     #[arg(long, default_value_t = 32)]
     ingest_concurrency: usize,
-    /// A small run (a few hundred objects, 8 MB and 32 MB partitions) that checks the
-    /// benchmark itself works; its numbers mean little.
+    /// Days of the throughput dataset sealed again under `COMPACTOR_EXPIRY=delete` and
+    /// `none`, for their cost (each a fresh deployment, ingested and sealed).
+    #[arg(long, default_value_t = 4)]
+    expiry_days: u32,
+    /// Sizes of the one-partition many-tiny-objects rows (objects of 50-500 bytes).
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    tiny_objects: Vec<u64>,
+    /// Backends of the many-tiny-objects rows.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded,s3")]
+    tiny_backends: Vec<tiny::TinyBackend>,
+    /// A small run (a few hundred objects, 8 MB and 32 MB partitions, 500 and 1,000 tiny
+    /// objects) that checks the benchmark itself works; its numbers mean little.
     #[arg(long)]
     quick: bool,
     /// Also append the JSON line to this file.
@@ -67,6 +83,20 @@ enum Command {
     SealChild(memory::SealChildArgs),
     /// Only step 4: peak RSS of one seal per partition size, each in a fresh bucket.
     Memory(MemoryArgs),
+    /// Only step 7: the many-tiny-objects rows.
+    Tiny(TinyArgs),
+    /// One step of a tiny-objects row, then its peak RSS as JSON.
+    #[command(hide = true)]
+    TinyChild(tiny::TinyChildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TinyArgs {
+    /// Sizes, in objects.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    objects: Vec<u64>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded,s3")]
+    backends: Vec<tiny::TinyBackend>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +136,8 @@ async fn main() {
     let result = match args.command {
         Some(Command::SealChild(child)) => memory::seal_child(&args.endpoints, child).await,
         Some(Command::Memory(memory_args)) => run_memory(&args.endpoints, memory_args).await,
+        Some(Command::Tiny(tiny_args)) => run_tiny(&args.endpoints, tiny_args).await,
+        Some(Command::TinyChild(child)) => tiny::child(&args.endpoints, child).await,
         None => run(args).await,
     };
     if let Err(error) = result {
@@ -119,6 +151,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         args.days = args.days.min(3);
         args.files_per_day = args.files_per_day.min(120);
         args.memory_partitions = vec!["8MB".into(), "32MB".into()];
+        args.expiry_days = args.expiry_days.min(1);
+        args.tiny_objects = vec![500, 1000];
     }
     let memory_partitions = args
         .memory_partitions
@@ -126,13 +160,15 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         .map(|text| compactor::config::parse_bytes("--memory-partitions", text).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<u64>>>()?;
     ensure!(args.days > 0 && args.files_per_day > 0, "--days and --files-per-day must be at least 1");
+    ensure!(args.tiny_objects.iter().all(|&count| count > 0), "--tiny-objects sizes must be at least 1");
     let started = Instant::now();
     let mut report = Report::default();
 
     let backend = Backend::connect(&args.endpoints).await?;
+    report.deployed = Some(backend.deployed);
     let dataset = setup::throughput_dataset(args.days, args.files_per_day);
     eprintln!(
-        "[1/6] throughput dataset: {} objects over {} days, on S3 at {} and DynamoDB at {}",
+        "[1/8] throughput dataset: {} objects over {} days, on S3 at {} and DynamoDB at {}",
         dataset.object_count(),
         args.days,
         args.endpoints.s3_endpoint,
@@ -143,7 +179,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.dataset_objects = written.objects;
     report.dataset_bytes = written.bytes;
 
-    eprintln!("[2/6] raw GET ceiling, then ingest into DynamoDB and seal on S3 + DynamoDB");
+    eprintln!("[2/8] raw GET ceiling, then ingest into DynamoDB and seal on S3 + DynamoDB");
     report.get_ceiling = Some(progress("raw GET ceiling", aws.raw_get_ceiling(&written.events).await?));
     report.ingest_dynamodb =
         Some(progress("ingest into DynamoDB", aws.ingest(&written.events, args.ingest_concurrency).await?));
@@ -158,10 +194,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     hybrid.compactor.ingest(&written.events).await?;
     report.seal_s3_sqlite = Some(progress("seal on S3 + SQLite", hybrid.seal().await?));
 
-    eprintln!("[3/6] list-and-concatenate over the same objects");
+    eprintln!("[3/8] list-and-concatenate over the same objects");
     report.baseline = Some(progress("list-and-concatenate", baseline::list_and_concatenate(&aws, &dataset).await?));
 
-    eprintln!("[4/6] embedded backend: ingest into SQLite, seal, and cat of the same files");
+    eprintln!("[4/8] embedded backend: ingest into SQLite, seal, and cat of the same files");
     let embedded = embedded::run(&dataset).await?;
     report.ingest_sqlite = Some(progress("ingest into SQLite", embedded.ingest));
     report.seal_embedded = Some(progress("seal, embedded", embedded.seal));
@@ -171,14 +207,32 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.seal_embedded_cloudtrail = Some(progress("seal, embedded, CloudTrail", cloudtrail.seal));
     report.cat_cloudtrail = Some(progress("cat, CloudTrail", cloudtrail.cat));
 
-    eprintln!("[5/6] peak RSS of one seal per partition size");
+    eprintln!("[5/8] peak RSS of one seal per partition size");
     for size in memory_partitions {
         let run = memory::MemoryRun { manifest: memory::ManifestBackend::Dynamodb, keep_manifest_in: None };
         report.memory.push(measure_memory(&backend, &args.endpoints, size, &run).await?);
     }
 
+    eprintln!("[6/8] cost under COMPACTOR_EXPIRY=delete and none, {} days of the dataset each", args.expiry_days);
+    let subset = setup::throughput_dataset(args.days.min(args.expiry_days.max(1)), args.files_per_day);
+    for mode in ["delete", "none"] {
+        let deployment = backend.fresh_deployment_with_expiry(&format!("expiry-{mode}"), mode).await?;
+        let written = deployment.upload(&subset, 64).await?;
+        let ingest =
+            progress("ingest into DynamoDB", deployment.ingest(&written.events, args.ingest_concurrency).await?);
+        let seal = progress(&format!("seal on S3 + DynamoDB, expiry {mode}"), deployment.seal().await?);
+        report.expiry_runs.push(report::ExpiryRun { mode: mode.to_string(), ingest, seal });
+    }
+
+    eprintln!("[7/8] many tiny objects in one partition");
+    for &kind in &args.tiny_backends {
+        for &count in &args.tiny_objects {
+            report.tiny.push(tiny::measure(&backend, &args.endpoints, kind, count).await?);
+        }
+    }
+
     report.seconds = started.elapsed().as_secs_f64();
-    eprintln!("[6/6] done in {:.0} s\n", report.seconds);
+    eprintln!("[8/8] done in {:.0} s\n", report.seconds);
     print!("{}", report.table());
     let line = report.json_line()?;
     println!("{line}");
@@ -222,6 +276,24 @@ async fn run_memory(endpoints: &Endpoints, args: MemoryArgs) -> anyhow::Result<(
         let measured = measure_memory(&backend, endpoints, partition_bytes, &run).await?;
         println!("{}", serde_json::to_string(&measured)?);
     }
+    Ok(())
+}
+
+/// The `tiny` command: step 7 alone, its table and one JSON line per row.
+async fn run_tiny(endpoints: &Endpoints, args: TinyArgs) -> anyhow::Result<()> {
+    ensure!(args.objects.iter().all(|&count| count > 0), "--objects sizes must be at least 1");
+    let backend = Backend::connect(endpoints).await?;
+    let mut report = Report::default();
+    for &kind in &args.backends {
+        for &count in &args.objects {
+            let row = tiny::measure(&backend, endpoints, kind, count).await?;
+            println!("{}", serde_json::to_string(&row)?);
+            report.tiny.push(row);
+        }
+    }
+    let mut table = String::new();
+    report.tiny_table(&mut table);
+    print!("{table}");
     Ok(())
 }
 

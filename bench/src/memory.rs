@@ -152,7 +152,7 @@ pub async fn seal_child(endpoints: &Endpoints, args: SealChildArgs) -> anyhow::R
 }
 
 /// This process's peak resident set size, from `/proc/self/status` (Linux).
-fn peak_rss_bytes() -> anyhow::Result<u64> {
+pub fn peak_rss_bytes() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:")).context("no VmHWM in /proc/self/status")?;
     let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse()?;

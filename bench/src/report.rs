@@ -2,12 +2,38 @@
 
 use std::fmt::Write;
 
-use compactor::domain::cost::RequestCounts;
+use compactor::domain::cost::{self, RequestCounts};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::memory::SealMemory;
 use crate::setup::Measured;
+use crate::template::Deployed;
+use crate::tiny::TinyRow;
+
+/// Ingest and seal of one deployment with one expiry mode (`COMPACTOR_EXPIRY`).
+#[derive(Debug, Serialize)]
+pub struct ExpiryRun {
+    pub mode: String,
+    pub ingest: Measured,
+    pub seal: Measured,
+}
+
+impl ExpiryRun {
+    /// Everything billed per million objects: delivery, ingest, seal and expiry.
+    fn usd_per_million(&self) -> f64 {
+        (self.ingest.cost_usd() + self.seal.cost_usd()) * 1e6 / self.ingest.objects.max(1) as f64
+    }
+}
+
+/// The cost targets of issue 12, per million objects, by expiry mode.
+fn cost_target(mode: &str) -> Option<f64> {
+    match mode {
+        "delete" => Some(1.25),
+        "tag" => Some(6.25),
+        _ => None,
+    }
+}
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -28,6 +54,11 @@ pub struct Report {
     pub seal_embedded_cloudtrail: Option<Measured>,
     pub cat_cloudtrail: Option<Measured>,
     pub memory: Vec<SealMemory>,
+    /// Ingest and seal under the other expiry modes than the main run's `tag`, on a subset.
+    pub expiry_runs: Vec<ExpiryRun>,
+    /// The many-tiny-objects rows.
+    pub tiny: Vec<TinyRow>,
+    pub deployed: Option<Deployed>,
     pub seconds: f64,
 }
 
@@ -87,6 +118,29 @@ impl Report {
             counts += phase.requests.priced();
         }
         counts
+    }
+
+    /// The main run (tag mode) and the other modes' runs, as the cost table shows them.
+    fn by_expiry_mode(&self) -> Vec<(&str, &Measured, &Measured)> {
+        let main = match (&self.ingest_dynamodb, &self.seal_aws) {
+            (Some(ingest), Some(seal)) => Some(("tag", ingest, seal)),
+            _ => None,
+        };
+        main.into_iter().chain(self.expiry_runs.iter().map(|run| (run.mode.as_str(), &run.ingest, &run.seal))).collect()
+    }
+
+    fn s3_tables_usd_per_million(&self) -> f64 {
+        cost::s3_tables_cost_usd(self.dataset_objects, self.dataset_bytes) * 1e6 / self.dataset_objects.max(1) as f64
+    }
+
+    fn usd_per_million_by_mode(&self) -> Vec<(String, f64)> {
+        self.by_expiry_mode()
+            .into_iter()
+            .map(|(mode, ingest, seal)| {
+                let run = ExpiryRun { mode: mode.to_string(), ingest: ingest.clone(), seal: seal.clone() };
+                (run.mode.clone(), run.usd_per_million())
+            })
+            .collect()
     }
 
     fn steady_state_lists(&self) -> u64 {
@@ -166,49 +220,8 @@ impl Report {
             }
         }
 
-        let ingest = self.ingest_dynamodb.as_ref().map(|measured| measured.requests.priced()).unwrap_or_default();
-        let seal = self.seal_aws.as_ref().map(|measured| measured.requests.priced()).unwrap_or_default();
-        let ours = self.ours();
-        let baseline = self.baseline.as_ref().map(|measured| measured.requests.priced()).unwrap_or_default();
-        let baseline_objects = self.baseline.as_ref().map_or(0, |measured| measured.objects);
-        let _ = writeln!(
-            out,
-            "\n{:<46} {:>10} {:>10} {:>10} {:>12}",
-            "Requests per 1,000 objects", "ingest", "seal", "ours", "list+concat"
-        );
-        let rows: [(&str, Pick); 9] = [
-            ("S3 GET + HEAD", |c| c.s3_get + c.s3_head),
-            ("S3 PUT + multipart (create, part, complete)", |c| {
-                c.s3_put + c.s3_multipart_create + c.s3_upload_part + c.s3_multipart_complete
-            }),
-            ("S3 LIST", |c| c.s3_list),
-            ("S3 GetObjectTagging", |c| c.s3_get_tagging),
-            ("S3 PutObjectTagging", |c| c.s3_put_tagging),
-            ("S3 DELETE (free)", |c| c.s3_delete),
-            ("DynamoDB write units", |c| c.manifest_writes),
-            ("DynamoDB read units", |c| c.manifest_reads),
-            ("all requests and units", |c| c.total()),
-        ];
-        for (name, pick) in rows {
-            let _ = writeln!(
-                out,
-                "{name:<46} {:>10} {:>10} {:>10} {:>12}",
-                per_thousand(pick(&ingest), objects),
-                per_thousand(pick(&seal), objects),
-                per_thousand(pick(&ours), objects),
-                per_thousand(pick(&baseline), baseline_objects)
-            );
-        }
-        let per_million = |counts: &RequestCounts, objects: u64| counts.cost_usd() * 1e6 / objects.max(1) as f64;
-        let _ = writeln!(
-            out,
-            "{:<46} {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
-            "US$ per million objects (us-east-1)",
-            per_million(&ingest, objects),
-            per_million(&seal, objects),
-            per_million(&ours, objects),
-            per_million(&baseline, baseline_objects)
-        );
+        self.cost_table(&mut out);
+        self.tiny_table(&mut out);
         let lists = self.steady_state_lists();
         let _ = writeln!(
             out,
@@ -219,11 +232,160 @@ impl Report {
         out
     }
 
+    /// Requests and units per 1,000 objects by phase, then dollars per million objects.
+    fn cost_table(&self, out: &mut String) {
+        let mut columns: Vec<Column> = Vec::new();
+        if let Some(ingest) = &self.ingest_dynamodb {
+            // Delivery: the SQS messages and batches; ingest: the function and the manifest.
+            let sqs = RequestCounts { sqs_requests: ingest.sqs_requests, ..Default::default() };
+            columns.push(Column {
+                name: "delivery".into(),
+                counts: sqs,
+                invocations: 0,
+                gb_seconds: 0.0,
+                usd: sqs.cost_usd(),
+                ..Column::of(ingest)
+            });
+            let counts = ingest.requests.priced();
+            columns.push(Column {
+                name: "ingest".into(),
+                counts,
+                usd: counts.cost_usd() + ingest.lambda_usd(),
+                ..Column::of(ingest)
+            });
+        }
+        for (mode, _, seal) in self.by_expiry_mode() {
+            columns.push(Column { name: format!("seal:{mode}"), ..Column::of(seal) });
+        }
+        if let Some(baseline) = &self.baseline {
+            columns.push(Column { name: "list+concat".into(), ..Column::of(baseline) });
+        }
+        let _ = write!(out, "\n{:<46}", "Requests and units per 1,000 objects");
+        for column in &columns {
+            let _ = write!(out, " {:>12}", column.name);
+        }
+        let _ = writeln!(out);
+        let rows: [(&str, Pick); 10] = [
+            ("S3 GET + HEAD", |c| c.s3_get + c.s3_head),
+            ("S3 PUT + multipart (create, part, complete)", |c| {
+                c.s3_put + c.s3_multipart_create + c.s3_upload_part + c.s3_multipart_complete
+            }),
+            ("S3 LIST", |c| c.s3_list),
+            ("S3 GetObjectTagging", |c| c.s3_get_tagging),
+            ("S3 PutObjectTagging", |c| c.s3_put_tagging),
+            ("S3 DELETE (free)", |c| c.s3_delete),
+            ("DynamoDB write units (table + indexes)", |c| c.manifest_writes),
+            ("DynamoDB read units", |c| c.manifest_reads),
+            ("SQS requests", |c| c.sqs_requests),
+            ("all requests and units", |c| c.total()),
+        ];
+        for (name, pick) in rows {
+            let _ = write!(out, "{name:<46}");
+            for column in &columns {
+                let _ = write!(out, " {:>12}", per_thousand(pick(&column.counts), column.objects));
+            }
+            let _ = writeln!(out);
+        }
+        let mut line = |name: &str, value: &dyn Fn(&Column) -> String| {
+            let _ = write!(out, "{name:<46}");
+            for column in &columns {
+                let _ = write!(out, " {:>12}", value(column));
+            }
+            let _ = writeln!(out);
+        };
+        line("Lambda invocations", &|column| per_thousand(column.invocations, column.objects));
+        line("Lambda GB-seconds", &|column| {
+            format!("{:.2}", column.gb_seconds * 1000.0 / column.objects.max(1) as f64)
+        });
+        line("US$ per million objects (us-east-1)", &|column| {
+            format!("{:.2}", column.usd * 1e6 / column.objects.max(1) as f64)
+        });
+
+        let _ = writeln!(out, "\n{:<46} {:>12}  note", "US$ per million objects, all phases", "US$");
+        for (mode, usd) in self.usd_per_million_by_mode() {
+            let note = cost_target(&mode)
+                .map(|target| format!("target <= {target:.2}: {}", verdict(usd <= target)))
+                .unwrap_or_default();
+            let _ = writeln!(out, "{:<46} {usd:>12.2}  {note}", format!("ours, COMPACTOR_EXPIRY={mode}"));
+        }
+        if let Some(baseline) = &self.baseline {
+            let usd = baseline.cost_usd() * 1e6 / baseline.objects.max(1) as f64;
+            let _ = writeln!(out, "{:<46} {usd:>12.2}  one invocation, no manifest", "list-and-concatenate");
+        }
+        let _ = writeln!(
+            out,
+            "{:<46} {:>12.2}  $0.002 per 1,000 objects + $0.005 per GB",
+            "S3 Tables compaction (published price)",
+            self.s3_tables_usd_per_million()
+        );
+        if let Some(deployed) = &self.deployed {
+            let _ = writeln!(
+                out,
+                "Lambda at the template's sizes: ingest-fn {} MB, {} events an invocation; seal-fn {} MB",
+                deployed.ingest_memory_mb, deployed.ingest_batch_size, deployed.seal_memory_mb
+            );
+        }
+    }
+
+    /// The many-tiny-objects rows, with issue 16's targets.
+    pub fn tiny_table(&self, out: &mut String) {
+        use crate::tiny::{growth, TinyBackend};
+        if self.tiny.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<34} {:>9} {:>8} {:>11} {:>9} {:>11} {:>9}",
+            "Many tiny objects, one partition", "objects", "MB", "scan obj/s", "scan MiB", "seal obj/s", "seal MiB"
+        );
+        for row in &self.tiny {
+            let name = match row.backend {
+                TinyBackend::Embedded => "embedded (local directory + SQLite)",
+                TinyBackend::S3 => "S3 + SQLite manifest",
+            };
+            let _ = writeln!(
+                out,
+                "{name:<34} {:>9} {:>8.1} {:>11.0} {:>9.1} {:>11.0} {:>9.1}",
+                row.objects,
+                row.bytes as f64 / 1e6,
+                row.scan.objects_per_second(),
+                row.scan.peak_rss_mib(),
+                row.seal.objects_per_second(),
+                row.seal.peak_rss_mib()
+            );
+        }
+        let peak =
+            self.tiny.iter().flat_map(|row| [row.scan.peak_rss_mib(), row.seal.peak_rss_mib()]).fold(0.0, f64::max);
+        let _ = writeln!(out, "peak RSS {peak:.1} MiB (target < 256: {})", verdict(peak < 256.0));
+        for kind in [TinyBackend::Embedded, TinyBackend::S3] {
+            for (step, pick) in
+                [("scan", (|row: &TinyRow| &row.scan) as fn(&TinyRow) -> &crate::tiny::Step), ("seal", |row| &row.seal)]
+            {
+                if let Some(growth) = growth(&self.tiny, kind, pick) {
+                    let _ = writeln!(
+                        out,
+                        "{kind:?} {step}: peak RSS largest/smallest size {growth:.2}x (target <= 1.20: {})",
+                        verdict(growth <= 1.2)
+                    );
+                }
+            }
+        }
+        for row in self.tiny.iter().filter(|row| row.backend == TinyBackend::Embedded) {
+            let mut notes = Vec::new();
+            if row.objects >= 1_000_000 {
+                let seconds = row.scan.seconds * 1_000_000.0 / row.objects as f64;
+                notes.push(format!("scan {seconds:.0} s per million files (target < 60: {})", verdict(seconds < 60.0)));
+            }
+            let rate = row.seal.objects_per_second();
+            notes.push(format!("seal {rate:.0} objects/s (target >= 30000: {})", verdict(rate >= 30_000.0)));
+            let _ = writeln!(out, "embedded, {} objects: {}", row.objects, notes.join("; "));
+        }
+    }
+
     /// One line of JSON with the headline numbers and every phase's raw measurements.
     pub fn json_line(&self) -> anyhow::Result<String> {
         let objects = self.dataset_objects;
         let ours = self.ours();
-        let baseline = self.baseline.as_ref().map(|measured| measured.requests.priced()).unwrap_or_default();
         let baseline_objects = self.baseline.as_ref().map_or(0, |measured| measured.objects);
         let summary = json!({
             "benchmark": "s3-compactor",
@@ -248,11 +410,36 @@ impl Report {
             })).collect::<Vec<_>>(),
             "peak_rss_growth": self.memory_growth(),
             "steady_state_lists": self.steady_state_lists(),
-            "usd_per_million_objects": ours.cost_usd() * 1e6 / objects.max(1) as f64,
-            "list_and_concatenate_usd_per_million_objects": baseline.cost_usd() * 1e6 / baseline_objects.max(1) as f64,
+            "request_usd_per_million_objects": ours.cost_usd() * 1e6 / objects.max(1) as f64,
+            "usd_per_million_objects_by_expiry": self.usd_per_million_by_mode().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "list_and_concatenate_usd_per_million_objects": self.baseline.as_ref().map(|baseline| baseline.cost_usd() * 1e6 / baseline_objects.max(1) as f64),
+            "s3_tables_usd_per_million_objects": self.s3_tables_usd_per_million(),
             "seconds": self.seconds,
             "phases": self,
         });
         Ok(serde_json::to_string(&summary)?)
+    }
+}
+
+/// One column of the cost table: a phase's counts over the objects it handled.
+struct Column {
+    name: String,
+    counts: RequestCounts,
+    objects: u64,
+    invocations: u64,
+    gb_seconds: f64,
+    usd: f64,
+}
+
+impl Column {
+    fn of(measured: &Measured) -> Column {
+        Column {
+            name: String::new(),
+            counts: measured.priced(),
+            objects: measured.objects,
+            invocations: measured.invocations,
+            gb_seconds: measured.lambda_gb_seconds(),
+            usd: measured.cost_usd(),
+        }
     }
 }

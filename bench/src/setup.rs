@@ -11,6 +11,7 @@ use compactor::adapters::dynamodb::DynamoDbManifest;
 use compactor::adapters::s3::{AmazonS3, S3Options};
 use compactor::clock::SystemClock;
 use compactor::config::{Config, RawConfig};
+use compactor::domain::cost::{self, RequestCounts};
 use compactor::engine::seal::SealOptions;
 use compactor::engine::verify::VerifyReport;
 use compactor::engine::Compactor;
@@ -21,6 +22,7 @@ use serde::Serialize;
 use test_data::{DatasetKind, DatasetSpec, WriteSummary};
 
 use crate::counting::{Counts, RequestCounter};
+use crate::template::Deployed;
 
 /// Where the servers are.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,9 +42,35 @@ pub struct Measured {
     pub bytes: u64,
     pub seconds: f64,
     pub requests: Counts,
+    /// The Lambda invocations the phase is in a deployment, and their handler time (each
+    /// rounded up to the millisecond, as billed), at the template's `memory_mb`.
+    pub invocations: u64,
+    pub handler_seconds: f64,
+    pub memory_mb: u64,
+    /// SQS requests: the message each S3 event becomes, and the event source's receive and
+    /// delete batches.
+    pub sqs_requests: u64,
 }
 
 impl Measured {
+    /// Requests and units, SQS included, in the shape the cost model prices.
+    pub fn priced(&self) -> RequestCounts {
+        RequestCounts { sqs_requests: self.sqs_requests, ..self.requests.priced() }
+    }
+
+    pub fn lambda_gb_seconds(&self) -> f64 {
+        self.handler_seconds * self.memory_mb as f64 / 1024.0
+    }
+
+    pub fn lambda_usd(&self) -> f64 {
+        cost::lambda_cost_usd(self.invocations, self.handler_seconds, self.memory_mb)
+    }
+
+    /// Everything the phase is billed: requests, units and Lambda.
+    pub fn cost_usd(&self) -> f64 {
+        self.priced().cost_usd() + self.lambda_usd()
+    }
+
     pub fn objects_per_second(&self) -> f64 {
         self.objects as f64 / self.seconds.max(1e-9)
     }
@@ -57,6 +85,7 @@ pub struct Backend {
     s3: aws_sdk_s3::Client,
     dynamodb: aws_sdk_dynamodb::Client,
     pub counter: RequestCounter,
+    pub deployed: Deployed,
 }
 
 impl Backend {
@@ -78,6 +107,7 @@ impl Backend {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb_config),
             counter,
+            deployed: Deployed::from_template()?,
         })
     }
 
@@ -86,6 +116,17 @@ impl Backend {
     pub async fn fresh_deployment(&self, purpose: &str) -> anyhow::Result<Deployment> {
         let name = format!("bench-{purpose}-{}", uuid_suffix());
         self.deployment(&name, &name, true).await
+    }
+
+    /// Like [`fresh_deployment`](Self::fresh_deployment), with `COMPACTOR_EXPIRY=expiry`.
+    pub async fn fresh_deployment_with_expiry(&self, purpose: &str, expiry: &str) -> anyhow::Result<Deployment> {
+        let name = format!("bench-{purpose}-{}", uuid_suffix());
+        self.deployment_with(&name, &name, true, Some(expiry)).await
+    }
+
+    /// The S3 store on the counted client.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(AmazonS3::new(self.s3.clone(), S3Options::default()))
     }
 
     /// A new, empty bucket named after `purpose`.
@@ -102,6 +143,16 @@ impl Backend {
 
     /// The deployment on `bucket` and `table`, created first when `create` is set.
     pub async fn deployment(&self, bucket: &str, table: &str, create: bool) -> anyhow::Result<Deployment> {
+        self.deployment_with(bucket, table, create, None).await
+    }
+
+    async fn deployment_with(
+        &self,
+        bucket: &str,
+        table: &str,
+        create: bool,
+        expiry: Option<&str>,
+    ) -> anyhow::Result<Deployment> {
         if create {
             self.s3
                 .create_bucket()
@@ -110,7 +161,12 @@ impl Backend {
                 .await
                 .with_context(|| format!("cannot create bucket {bucket}: is the S3 server up?"))?;
         }
-        let config = bench_config(bucket)?;
+        let config = RawConfig {
+            source_bucket: Some(bucket.to_string()),
+            expiry: expiry.map(str::to_string),
+            ..Default::default()
+        }
+        .validate()?;
         let manifest = DynamoDbManifest::new(self.dynamodb.clone(), table, config.layout.clone());
         if create {
             manifest.create_table().await.with_context(|| format!("cannot create table {table}"))?;
@@ -123,6 +179,7 @@ impl Backend {
             compactor,
             s3: self.s3.clone(),
             counter: self.counter.clone(),
+            deployed: self.deployed,
         })
     }
 }
@@ -146,6 +203,7 @@ impl Backend {
             compactor: Compactor::new(config, store, Arc::new(manifest), Arc::new(SystemClock)),
             s3: self.s3.clone(),
             counter: self.counter.clone(),
+            deployed: self.deployed,
         })
     }
 }
@@ -162,6 +220,7 @@ impl Backend {
             compactor: Compactor::new(bench_config(bucket)?, store, Arc::new(manifest), Arc::new(SystemClock)),
             s3: self.s3.clone(),
             counter: self.counter.clone(),
+            deployed: self.deployed,
         })
     }
 }
@@ -202,6 +261,7 @@ pub struct Deployment {
     pub compactor: Compactor,
     pub s3: aws_sdk_s3::Client,
     counter: RequestCounter,
+    pub deployed: Deployed,
 }
 
 impl Deployment {
@@ -219,7 +279,7 @@ impl Deployment {
         let (value, objects, bytes) = phase.await?;
         let seconds = started.elapsed().as_secs_f64();
         let requests = self.counter.snapshot().since(&before);
-        Ok((value, Measured { objects, bytes, seconds, requests }))
+        Ok((value, Measured { objects, bytes, seconds, requests, ..Measured::default() }))
     }
 
     /// PUTs the dataset into the bucket (not measured) and returns its events.
@@ -250,42 +310,81 @@ impl Deployment {
         Ok(measured)
     }
 
-    /// Records `events` as SQS batches of 10, `concurrency` batches at once (Lambda
-    /// invocations side by side).
+    /// Records `events` as ingest-fn would: one engine call per SQS batch of the template's
+    /// `BatchSize`, `concurrency` of them at once (Lambda invocations side by side). Each
+    /// call's duration is its invocation's billed time.
     pub async fn ingest(&self, events: &[ObjectEvent], concurrency: usize) -> anyhow::Result<Measured> {
         let compactor = &self.compactor;
         let bytes = event_bytes(events);
-        let (_, measured) = self
+        let batch_size = usize::try_from(self.deployed.ingest_batch_size).unwrap_or(usize::MAX).max(1);
+        let (handler_seconds, mut measured) = self
             .measure(async {
-                futures::stream::iter(events.chunks(10))
-                    .map(|batch| async move { compactor.ingest(batch).await.map_err(anyhow::Error::from) })
+                let handler_seconds = futures::stream::iter(events.chunks(batch_size))
+                    .map(|batch| async move {
+                        let started = Instant::now();
+                        let report = compactor.ingest(batch).await?;
+                        Ok::<_, anyhow::Error>((report, started.elapsed()))
+                    })
                     .buffer_unordered(concurrency.max(1))
-                    .try_for_each(|report| async move {
+                    .try_fold(0.0, |total, (report, duration)| async move {
                         anyhow::ensure!(report.skipped_total() == 0, "the benchmark's events were skipped: {report:?}");
-                        Ok(())
+                        Ok(total + billed_seconds(duration))
                     })
                     .await?;
-                Ok(((), events.len() as u64, bytes))
+                Ok((handler_seconds, events.len() as u64, bytes))
             })
             .await?;
+        measured.invocations = events.len().div_ceil(batch_size) as u64;
+        measured.handler_seconds = handler_seconds;
+        measured.memory_mb = self.deployed.ingest_memory_mb;
+        measured.sqs_requests = sqs_delivery_requests(events, batch_size);
         Ok(measured)
     }
 
-    /// Seals every closed partition, as one scheduled seal-fn run does.
+    /// Seals every closed partition, as one scheduled seal-fn run does: one invocation, billed
+    /// for the whole run. (Past `SEAL_FAN_OUT_THRESHOLD` partitions the scheduled run sends
+    /// one message per partition to workers instead: a few requests per partition, not per
+    /// object, left out here.)
     pub async fn seal(&self) -> anyhow::Result<Measured> {
-        let (_, measured) = self
+        let (_, mut measured) = self
             .measure(async {
                 let report = self.compactor.seal_closed(&SealOptions::default()).await?;
                 anyhow::ensure!(report.failures.is_empty(), "the seal failed: {:?}", report.failures);
                 Ok(((), report.objects_compacted, report.source_bytes))
             })
             .await?;
+        measured.invocations = 1;
+        measured.handler_seconds = billed_seconds(std::time::Duration::from_secs_f64(measured.seconds));
+        measured.memory_mb = self.deployed.seal_memory_mb;
         Ok(measured)
     }
 
     pub async fn verify(&self) -> anyhow::Result<VerifyReport> {
         Ok(self.compactor.verify(None, false, |_| {}).await?)
     }
+}
+
+/// Lambda bills duration by the millisecond, rounded up.
+fn billed_seconds(duration: std::time::Duration) -> f64 {
+    duration.as_micros().div_ceil(1000) as f64 / 1000.0
+}
+
+/// SQS requests of delivering `events` to ingest-fn: each event's S3 notification sent as one
+/// message, received 10 messages a request (SQS's maximum) and deleted 10 a request, within
+/// batches of `batch_size`. Lambda's pollers also make empty receives while the queue is idle:
+/// a cost per hour, not per object, left out.
+pub fn sqs_delivery_requests(events: &[ObjectEvent], batch_size: usize) -> u64 {
+    let message_bytes: Vec<u64> = events
+        .iter()
+        .map(|event| compactor::event::s3_notification(std::slice::from_ref(event)).to_string().len() as u64)
+        .collect();
+    let sends: u64 = message_bytes.iter().map(|&bytes| cost::sqs_requests(bytes)).sum();
+    let receives_and_deletes: u64 = message_bytes
+        .chunks(batch_size.max(1))
+        .flat_map(|batch| batch.chunks(10))
+        .map(|receive| cost::sqs_requests(receive.iter().sum()) + 1)
+        .sum();
+    sends + receives_and_deletes
 }
 
 /// The bytes `events` announce.

@@ -47,6 +47,21 @@ pub async fn engine(global: &GlobalArgs) -> CliResult<Compactor> {
     }
 }
 
+/// The engine for the commands that only read the backend (`audit`, `verify`, `restore`,
+/// `plan`): a mistyped `--data-dir` must say that nothing is there, not create the directory
+/// and report an empty backend. (An existing directory without a manifest yet is an empty
+/// backend: those commands say so.)
+pub async fn existing_engine(global: &GlobalArgs) -> CliResult<Compactor> {
+    if global.backend == Backend::Embedded && !global.data_dir.is_dir() {
+        return Err(CliError::BadInput(anyhow::anyhow!(
+            "no embedded backend at {}: the directory does not exist; check --data-dir (COMPACTOR_DATA_DIR), or make \
+             one with `init` or `ingest`",
+            global.data_dir.display()
+        )));
+    }
+    engine(global).await
+}
+
 #[cfg(feature = "aws")]
 pub fn aws_settings(global: &GlobalArgs) -> CliResult<compactor::aws::AwsSettings> {
     let mut settings = compactor::aws::AwsSettings::from_lookup(|name| match name {

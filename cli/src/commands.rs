@@ -16,7 +16,7 @@ use indicatif::ProgressBar;
 use crate::args::{
     AuditArgs, Backend, Cli, Command, GlobalArgs, IngestArgs, PlanArgs, RestoreArgs, SealArgs, VerifyArgs,
 };
-use crate::backend::{engine, open_embedded};
+use crate::backend::{engine, existing_engine, open_embedded};
 use crate::output::{
     check_verified, human_bytes, nothing_to_seal, print_audit_summary, print_ingest_report, print_json,
     print_partitions, print_plan, print_seal_report, print_verify_report, short_sha256, thousands, Table,
@@ -188,7 +188,7 @@ async fn seal(global: &GlobalArgs, args: SealArgs) -> CliResult {
 }
 
 async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
-    let compactor = engine(global).await?;
+    let compactor = existing_engine(global).await?;
     let config = compactor.config().clone();
     if let Some(key) = &args.object {
         let audit = compactor.audit_object(&config.source_bucket, key).await?;
@@ -307,7 +307,7 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
 }
 
 async fn verify(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
-    let compactor = engine(global).await?;
+    let compactor = existing_engine(global).await?;
     let partitions = partition_keys(&compactor, &args.partitions);
     let bar = ProgressBar::new_spinner();
     let report = compactor
@@ -325,7 +325,7 @@ async fn verify(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
 }
 
 async fn restore(global: &GlobalArgs, args: RestoreArgs) -> CliResult {
-    let compactor = engine(global).await?;
+    let compactor = existing_engine(global).await?;
     let (object, bytes) = compactor.restore_bytes(&args.object).await?;
     if args.out == Path::new("-") {
         std::io::stdout().write_all(&bytes).context("cannot write to stdout").map_err(CliError::Failure)?;
@@ -342,7 +342,7 @@ async fn restore(global: &GlobalArgs, args: RestoreArgs) -> CliResult {
 }
 
 async fn plan(global: &GlobalArgs, args: PlanArgs) -> CliResult {
-    let compactor = engine(global).await?;
+    let compactor = existing_engine(global).await?;
     let report = compactor.plan(partition_keys(&compactor, &args.partitions)).await?;
     if global.json {
         return print_json(&report);

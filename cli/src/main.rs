@@ -41,16 +41,35 @@ impl From<compactor::engine::EngineError> for CliError {
 }
 
 impl From<compactor::config::ConfigError> for CliError {
+    /// Names what the user typed: the flag when it was given on the command line (every
+    /// setting's flag is its variable without `COMPACTOR_`, in kebab case), else the variable.
     fn from(error: compactor::config::ConfigError) -> Self {
-        CliError::BadInput(error.into())
+        let flag = flag_of(error.name());
+        let flag_given = std::env::args()
+            .skip(1)
+            .any(|argument| argument == flag || argument.strip_prefix(&flag).is_some_and(|rest| rest.starts_with('=')));
+        if flag_given {
+            CliError::BadInput(anyhow::anyhow!(error.message_naming(&flag)))
+        } else {
+            CliError::BadInput(error.into())
+        }
     }
+}
+
+/// The flag of a setting's variable: `COMPACTOR_PART_BYTES` → `--part-bytes`.
+fn flag_of(variable: &str) -> String {
+    format!("--{}", variable.trim_start_matches("COMPACTOR_").to_ascii_lowercase().replace('_', "-"))
 }
 
 pub type CliResult<T = ()> = Result<T, CliError>;
 
 fn init_logging(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: piped into a file or a log collector, escape
+    // codes are noise. `NO_COLOR` (no-color.org), set to anything but empty, turns them off.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.compact().init(),

@@ -203,6 +203,16 @@ pub fn print_seal_report(report: &SealReport) {
         thousands(report.expiry.tagged),
         thousands(report.expiry.deleted),
     );
+    if !report.locks_held.is_empty() {
+        println!(
+            "{} closed partitions locked by another seal run, running or stopped (killed runs stop renewing their \
+             lease); each is retried by the first seal after its lease expires:",
+            report.locks_held.len()
+        );
+        for lock in &report.locks_held {
+            println!("  {}: locked by {} until {}", lock.partition.path, lock.owner, lock.expires_at.to_rfc3339());
+        }
+    }
     if report.copied_sources > 0 {
         println!(
             "{} sources ({}) copied server-side (UploadPartCopy): read once to hash them, not uploaded",
@@ -247,6 +257,16 @@ pub fn print_partitions(partitions: &[PartitionRecord]) {
         ]);
     }
     print!("{}", table.render());
+    for record in partitions.iter().filter(|record| record.state == PartitionState::Sealing) {
+        if let (Some(owner), Some(expires_at)) = (&record.lock_owner, record.lease_expires_at) {
+            println!(
+                "  {} is locked by {owner} until {}: a seal run holds it, or held it and stopped; the first seal \
+                 after then takes it over",
+                record.key.path,
+                expires_at.to_rfc3339()
+            );
+        }
+    }
 }
 
 pub fn print_audit_summary(summary: &AuditSummary) {
@@ -282,6 +302,23 @@ pub fn print_verify_report(report: &VerifyReport) {
             String::new()
         }
     );
+    let originals_skipped = report.originals_changed + report.originals_gone;
+    if originals_skipped > 0 {
+        println!(
+            "  {} not compared with their original: {} overwritten since compaction, {} gone (deleted or expired); \
+             their ranges still match the sha256 recorded at seal time",
+            thousands(originals_skipped),
+            thousands(report.originals_changed),
+            thousands(report.originals_gone),
+        );
+        let more = originals_skipped.saturating_sub(report.originals_skipped_keys.len() as u64);
+        for key in &report.originals_skipped_keys {
+            println!("    {key}");
+        }
+        if more > 0 {
+            println!("    … and {} more", thousands(more));
+        }
+    }
     if report.source_records_expired > 0 {
         println!(
             "  {} sources of those outputs are no longer in the manifest: their records expired (COMPACTOR_RECORD_TTL)",

@@ -153,7 +153,7 @@ fn plan_with_nothing_to_seal_says_why() {
 }
 
 /// Issue 10: a huge duration panicked, at validation (`999999999999999d`) or on every ingest
-/// after passing it (`100000000000d`). It is bad input: exit 2, naming the variable and the
+/// after passing it (`100000000000d`). It is bad input: exit 2, naming the flag given and the
 /// range.
 #[test]
 fn a_huge_grace_is_bad_input_not_a_panic() {
@@ -163,7 +163,7 @@ fn a_huge_grace_is_bad_input_not_a_panic() {
         let output = s3_compactor(&["--source-bucket", "logs", "--grace", grace, "ingest", &events], work.path());
         assert_eq!(output.status.code(), Some(2), "{grace}: {}", text(&output.stderr));
         let stderr = text(&output.stderr);
-        assert!(stderr.contains(&format!("COMPACTOR_GRACE=\"{grace}\" is invalid")), "{stderr}");
+        assert!(stderr.contains(&format!("--grace \"{grace}\" is invalid")), "{stderr}");
         assert!(stderr.contains(reason), "{grace}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
@@ -188,7 +188,7 @@ fn bad_input_exits_2_and_says_what_to_do() {
 
     let layout = s3_compactor(&["--source-bucket", "logs", "--layout", "%Y/%q", "seal"], work.path());
     assert_eq!(layout.status.code(), Some(2));
-    assert!(text(&layout.stderr).contains("COMPACTOR_LAYOUT"), "{}", text(&layout.stderr));
+    assert!(text(&layout.stderr).contains("--layout"), "{}", text(&layout.stderr));
 
     let not_a_demo = work.path().join("precious");
     std::fs::create_dir_all(&not_a_demo).unwrap();
@@ -228,4 +228,74 @@ fn ingest_counts_skips_and_replays_from_event_files() {
     assert!(audit.status.success(), "{}", text(&audit.stderr));
     let audit: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
     assert_eq!(audit["object"]["state"], "pending");
+}
+
+/// Issue 11, item 7: `audit` with a misspelled `--data-dir` created that directory and said
+/// `0 partitions`. A read-only command on a directory that does not exist is bad input and
+/// creates nothing.
+#[test]
+fn a_read_only_command_on_a_missing_data_dir_says_so_and_creates_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let misspelled = work.path().join("s3-compactor-dta");
+    for command in [&["audit"][..], &["verify"], &["plan"], &["restore", "--object", "a.json", "--out", "-"]] {
+        let mut arguments = vec!["--source-bucket", "logs"];
+        arguments.extend_from_slice(command);
+        let output = s3_compactor(&arguments, &misspelled);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {}", text(&output.stderr));
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("no embedded backend at") && stderr.contains("--data-dir"), "{command:?}: {stderr}");
+        assert!(!misspelled.exists(), "{command:?} created {}", misspelled.display());
+    }
+}
+
+/// Issue 11, item 9: stderr logs carried ANSI colours when piped.
+#[test]
+fn logs_piped_from_stderr_carry_no_colour_codes() {
+    let work = tempfile::tempdir().unwrap();
+    let events = event_file(work.path(), "app/notes.txt");
+    let output = Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
+        .args(["--source-bucket", "logs", "ingest", &events])
+        .env("COMPACTOR_DATA_DIR", work.path())
+        .env("LOG_LEVEL", "warn")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("skipped object"), "the out-of-layout key is logged: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no escape codes in a pipe: {stderr:?}");
+}
+
+/// Issue 11, item 6: a flag's error named its variable (`--grace banana` answered
+/// `COMPACTOR_GRACE="banana" is invalid`), `--part-bytes 1MiB` echoed `"1048576"`, and a bad
+/// layout said its message twice.
+#[test]
+fn a_bad_setting_is_named_as_the_user_gave_it() {
+    let work = tempfile::tempdir().unwrap();
+    let flag = s3_compactor(&["--source-bucket", "logs", "--grace", "banana", "seal"], work.path());
+    assert_eq!(flag.status.code(), Some(2));
+    let stderr = text(&flag.stderr);
+    assert!(stderr.contains("--grace \"banana\" is invalid"), "{stderr}");
+    assert!(!stderr.contains("COMPACTOR_GRACE"), "{stderr}");
+
+    let variable = Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
+        .args(["--source-bucket", "logs", "seal"])
+        .env("COMPACTOR_DATA_DIR", work.path())
+        .env("COMPACTOR_GRACE", "banana")
+        .output()
+        .expect("the binary runs");
+    assert!(text(&variable.stderr).contains("COMPACTOR_GRACE=\"banana\" is invalid"), "{}", text(&variable.stderr));
+
+    let part = s3_compactor(&["--source-bucket", "logs", "--part-bytes=1MiB", "seal"], work.path());
+    let stderr = text(&part.stderr);
+    assert!(stderr.contains("--part-bytes \"1MiB\" is invalid: S3 parts are 5MiB to 5GiB"), "{stderr}");
+    assert!(!stderr.contains("1048576"), "{stderr}");
+
+    let layout = s3_compactor(&["--source-bucket", "logs", "--layout", "%Y/%q", "seal"], work.path());
+    let stderr = text(&layout.stderr);
+    let message = stderr.trim().trim_start_matches("error: --layout: ");
+    let half = message.len().saturating_sub(2) / 2;
+    let said_twice = message.get(..half).zip(message.get(half + 2..)).is_some_and(|(first, second)| first == second);
+    assert!(message.contains("%q") || message.contains("layout"), "{stderr}");
+    assert!(!said_twice, "said once: {stderr}");
 }

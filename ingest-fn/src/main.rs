@@ -1,30 +1,29 @@
 //! `ingest-fn`: the Lambda that records S3 events in the DynamoDB manifest.
 //!
-//! Configuration: the `COMPACTOR_*` variables of `compactor::config` plus the AWS ones of
-//! `compactor::aws::AwsSettings` (`COMPACTOR_TABLE`, endpoints, …), validated at cold start: a
-//! wrong value stops the function with a message naming the variable.
+//! Configuration: the `COMPACTOR_*` variables of `compactor::config`, the AWS ones of
+//! `compactor::aws::AwsSettings` (`COMPACTOR_TABLE`, …) and `COMPACTOR_METRICS_NAMESPACE`,
+//! validated at cold start: a wrong value stops the function with a message naming the
+//! variable.
 
-use compactor::aws::{build_aws_compactor, AwsSettings};
-use compactor::config::Config;
+use compactor::aws::{build_aws_compactor_from, load_sdk_config};
+use compactor::metrics::Emf;
+use ingest_fn::{FunctionConfig, IngestFunction};
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     compactor::aws::init_lambda_logging();
-    let config = Config::from_env().map_err(|error| format!("configuration: {error}"))?;
-    let settings = AwsSettings::from_env().map_err(|error| format!("configuration: {error}"))?;
-    let compactor = build_aws_compactor(config, &settings).await;
+    let config = FunctionConfig::from_lookup(|name| std::env::var(name).ok())
+        .map_err(|error| format!("configuration: {error}"))?;
+    let sdk_config = load_sdk_config().await;
+    let function = IngestFunction {
+        compactor: build_aws_compactor_from(&sdk_config, config.engine, &config.aws),
+        metrics: Emf::stdout(config.ingest.metrics_namespace),
+    };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let compactor = compactor.clone();
-        async move {
-            match ingest_fn::handle(&compactor, event.payload).await {
-                Ok(outcome) => Ok(outcome.response()),
-                Err(error) => {
-                    Err(Diagnostic { error_type: error.error_type().to_string(), error_message: error.to_string() })
-                }
-            }
-        }
+        let function = function.clone();
+        async move { function.handle(event.payload).await.map(|invocation| invocation.response()).map_err(Diagnostic::from) }
     }))
     .await
 }

@@ -2,57 +2,43 @@
 //! works through fanned-out partitions from its SQS queue.
 //!
 //! Configuration: the `COMPACTOR_*` variables of `compactor::config` and
-//! `compactor::aws::AwsSettings`, plus:
-//!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `SEAL_QUEUE_URL` | SQS queue of seal workers; unset: seal everything inline | unset |
-//! | `SEAL_FAN_OUT_THRESHOLD` | fan out when a run has more partitions than this | `8` |
-//! | `SEAL_DEADLINE_MARGIN_SECONDS` | stop starting outputs this long before the Lambda's deadline | `30` |
+//! `compactor::aws::AwsSettings`, plus seal-fn's own (`seal_fn::SealSettings`: `SEAL_QUEUE_URL`,
+//! `SEAL_FAN_OUT_THRESHOLD`, `SEAL_DEADLINE_MARGIN_SECONDS`, `COMPACTOR_METRICS_NAMESPACE`), all
+//! validated at cold start: a wrong value stops the function with a message naming the
+//! variable.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
-use compactor::aws::{build_aws_compactor, AwsSettings};
-use compactor::config::Config;
+use chrono::{DateTime, Utc};
+use compactor::aws::{build_aws_compactor_from, load_sdk_config};
+use compactor::metrics::Emf;
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use seal_fn::sqs::SqsFanOut;
-use seal_fn::{FanOut, SealFunction};
+use seal_fn::{FanOut, FunctionConfig, SealFunction};
 use serde_json::Value;
-
-fn env_number(name: &str, default: i64) -> Result<i64, String> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(text) => {
-            text.trim().parse().map_err(|_| format!("configuration: {name}={text:?} is invalid: give a whole number"))
-        }
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     compactor::aws::init_lambda_logging();
-    let config = Config::from_env().map_err(|error| format!("configuration: {error}"))?;
-    let settings = AwsSettings::from_env().map_err(|error| format!("configuration: {error}"))?;
-    let fan_out_threshold = env_number("SEAL_FAN_OUT_THRESHOLD", 8)?.max(0) as usize;
-    let deadline_margin = Duration::seconds(env_number("SEAL_DEADLINE_MARGIN_SECONDS", 30)?.max(0));
-    let compactor = build_aws_compactor(config, &settings).await;
-    let fan_out: Option<Arc<dyn FanOut>> = match std::env::var("SEAL_QUEUE_URL").ok().filter(|url| !url.is_empty()) {
-        Some(queue_url) => {
-            let shared_config = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-            Some(Arc::new(SqsFanOut { client: aws_sdk_sqs::Client::new(&shared_config), queue_url }))
-        }
-        None => None,
+    let config = FunctionConfig::from_lookup(|name| std::env::var(name).ok())
+        .map_err(|error| format!("configuration: {error}"))?;
+    // One SDK configuration for S3, DynamoDB and SQS: credentials and region resolved once.
+    let sdk_config = load_sdk_config().await;
+    let fan_out: Option<Arc<dyn FanOut>> = config.seal.queue_url.clone().map(|queue_url| {
+        Arc::new(SqsFanOut { client: aws_sdk_sqs::Client::new(&sdk_config), queue_url }) as Arc<dyn FanOut>
+    });
+    let function = SealFunction {
+        compactor: build_aws_compactor_from(&sdk_config, config.engine, &config.aws),
+        fan_out,
+        fan_out_threshold: config.seal.fan_out_threshold,
+        deadline_margin: config.seal.deadline_margin,
+        metrics: Emf::stdout(config.seal.metrics_namespace),
     };
-    let function = SealFunction { compactor, fan_out, fan_out_threshold, deadline_margin };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let function = function.clone();
         async move {
             let deadline: DateTime<Utc> = event.context.deadline().into();
-            function.handle(event.payload, deadline).await.map_err(|error| Diagnostic {
-                error_type: error.error_type().to_string(),
-                error_message: error.to_string(),
-            })
+            function.handle(event.payload, deadline).await.map_err(Diagnostic::from)
         }
     }))
     .await

@@ -21,11 +21,13 @@ use compactor::adapters::s3::{AmazonS3, S3Options};
 use compactor::clock::SystemClock;
 use compactor::config::RawConfig;
 use compactor::engine::{Compactor, IngestReport, SkipReason};
+use compactor::metrics::Emf;
 use compactor::ports::Tag;
 use compactor::testkit::s3_server::FreshBucket;
 use compactor::testkit::servers::{
     dynamodb_test_client, ministack_endpoint, FreshTable, TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY,
 };
+use ingest_fn::IngestFunction;
 use seal_fn::sqs::SqsFanOut;
 use seal_fn::{FanOut, SealFunction};
 use serde_json::{json, Value};
@@ -101,15 +103,21 @@ async fn drain_ingest_queue(
     compactor: &Compactor,
     done: impl Fn(&IngestReport) -> bool,
 ) -> IngestReport {
+    let ingest = IngestFunction { compactor: compactor.clone(), metrics: Emf::capture("S3Compactor/e2e").0 };
     let started = Instant::now();
     let mut report = IngestReport::default();
     while !done(&report) {
         assert!(started.elapsed() < StdDuration::from_secs(60), "notifications did not all arrive: {report:?}");
         let Some((event, handles)) = receive_as_lambda_event(sqs, queue_url).await else { continue };
-        let outcome = ingest_fn::handle(compactor, event).await.expect("the ingest handler runs");
-        assert!(outcome.failed_message_ids.is_empty(), "no message should fail: {:?}", outcome.failed_message_ids);
-        report.merge(&outcome.report);
-        acknowledge(sqs, queue_url, &handles, &outcome.response()).await;
+        let invocation = ingest.handle(event).await.expect("the ingest handler runs");
+        assert!(
+            invocation.failed_message_ids.is_empty(),
+            "no message should fail: {:?}",
+            invocation.failed_message_ids
+        );
+        report.merge(&invocation.report);
+        let response = serde_json::to_value(invocation.response()).unwrap();
+        acknowledge(sqs, queue_url, &handles, &response).await;
     }
     report
 }
@@ -235,9 +243,10 @@ async fn objects_flow_from_s3_notifications_through_ingest_and_fanned_out_seals_
         fan_out: Some(fan_out),
         fan_out_threshold: 1,
         deadline_margin: Duration::seconds(30),
+        metrics: Emf::capture("S3Compactor/e2e").0,
     };
     let lambda_deadline = Utc::now() + Duration::minutes(15);
-    let scheduled = seal.handle(json!({}), lambda_deadline).await.expect("the scheduled run");
+    let scheduled = seal.handle(json!({}), lambda_deadline).await.expect("the scheduled run").to_json();
     assert_eq!(scheduled, json!({ "fanned_out": 3 }));
 
     // The workers take the messages from the seal queue.
@@ -246,7 +255,7 @@ async fn objects_flow_from_s3_notifications_through_ingest_and_fanned_out_seals_
     while sealed_messages < 3 {
         assert!(started.elapsed() < StdDuration::from_secs(60), "seal messages did not all arrive");
         let Some((event, handles)) = receive_as_lambda_event(&sqs, &seal_queue).await else { continue };
-        let response = seal.handle(event, lambda_deadline).await.expect("the worker run");
+        let response = seal.handle(event, lambda_deadline).await.expect("the worker run").to_json();
         assert_eq!(response, json!({ "batchItemFailures": [] }));
         acknowledge(&sqs, &seal_queue, &handles, &response).await;
         sealed_messages += handles.len();

@@ -97,9 +97,34 @@ impl AwsSettings {
     }
 }
 
-/// The engine on S3 and DynamoDB. Builds the SDK clients once (per Lambda cold start).
+/// The standard AWS configuration (region, credentials, `AWS_ENDPOINT_URL`, …), loaded once per
+/// process: a Lambda builds every client it needs (S3, DynamoDB, SQS) from this one, so a
+/// cold start resolves credentials once.
+pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+}
+
+/// The engine on S3 and DynamoDB. Loads the SDK configuration and builds the clients once (per
+/// Lambda cold start).
 pub async fn build_aws_compactor(config: Config, settings: &AwsSettings) -> Compactor {
-    let s3_client = crate::adapters::s3::client_for(settings.s3_endpoint.as_deref(), settings.s3_path_style).await;
+    build_aws_compactor_from(&load_sdk_config().await, config, settings)
+}
+
+/// [`build_aws_compactor`] on an SDK configuration the caller already loaded and shares with
+/// its other clients. Each client keeps its adapter's retry set-up.
+pub fn build_aws_compactor_from(
+    sdk_config: &aws_config::SdkConfig,
+    config: Config,
+    settings: &AwsSettings,
+) -> Compactor {
+    // The loaded configuration always carries the SDK's default retry set-up: replace it, or the
+    // adapter's would never apply.
+    let s3_sdk_config = sdk_config.to_builder().retry_config(crate::adapters::s3::retry_config()).build();
+    let s3_client = crate::adapters::s3::client_from_shared_config(
+        &s3_sdk_config,
+        settings.s3_endpoint.as_deref(),
+        settings.s3_path_style,
+    );
     let store = AmazonS3::new(
         s3_client,
         S3Options {
@@ -107,7 +132,12 @@ pub async fn build_aws_compactor(config: Config, settings: &AwsSettings) -> Comp
             sse_kms_key_id: settings.sse_kms_key_id.clone(),
         },
     );
-    let dynamodb_client = crate::adapters::dynamodb::client_for(settings.dynamodb_endpoint.as_deref()).await;
+    let mut dynamodb_config =
+        aws_sdk_dynamodb::config::Builder::from(sdk_config).retry_config(crate::adapters::dynamodb::retry_config());
+    if let Some(endpoint) = settings.dynamodb_endpoint.as_deref() {
+        dynamodb_config = dynamodb_config.endpoint_url(endpoint);
+    }
+    let dynamodb_client = aws_sdk_dynamodb::Client::from_conf(dynamodb_config.build());
     let manifest = DynamoDbManifest::new(dynamodb_client, settings.table.clone(), config.layout.clone())
         .with_record_ttl(config.record_ttl);
     Compactor::new(config, Arc::new(store), Arc::new(manifest), Arc::new(SystemClock))

@@ -102,12 +102,31 @@ pub enum ConfigError {
     Missing { name: &'static str, hint: &'static str },
     #[error("{name}={value:?} is invalid: {reason}")]
     Invalid { name: &'static str, value: String, reason: String },
-    #[error("{name}: {source}")]
-    Layout {
-        name: &'static str,
-        #[source]
-        source: LayoutError,
-    },
+    // The layout error is in the message and deliberately not a `#[source]`: printed with its
+    // chain (`{:#}`, as the CLI does), it would say everything twice.
+    #[error("{name}: {error}")]
+    Layout { name: &'static str, error: LayoutError },
+}
+
+impl ConfigError {
+    /// The setting the error is about (`COMPACTOR_GRACE`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConfigError::Missing { name, .. }
+            | ConfigError::Invalid { name, .. }
+            | ConfigError::Layout { name, .. } => name,
+        }
+    }
+
+    /// The message with the setting called `given_as` (a flag such as `--grace`) instead of
+    /// its variable: name what the user typed.
+    pub fn message_naming(&self, given_as: &str) -> String {
+        match self {
+            ConfigError::Missing { hint, .. } => format!("{given_as} is required: {hint}"),
+            ConfigError::Invalid { value, reason, .. } => format!("{given_as} {value:?} is invalid: {reason}"),
+            ConfigError::Layout { error, .. } => format!("{given_as}: {error}"),
+        }
+    }
 }
 
 /// Everything the engine needs to know, validated once.
@@ -217,11 +236,11 @@ impl RawConfig {
             .as_deref()
             .map(|text| {
                 text.parse::<Granularity>()
-                    .map_err(|source| ConfigError::Layout { name: "COMPACTOR_GRANULARITY", source })
+                    .map_err(|error| ConfigError::Layout { name: "COMPACTOR_GRANULARITY", error })
             })
             .transpose()?;
         let layout = Layout::parse(self.layout.as_deref().unwrap_or("%Y/%m/%d"), granularity)
-            .map_err(|source| ConfigError::Layout { name: "COMPACTOR_LAYOUT", source })?;
+            .map_err(|error| ConfigError::Layout { name: "COMPACTOR_LAYOUT", error })?;
         let grace_text = self.grace.as_deref().unwrap_or("2h");
         let grace = at_most(
             "COMPACTOR_GRACE",
@@ -247,9 +266,11 @@ impl RawConfig {
         }
         let target_output_bytes =
             parse_bytes("COMPACTOR_TARGET_OUTPUT_BYTES", self.target_output_bytes.as_deref().unwrap_or("128MiB"))?;
-        let part_bytes = parse_bytes("COMPACTOR_PART_BYTES", self.part_bytes.as_deref().unwrap_or("8MiB"))?;
+        // Messages echo the text given (`1MiB`), not the number it parsed to.
+        let part_bytes_text = self.part_bytes.as_deref().unwrap_or("8MiB");
+        let part_bytes = parse_bytes("COMPACTOR_PART_BYTES", part_bytes_text)?;
         if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&part_bytes) {
-            return Err(invalid("COMPACTOR_PART_BYTES", &part_bytes.to_string(), "S3 parts are 5MiB to 5GiB"));
+            return Err(invalid("COMPACTOR_PART_BYTES", part_bytes_text, "S3 parts are 5MiB to 5GiB"));
         }
         if target_output_bytes == 0 {
             return Err(invalid("COMPACTOR_TARGET_OUTPUT_BYTES", "0", "give a size such as 128MiB"));
@@ -261,7 +282,7 @@ impl RawConfig {
         {
             return Err(invalid(
                 "COMPACTOR_PART_BYTES",
-                &part_bytes.to_string(),
+                part_bytes_text,
                 "an output would need more than S3's 10,000 parts: raise the part size",
             ));
         }

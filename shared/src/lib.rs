@@ -41,6 +41,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod event;
+pub mod metrics;
 pub mod ports;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -441,19 +441,22 @@ impl StoreLayer for ChangeOnCopy {
     }
 }
 
-/// A layer that notes, at each GET, whether the seal had recorded placements already: with
-/// placements recorded a window at a time, most of a large output's GETs come after the first
-/// `record_placements`; held until the output's end, none would. Every call goes through.
+/// Notes, at each source read (a GET, or each source of a `get_many`), whether the seal had
+/// recorded placements already: with placements recorded a window at a time, most of a large
+/// output's reads come after the first `record_placements`; held until the output's end, none
+/// would. A layer of `testkit::forwarding`: every call goes through, batched as production
+/// calls it.
 #[derive(Debug)]
 struct WatchPlacements {
     plan: Arc<FaultPlan>,
-    gets_after_first_placements: std::sync::atomic::AtomicU64,
+    reads_after_first_placements: std::sync::atomic::AtomicU64,
 }
 
 impl StoreLayer for WatchPlacements {
     fn around<'a, T: Send + 'a>(&'a self, call: StoreCall<'a>, forward: StoreAnswer<'a, T>) -> StoreAnswer<'a, T> {
-        if call.operation == "store.get" && self.plan.counts().contains_key("manifest.record_placements") {
-            self.gets_after_first_placements.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let reads = matches!(call.operation, "store.get" | "store.get_many");
+        if reads && self.plan.counts().contains_key("manifest.record_placements") {
+            self.reads_after_first_placements.fetch_add(call.objects as u64, std::sync::atomic::Ordering::SeqCst);
         }
         forward
     }
@@ -553,14 +556,10 @@ async fn an_output_of_many_sources_is_written_and_placed_a_window_at_a_time() {
         .collect();
     harness.add_many(objects).await;
     harness.plan.heal();
-    // One GET per source (S3's path), so that each source read is a call the layer counts.
-    let watch = Arc::new(
-        Layered::new(
-            Arc::clone(&harness.store),
-            WatchPlacements { plan: Arc::clone(&harness.plan), gets_after_first_placements: Default::default() },
-        )
-        .per_source(),
-    );
+    let watch = Arc::new(Layered::new(
+        Arc::clone(&harness.store),
+        WatchPlacements { plan: Arc::clone(&harness.plan), reads_after_first_placements: Default::default() },
+    ));
     let report = harness
         .compactor_on(Arc::clone(&watch) as Arc<dyn ObjectStore>)
         .seal_closed(&SealOptions::default())
@@ -571,8 +570,8 @@ async fn an_output_of_many_sources_is_written_and_placed_a_window_at_a_time() {
     assert_eq!(report.expiry.tagged, 2_500);
     let counts = harness.plan.counts();
     assert_eq!(counts.get("manifest.record_placements"), Some(&3), "windows of 1,000, 1,000 and 500: {counts:?}");
-    let gets_after = watch.layer().gets_after_first_placements.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(gets_after, 1_500, "the first window's placements were recorded before the second window was read");
+    let reads_after = watch.layer().reads_after_first_placements.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(reads_after, 1_500, "the first window's placements were recorded before the second window was read");
     harness.assert_safe("after a seal of one large output").await;
     harness.assert_finished("after a seal of one large output").await;
 }

@@ -171,7 +171,7 @@ use crate::domain::records::{
 };
 use crate::domain::sequencer;
 use crate::ports::manifest::{
-    IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
+    HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 
 mod placements;
@@ -1641,6 +1641,51 @@ impl Manifest for DynamoDbManifest {
     ) -> Result<Vec<PartitionKey>, ManifestError> {
         let closed = self.closed_from_index(now, limit, false).await?;
         Ok(closed.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// One Query of [`PENDING_INDEX`] (paged), filtered on a live lease; the index projects the
+    /// lock's owner and expiry, so no item is read.
+    async fn locked_closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<HeldLock>, ManifestError> {
+        let bound = ordered_micros(micros(now).saturating_add(1));
+        let mut locks = Vec::new();
+        let mut start_key: Option<Item> = None;
+        while locks.len() < limit {
+            let page = self
+                .query_page(
+                    Some(PENDING_INDEX),
+                    "#gsi1pk = :pending_flag AND #gsi1sk < :bound",
+                    Some("attribute_exists(#lock_owner) AND #lease_expires_at > :now"),
+                    values([
+                        (":pending_flag", string_value(PENDING_FLAG)),
+                        (":bound", string_value(bound.clone())),
+                        (":now", time_value(now)),
+                    ]),
+                    false,
+                    start_key.take(),
+                    Some(limit_i32(limit)),
+                )
+                .await?;
+            for item in page.items().iter().take(limit - locks.len()) {
+                let reader = ItemReader::new(item, &self.table);
+                let Some((bucket, path)) = reader
+                    .string("pk")?
+                    .strip_prefix("P#")
+                    .and_then(|rest| rest.split_once('#').map(|(bucket, path)| (bucket.to_owned(), path.to_owned())))
+                else {
+                    continue;
+                };
+                locks.push(HeldLock {
+                    partition: PartitionKey::new(bucket, path),
+                    owner: reader.string("lock_owner")?,
+                    expires_at: reader.time("lease_expires_at")?,
+                });
+            }
+            start_key = page.last_evaluated_key;
+            if start_key.is_none() {
+                break;
+            }
+        }
+        Ok(locks)
     }
 
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError> {

@@ -22,7 +22,8 @@
 //! ```text
 //! root/
 //!   <bucket>/<key>            one file per object; `/` in a key makes directories
-//!   .staging/                 temporary files, renamed into place once complete
+//!   .staging/<owner>/         temporary files of one open store, renamed into place once
+//!                             complete; .staging/<owner>.lock is locked while it lives
 //!   .uploads/<upload-id>/     one directory per multipart upload: upload.json, part-00001, ...
 //!   .tags/<bucket>/<hash>.json  where the file system has no extended attributes: the tag
 //!                             set of one object, named by the sha256 of its key
@@ -58,14 +59,20 @@
 //!   could slip in between.
 //! - **No versioning**, no storage classes, no lifecycle: `delete` removes the file, and an
 //!   upload that is never completed nor aborted stays in `.uploads/` until removed by hand.
-//!   Temporary files a crash left in `.staging/` are removed by the next `open` after a day.
+//!   Each open store writes its temporary files into a directory of its own under
+//!   `.staging/`, next to a lock file it holds (`flock`) while it lives: the next `open` removes
+//!   the directories whose lock nobody holds, what a killed process left.
 //! - **Keys are paths.** A key cannot be both an object and a prefix of other keys (`a` and
 //!   `a/b`), and keys with empty, `.` or `..` segments, a leading `/`, a trailing `/` (folder
 //!   markers), NUL, or a segment over 255 bytes are refused with [`StoreError::InvalidRequest`].
 //! - **Listing walks the directory tree** of the bucket, pruning directories outside the prefix
-//!   and before `start_after`: a page costs a `readdir` per visited directory, fine for demos,
-//!   slow for millions of keys. `max_keys` is not capped at 1,000.
+//!   and before `start_after`. A directory is read and sorted whole, once per listing: its
+//!   sorted names are kept between pages while it is unchanged (see `local_dir/listing.rs`),
+//!   so listing a million files of one directory takes seconds, and memory for its names
+//!   (about 28 MB). `max_keys` is not capped at 1,000.
 //! - Unix only in practice: the inode in the ETag and the atomic no-replace link assume it.
+
+mod listing;
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -121,7 +128,23 @@ const PARENT_DIRECTORY_RACE_ATTEMPTS: usize = 5;
 pub struct LocalDir {
     root: Arc<PathBuf>,
     tag_storage: TagStorage,
+    staging_owner: Arc<StagingOwner>,
+    /// Directories sorted for listings in progress, kept between pages.
+    listings: Arc<listing::ListingCache>,
 }
+
+/// This store's own directory under `.staging/`, and the lock that says it is alive: an
+/// exclusive `flock` on `.staging/<id>.lock`, held as long as the store (a killed process
+/// loses it with its file descriptors), so the next `open` knows which staging directories
+/// belong to no live writer and removes them at once.
+#[derive(Debug)]
+struct StagingOwner {
+    directory: PathBuf,
+    _lock: File,
+}
+
+/// The file name suffix of a staging owner's lock.
+const STAGING_LOCK_SUFFIX: &str = ".lock";
 
 /// Where tag sets are kept, decided once by [`LocalDir::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +233,13 @@ impl LocalDir {
         } else {
             TagStorage::Sidecar
         };
-        let store = LocalDir { root: Arc::new(root), tag_storage };
+        let staging_owner = StagingOwner::create(&root.join(STAGING_DIRECTORY_NAME))?;
+        let store = LocalDir {
+            root: Arc::new(root),
+            tag_storage,
+            staging_owner: Arc::new(staging_owner),
+            listings: Default::default(),
+        };
         store.remove_abandoned_staging_entries();
         Ok(store)
     }
@@ -226,28 +255,58 @@ impl LocalDir {
         self.tag_storage
     }
 
-    /// Removes what crashed writers left in the staging directory. Only entries untouched for
-    /// [`ABANDONED_STAGING_AGE`]: another process may be writing through the same root, and
-    /// its temporary files are young. Best effort: litter is harmless, so failures are logged.
+    /// Removes what crashed writers left in the staging directory: at once, the directory of
+    /// every owner whose lock nobody holds (its process is gone); after
+    /// [`ABANDONED_STAGING_AGE`], anything else (left by a release without owner directories).
+    /// A live owner's directory is never touched. Best effort: litter is harmless, so failures
+    /// are logged.
     fn remove_abandoned_staging_entries(&self) {
-        let staging_directory = self.staging_directory();
-        let Ok(staging_entries) = fs::read_dir(&staging_directory) else {
+        let staging_root = self.root.join(STAGING_DIRECTORY_NAME);
+        let Ok(staging_entries) = fs::read_dir(&staging_root) else {
             return;
         };
+        let remove = |path: &Path| {
+            let removal = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+            match removal {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove an abandoned staging entry")
+                }
+            }
+        };
+        let mut live_owners: std::collections::HashSet<std::ffi::OsString> = Default::default();
+        let mut others = Vec::new();
         for staging_entry in staging_entries.flatten() {
+            let name = staging_entry.file_name();
+            let Some(owner) = name.to_str().and_then(|name| name.strip_suffix(STAGING_LOCK_SUFFIX)) else {
+                others.push(staging_entry);
+                continue;
+            };
+            let lock_path = staging_entry.path();
+            let Ok(lock) = File::open(&lock_path) else {
+                continue;
+            };
+            let owner_gone = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+            if owner_gone {
+                remove(&staging_root.join(owner));
+                remove(&lock_path);
+            } else {
+                live_owners.insert(std::ffi::OsString::from(owner));
+            }
+        }
+        for staging_entry in others {
+            if live_owners.contains(&staging_entry.file_name()) {
+                continue;
+            }
             let abandoned = staging_entry
                 .metadata()
                 .and_then(|metadata| metadata.modified())
                 .ok()
                 .and_then(|modified| modified.elapsed().ok())
                 .is_some_and(|age| age >= ABANDONED_STAGING_AGE);
-            if !abandoned {
-                continue;
-            }
-            let path = staging_entry.path();
-            let removal = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-            if let Err(error) = removal {
-                tracing::warn!(path = %path.display(), %error, "cannot remove an abandoned staging entry");
+            if abandoned {
+                remove(&staging_entry.path());
             }
         }
     }
@@ -268,8 +327,9 @@ impl LocalDir {
         fs::create_dir_all(self.tags_directory(bucket)).map_err(|error| StoreError::backend(bucket, "", error))
     }
 
+    /// This store's own staging directory (see [`StagingOwner`]).
     fn staging_directory(&self) -> PathBuf {
-        self.root.join(STAGING_DIRECTORY_NAME)
+        self.staging_owner.directory.clone()
     }
 
     fn upload_directory(&self, upload_id: &str) -> PathBuf {
@@ -525,12 +585,14 @@ impl LocalDir {
         }
         let filter = ListFilter { prefix, start_after, num_keys_wanted: max_keys.saturating_add(1) };
         let mut objects = Vec::new();
-        walk_in_key_order(&bucket_directory, "", &filter, &mut objects)
+        listing::walk_in_key_order(&self.listings, &bucket_directory, "", &filter, &mut objects)
             .map_err(|error| StoreError::backend(bucket, prefix, error))?;
         let next_start_after = if objects.len() > max_keys {
             objects.truncate(max_keys);
             objects.last().map(|last_object| last_object.key.clone())
         } else {
+            // The listing is over: what it kept is not needed any more.
+            self.listings.clear();
             None
         };
         Ok(ListPage { objects, next_start_after })
@@ -846,6 +908,23 @@ impl LocalDir {
     }
 }
 
+impl StagingOwner {
+    /// A new owner directory under `staging_root`, with its lock taken.
+    fn create(staging_root: &Path) -> Result<StagingOwner, StoreError> {
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let directory = staging_root.join(&owner);
+        let lock_path = staging_root.join(format!("{owner}{STAGING_LOCK_SUFFIX}"));
+        let failed = |error: std::io::Error| {
+            StoreError::backend("", "", format!("cannot set up staging in {}: {error}", staging_root.display()))
+        };
+        let lock = fs::OpenOptions::new().write(true).create_new(true).open(&lock_path).map_err(failed)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|error| failed(error.into()))?;
+        fs::create_dir(&directory).map_err(failed)?;
+        Ok(StagingOwner { directory, _lock: lock })
+    }
+}
+
 /// A temporary file in the staging directory, removed on drop unless it was renamed away
 /// (then the removal finds nothing). Keeps failed writes from leaving litter behind.
 struct StagedFile {
@@ -875,69 +954,6 @@ impl Drop for StagedFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
-}
-
-/// Collects, in UTF-8 byte order, the objects below `directory` that the filter wants.
-///
-/// A depth-first walk yields keys in byte order only if each directory's entries are sorted as
-/// the keys they lead to: a subdirectory `a` as `a/`, so that file `a-c` (`-` < `/`) comes
-/// before `a/b`, and `a0` (`0` > `/`) after it.
-fn walk_in_key_order(
-    directory: &Path,
-    directory_key_prefix: &str,
-    filter: &ListFilter<'_>,
-    objects: &mut Vec<ObjectMeta>,
-) -> io::Result<()> {
-    let directory_entries = match fs::read_dir(directory) {
-        Ok(directory_entries) => directory_entries,
-        // Pruned by a concurrent delete: it held nothing.
-        Err(error) if error.kind() == io::ErrorKind::NotFound && !directory_key_prefix.is_empty() => return Ok(()),
-        Err(error) => return Err(error),
-    };
-    let mut entries_by_key = Vec::new();
-    for directory_entry in directory_entries {
-        let directory_entry = directory_entry?;
-        let Ok(file_name) = directory_entry.file_name().into_string() else {
-            tracing::warn!(directory = %directory.display(), "skipping a file whose name is not UTF-8: it cannot be a key");
-            continue;
-        };
-        let file_type = directory_entry.file_type()?;
-        if file_type.is_dir() {
-            entries_by_key.push((format!("{directory_key_prefix}{file_name}/"), directory_entry, true));
-        } else if file_type.is_file() {
-            entries_by_key.push((format!("{directory_key_prefix}{file_name}"), directory_entry, false));
-        }
-    }
-    entries_by_key.sort_unstable_by(|left, right| left.0.cmp(&right.0));
-    for (entry_key, directory_entry, is_directory) in entries_by_key {
-        if objects.len() >= filter.num_keys_wanted {
-            break;
-        }
-        if is_directory {
-            let may_hold_prefix = entry_key.starts_with(filter.prefix) || filter.prefix.starts_with(&entry_key);
-            // Every key below `entry_key` starts with it; if `start_after` does not, and sorts
-            // after it, they all sort before `start_after`.
-            let all_before_start = filter
-                .start_after
-                .is_some_and(|start_after| !start_after.starts_with(&entry_key) && entry_key.as_str() < start_after);
-            if may_hold_prefix && !all_before_start {
-                walk_in_key_order(&directory_entry.path(), &entry_key, filter, objects)?;
-            }
-        } else {
-            let wanted = entry_key.starts_with(filter.prefix)
-                && filter.start_after.is_none_or(|start_after| entry_key.as_str() > start_after);
-            if !wanted {
-                continue;
-            }
-            match directory_entry.metadata() {
-                Ok(metadata) => objects.push(object_meta(&entry_key, &metadata)),
-                // Deleted since the directory was read.
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error),
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Explains why a write could not create a key: usually a key and a prefix colliding, which
@@ -1590,7 +1606,11 @@ mod tests {
             invalid_request_message(store.head(&bucket, key).await);
             invalid_request_message(store.delete(&bucket, key).await);
         }
-        assert!(files_below(store.root()).is_empty(), "refused writes leave no file behind");
+        let left: Vec<PathBuf> = files_below(store.root())
+            .into_iter()
+            .filter(|path| path.extension().is_none_or(|extension| extension != "lock"))
+            .collect();
+        assert!(left.is_empty(), "refused writes leave no file behind (but the staging lock): {left:?}");
     }
 
     #[tokio::test]
@@ -1638,7 +1658,7 @@ mod tests {
         assert_eq!(files_below(&bucket_directory), [bucket_directory.join("a/object")]);
         assert!(store.root().join(STAGING_DIRECTORY_NAME).is_dir());
         assert!(store.root().join(UPLOADS_DIRECTORY_NAME).join(&upload_id).is_dir());
-        assert!(files_below(&store.root().join(STAGING_DIRECTORY_NAME)).is_empty(), "no temporary file is left");
+        assert!(files_below(&store.staging_directory()).is_empty(), "no temporary file is left");
     }
 
     #[tokio::test]
@@ -1655,7 +1675,7 @@ mod tests {
             invalid_request_message(store.put(&bucket, "c", Bytes::new(), PutOptions { if_none_match: true }).await);
         assert!(message.contains("prefix of other keys"), "{message}");
 
-        assert!(files_below(&store.root().join(STAGING_DIRECTORY_NAME)).is_empty(), "failed writes leave no litter");
+        assert!(files_below(&store.staging_directory()).is_empty(), "failed writes leave no litter");
     }
 
     #[tokio::test]
@@ -1760,6 +1780,30 @@ mod tests {
         LocalDir::open(&root).expect("open the store again");
         assert!(!abandoned_path.exists(), "a day-old temporary file is a crash's litter");
         assert!(in_flight_path.exists(), "a young temporary file may be another writer's");
+    }
+
+    /// Issue 11, item 10: killed seals left their temporary files in `.staging/` for a day.
+    /// The next `open` removes what a store that is gone left (its lock is free), at once, and
+    /// never what a live store is writing.
+    #[test]
+    fn open_removes_at_once_the_staging_files_of_a_store_that_is_gone_and_keeps_a_live_ones() {
+        let temporary_directory = tempfile::tempdir().expect("create a temporary directory");
+        let root = temporary_directory.path().join("buckets");
+        let live = LocalDir::open(&root).expect("open the store");
+        let killed = LocalDir::open(&root).expect("open the store");
+        let live_file = live.staging_directory().join("half-written.tmp");
+        let killed_file = killed.staging_directory().join("half-written.tmp");
+        for path in [&live_file, &killed_file] {
+            File::create(path).expect("create a temporary file");
+        }
+        let killed_directory = killed.staging_directory();
+        // What a killed process leaves: its files, and its lock released with its descriptors.
+        drop(killed);
+
+        let next = LocalDir::open(&root).expect("open the store again");
+        assert!(!killed_file.exists() && !killed_directory.exists(), "a gone store's staging is removed at once");
+        assert!(live_file.exists(), "a live store's temporary files are kept");
+        assert!(next.staging_directory().is_dir() && live.staging_directory().is_dir());
     }
 
     #[test]

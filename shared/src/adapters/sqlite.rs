@@ -68,7 +68,7 @@ use crate::domain::partition::PartitionKey;
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, Placement};
 use crate::domain::sequencer;
 use crate::ports::manifest::{
-    IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
+    HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 
 const BACKEND_NAME: &str = "sqlite";
@@ -585,6 +585,15 @@ fn closed_partitions_sql() -> String {
     )
 }
 
+/// Closed, unsealed partitions with a live lock: `?1` is now, `?2` the limit. The same partial
+/// close-time index as [`closed_partitions_sql`].
+fn locked_closed_partitions_sql() -> &'static str {
+    "SELECT bucket, path, lock_owner, lease_expires_at_micros FROM partitions
+     WHERE closes_at_micros <= ?1 AND state <> 'sealed' AND lock_owner IS NOT NULL AND lease_expires_at_micros > ?1
+     ORDER BY closes_at_micros, path, bucket
+     LIMIT ?2"
+}
+
 /// One page of a partition's objects in key order: `?1` bucket, `?2` partition path, `?3` the
 /// key to start after, `?4` whether only compacted objects awaiting expiry, `?5` the limit, and
 /// with `filter_by_state`, `?6` the state. The conditions are plain ranges and equalities (no
@@ -676,6 +685,22 @@ impl Manifest for SqliteManifest {
             let sql = closed_partitions_sql();
             let mut statement = transaction.prepare_cached(&sql).map_err(sqlite_error)?;
             let rows = statement.query_map(params![micros(now), limit_integer(limit)], partition_from_row);
+            rows.and_then(|rows| rows.collect()).map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn locked_closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<HeldLock>, ManifestError> {
+        self.read(move |transaction| {
+            let sql = locked_closed_partitions_sql();
+            let mut statement = transaction.prepare_cached(sql).map_err(sqlite_error)?;
+            let rows = statement.query_map(params![micros(now), limit_integer(limit)], |row| {
+                Ok(HeldLock {
+                    partition: PartitionKey::new(row.get::<_, String>("bucket")?, row.get::<_, String>("path")?),
+                    owner: row.get("lock_owner")?,
+                    expires_at: column_time(row, "lease_expires_at_micros")?,
+                })
+            });
             rows.and_then(|rows| rows.collect()).map_err(sqlite_error)
         })
         .await
@@ -1400,6 +1425,11 @@ mod tests {
                 "closed_partitions",
                 "partitions_unsealed_by_close_time",
                 query_plan(&manifest, &closed_partitions_sql(), params![0_i64, 10_i64]),
+            ),
+            (
+                "locked_closed_partitions",
+                "partitions_unsealed_by_close_time",
+                query_plan(&manifest, locked_closed_partitions_sql(), params![0_i64, 10_i64]),
             ),
             (
                 "objects in a state",

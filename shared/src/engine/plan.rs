@@ -1,5 +1,9 @@
 //! Plan: a dry run of the seal. Per partition, which objects go to which output, and the
 //! requests the seal will make with their price. Nothing is written.
+//!
+//! Pending records are paged through the seal's [`Packer`] in key order, as the seal pages
+//! them, and each output is summarised as it closes: plan holds at most one open output's
+//! keys and sizes (the packer's own bound), never a partition's records.
 
 use serde::Serialize;
 
@@ -7,8 +11,8 @@ use super::{Compactor, EngineError};
 use crate::config::ExpiryMode;
 use crate::domain::cost::RequestCounts;
 use crate::domain::partition::PartitionKey;
-use crate::domain::plan::plan_partition;
-use crate::domain::records::{ObjectRecord, ObjectState};
+use crate::domain::plan::{Packer, PlanInput, PlannedOutput};
+use crate::domain::records::ObjectState;
 use crate::ports::{ObjectQuery, MAX_KEYS_PER_DELETE};
 
 /// One planned output, summarised.
@@ -17,6 +21,12 @@ pub struct OutputSummary {
     pub key: String,
     pub objects: u64,
     pub source_bytes: u64,
+}
+
+impl OutputSummary {
+    fn of(output: PlannedOutput<PlanInput>) -> OutputSummary {
+        OutputSummary { key: output.key, objects: output.sources.len() as u64, source_bytes: output.source_bytes }
+    }
 }
 
 /// The dry run of one partition.
@@ -64,13 +74,38 @@ impl Compactor {
                 self.manifest.partition(&partition).await?.ok_or_else(|| {
                     EngineError::InvalidInput(format!("partition {partition} is not in the manifest"))
                 })?;
-            let pending = self.pending_objects(&partition).await?;
-            let plan = plan_partition(&partition.path, record.generation + 1, &pending, &self.config.plan_settings());
-            let mut requests = RequestCounts::default();
+            let mut packer: Packer<PlanInput> =
+                Packer::new(&partition.path, record.generation + 1, self.config.plan_settings());
             let mut outputs = Vec::new();
+            let (mut pending_objects, mut pending_bytes, mut refused_objects) = (0u64, 0u64, 0u64);
+            let mut start_after: Option<String> = None;
+            loop {
+                let query = ObjectQuery {
+                    start_after: start_after.take(),
+                    limit: PAGE,
+                    ..ObjectQuery::in_state(ObjectState::Pending)
+                };
+                let page = self.manifest.objects(&partition, &query).await?;
+                let page_length = page.len();
+                start_after = page.last().map(|object| object.key.clone());
+                for object in page {
+                    pending_objects += 1;
+                    pending_bytes += object.size;
+                    match packer.push(PlanInput { key: object.key, size: object.size }) {
+                        Ok(Some(output)) => outputs.push(OutputSummary::of(output)),
+                        Ok(None) => {}
+                        Err(_) => refused_objects += 1,
+                    }
+                }
+                if page_length < PAGE {
+                    break;
+                }
+            }
+            outputs.extend(packer.finish().into_iter().map(OutputSummary::of));
+            let mut requests = RequestCounts::default();
             let mut planned_objects = 0u64;
-            for output in &plan.outputs {
-                let objects = output.sources.len() as u64;
+            for output in &outputs {
+                let objects = output.objects;
                 planned_objects += objects;
                 requests.s3_get += objects;
                 let size = output.source_bytes + objects;
@@ -85,7 +120,6 @@ impl Compactor {
                 // begin_output, commit_output; one placement, one compacted, one expiry write
                 // per source.
                 requests.manifest_writes += 2 + 3 * objects;
-                outputs.push(OutputSummary { key: output.key.clone(), objects, source_bytes: output.source_bytes });
             }
             match self.config.expiry {
                 ExpiryMode::Tag => {
@@ -107,10 +141,10 @@ impl Compactor {
             report.listing_job_requests += listing_job_requests(planned_objects, self.config.part_bytes, &outputs);
             report.partitions.push(PartitionPlan {
                 partition,
-                pending_objects: pending.len() as u64,
-                pending_bytes: pending.iter().map(|object| object.size).sum(),
+                pending_objects,
+                pending_bytes,
                 outputs,
-                refused_objects: plan.refused.len() as u64,
+                refused_objects,
                 requests,
                 cost_usd,
             });
@@ -118,23 +152,6 @@ impl Compactor {
         report.cost_usd = report.requests.cost_usd();
         report.listing_job_cost_usd = report.listing_job_requests.cost_usd();
         Ok(report)
-    }
-
-    async fn pending_objects(&self, partition: &PartitionKey) -> Result<Vec<ObjectRecord>, EngineError> {
-        let mut pending: Vec<ObjectRecord> = Vec::new();
-        loop {
-            let query = ObjectQuery {
-                start_after: pending.last().map(|object| object.key.clone()),
-                limit: PAGE,
-                ..ObjectQuery::in_state(ObjectState::Pending)
-            };
-            let page = self.manifest.objects(partition, &query).await?;
-            let page_length = page.len();
-            pending.extend(page);
-            if page_length < PAGE {
-                return Ok(pending);
-            }
-        }
     }
 }
 

@@ -42,7 +42,7 @@ use crate::domain::ranges::{PlannedRange, RangePacker, RangeWindow};
 use crate::domain::records::renewal_due;
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionState};
 use crate::ports::{
-    DeleteRequest, Lease, ManifestError, ObjectQuery, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
+    DeleteRequest, HeldLock, Lease, ManifestError, ObjectQuery, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };
 
 /// Called after every committed output, for progress bars.
@@ -186,6 +186,11 @@ pub struct SealReport {
     pub partitions_left_open: u64,
     /// Held by another live seal run: skipped.
     pub partitions_locked: u64,
+    /// Closed partitions with work that this run could not even pick, because a lock on them
+    /// is live: another seal run holds it, or a killed one held it (it stopped renewing; its
+    /// lease expires at `expires_at`, and the first seal after that recovers the partition).
+    /// At most [`LOCKS_REPORTED`]; a whole-run seal only (not when partitions are named).
+    pub locks_held: Vec<HeldLock>,
     pub partitions_failed: u64,
     pub outputs_committed: u64,
     pub objects_compacted: u64,
@@ -271,6 +276,8 @@ enum PartitionOutcome {
 
 /// Manifest pages read at a time.
 const PAGE: usize = 1000;
+/// Live locks a seal report names at most.
+pub const LOCKS_REPORTED: usize = 100;
 /// Committed sources marked for expiry together: one batch delete's worth.
 const EXPIRY_BATCH: usize = MAX_KEYS_PER_DELETE;
 
@@ -324,6 +331,16 @@ impl Compactor {
             }
             if report.stopped_at_deadline || options.partitions.is_some() {
                 break;
+            }
+        }
+        if options.partitions.is_none() {
+            // Said, not silent: after a crash, the dead run's partitions wait for its lease.
+            match self.manifest.locked_closed_partitions(self.clock.now(), LOCKS_REPORTED).await {
+                Ok(locks) => report.locks_held = locks,
+                Err(error) => warn!(error = %error, "could not list the partitions locked by other seal runs"),
+            }
+            for lock in &report.locks_held {
+                warn!(partition = %lock.partition, owner = %lock.owner, lease_expires_at = %lock.expires_at, "partition locked by another seal run, live or stopped; retried once its lease expires");
             }
         }
         report.log();
@@ -580,7 +597,7 @@ impl Compactor {
         // a page at a time, so that neither a superseded source nor all of a large output's
         // sources are ever held here.
         let mut source_bytes = 0;
-        // Paged by (offset, key): an empty source shares its offset with the source after it.
+        // Paged after (offset, key): an empty source shares its offset with the next one.
         let mut after: Option<(u64, String)> = None;
         loop {
             let cursor = after.as_ref().map(|(offset, key)| (*offset, key.as_str()));

@@ -23,6 +23,12 @@ pub struct VerifyReport {
     /// Sources also compared with their original object (still present, same ETag).
     pub originals_compared: u64,
     pub originals_ok: u64,
+    /// Sources not compared with their original: overwritten since compaction (another ETag
+    /// now), or gone (expired, deleted). Their ranges are still checked against the sha256.
+    pub originals_changed: u64,
+    pub originals_gone: u64,
+    /// The keys of the first [`NAMED_SKIPS`] sources skipped either way, to say which.
+    pub originals_skipped_keys: Vec<String>,
     pub bytes_read: u64,
     /// Sources an output's record counts but the manifest no longer lists, because their
     /// records expired (`COMPACTOR_RECORD_TTL`, and the output committed longer ago than that):
@@ -31,6 +37,9 @@ pub struct VerifyReport {
     /// One line per problem found.
     pub failures: Vec<String>,
 }
+
+/// How many skipped originals a report names; the counts go on past it.
+pub const NAMED_SKIPS: usize = 20;
 
 impl VerifyReport {
     /// True when everything checked was right (and something was checked).
@@ -217,10 +226,24 @@ impl Compactor {
         report: &mut VerifyReport,
     ) -> Result<(), EngineError> {
         let options = GetOptions { range: None, if_match: source.etag.clone() };
+        // Expired, deleted or overwritten since: nothing to compare with, but counted and named.
+        let skipped = |report: &mut VerifyReport| {
+            if report.originals_skipped_keys.len() < NAMED_SKIPS {
+                report.originals_skipped_keys.push(source.key.clone());
+            }
+        };
         let original = match self.store.get(&source.bucket, &source.key, options).await {
             Ok(got) => got.bytes().await?,
-            // Expired, deleted or overwritten since: nothing to compare with.
-            Err(StoreError::NotFound { .. }) | Err(StoreError::PreconditionFailed { .. }) => return Ok(()),
+            Err(StoreError::NotFound { .. }) => {
+                report.originals_gone += 1;
+                skipped(report);
+                return Ok(());
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {
+                report.originals_changed += 1;
+                skipped(report);
+                return Ok(());
+            }
             Err(error) => return Err(error.into()),
         };
         report.originals_compared += 1;

@@ -79,6 +79,15 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A live lock on a closed partition: a seal run holds it, or held it and stopped renewing it
+/// (killed) before its lease expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLock {
+    pub partition: PartitionKey,
+    pub owner: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Which of a partition's objects to read: one page in key order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectQuery {
@@ -191,6 +200,12 @@ pub trait Manifest: Send + Sync + fmt::Debug {
     ) -> Result<Vec<PartitionKey>, ManifestError> {
         Ok(self.closed_partitions(now, limit).await?.into_iter().map(|record| record.key).collect())
     }
+
+    /// Closed partitions that are not sealed and whose lock is live at `now`: the ones
+    /// `closed_partitions` leaves out because a seal run holds them, or held them and died
+    /// (then they wait for the lease to expire). Earliest close first, at most `limit`. For
+    /// reports (a seal says what it could not take); the index it reads may lag the table.
+    async fn locked_closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<HeldLock>, ManifestError>;
 
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError>;
 

@@ -6,7 +6,7 @@ pub mod manifest;
 pub mod object_store;
 
 pub use manifest::{
-    IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
+    HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 pub use object_store::{
     CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions,

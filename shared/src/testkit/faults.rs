@@ -19,7 +19,9 @@ use chrono::{DateTime, Duration, Utc};
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{ObjectRecord, OutputRecord, OutputState, PartitionRecord};
 use crate::ports::manifest::SourcePlacement;
-use crate::ports::{IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, StoreError};
+use crate::ports::{
+    HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, StoreError,
+};
 use crate::testkit::forwarding::{Layered, StoreAnswer, StoreCall, StoreLayer};
 
 /// Whether the crashing call takes effect before the crash.
@@ -219,6 +221,14 @@ impl Manifest for FaultyManifest {
         limit: usize,
     ) -> Result<Vec<PartitionKey>, ManifestError> {
         faulty_manifest_call!(self, "manifest.closed_partition_keys", self.inner.closed_partition_keys(now, limit))
+    }
+
+    async fn locked_closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<HeldLock>, ManifestError> {
+        faulty_manifest_call!(
+            self,
+            "manifest.locked_closed_partitions",
+            self.inner.locked_closed_partitions(now, limit)
+        )
     }
 
     async fn partition(&self, key: &PartitionKey) -> Result<Option<PartitionRecord>, ManifestError> {

@@ -39,11 +39,17 @@ pub struct StoreCall<'a> {
     pub key: &'a str,
     /// The source's bucket and key of an `upload_part_copy`.
     pub copy_source: Option<(&'a str, &'a str)>,
+    /// How many objects the call is about: a batch's requests, 1 otherwise.
+    pub objects: usize,
 }
 
 impl<'a> StoreCall<'a> {
     fn new(operation: &'static str, bucket: &'a str, key: &'a str) -> Self {
-        Self { operation, bucket, key, copy_source: None }
+        Self { operation, bucket, key, copy_source: None, objects: 1 }
+    }
+
+    fn batch(operation: &'static str, bucket: &'a str, first_key: &'a str, objects: usize) -> Self {
+        Self { objects, ..Self::new(operation, bucket, first_key) }
     }
 }
 
@@ -144,7 +150,11 @@ impl<L: StoreLayer> ObjectStore for Layered<L> {
         }
         let first_key = requests.first().map_or("", |request| request.key.as_str());
         let forward = self.inner.get_many(bucket, requests).map(Ok);
-        match self.layer.around(StoreCall::new("store.get_many", bucket, first_key), forward.boxed()).await {
+        match self
+            .layer
+            .around(StoreCall::batch("store.get_many", bucket, first_key, requests.len()), forward.boxed())
+            .await
+        {
             Ok(answers) => answers,
             Err(error) => Self::failed_batch(bucket, requests.iter().map(|request| request.key.clone()), &error),
         }
@@ -255,8 +265,11 @@ impl<L: StoreLayer> ObjectStore for Layered<L> {
             .map(|(request, _)| request.clone())
             .collect();
         let forward = async move { self.inner.delete_many(bucket, &passed).await }.boxed();
-        let mut passed_outcomes =
-            self.layer.around(StoreCall::new("store.delete_many", bucket, first_key), forward).await?.into_iter();
+        let mut passed_outcomes = self
+            .layer
+            .around(StoreCall::batch("store.delete_many", bucket, first_key, requests.len()), forward)
+            .await?
+            .into_iter();
         Ok(requests
             .iter()
             .zip(refusals)
@@ -280,9 +293,51 @@ impl<L: StoreLayer> ObjectStore for Layered<L> {
         }
         let first_key = requests.first().map_or("", |request| request.key.as_str());
         let forward = self.inner.add_tag_many(bucket, requests, tag).map(Ok);
-        match self.layer.around(StoreCall::new("store.add_tag_many", bucket, first_key), forward.boxed()).await {
+        match self
+            .layer
+            .around(StoreCall::batch("store.add_tag_many", bucket, first_key, requests.len()), forward.boxed())
+            .await
+        {
             Ok(answers) => answers,
             Err(error) => Self::failed_batch(bucket, requests.iter().map(|request| request.key.clone()), &error),
         }
+    }
+}
+
+/// The wrapper is faithful: the object store conformance suite passes through it, on the path
+/// production takes and on the per-source one.
+#[cfg(all(test, feature = "local"))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Forward, Layered};
+    use crate::adapters::local_dir::LocalDir;
+    use crate::ports::ObjectStore;
+
+    const BUCKET: &str = "conformance";
+
+    fn wrapped_local_dir(per_source: bool) -> (Layered<Forward>, String, tempfile::TempDir) {
+        let temporary_directory = tempfile::tempdir().expect("create a temporary directory");
+        let store = LocalDir::open(temporary_directory.path().join("buckets")).expect("open the store");
+        store.create_bucket(BUCKET).expect("create the bucket");
+        let layered = Layered::new(Arc::new(store), Forward);
+        let layered = if per_source { layered.per_source() } else { layered };
+        (layered, BUCKET.to_owned(), temporary_directory)
+    }
+
+    #[test]
+    fn the_batch_size_is_the_inner_stores_unless_per_source() {
+        let (as_production, _, _guard) = wrapped_local_dir(false);
+        assert!(as_production.get_batch_size() > 1, "the local directory batches its reads");
+        let (per_source, _, _other_guard) = wrapped_local_dir(true);
+        assert_eq!(per_source.get_batch_size(), 1);
+    }
+
+    mod as_production {
+        crate::object_store_conformance_tests!(super::wrapped_local_dir(false));
+    }
+
+    mod per_source {
+        crate::object_store_conformance_tests!(super::wrapped_local_dir(true));
     }
 }

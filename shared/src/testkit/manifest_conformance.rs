@@ -30,7 +30,7 @@ use crate::domain::records::{
 };
 use crate::domain::sequencer::{scan_sequencer, SCAN_SEQUENCER};
 use crate::ports::manifest::{
-    IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
+    HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 
 /// Makes one `#[tokio::test]` per conformance case for one backend.
@@ -69,6 +69,7 @@ macro_rules! manifest_conformance_tests {
             closed_partitions_lists_closed_pending_unlocked_partitions_in_close_order,
             closed_partitions_returns_a_partition_whose_lease_expired,
             closed_partitions_returns_an_interrupted_seal_with_nothing_pending,
+            locked_closed_partitions_names_the_live_locks_closed_partitions_wait_for,
             closed_partition_keys_are_those_of_closed_partitions_and_maybe_some_without_work,
             acquire_is_exclusive_and_bumps_the_generation,
             renew_extends_a_held_lease,
@@ -693,6 +694,32 @@ pub async fn closed_partition_keys_are_those_of_closed_partitions_and_maybe_some
 }
 
 // ── the lock ─────────────────────────────────────────────────────────────────────────────────
+
+/// Issue 11, item 5: the partitions a killed seal left locked are named, with their lease's
+/// expiry, until it expires; open partitions and released locks are not.
+pub async fn locked_closed_partitions_names_the_live_locks_closed_partitions_wait_for(manifest: &dyn Manifest) {
+    for day in [14, 15, 16] {
+        manifest.record_object(&new_object(&day_partition("logs", day), "a.json", "10", 10)).await.unwrap();
+    }
+    let now = at("2024-01-16T12:00:00Z");
+    let [day_14, day_15, day_16] = [14, 15, 16].map(|day| key_of(&day_partition("logs", day)));
+    let killed = manifest.acquire(&day_14, "killed-run", now, lease_for()).await.unwrap();
+    let released = manifest.acquire(&day_15, "finished-run", now, lease_for()).await.unwrap();
+    manifest.release(&released, now).await.unwrap();
+    // Day 16 is still open at `now`: not closed, so not listed even when locked.
+    manifest.acquire(&day_16, "early-run", now, lease_for()).await.unwrap();
+
+    let locks = manifest.locked_closed_partitions(now, 10).await.unwrap();
+    assert_eq!(
+        locks,
+        [HeldLock { partition: day_14.clone(), owner: "killed-run".to_owned(), expires_at: killed.expires_at }]
+    );
+    assert!(manifest.locked_closed_partitions(now, 0).await.unwrap().is_empty(), "the limit holds");
+    let after_expiry = killed.expires_at + Duration::seconds(1);
+    assert!(manifest.locked_closed_partitions(after_expiry, 10).await.unwrap().is_empty(), "an expired lease");
+    let closed = manifest.closed_partition_keys(after_expiry, 10).await.unwrap();
+    assert!(closed.contains(&day_14), "then the partition is picked again: {closed:?}");
+}
 
 pub async fn acquire_is_exclusive_and_bumps_the_generation(manifest: &dyn Manifest) {
     let partition = day_partition("logs", 14);

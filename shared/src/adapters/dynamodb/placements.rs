@@ -208,7 +208,8 @@ impl DynamoDbManifest {
         let Some(first) = placements.first() else { return Ok(Vec::new()) };
         let generation = first.placement.generation;
         let mut in_order: Vec<SourcePlacement> = placements.to_vec();
-        in_order.sort_by_key(|source| source.placement.offset);
+        // Offset, then key: sources at one offset (empty ones and the next) page by key.
+        in_order.sort_by(|one, other| (one.placement.offset, &one.key).cmp(&(other.placement.offset, &other.key)));
         let keys: Vec<&str> = in_order.iter().map(|source| source.key.as_str()).collect();
         let items = self.object_items(partition, &keys, Some("#sk, #state, #sequencer")).await?;
         let superseded = |source: &SourcePlacement| !holds_placed_version(items.get(&source.key), &source.sequencer);
@@ -407,8 +408,8 @@ impl DynamoDbManifest {
         Ok(())
     }
 
-    /// `output_sources` of an output that has chunks: placements by offset after
-    /// the `(offset, key)` cursor, each with its object item (read for its state), at most `limit`.
+    /// `output_sources` of an output that has chunks: placements by (offset, key) after
+    /// `start_after`, each with its object item (read for its state), at most `limit`.
     /// A source whose item now holds another version that was never placed here is left out,
     /// as the index left it out.
     pub(super) async fn sources_from_chunks(
@@ -418,10 +419,9 @@ impl DynamoDbManifest {
         start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
-        // The cursor is (offset, key): an empty source shares its offset with the source after
-        // it, and a run of them may end one chunk and begin the next. So reading starts at the
-        // last chunk that begins strictly before the cursor's offset (it may end with sources at
-        // that offset), or at the first chunk, and skips everything up to the cursor.
+        // The sources after the cursor start in the last chunk that starts before its offset:
+        // a chunk starting at the offset itself may follow one that ends with sources at that
+        // offset (empty ones share their offset with the source after them).
         let from_sk = match start_after {
             None => None,
             Some((offset, _)) => {
@@ -449,13 +449,15 @@ impl DynamoDbManifest {
         let mut start_key = None;
         loop {
             let (placements, next) = self.chunk_page(partition, output_key, start_key, from_sk.clone()).await?;
-            let wanted: Vec<SourcePlacement> = placements
+            let mut wanted: Vec<SourcePlacement> = placements
                 .into_iter()
-                .filter(|source| {
-                    start_after
-                        .is_none_or(|(offset, key)| (source.placement.offset, source.key.as_str()) > (offset, key))
-                })
+                .filter(|source| start_after.is_none_or(|after| (source.placement.offset, source.key.as_str()) > after))
                 .collect();
+            // Empty sources share an offset with the source after them, and a chunk holds them
+            // in the order they were placed: pages go by (offset, key), as the cursor does.
+            wanted.sort_by(|one, other| {
+                (one.placement.offset, one.key.as_str()).cmp(&(other.placement.offset, other.key.as_str()))
+            });
             for window in wanted.chunks(KEYS_PER_BATCH_GET) {
                 let keys: Vec<&str> = window.iter().map(|source| source.key.as_str()).collect();
                 let items = self.object_items(partition, &keys, None).await?;
