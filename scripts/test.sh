@@ -5,8 +5,8 @@
 #
 # In order:
 #   1. installs the local servers (SeaweedFS for S3, ministack for DynamoDB, SQS and S3 event
-#      notifications), cfn-lint, the SAM CLI, cargo-lambda and zig into a Python virtual
-#      environment, once;
+#      notifications), cfn-lint, the SAM CLI, cargo-lambda, zig and DuckDB (the reader the format tests
+#      count records with) into a Python virtual environment, once;
 #   2. cargo fmt --check, cargo clippy with warnings denied, cfn-lint and `sam validate --lint`
 #      on the SAM template;
 #   3. starts the servers on 127.0.0.1 and runs `cargo test --workspace`: the unit tests, the
@@ -40,8 +40,10 @@ fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-say "installing the local servers, cfn-lint, the SAM CLI and cargo-lambda into $venv"
+say "installing the local servers, cfn-lint, the SAM CLI and cargo-lambda and DuckDB into $venv"
 install_servers
+# The format tests find DuckDB there.
+export COMPACTOR_VENV="$venv"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

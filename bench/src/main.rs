@@ -32,7 +32,8 @@ use crate::setup::{Backend, Endpoints};
 ///  5. requests and billed units per 1,000 objects by phase (delivery, ingest, seal under each
 ///     expiry mode) and dollars per million objects, ours next to a list-and-concatenate job
 ///     over the same objects and S3 Tables' published compaction price;
-///  6. the embedded backend's seal throughput next to `cat` of the same files;
+///  6. the embedded backend's seal throughput next to `cat` of the same files, on the
+///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte);
 ///  7. many tiny objects in one partition: scan and seal rates and peak RSS per size, on the
 ///     embedded backend and on S3 + SQLite.
 #[derive(Debug, Parser)]
@@ -201,6 +202,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.ingest_sqlite = Some(progress("ingest into SQLite", embedded.ingest));
     report.seal_embedded = Some(progress("seal, embedded", embedded.seal));
     report.cat = Some(progress("cat", embedded.cat));
+    // Gzip sources cost more: each is inflated to find whether its text ends with a newline.
+    let cloudtrail = embedded::run(&setup::cloudtrail_dataset(args.days, args.files_per_day)).await?;
+    report.seal_embedded_cloudtrail = Some(progress("seal, embedded, CloudTrail", cloudtrail.seal));
+    report.cat_cloudtrail = Some(progress("cat, CloudTrail", cloudtrail.cat));
 
     eprintln!("[5/8] peak RSS of one seal per partition size");
     for size in memory_partitions {

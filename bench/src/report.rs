@@ -49,6 +49,10 @@ pub struct Report {
     pub ingest_sqlite: Option<Measured>,
     pub seal_embedded: Option<Measured>,
     pub cat: Option<Measured>,
+    /// The embedded seal of CloudTrail gzip files: every source inflated to learn whether its
+    /// text ends with a newline (it never does; each gets a newline member).
+    pub seal_embedded_cloudtrail: Option<Measured>,
+    pub cat_cloudtrail: Option<Measured>,
     pub memory: Vec<SealMemory>,
     /// Ingest and seal under the other expiry modes than the main run's `tag`, on a subset.
     pub expiry_runs: Vec<ExpiryRun>,
@@ -185,6 +189,14 @@ impl Report {
             &self.cat,
             self.embedded_ratio()
                 .map(|ratio| format!("embedded seal at {ratio:.2}x cat (target >= 0.80: {})", verdict(ratio >= 0.8)))
+                .unwrap_or_default(),
+        );
+        line("seal, embedded, CloudTrail gzip (each inflated)", &self.seal_embedded_cloudtrail, String::new());
+        line(
+            "cat of the same CloudTrail files",
+            &self.cat_cloudtrail,
+            ratio(self.seal_embedded_cloudtrail.as_ref(), self.cat_cloudtrail.as_ref())
+                .map(|ratio| format!("embedded seal at {ratio:.2}x cat"))
                 .unwrap_or_default(),
         );
 
@@ -390,6 +402,8 @@ impl Report {
             "embedded_seal_objects_per_s": self.seal_embedded.as_ref().map(Measured::objects_per_second),
             "cat_objects_per_s": self.cat.as_ref().map(Measured::objects_per_second),
             "embedded_seal_to_cat": self.embedded_ratio(),
+            "embedded_seal_cloudtrail_objects_per_s":
+                self.seal_embedded_cloudtrail.as_ref().map(Measured::objects_per_second),
             "peak_rss_mib": self.memory.iter().map(|memory| json!({
                 "partition_bytes": memory.partition_bytes,
                 "peak_rss_mib": memory.peak_rss_bytes as f64 / MIB,

@@ -5,7 +5,12 @@
 //!   the last record of one file never runs into the first of the next; the inserted byte is
 //!   recorded as the source's separator and is not part of its range, so restore stays exact;
 //! - gzip sources are concatenated as they are: concatenated gzip members are one valid gzip
-//!   stream (RFC 1952 §2.2), and its decompressed text is the files' texts in order;
+//!   stream (RFC 1952 §2.2), and its decompressed text is the files' texts in order. So that the
+//!   last record of one never runs into the first of the next, a gzip source whose text does
+//!   not end in `\n` (every CloudTrail file) is followed by [`GZIP_NEWLINE_MEMBER`], a gzip
+//!   member holding only `\n`, recorded as its separator: outside its range, which stays byte
+//!   exact. Knowing the text's last byte takes inflating the whole source as it streams past
+//!   ([`TextTail`]): deflate has no index to start near the end;
 //! - formats whose files cannot be joined by concatenation (Parquet, ORC, Avro containers, zip)
 //!   are refused at ingest, so they stay where they are, logged and counted.
 //!
@@ -53,8 +58,12 @@ impl FromStr for FormatMode {
 pub struct FormatClass {
     /// The extension outputs of this class get, with its leading dot (`.json.gz`), or empty.
     pub extension: String,
-    /// Whether a `\n` goes after a source that does not end with one.
+    /// Whether a `\n` goes after a source whose text does not end with one.
     pub newline_separated: bool,
+    /// Sources are gzip: their text is what they inflate to, and the `\n` after one goes in a
+    /// gzip member of its own ([`GZIP_NEWLINE_MEMBER`]).
+    #[serde(default)]
+    pub gzip: bool,
 }
 
 impl FormatClass {
@@ -65,6 +74,103 @@ impl FormatClass {
     /// to NDJSON, CSV with one header) must answer false, or copies would skip its rewriting.
     pub fn keeps_source_bytes(&self) -> bool {
         true
+    }
+
+    /// The bytes that go after a source whose text lacks a final newline (see
+    /// [`FormatClass::newline_separated`]).
+    pub fn separator(&self) -> &'static [u8] {
+        if self.gzip {
+            &GZIP_NEWLINE_MEMBER
+        } else {
+            b"\n"
+        }
+    }
+}
+
+/// A gzip member whose text is `\n` alone: header (no name, mtime 0, OS unknown), the deflate
+/// block of one byte, CRC-32 and length. Concatenated after a gzip source, it ends the source's
+/// last line for every reader, and stays outside the source's byte range.
+pub const GZIP_NEWLINE_MEMBER: [u8; 21] = [
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xe3, 0x02, 0x00, 0x93, 0x06, 0xd7, 0x32, 0x01, 0x00,
+    0x00, 0x00,
+];
+
+/// The most bytes a separator adds after one source, for size bounds.
+pub const MAX_SEPARATOR_BYTES: u64 = GZIP_NEWLINE_MEMBER.len() as u64;
+
+/// The last byte of a source's text, found as its bytes stream past: for plain text, its last
+/// byte; for gzip, the last byte its members inflate to. Inflating costs CPU (every gzip
+/// source of a line class is inflated once, into a sink that keeps one byte) but no memory
+/// that grows with the source.
+pub struct TextTail {
+    state: TailState,
+}
+
+enum TailState {
+    Plain { last: Option<u8> },
+    Gzip { decoder: Box<flate2::write::MultiGzDecoder<LastByte>>, fed_bytes: u64 },
+    Unreadable(String),
+}
+
+/// A sink that keeps the last byte written to it.
+#[derive(Default)]
+struct LastByte(Option<u8>);
+
+impl std::io::Write for LastByte {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Some(last) = bytes.last() {
+            self.0 = Some(*last);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why a gzip source's text could not be read to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableGzip(pub String);
+
+impl TextTail {
+    /// A tail for a source of `class`. Only gzip sources of a newline-separated class are
+    /// inflated: nothing else needs their text.
+    pub fn new(class: &FormatClass) -> Self {
+        let state = if class.gzip && class.newline_separated {
+            TailState::Gzip { decoder: Box::new(flate2::write::MultiGzDecoder::new(LastByte::default())), fed_bytes: 0 }
+        } else {
+            TailState::Plain { last: None }
+        };
+        TextTail { state }
+    }
+
+    /// The next bytes of the source, in order.
+    pub fn update(&mut self, chunk: &[u8]) {
+        match &mut self.state {
+            TailState::Plain { last } => *last = chunk.last().copied().or(*last),
+            TailState::Gzip { decoder, fed_bytes } => {
+                *fed_bytes += chunk.len() as u64;
+                if let Err(error) = std::io::Write::write_all(decoder, chunk) {
+                    self.state = TailState::Unreadable(error.to_string());
+                }
+            }
+            TailState::Unreadable(_) => {}
+        }
+    }
+
+    /// The text's last byte (`None` for an empty source), or why a gzip source could not be
+    /// inflated to its end (truncated, not gzip, trailing garbage).
+    pub fn finish(self) -> Result<Option<u8>, UnreadableGzip> {
+        match self.state {
+            TailState::Plain { last } => Ok(last),
+            TailState::Gzip { fed_bytes: 0, .. } => Ok(None),
+            TailState::Gzip { mut decoder, .. } => match decoder.try_finish() {
+                Ok(()) => Ok(decoder.get_ref().0),
+                Err(error) => Err(UnreadableGzip(error.to_string())),
+            },
+            TailState::Unreadable(reason) => Err(UnreadableGzip(reason)),
+        }
     }
 }
 
@@ -86,47 +192,106 @@ pub fn classify(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatena
         return Err(NotConcatenable);
     }
     if mode == FormatMode::Bytes {
-        return Ok(FormatClass { extension: String::new(), newline_separated: false });
+        return Ok(FormatClass { extension: String::new(), newline_separated: false, gzip: false });
     }
     if GZIP_EXTENSIONS.contains(&last) {
         dotted.pop();
-        let inner = dotted.last().filter(|inner| LINE_EXTENSIONS.contains(inner));
-        let extension = match inner {
-            Some(inner) => format!(".{inner}.gz"),
-            None => ".gz".to_string(),
+        let inner = dotted.last().copied();
+        let (extension, newline_separated) = match inner {
+            Some(inner) if LINE_EXTENSIONS.contains(&inner) => (format!(".{inner}.gz"), true),
+            // `x.gz`: compressed lines, as a key without extension holds lines.
+            None => (".gz".to_string(), true),
+            // `x.bin.gz`, `x.tar.gz`: not text we know; joined as they are, no separator.
+            Some(inner) => (format!(".{inner}.gz"), false),
         };
-        return Ok(FormatClass { extension, newline_separated: false });
+        return Ok(FormatClass { extension, newline_separated, gzip: true });
     }
     if LINE_EXTENSIONS.contains(&last) {
-        return Ok(FormatClass { extension: format!(".{last}"), newline_separated: true });
+        return Ok(FormatClass { extension: format!(".{last}"), newline_separated: true, gzip: false });
     }
     if dotted.is_empty() {
         // Firehose and many loggers write keys without an extension; they hold lines.
-        return Ok(FormatClass { extension: String::new(), newline_separated: true });
+        return Ok(FormatClass { extension: String::new(), newline_separated: true, gzip: false });
     }
     // An extension we do not know: keep its bytes exactly as they are.
-    Ok(FormatClass { extension: format!(".{last}"), newline_separated: false })
+    Ok(FormatClass { extension: format!(".{last}"), newline_separated: false, gzip: false })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn class_of(extension: &str, newline_separated: bool, gzip: bool) -> FormatClass {
+        FormatClass { extension: extension.into(), newline_separated, gzip }
+    }
+
     #[test]
     fn classes_follow_extensions() {
         let class = |key: &str| classify(key, FormatMode::Auto).unwrap();
-        assert_eq!(class("a/b.json"), FormatClass { extension: ".json".into(), newline_separated: true });
-        assert_eq!(class("a/B.NDJSON"), FormatClass { extension: ".ndjson".into(), newline_separated: true });
-        assert_eq!(class("a/b.json.gz"), FormatClass { extension: ".json.gz".into(), newline_separated: false });
-        assert_eq!(class("a/b.gz"), FormatClass { extension: ".gz".into(), newline_separated: false });
-        assert_eq!(class("a/stream-1-2024-01-14"), FormatClass { extension: "".into(), newline_separated: true });
-        assert_eq!(class("a/x.bin"), FormatClass { extension: ".bin".into(), newline_separated: false });
+        assert_eq!(class("a/b.json"), class_of(".json", true, false));
+        assert_eq!(class("a/B.NDJSON"), class_of(".ndjson", true, false));
+        assert_eq!(class("a/b.json.gz"), class_of(".json.gz", true, true));
+        assert_eq!(class("a/b.gz"), class_of(".gz", true, true));
+        assert_eq!(class("a/b.tar.gz"), class_of(".tar.gz", false, true));
+        assert_eq!(class("a/stream-1-2024-01-14"), class_of("", true, false));
+        assert_eq!(class("a/x.bin"), class_of(".bin", false, false));
         assert_eq!(classify("a/x.parquet", FormatMode::Auto), Err(NotConcatenable));
         assert_eq!(classify("a/x.parquet", FormatMode::Bytes), Err(NotConcatenable));
-        assert_eq!(
-            classify("a/x.json", FormatMode::Bytes).unwrap(),
-            FormatClass { extension: "".into(), newline_separated: false }
-        );
+        assert_eq!(classify("a/x.json", FormatMode::Bytes).unwrap(), class_of("", false, false));
+    }
+
+    fn gzip(text: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, text).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn tail_of(class: &FormatClass, bytes: &[u8], chunk_bytes: usize) -> Result<Option<u8>, UnreadableGzip> {
+        let mut tail = TextTail::new(class);
+        for chunk in bytes.chunks(chunk_bytes.max(1)) {
+            tail.update(chunk);
+        }
+        tail.finish()
+    }
+
+    #[test]
+    fn the_gzip_newline_member_inflates_to_a_newline() {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&GZIP_NEWLINE_MEMBER[..]), &mut text)
+            .unwrap();
+        assert_eq!(text, b"\n");
+        assert_eq!(class_of(".json.gz", true, true).separator(), GZIP_NEWLINE_MEMBER);
+        assert_eq!(class_of(".json", true, false).separator(), b"\n");
+    }
+
+    #[test]
+    fn the_tail_of_a_gzip_source_is_the_last_byte_of_its_text_whatever_the_chunking() {
+        let gzip_lines = class_of(".json.gz", true, true);
+        let cloudtrail_like = gzip(br#"{"Records":[{"eventName":"GetObject"}]}"#);
+        let with_newline = gzip(b"{\"a\":1}\n{\"a\":2}\n");
+        let two_members = [gzip(b"{\"a\":1}\n"), gzip(b"{\"a\":2}")].concat();
+        let empty_last_member = [gzip(b"{\"a\":1}\n"), gzip(b"")].concat();
+        for chunk_bytes in [1, 7, 4096] {
+            assert_eq!(tail_of(&gzip_lines, &cloudtrail_like, chunk_bytes), Ok(Some(b'}')));
+            assert_eq!(tail_of(&gzip_lines, &with_newline, chunk_bytes), Ok(Some(b'\n')));
+            assert_eq!(tail_of(&gzip_lines, &two_members, chunk_bytes), Ok(Some(b'}')), "the last member counts");
+            assert_eq!(tail_of(&gzip_lines, &empty_last_member, chunk_bytes), Ok(Some(b'\n')));
+        }
+        assert_eq!(tail_of(&gzip_lines, b"", 10), Ok(None), "an empty source has no text");
+        assert_eq!(tail_of(&class_of(".json", true, false), b"ab", 1), Ok(Some(b'b')));
+    }
+
+    #[test]
+    fn a_truncated_or_garbled_gzip_source_is_unreadable_not_a_panic() {
+        let gzip_lines = class_of(".json.gz", true, true);
+        let whole = gzip(br#"{"Records":[{"eventName":"GetObject"}]}"#);
+        for cut in [1, 5, 10, whole.len() / 2, whole.len() - 1] {
+            assert!(tail_of(&gzip_lines, &whole[..cut], 3).is_err(), "cut at {cut} of {}", whole.len());
+        }
+        assert!(tail_of(&gzip_lines, b"{\"not\": \"gzip\"}", 4).is_err());
+        let trailing_garbage = [whole.clone(), b"garbage".to_vec()].concat();
+        assert!(tail_of(&gzip_lines, &trailing_garbage, 4).is_err());
+        assert_eq!(tail_of(&class_of(".tar.gz", false, true), &whole[..5], 3), Ok(Some(whole[4])), "not inflated");
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub struct PartitionSealReport {
     /// read once to be hashed, never uploaded by the seal.
     pub copied_sources: u64,
     pub copied_bytes: u64,
+    /// Gzip sources of a line class that could not be inflated to their end (truncated, not
+    /// gzip): compacted as they are, without the newline member after them.
+    pub unreadable_gzip_sources: u64,
     /// Gone or changed when read: marked `missing`, not in any output.
     pub objects_missing: u64,
     /// A newer version arrived while the output was written: its old bytes are in the output
@@ -160,6 +163,7 @@ impl PartitionSealReport {
             output_bytes: 0,
             copied_sources: 0,
             copied_bytes: 0,
+            unreadable_gzip_sources: 0,
             objects_missing: 0,
             objects_superseded: 0,
             objects_refused: 0,
@@ -195,6 +199,8 @@ pub struct SealReport {
     /// See [`PartitionSealReport::copied_sources`].
     pub copied_sources: u64,
     pub copied_bytes: u64,
+    /// See [`PartitionSealReport::unreadable_gzip_sources`].
+    pub unreadable_gzip_sources: u64,
     pub objects_missing: u64,
     pub objects_superseded: u64,
     /// See [`PartitionSealReport::objects_refused`].
@@ -224,6 +230,7 @@ impl SealReport {
         self.output_bytes += partition.output_bytes;
         self.copied_sources += partition.copied_sources;
         self.copied_bytes += partition.copied_bytes;
+        self.unreadable_gzip_sources += partition.unreadable_gzip_sources;
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
         self.objects_refused += partition.objects_refused;
@@ -246,6 +253,7 @@ impl SealReport {
             bytes = self.source_bytes,
             copied_sources = self.copied_sources,
             copied_bytes = self.copied_bytes,
+            unreadable_gzip_sources = self.unreadable_gzip_sources,
             missing = self.objects_missing,
             superseded = self.objects_superseded,
             refused = self.objects_refused,
@@ -261,7 +269,8 @@ impl SealReport {
 }
 
 enum PartitionOutcome {
-    Sealed(PartitionSealReport),
+    // Boxed: a report is large next to `Locked`.
+    Sealed(Box<PartitionSealReport>),
     Locked,
 }
 
@@ -311,7 +320,7 @@ impl Compactor {
                 .await;
             for (partition, result) in results {
                 match result {
-                    Ok(PartitionOutcome::Sealed(partition_report)) => report.add(partition_report),
+                    Ok(PartitionOutcome::Sealed(partition_report)) => report.add(*partition_report),
                     Ok(PartitionOutcome::Locked) => report.partitions_locked += 1,
                     Err(error) => {
                         warn!(partition = %partition, error = %error, "partition seal failed; the next run retries it");
@@ -367,7 +376,7 @@ impl Compactor {
                     copied_sources = report.copied_sources,
                     "partition sealed"
                 );
-                Ok(PartitionOutcome::Sealed(report))
+                Ok(PartitionOutcome::Sealed(Box::new(report)))
             }
             Err(error) => {
                 // A failed run releases its lock so the next run can start at once; a crashed
@@ -618,6 +627,7 @@ impl Compactor {
         report.output_bytes += written.size;
         report.copied_sources += written.copied_sources;
         report.copied_bytes += written.copied_bytes;
+        report.unreadable_gzip_sources += written.unreadable_gzip_sources;
         info!(
             output = %range.key,
             objects = compacted,

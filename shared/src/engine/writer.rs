@@ -16,8 +16,9 @@
 //!
 //! A copy needs a legal part boundary: the part buffer is flushed as a part of its own first,
 //! which S3 allows only when it is empty or at least 5 MiB. Otherwise the source streams
-//! through the buffer like any other. A newline a copied line file needs after it starts the
-//! next buffered part (the hash-read saw its last byte). So parts differ in size, every part
+//! through the buffer like any other. A separator a copied source needs after it (a `\n`, or
+//! for gzip a `\n` member) starts the next buffered part (the hash-read saw its last byte, and
+//! inflated a gzip source's text to its end). So parts differ in size, every part
 //! but the last is still at least 5 MiB, part numbers follow plan order, and the output's bytes,
 //! offsets, lengths and sha256s are exactly those streaming would give:
 //!
@@ -50,7 +51,7 @@ use tracing::{debug, warn};
 
 use super::EngineError;
 use crate::config::{Config, MAX_PART_BYTES, MIN_PART_BYTES};
-use crate::domain::format::FormatClass;
+use crate::domain::format::{FormatClass, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
 use crate::domain::plan::PlannedOutput;
 use crate::domain::records::{ObjectRecord, Placement};
 use crate::ports::{
@@ -77,6 +78,9 @@ pub(crate) struct WrittenOutput {
     /// Sources made into parts server-side (`UploadPartCopy`): read to be hashed, not uploaded.
     pub copied_sources: u64,
     pub copied_bytes: u64,
+    /// Gzip sources that could not be inflated to their end (truncated, not gzip): kept as
+    /// they are, without a separator, since their text's last byte is unknown.
+    pub unreadable_gzip_sources: u64,
 }
 
 /// Where the output goes and how.
@@ -95,8 +99,8 @@ fn permits_for(size: u64, budget_kib: u32) -> u32 {
 /// True when an output of `sources` planned sources of `source_bytes` needs a multipart upload
 /// (more than one part's bytes).
 pub(crate) fn needs_multipart(source_bytes: u64, sources: u64, config: &Config) -> bool {
-    // One separator byte a source at most, so this bound is safe.
-    source_bytes + sources > config.part_bytes
+    // One separator a source at most, so this bound is safe.
+    source_bytes + sources * MAX_SEPARATOR_BYTES > config.part_bytes
 }
 
 /// True when `source` may become a part by server-side copy, as far as the plan can tell; the
@@ -352,7 +356,7 @@ struct OutputWriter<'a> {
 /// A source read by the writer only to hash it, its bytes dropped.
 struct HashedSource {
     source_sha256: String,
-    last_byte: Option<u8>,
+    text_end: Result<Option<u8>, UnreadableGzip>,
     /// The output's hasher with the source's bytes added: adopted only if the copy succeeds.
     output_hasher: Sha256,
 }
@@ -393,12 +397,13 @@ impl<'a> OutputWriter<'a> {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
         let source_sha256 = hex::encode(Sha256::digest(&bytes));
-        let last_byte = bytes.last().copied();
+        let mut tail = TextTail::new(&self.planned.class);
+        tail.update(&bytes);
         self.output_hasher.update(&bytes);
         self.append(&bytes).await?;
         drop(bytes);
         drop(permit);
-        self.place(source, source_sha256, last_byte).await
+        self.place(source, source_sha256, tail.finish()).await
     }
 
     /// A copy candidate's turn: copied if the buffer is at a legal part boundary, streamed
@@ -442,8 +447,10 @@ impl<'a> OutputWriter<'a> {
         debug_assert!(self.buffer.is_empty(), "the buffer is flushed before a copy");
         let etag = source.etag.as_deref().expect("copy candidates have a recorded ETag");
         let tentative_output_hasher = self.output_hasher.clone();
-        let (copied, hashed) =
-            tokio::join!(self.uploads.copy(source, etag), hash_body(source, body, tentative_output_hasher));
+        let (copied, hashed) = tokio::join!(
+            self.uploads.copy(source, etag),
+            hash_body(source, &self.planned.class, body, tentative_output_hasher)
+        );
         let hashed = hashed?;
         match copied {
             Ok(()) => {
@@ -451,7 +458,7 @@ impl<'a> OutputWriter<'a> {
                 self.written.copied_sources += 1;
                 self.written.copied_bytes += source.size;
                 debug!(key = %source.key, size = source.size, "source copied server-side");
-                self.place(source, hashed.source_sha256, hashed.last_byte).await
+                self.place(source, hashed.source_sha256, hashed.text_end).await
             }
             Err(error) => match unreadable_from(error) {
                 Ok(unreadable) => {
@@ -467,31 +474,40 @@ impl<'a> OutputWriter<'a> {
     async fn stream_through_buffer(&mut self, source: &ObjectRecord, mut body: GetResult) -> Result<(), EngineError> {
         let mut source_hasher = Sha256::new();
         let mut streamed_bytes = 0u64;
-        let mut last_byte = None;
+        let mut tail = TextTail::new(&self.planned.class);
         while let Some(chunk) = body.body.next().await {
             let chunk = chunk?;
             source_hasher.update(&chunk);
+            tail.update(&chunk);
             self.output_hasher.update(&chunk);
             self.append(&chunk).await?;
             streamed_bytes += chunk.len() as u64;
-            last_byte = chunk.last().copied().or(last_byte);
         }
         check_body_length(source, streamed_bytes)?;
-        self.place(source, hex::encode(source_hasher.finalize()), last_byte).await
+        self.place(source, hex::encode(source_hasher.finalize()), tail.finish()).await
     }
 
-    /// Records where a source went, and appends its separator if it needs one.
+    /// Records where a source went, and appends its separator if its text (`text_end`: its
+    /// last byte) needs one.
     async fn place(
         &mut self,
         source: &ObjectRecord,
         source_sha256: String,
-        last_byte: Option<u8>,
+        text_end: Result<Option<u8>, UnreadableGzip>,
     ) -> Result<(), EngineError> {
+        let last_byte = text_end.unwrap_or_else(|UnreadableGzip(reason)| {
+            // Its bytes still go in as they are (nothing is dropped); a reader of the output
+            // will stumble on them as it would on the source itself.
+            warn!(key = %source.key, reason = %reason, "gzip source cannot be inflated to its end; no newline member after it");
+            self.written.unreadable_gzip_sources += 1;
+            None
+        });
         let newline_needed = self.planned.class.newline_separated && last_byte.is_some_and(|byte| byte != b'\n');
         let separator_bytes = if newline_needed {
-            self.output_hasher.update(b"\n");
-            self.append(b"\n").await?;
-            1
+            let separator = self.planned.class.separator();
+            self.output_hasher.update(separator);
+            self.append(separator).await?;
+            separator.len() as u64
         } else {
             0
         };
@@ -587,21 +603,22 @@ impl<'a> OutputWriter<'a> {
 /// copy of the output's, then is dropped.
 async fn hash_body(
     source: &ObjectRecord,
+    class: &FormatClass,
     mut body: GetResult,
     mut output_hasher: Sha256,
 ) -> Result<HashedSource, StoreError> {
     let mut source_hasher = Sha256::new();
     let mut hashed_bytes = 0u64;
-    let mut last_byte = None;
+    let mut tail = TextTail::new(class);
     while let Some(chunk) = body.body.next().await {
         let chunk = chunk?;
         source_hasher.update(&chunk);
+        tail.update(&chunk);
         output_hasher.update(&chunk);
         hashed_bytes += chunk.len() as u64;
-        last_byte = chunk.last().copied().or(last_byte);
     }
     check_body_length(source, hashed_bytes)?;
-    Ok(HashedSource { source_sha256: hex::encode(source_hasher.finalize()), last_byte, output_hasher })
+    Ok(HashedSource { source_sha256: hex::encode(source_hasher.finalize()), text_end: tail.finish(), output_hasher })
 }
 
 /// A body that ends short or long of the size its response announced (and the record holds)
@@ -858,7 +875,7 @@ mod tests {
 
     #[test]
     fn only_large_sources_with_an_etag_in_multipart_outputs_are_copy_candidates() {
-        let lines = FormatClass { extension: ".json".into(), newline_separated: true };
+        let lines = FormatClass { extension: ".json".into(), newline_separated: true, gzip: false };
         let config = config("5MiB");
         assert!(copy_candidate(&source(5 * MIB, Some("e")), &lines, &config, true));
         assert!(copy_candidate(&source(64 * MIB, Some("e")), &lines, &config, true));

@@ -1,5 +1,7 @@
-//! Conformance suites, fault injection and the integration tier's local servers.
+//! Conformance suites, fault injection, the integration tier's local servers, and DuckDB as a
+//! real reader of the outputs.
 
+pub mod duckdb;
 pub mod faults;
 pub mod forwarding;
 pub mod manifest_conformance;

@@ -1,0 +1,185 @@
+//! How sources are joined, byte for byte, on the embedded backend: gzip sources whose text lacks
+//! a final newline are followed by a gzip member holding `\n`, outside their range, whether
+//! they were read whole, streamed or copied server-side; unreadable gzip goes in as it is.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use compactor::adapters::local_dir::LocalDir;
+use compactor::adapters::sqlite::SqliteManifest;
+use compactor::clock::ManualClock;
+use compactor::config::RawConfig;
+use compactor::domain::format::GZIP_NEWLINE_MEMBER;
+use compactor::domain::partition::PartitionKey;
+use compactor::domain::records::OutputState;
+use compactor::engine::seal::SealOptions;
+use compactor::engine::Compactor;
+use compactor::event::{ObjectEvent, ObjectEventKind};
+use compactor::ports::{GetOptions, Manifest, ObjectStore, PutOptions};
+
+const BUCKET: &str = "src";
+
+/// The embedded backend in a temporary directory, with a clock past the test partitions.
+struct Embedded {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn ObjectStore>,
+    manifest: Arc<dyn Manifest>,
+    compactor: Compactor,
+}
+
+impl Embedded {
+    fn new(adjust: impl Fn(&mut RawConfig)) -> Embedded {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("buckets").join(BUCKET)).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalDir::open(dir.path().join("buckets")).unwrap());
+        let manifest: Arc<dyn Manifest> = Arc::new(SqliteManifest::open(dir.path().join("manifest.sqlite")).unwrap());
+        let mut raw = RawConfig { source_bucket: Some(BUCKET.into()), grace: Some("1h".into()), ..Default::default() };
+        adjust(&mut raw);
+        let now = DateTime::parse_from_rfc3339("2024-01-20T00:00:00Z").unwrap().with_timezone(&Utc);
+        let compactor = Compactor::new(
+            raw.validate().unwrap(),
+            Arc::clone(&store),
+            Arc::clone(&manifest),
+            Arc::new(ManualClock::new(now)),
+        );
+        Embedded { _dir: dir, store, manifest, compactor }
+    }
+
+    /// PUTs the sources and ingests one event each.
+    async fn add(&self, sources: &[(String, Vec<u8>)]) {
+        let mut events = Vec::new();
+        for (index, (key, body)) in sources.iter().enumerate() {
+            let meta = self.store.put(BUCKET, key, Bytes::from(body.clone()), PutOptions::default()).await.unwrap();
+            events.push(ObjectEvent {
+                kind: ObjectEventKind::Created { size: meta.size, etag: meta.etag },
+                bucket: BUCKET.into(),
+                key: key.clone(),
+                sequencer: format!("{:016X}", index + 1),
+                event_time: DateTime::parse_from_rfc3339("2024-01-14T10:00:00Z").unwrap().with_timezone(&Utc),
+                event_name: "ObjectCreated:Put".into(),
+            });
+        }
+        self.compactor.ingest(&events).await.unwrap();
+    }
+
+    /// The one committed output of `partition`: its key and bytes.
+    async fn only_output(&self, partition: &str) -> (String, Bytes) {
+        let outputs =
+            self.manifest.outputs(&PartitionKey::new(BUCKET, partition), Some(OutputState::Committed)).await.unwrap();
+        assert_eq!(outputs.len(), 1, "{outputs:?}");
+        let bytes =
+            self.store.get(BUCKET, &outputs[0].key, GetOptions::default()).await.unwrap().bytes().await.unwrap();
+        (outputs[0].key.clone(), bytes)
+    }
+}
+
+fn gzip(text: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(text).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn gunzip(bytes: &[u8]) -> String {
+    let mut text = String::new();
+    flate2::read::MultiGzDecoder::new(bytes).read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Lines of text that compress poorly, so that a gzip of them passes 5 MiB.
+fn noisy_lines(tag: &str, lines: usize) -> String {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut text = String::new();
+    for line in 0..lines {
+        let mut next = || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state
+        };
+        let (first, second) = (next(), next());
+        text.push_str(&format!("{{\"source\":\"{tag}\",\"line\":{line},\"noise\":\"{first:016x}{second:016x}\"}}"));
+        text.push('\n');
+    }
+    text
+}
+
+/// Issue 13: every gzip source whose text lacks a final newline is followed by the newline
+/// member, recorded as its separator; the output then inflates to one record per line, each
+/// range stays the source's exact bytes, and a truncated gzip source is kept as it is.
+#[tokio::test]
+async fn gzip_sources_without_a_final_newline_are_followed_by_a_newline_member() {
+    let embedded = Embedded::new(|_| {});
+    let key = |name: &str| format!("trail/2024/01/14/{name}.json.gz");
+    let truncated = gzip(br#"{"Records":[{"n":"cut"}]}"#);
+    let sources = vec![
+        (key("a cloudtrail"), gzip(br#"{"Records":[{"n":1}]}"#)),
+        (key("b with newline"), gzip(b"{\"n\":2}\n")),
+        (key("c two members"), [gzip(b"{\"n\":3}\n"), gzip(b"{\"n\":4}")].concat()),
+        (key("d empty text"), gzip(b"")),
+        (key("e truncated"), truncated[..truncated.len() - 6].to_vec()),
+        (key("f last"), gzip(br#"{"Records":[{"n":5}]}"#)),
+    ];
+    embedded.add(&sources).await;
+    let report = embedded.compactor.seal_closed(&SealOptions::default()).await.unwrap();
+    assert_eq!(report.objects_compacted, 6, "{report:?}");
+    assert_eq!(report.unreadable_gzip_sources, 1, "the truncated source is counted");
+
+    let (output_key, output) = embedded.only_output("trail/2024/01/14/").await;
+    assert!(output_key.ends_with(".json.gz"), "{output_key}");
+    let newline_after = [true, false, true, false, false, true];
+    let mut expected = Vec::new();
+    for ((source_key, body), separated) in sources.iter().zip(newline_after) {
+        let offset = expected.len() as u64;
+        expected.extend_from_slice(body);
+        if separated {
+            expected.extend_from_slice(&GZIP_NEWLINE_MEMBER);
+        }
+        let record = embedded.manifest.object(BUCKET, source_key).await.unwrap().unwrap();
+        let placement = record.placement.unwrap();
+        let separator_bytes = if separated { GZIP_NEWLINE_MEMBER.len() as u64 } else { 0 };
+        assert_eq!(
+            (placement.offset, placement.length, placement.separator_bytes),
+            (offset, body.len() as u64, separator_bytes),
+            "{source_key}"
+        );
+        let (_, restored) = embedded.compactor.restore_bytes(source_key).await.unwrap();
+        assert_eq!(&restored[..], &body[..], "{source_key} restores byte for byte");
+    }
+    assert!(output[..] == expected[..], "the output is the sources, each followed by its separator");
+    let verify = embedded.compactor.verify(None, true, |_| {}).await.unwrap();
+    assert!(verify.all_verified(), "{verify:?}");
+
+    // Without the truncated source, the output inflates to one record per line.
+    let (before_truncated, _) = sources.split_at(4);
+    let readable_end =
+        before_truncated.iter().map(|(_, body)| body.len()).sum::<usize>() + 2 * GZIP_NEWLINE_MEMBER.len();
+    assert_eq!(gunzip(&output[..readable_end]), "{\"Records\":[{\"n\":1}]}\n{\"n\":2}\n{\"n\":3}\n{\"n\":4}\n");
+}
+
+/// A large gzip source copied server-side (`UploadPartCopy`) is hashed and inflated by the
+/// same read; its newline member starts the next part, as a line file's `\n` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_gzip_source_gets_its_newline_member_too() {
+    let embedded = Embedded::new(|raw| {
+        raw.part_bytes = Some("5MiB".into());
+        raw.copy_min_bytes = Some("5MiB".into());
+    });
+    let large = gzip(noisy_lines("large", 250_000).trim_end().as_bytes());
+    assert!(large.len() >= 5 << 20, "the large source is a copy candidate: {} bytes", large.len());
+    let sources = vec![
+        ("trail/2024/01/14/a large.json.gz".to_string(), large.clone()),
+        ("trail/2024/01/14/b small.json.gz".to_string(), gzip(b"{\"n\":\"small\"}")),
+    ];
+    embedded.add(&sources).await;
+    let report = embedded.compactor.seal_closed(&SealOptions::default()).await.unwrap();
+    assert_eq!((report.objects_compacted, report.copied_sources), (2, 1), "{report:?}");
+
+    let (_, output) = embedded.only_output("trail/2024/01/14/").await;
+    let expected = [&large[..], &GZIP_NEWLINE_MEMBER, &sources[1].1, &GZIP_NEWLINE_MEMBER].concat();
+    assert!(output[..] == expected[..], "copied source, member, small source, member");
+    let text = gunzip(&output);
+    assert_eq!(text.lines().count(), 250_001);
+    assert!(text.ends_with("}\n{\"n\":\"small\"}\n"), "the copied source's last record ends its own line");
+    let verify = embedded.compactor.verify(None, true, |_| {}).await.unwrap();
+    assert!(verify.all_verified(), "{verify:?}");
+}
