@@ -1197,30 +1197,49 @@ impl DynamoDbManifest {
     /// close first, at most `limit`. Each is read back from its item, since the index lags the
     /// table. With `counted`, each comes with its record and only those with work are kept (a
     /// pending object, or an interrupted seal); without, every candidate is kept, uncounted.
+    /// One page of [`PENDING_INDEX`]: the partitions flagged pending that closed at or before
+    /// `now`, in close order, filtered on their lock by `lock_filter` (`:now` is `now`). The
+    /// index projects the lock's owner and expiry, so the filter reads no item.
+    async fn closed_pending_page(
+        &self,
+        now: DateTime<Utc>,
+        lock_filter: &str,
+        start_key: Option<Item>,
+        limit: usize,
+    ) -> Result<aws_sdk_dynamodb::operation::query::QueryOutput, ManifestError> {
+        // Every sort key of a partition closed at or before `now` sorts before this bound.
+        let bound = ordered_micros(micros(now).saturating_add(1));
+        self.query_page(
+            Some(PENDING_INDEX),
+            "#gsi1pk = :pending_flag AND #gsi1sk < :bound",
+            Some(lock_filter),
+            values([
+                (":pending_flag", string_value(PENDING_FLAG)),
+                (":bound", string_value(bound)),
+                (":now", time_value(now)),
+            ]),
+            false,
+            start_key,
+            Some(limit_i32(limit)),
+        )
+        .await
+    }
+
     async fn closed_from_index(
         &self,
         now: DateTime<Utc>,
         limit: usize,
         counted: bool,
     ) -> Result<Vec<(PartitionKey, Option<PartitionRecord>)>, ManifestError> {
-        // Every sort key of a partition closed at or before `now` sorts before this bound.
-        let bound = ordered_micros(micros(now).saturating_add(1));
         let mut closed = Vec::new();
         let mut start_key: Option<Item> = None;
         while closed.len() < limit {
             let page = self
-                .query_page(
-                    Some(PENDING_INDEX),
-                    "#gsi1pk = :pending_flag AND #gsi1sk < :bound",
-                    Some("attribute_not_exists(#lock_owner) OR #lease_expires_at <= :now"),
-                    values([
-                        (":pending_flag", string_value(PENDING_FLAG)),
-                        (":bound", string_value(bound.clone())),
-                        (":now", time_value(now)),
-                    ]),
-                    false,
+                .closed_pending_page(
+                    now,
+                    "attribute_not_exists(#lock_owner) OR #lease_expires_at <= :now",
                     start_key.take(),
-                    Some(limit_i32(limit)),
+                    limit,
                 )
                 .await?;
             for item in page.items() {
@@ -1646,23 +1665,15 @@ impl Manifest for DynamoDbManifest {
     /// One Query of [`PENDING_INDEX`] (paged), filtered on a live lease; the index projects the
     /// lock's owner and expiry, so no item is read.
     async fn locked_closed_partitions(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<HeldLock>, ManifestError> {
-        let bound = ordered_micros(micros(now).saturating_add(1));
         let mut locks = Vec::new();
         let mut start_key: Option<Item> = None;
         while locks.len() < limit {
             let page = self
-                .query_page(
-                    Some(PENDING_INDEX),
-                    "#gsi1pk = :pending_flag AND #gsi1sk < :bound",
-                    Some("attribute_exists(#lock_owner) AND #lease_expires_at > :now"),
-                    values([
-                        (":pending_flag", string_value(PENDING_FLAG)),
-                        (":bound", string_value(bound.clone())),
-                        (":now", time_value(now)),
-                    ]),
-                    false,
+                .closed_pending_page(
+                    now,
+                    "attribute_exists(#lock_owner) AND #lease_expires_at > :now",
                     start_key.take(),
-                    Some(limit_i32(limit)),
+                    limit,
                 )
                 .await?;
             for item in page.items().iter().take(limit - locks.len()) {
