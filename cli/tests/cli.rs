@@ -1,8 +1,12 @@
 //! The CLI end to end, as a user runs it: the demo, then audit and restore of its objects,
 //! and the exit codes and messages of bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::{files_under, text};
 
 fn s3_compactor(arguments: &[&str], data_dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
@@ -12,27 +16,6 @@ fn s3_compactor(arguments: &[&str], data_dir: &Path) -> Output {
         .env("LOG_LEVEL", "error")
         .output()
         .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn files_under(directory: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![directory.to_path_buf()];
-    while let Some(next) = pending.pop() {
-        for entry in std::fs::read_dir(&next).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 /// One S3 notification record of a 12-byte object created in bucket `logs`.

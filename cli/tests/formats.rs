@@ -3,8 +3,12 @@
 //! output and over the sources, and the two counts must be equal. A reader that cannot parse an
 //! output fails the test with DuckDB's own message.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::{files_under, text};
 
 use compactor::testkit::duckdb::{duckdb, sql_list, DuckDb};
 use test_data::{DatasetKind, DatasetSpec};
@@ -19,27 +23,6 @@ fn s3_compactor(arguments: &[&str], data_dir: &Path) -> Output {
         .env("LOG_LEVEL", "error")
         .output()
         .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn files_under(directory: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![directory.to_path_buf()];
-    while let Some(next) = pending.pop() {
-        for entry in std::fs::read_dir(&next).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 /// A dataset sealed by the CLI: where its sources and outputs are.

@@ -88,27 +88,46 @@ pub fn output_key(
     format!("{dest_prefix}{partition_path}compacted-g{generation:06}-p{part_number:05}{extension}")
 }
 
+/// Names a partition's outputs in the order a packer closes them: part numbers from 1, so a rerun
+/// of the same generation names the same outputs. Shared by [`Packer`] and
+/// [`RangePacker`](super::ranges::RangePacker).
+#[derive(Debug, Clone)]
+pub(crate) struct OutputNames {
+    partition_path: String,
+    generation: u64,
+    next_part_number: u32,
+}
+
+impl OutputNames {
+    pub(crate) fn new(partition_path: &str, generation: u64) -> Self {
+        Self { partition_path: partition_path.to_owned(), generation, next_part_number: 1 }
+    }
+
+    /// The key and part number of the next output.
+    pub(crate) fn next(&mut self, dest_prefix: &str, extension: &str) -> (String, u32) {
+        let part_number = self.next_part_number;
+        self.next_part_number += 1;
+        (output_key(dest_prefix, &self.partition_path, self.generation, part_number, extension), part_number)
+    }
+}
+
 /// The streaming planner: takes pending objects in key order, one at a time, and hands back
 /// each output as soon as it is full. A seal pages through a partition's pending objects with
 /// it, so only one output's worth of records is held at a time, however large the partition.
 #[derive(Debug)]
 pub struct Packer<T> {
-    partition_path: String,
-    generation: u64,
+    names: OutputNames,
     settings: PlanSettings,
     open_bins: std::collections::BTreeMap<FormatClass, (Vec<T>, u64)>,
-    next_part_number: u32,
     last_key: Option<String>,
 }
 
 impl<T: Packable> Packer<T> {
     pub fn new(partition_path: &str, generation: u64, settings: PlanSettings) -> Self {
         Self {
-            partition_path: partition_path.to_string(),
-            generation,
+            names: OutputNames::new(partition_path, generation),
             settings,
             open_bins: Default::default(),
-            next_part_number: 1,
             last_key: None,
         }
     }
@@ -149,21 +168,8 @@ impl<T: Packable> Packer<T> {
     }
 
     fn seal_bin(&mut self, class: FormatClass, sources: Vec<T>, source_bytes: u64) -> PlannedOutput<T> {
-        let part_number = self.next_part_number;
-        self.next_part_number += 1;
-        PlannedOutput {
-            key: output_key(
-                &self.settings.dest_prefix,
-                &self.partition_path,
-                self.generation,
-                part_number,
-                &class.extension,
-            ),
-            part_number,
-            class,
-            sources,
-            source_bytes,
-        }
+        let (key, part_number) = self.names.next(&self.settings.dest_prefix, &class.extension);
+        PlannedOutput { key, part_number, class, sources, source_bytes }
     }
 }
 

@@ -15,7 +15,7 @@
 //! part); whatever it leaves out stays pending for the next seal.
 
 use super::format::{classify, FormatClass, FormatMode, NotConcatenable};
-use super::plan::{output_key, PlanSettings};
+use super::plan::{OutputNames, PlanSettings};
 
 /// One output to write, as the range of pending keys it takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,24 +45,15 @@ struct OpenRange {
 /// as soon as it is full. Memory: one open range per format class.
 #[derive(Debug)]
 pub struct RangePacker {
-    partition_path: String,
-    generation: u64,
+    names: OutputNames,
     settings: PlanSettings,
     open: std::collections::BTreeMap<FormatClass, OpenRange>,
-    next_part_number: u32,
     last_key: Option<String>,
 }
 
 impl RangePacker {
     pub fn new(partition_path: &str, generation: u64, settings: PlanSettings) -> Self {
-        Self {
-            partition_path: partition_path.to_owned(),
-            generation,
-            settings,
-            open: Default::default(),
-            next_part_number: 1,
-            last_key: None,
-        }
+        Self { names: OutputNames::new(partition_path, generation), settings, open: Default::default(), last_key: None }
     }
 
     /// Adds the next pending object (keys strictly increasing). Returns the range its arrival
@@ -95,16 +86,9 @@ impl RangePacker {
     }
 
     fn close(&mut self, class: FormatClass, open: OpenRange) -> PlannedRange {
-        let part_number = self.next_part_number;
-        self.next_part_number += 1;
+        let (key, part_number) = self.names.next(&self.settings.dest_prefix, &class.extension);
         PlannedRange {
-            key: output_key(
-                &self.settings.dest_prefix,
-                &self.partition_path,
-                self.generation,
-                part_number,
-                &class.extension,
-            ),
+            key,
             part_number,
             class,
             after: open.after,
