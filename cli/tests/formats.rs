@@ -30,6 +30,8 @@ struct Sealed {
     _work: tempfile::TempDir,
     sources: Vec<PathBuf>,
     outputs: Vec<PathBuf>,
+    /// What `plan` printed before the seal.
+    plan: String,
 }
 
 /// Writes `spec`'s objects where the embedded store keeps them, then runs `ingest --scan`,
@@ -39,19 +41,23 @@ fn seal_dataset(spec: &DatasetSpec, scan_prefix: &str, extra: &[&str]) -> Sealed
     let data_dir = work.path().join("data");
     let bucket_dir = data_dir.join("buckets").join(BUCKET);
     let mut sources = Vec::new();
+    let mut plan = String::new();
     for object in test_data::objects(spec) {
         let path = bucket_dir.join(&object.key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &object.body).unwrap();
         sources.push(path);
     }
-    for command in [&["ingest", "--scan", scan_prefix][..], &["seal"], &["verify", "--against-sources"]] {
+    for command in [&["ingest", "--scan", scan_prefix][..], &["plan"], &["seal"], &["verify", "--against-sources"]] {
         let output = s3_compactor(&[extra, command].concat(), &data_dir);
         assert!(output.status.success(), "{command:?} failed:\n{}\n{}", text(&output.stdout), text(&output.stderr));
+        if command == ["plan"] {
+            plan = text(&output.stdout);
+        }
     }
     let outputs = files_under(&bucket_dir.join("compacted"));
     assert!(!outputs.is_empty(), "the seal wrote outputs");
-    Sealed { _work: work, sources, outputs }
+    Sealed { _work: work, sources, outputs, plan }
 }
 
 fn spec(kind: DatasetKind, days: u32, files_per_day: u32) -> DatasetSpec {
@@ -126,4 +132,39 @@ fn duckdb_reads_every_cloudtrail_record_of_outputs_with_more_than_a_thousand_gzi
     let in_sources = records(&sealed.sources);
     assert!(in_sources.starts_with("1400 "), "one document per source: {in_sources}");
     assert_eq!(records(&sealed.outputs), in_sources, "documents and records, outputs vs sources");
+}
+
+/// Issue 13: with `--formats AWSLogs/=cloudtrail`, `plan` says so per partition, and each
+/// CloudTrail file becomes its own gzip member of NDJSON, one event a line, in `.ndjson.gz`
+/// outputs of more than 1,000 members: DuckDB counts as many records in them, read as JSON
+/// lines, as in the `Records` arrays of the sources.
+#[test]
+fn duckdb_counts_every_cloudtrail_event_as_one_ndjson_line_in_outputs_of_more_than_a_thousand_members() {
+    let Some(duckdb) = duckdb() else { return };
+    let sealed =
+        seal_dataset(&spec(DatasetKind::CloudTrail, 1, 1_100), "AWSLogs/", &["--formats", "AWSLogs/=cloudtrail"]);
+    assert!(
+        sealed.plan.contains("cloudtrail .ndjson.gz (COMPACTOR_FORMATS AWSLogs/=cloudtrail)"),
+        "plan shows the format and why:\n{}",
+        sealed.plan
+    );
+    assert_eq!(sealed.outputs.len(), 1, "{:?}", sealed.outputs);
+    let output = &sealed.outputs[0];
+    assert!(output.to_string_lossy().ends_with(".ndjson.gz"), "{output:?}");
+    assert_eq!(gzip_members(&std::fs::read(output).unwrap()), 1_100, "one member a source");
+    let in_sources = duckdb
+        .count(&format!(
+            "select sum(len(Records)) from read_json({}, format = 'newline_delimited', columns = {{Records: 'JSON[]'}})",
+            sql_list(&sealed.sources)
+        ))
+        .unwrap_or_else(|error| panic!("DuckDB could not read the CloudTrail sources: {error}"));
+    assert!(in_sources > 1_100, "{in_sources}");
+    assert_eq!(json_lines(&duckdb, &sealed.outputs), in_sources, "one line an event");
+    let events_named = duckdb
+        .count(&format!(
+            "select count(*) from read_json({}, format = 'newline_delimited') where eventName is not null",
+            sql_list(&sealed.outputs)
+        ))
+        .unwrap();
+    assert_eq!(events_named, in_sources, "each line is an event with its fields");
 }
