@@ -206,6 +206,8 @@ pub enum Command {
     /// backend under --dir, ingests them one S3 event at a time (with replays and junk, as S3
     /// delivers them), seals the closed days, prints the audit, verifies every output byte for
     /// byte against the sources and restores a few objects. Exits 0 only if all verified.
+    /// With --format cloudtrail, the files are CloudTrail logs rewritten to NDJSON, and verify
+    /// and restore compare their records.
     Demo(DemoArgs),
     /// Record objects from S3 event JSON (or, with --scan, from a listing: backfill).
     ///
