@@ -207,7 +207,8 @@ pub enum Command {
     /// delivers them), seals the closed days, prints the audit, verifies every output byte for
     /// byte against the sources and restores a few objects. Exits 0 only if all verified.
     /// With --format cloudtrail, the files are CloudTrail logs rewritten to NDJSON, and verify
-    /// and restore compare their records.
+    /// and restore compare their records; with --format csv, Hive-style CSV with one header per
+    /// output.
     Demo(DemoArgs),
     /// Record objects from S3 event JSON (or, with --scan, from a listing: backfill).
     ///

@@ -9,7 +9,8 @@
 //! 6. restore a few objects from their outputs and compare with the originals.
 //!
 //! With `--format cloudtrail` the dataset is CloudTrail log files (gzip `{"Records":[...]}`),
-//! rewritten to NDJSON; verify and restore then compare records instead of bytes. Any other
+//! rewritten to NDJSON; verify and restore then compare records instead of bytes. With `--format
+//! csv`, Hive-style CSV partitions (`year=%Y/month=%m/day=%d`), one header per output. Any other
 //! format seals the JSON files under it.
 //!
 //! Exits 0 only if everything verified.
@@ -41,6 +42,8 @@ use crate::{CliError, CliResult};
 const BUCKET: &str = "demo-logs";
 const PREFIX: &str = "AWSLogs/123456789012/app/us-east-1/";
 const MARKER: &str = ".s3-compactor-demo";
+/// The layout of the CSV demo's keys (`clicks-csv/year=2024/month=01/day=01/part-00001.csv`).
+const HIVE_LAYOUT: &str = "year=%Y/month=%m/day=%d";
 
 fn failure(error: impl Into<anyhow::Error>) -> CliError {
     CliError::Failure(error.into())
@@ -81,13 +84,26 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> CliResult {
             "the demo writes its own bucket {BUCKET}: leave --source-bucket unset"
         )));
     }
+    // CSV comes as Hive-style partitions (test-data's hive-csv kind): their layout, unless set.
+    let csv = raw.format.as_deref().map(str::trim) == Some("csv");
+    if csv {
+        raw.layout.get_or_insert_with(|| HIVE_LAYOUT.to_string());
+    }
     let config = raw.validate()?;
     let rewrites_cloudtrail = config.formats.default == FormatMode::Cloudtrail;
     let compactor = open_embedded(&args.dir, config).await?;
     let store = Arc::clone(compactor.store());
 
     // 1. Generate and upload.
-    let spec = if rewrites_cloudtrail {
+    let spec = if csv {
+        DatasetSpec {
+            seed: args.seed,
+            days: args.days,
+            files_per_day: args.files_per_day,
+            bucket: BUCKET.to_string(),
+            ..DatasetSpec::demo(DatasetKind::HiveCsv)
+        }
+    } else if rewrites_cloudtrail {
         DatasetSpec {
             seed: args.seed,
             days: args.days,
@@ -135,7 +151,11 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> CliResult {
     bar.finish_and_clear();
     // Today's partition is still open: these objects must stay pending.
     let today = Utc::now();
-    let today_prefix = format!("{PREFIX}{}/", today.format("%Y/%m/%d"));
+    let today_prefix = if csv {
+        format!("{}{}/", spec.prefix, today.format(HIVE_LAYOUT))
+    } else {
+        format!("{PREFIX}{}/", today.format("%Y/%m/%d"))
+    };
     for index in 0..5u64 {
         let key = format!("{today_prefix}live-{index}.json");
         let body = Bytes::from(format!("{{\"live\":{index}}}\n"));

@@ -1,7 +1,8 @@
 //! Restore: the original bytes of a compacted source, read back from its output by byte range
 //! and checked against the sha256 recorded at seal time.
 //!
-//! A source a rewriting format changed (CloudTrail to NDJSON) has its records in that range, as
+//! A CSV source's range is its rows: restore puts its header, the output's first bytes, back
+//! in front. A source a rewriting format changed (CloudTrail to NDJSON) has its records in that range, as
 //! gzip NDJSON; [`Compactor::restore_as_source`] rebuilds a `{"Records":[...]}` document of them.
 //!
 //! Restore hands the bytes to the caller (a file, stdout) and never writes them back under the
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{Compactor, EngineError};
-use crate::domain::format::{classify, cloudtrail, FormatMode};
+use crate::domain::format::{classify, cloudtrail, csv, FormatMode};
 use crate::domain::records::{ObjectRecord, ObjectState, OutputState};
 use crate::ports::GetOptions;
 
@@ -51,6 +52,23 @@ impl Compactor {
                 "the bytes of {key} in {} do not match the sha256 recorded at seal time: run `verify` on its partition",
                 placement.output_key
             )));
+        }
+        // A CSV output's range is the source's rows: its header is the output's first bytes.
+        let header_length = csv::header_length(object.size, placement.length);
+        if placement.output_key.ends_with(".csv") && header_length > 0 {
+            let got = self
+                .store
+                .get(
+                    &self.config.dest_bucket,
+                    &placement.output_key,
+                    GetOptions { range: Some(0..header_length), if_match: None },
+                )
+                .await?;
+            let header = got.bytes().await?;
+            let mut whole = Vec::with_capacity(object.size as usize);
+            whole.extend_from_slice(&header);
+            whole.extend_from_slice(&bytes);
+            return Ok((object, Bytes::from(whole)));
         }
         Ok((object, bytes))
     }

@@ -131,6 +131,9 @@ pub struct PartitionSealReport {
     pub objects_not_in_format: u64,
     /// Records a rewriting format wrote (CloudTrail events, one NDJSON line each).
     pub records_rewritten: u64,
+    /// CSV sources whose header differed from their output's: still pending, for an output of
+    /// their own header at the next seal (the partition stays open for it).
+    pub objects_deferred: u64,
     /// Gone or changed when read: marked `missing`, not in any output.
     pub objects_missing: u64,
     /// A newer version arrived while the output was written: its old bytes are in the output
@@ -171,6 +174,7 @@ impl PartitionSealReport {
             unreadable_gzip_sources: 0,
             objects_not_in_format: 0,
             records_rewritten: 0,
+            objects_deferred: 0,
             objects_missing: 0,
             objects_superseded: 0,
             objects_refused: 0,
@@ -210,6 +214,7 @@ pub struct SealReport {
     pub unreadable_gzip_sources: u64,
     pub objects_not_in_format: u64,
     pub records_rewritten: u64,
+    pub objects_deferred: u64,
     pub objects_missing: u64,
     pub objects_superseded: u64,
     /// See [`PartitionSealReport::objects_refused`].
@@ -242,6 +247,7 @@ impl SealReport {
         self.unreadable_gzip_sources += partition.unreadable_gzip_sources;
         self.objects_not_in_format += partition.objects_not_in_format;
         self.records_rewritten += partition.records_rewritten;
+        self.objects_deferred += partition.objects_deferred;
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
         self.objects_refused += partition.objects_refused;
@@ -267,6 +273,7 @@ impl SealReport {
             unreadable_gzip_sources = self.unreadable_gzip_sources,
             not_in_format = self.objects_not_in_format,
             records_rewritten = self.records_rewritten,
+            deferred = self.objects_deferred,
             missing = self.objects_missing,
             superseded = self.objects_superseded,
             refused = self.objects_refused,
@@ -643,6 +650,7 @@ impl Compactor {
         report.unreadable_gzip_sources += written.unreadable_gzip_sources;
         report.objects_not_in_format += written.not_in_format_sources;
         report.records_rewritten += written.records;
+        report.objects_deferred += written.deferred_sources;
         info!(
             output = %range.key,
             objects = compacted,

@@ -252,6 +252,23 @@ impl Compactor {
         report.originals_compared += 1;
         if hex::encode(Sha256::digest(&original)) == recorded_sha256 {
             report.originals_ok += 1;
+        } else if let Some(placement) = source
+            .placement
+            .as_ref()
+            .filter(|placement| placement.output_key.ends_with(".csv") && source.size > placement.length)
+        {
+            // A CSV source's range is its rows; its header is the output's first bytes.
+            let header_length = source.size - placement.length;
+            let options = GetOptions { range: Some(0..header_length), if_match: None };
+            let header =
+                self.store.get(&self.config.dest_bucket, &placement.output_key, options).await?.bytes().await?;
+            report.bytes_read += header.len() as u64;
+            let (original_header, original_rows) = original.split_at((header_length as usize).min(original.len()));
+            if original_header == &header[..] && hex::encode(Sha256::digest(original_rows)) == recorded_sha256 {
+                report.originals_ok += 1;
+            } else {
+                report.fail(format!("{}: the original's header and rows differ from its output's", source.key));
+            }
         } else if let Some(placement) =
             source.placement.as_ref().filter(|placement| placement.output_key.ends_with(".ndjson.gz"))
         {

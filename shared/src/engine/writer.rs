@@ -49,9 +49,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, warn};
 
+mod formats;
+
 use super::EngineError;
 use crate::config::{Config, MAX_PART_BYTES, MIN_PART_BYTES};
-use crate::domain::format::{cloudtrail, FormatClass, FormatMode, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
+use crate::domain::format::{FormatClass, FormatMode, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
 use crate::domain::plan::PlannedOutput;
 use crate::domain::records::{ObjectRecord, Placement};
 use crate::ports::{
@@ -86,6 +88,9 @@ pub(crate) struct WrittenOutput {
     pub not_in_format_sources: u64,
     /// Records written by a rewriting format (CloudTrail events).
     pub records: u64,
+    /// CSV sources whose header differs from their output's: left out, still pending, for an
+    /// output of their own header at the next seal.
+    pub deferred_sources: u64,
 }
 
 /// Where the output goes and how.
@@ -356,6 +361,8 @@ struct OutputWriter<'a> {
     placed: u64,
     written: WrittenOutput,
     uploads: PartUploads<'a>,
+    /// A CSV output's header, once its first source has given it.
+    csv_header: Option<Vec<u8>>,
 }
 
 /// A source read by the writer only to hash it, its bytes dropped.
@@ -386,6 +393,7 @@ impl<'a> OutputWriter<'a> {
             placed: 0,
             written: WrittenOutput::default(),
             uploads: PartUploads::new(store, target.bucket, &planned.key, target.upload_id, config.upload_concurrency),
+            csv_header: None,
         }
     }
 
@@ -401,8 +409,10 @@ impl<'a> OutputWriter<'a> {
         bytes: Bytes,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
-        if self.planned.class.format == FormatMode::Cloudtrail {
-            return self.append_rewritten(source, bytes, permit).await;
+        match self.planned.class.format {
+            FormatMode::Cloudtrail => return self.append_rewritten(source, bytes, permit).await,
+            FormatMode::Csv => return self.append_csv(source, bytes, permit).await,
+            FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => {}
         }
         let source_sha256 = hex::encode(Sha256::digest(&bytes));
         let mut tail = TextTail::new(&self.planned.class);
@@ -412,44 +422,6 @@ impl<'a> OutputWriter<'a> {
         drop(bytes);
         drop(permit);
         self.place(source, source.size, source_sha256, tail.finish()).await
-    }
-
-    /// Appends a CloudTrail source as its own gzip member of NDJSON: its range in the output
-    /// is that member, and its sha256 the member's, so restore and verify check the range as
-    /// for any source. Copy candidates never reach here ([`FormatClass::keeps_source_bytes`]),
-    /// so every source of a rewriting format comes read whole. A source that is not a
-    /// CloudTrail document is recorded missing with the reason and left as it is.
-    async fn append_rewritten(
-        &mut self,
-        source: &ObjectRecord,
-        bytes: Bytes,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), EngineError> {
-        // Parsing and compressing are CPU work of up to seconds for a large file: off the
-        // async threads, so the reads and uploads of other sources go on.
-        let rewritten =
-            tokio::task::spawn_blocking(move || cloudtrail::to_ndjson_member(&bytes)).await.map_err(|join_error| {
-                StoreError::backend(
-                    source.bucket.as_str(),
-                    source.key.as_str(),
-                    format!("rewrite task failed: {join_error}"),
-                )
-            })?;
-        drop(permit);
-        let member = match rewritten {
-            Ok(member) => member,
-            Err(reason) => {
-                self.written.not_in_format_sources += 1;
-                let note = format!("not compacted, left as it is: {reason}");
-                self.record_missing(source, SourceUnreadable(note));
-                return Ok(());
-            }
-        };
-        let member_sha256 = hex::encode(Sha256::digest(&member.bytes));
-        self.output_hasher.update(&member.bytes);
-        self.append(&member.bytes).await?;
-        self.written.records += member.records;
-        self.place(source, member.bytes.len() as u64, member_sha256, Ok(Some(b'\n'))).await
     }
 
     /// A copy candidate's turn: copied if the buffer is at a legal part boundary, streamed

@@ -15,7 +15,8 @@
 //!   are refused at ingest, so they stay where they are, logged and counted.
 //!
 //! - `cloudtrail` ([`cloudtrail`]) rewrites each gzip `{"Records":[...]}` document into a gzip
-//!   member of NDJSON, one event a line: the source's range is that member.
+//!   member of NDJSON, one event a line: the source's range is that member;
+//! - `csv` ([`csv`]) gives each output one header: a source's range is its rows.
 //!
 //! Which format a key gets is chosen per source prefix ([`FormatRules`]). Sources of different
 //! classes never share an output: each class gets outputs of its own, with a file extension
@@ -24,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod cloudtrail;
+pub mod csv;
 mod select;
 
 pub use select::{FormatChoice, FormatMode, FormatReason, FormatRules};
@@ -58,7 +60,7 @@ impl FormatClass {
     pub fn keeps_source_bytes(&self) -> bool {
         match self.format {
             FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => true,
-            FormatMode::Cloudtrail => false,
+            FormatMode::Cloudtrail | FormatMode::Csv => false,
         }
     }
 
@@ -217,7 +219,12 @@ fn classify_as(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenab
         FormatMode::Cloudtrail => {
             return Ok(FormatClass { format: FormatMode::Cloudtrail, ..class(".ndjson.gz".into(), false, true) });
         }
-        FormatMode::Auto | FormatMode::Concat => {}
+        // Plain CSV only: a gzip CSV's header cannot be left out of its range without
+        // rewriting it, so it is joined as `concat` joins it (its header stays in its range).
+        FormatMode::Csv if !GZIP_EXTENSIONS.contains(&last) => {
+            return Ok(FormatClass { format: FormatMode::Csv, ..class(".csv".into(), true, false) });
+        }
+        FormatMode::Auto | FormatMode::Concat | FormatMode::Csv => {}
     }
     if GZIP_EXTENSIONS.contains(&last) {
         dotted.pop();

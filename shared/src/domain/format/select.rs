@@ -24,11 +24,14 @@ pub enum FormatMode {
     Bytes,
     /// Gzip `{"Records":[...]}` documents in, gzip NDJSON out, one event per line.
     Cloudtrail,
+    /// Plain CSV with one header per output: each source's header line is left out of its
+    /// range and the output starts with the header they share.
+    Csv,
 }
 
 impl FormatMode {
     /// Every mode, as its text, for messages.
-    pub const NAMES: &'static str = "auto, concat, bytes or cloudtrail";
+    pub const NAMES: &'static str = "auto, concat, bytes, cloudtrail or csv";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -36,6 +39,7 @@ impl FormatMode {
             FormatMode::Concat => "concat",
             FormatMode::Bytes => "bytes",
             FormatMode::Cloudtrail => "cloudtrail",
+            FormatMode::Csv => "csv",
         }
     }
 }
@@ -54,6 +58,7 @@ impl FromStr for FormatMode {
             "concat" => Ok(FormatMode::Concat),
             "bytes" => Ok(FormatMode::Bytes),
             "cloudtrail" => Ok(FormatMode::Cloudtrail),
+            "csv" => Ok(FormatMode::Csv),
             other => Err(format!("format {other:?} is not known: use {}", FormatMode::NAMES)),
         }
     }
@@ -160,13 +165,13 @@ mod tests {
         let error = |text: &str| FormatRules::parse(FormatMode::Auto, text).unwrap_err();
         assert!(error("trail/").contains("prefix=format"), "{}", error("trail/"));
         assert!(error("=cloudtrail").contains("COMPACTOR_FORMAT"), "{}", error("=cloudtrail"));
-        assert!(error("a/=parket").contains("auto, concat, bytes or cloudtrail"), "{}", error("a/=parket"));
+        assert!(error("a/=parket").contains("auto, concat, bytes, cloudtrail or csv"), "{}", error("a/=parket"));
         assert!(error("a/=bytes,a/=concat").contains("twice"), "{}", error("a/=bytes,a/=concat"));
     }
 
     #[test]
     fn modes_print_and_parse_back() {
-        for mode in [FormatMode::Auto, FormatMode::Concat, FormatMode::Bytes, FormatMode::Cloudtrail] {
+        for mode in [FormatMode::Auto, FormatMode::Concat, FormatMode::Bytes, FormatMode::Cloudtrail, FormatMode::Csv] {
             assert_eq!(mode.to_string().parse::<FormatMode>().unwrap(), mode);
         }
     }
