@@ -264,3 +264,17 @@ fn duckdb_counts_as_many_csv_rows_in_one_header_outputs_as_in_the_sources() {
     assert_eq!(all_rows(&outputs), in_sources, "every row, and no header read as a row");
     assert_eq!(rows(&outputs), in_sources);
 }
+
+/// Issue 13: a wrong format rule is refused before anything runs, with a message that names
+/// the flag as typed and says which formats there are.
+#[test]
+fn a_wrong_format_rule_names_its_flag_and_the_formats_there_are() {
+    let work = tempfile::tempdir().unwrap();
+    let output = s3_compactor(&["--formats", "AWSLogs/=parket", "plan"], work.path());
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let message = text(&output.stderr);
+    assert!(message.contains("--formats \"AWSLogs/=parket\" is invalid"), "{message}");
+    assert!(message.contains("use auto, concat, bytes, cloudtrail or csv"), "{message}");
+    let output = s3_compactor(&["--formats", "AWSLogs/", "plan"], work.path());
+    assert!(text(&output.stderr).contains("is not prefix=format"), "{}", text(&output.stderr));
+}
