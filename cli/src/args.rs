@@ -127,9 +127,10 @@ pub struct ConfigArgs {
     #[arg(long, global = true, env = "COMPACTOR_SMALL_OBJECT_MAX_BYTES", value_name = "SIZE")]
     pub small_object_max_bytes: Option<String>,
     /// Format of keys no --formats rule matches: auto (by name), concat (newline between line
-    /// files that lack one; gzip as members), bytes (no separators) or cloudtrail (gzip
-    /// {"Records":[...]} documents to gzip NDJSON) [default: auto].
-    #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|concat|bytes|cloudtrail")]
+    /// files that lack one; gzip as members), bytes (no separators), cloudtrail (gzip
+    /// {"Records":[...]} documents to gzip NDJSON), csv (one header per output) or ndjson
+    /// (lines that are not JSON set aside in a side file) [default: auto].
+    #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|concat|bytes|cloudtrail|csv|ndjson")]
     pub format: Option<String>,
     /// A format per source prefix, e.g. AWSLogs/=cloudtrail,raw/=bytes; the longest matching
     /// prefix wins [default: none].

@@ -173,7 +173,7 @@ fn duckdb_counts_every_cloudtrail_event_as_one_ndjson_line_in_outputs_of_more_th
 /// `restore --as-source` rebuilds a gzip `{"Records":[...]}` document with the original's records.
 #[test]
 fn the_demo_verifies_in_every_format_and_cloudtrail_restores_as_a_document() {
-    for format in ["concat", "bytes", "cloudtrail", "csv"] {
+    for format in ["concat", "bytes", "cloudtrail", "csv", "ndjson"] {
         let work = tempfile::tempdir().unwrap();
         let demo_dir = work.path().join("demo");
         let output = Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
@@ -274,7 +274,26 @@ fn a_wrong_format_rule_names_its_flag_and_the_formats_there_are() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     let message = text(&output.stderr);
     assert!(message.contains("--formats \"AWSLogs/=parket\" is invalid"), "{message}");
-    assert!(message.contains("use auto, concat, bytes, cloudtrail or csv"), "{message}");
+    assert!(message.contains("use auto, concat, bytes, cloudtrail, csv or ndjson"), "{message}");
     let output = s3_compactor(&["--formats", "AWSLogs/", "plan"], work.path());
     assert!(text(&output.stderr).contains("is not prefix=format"), "{}", text(&output.stderr));
+}
+
+/// Issue 13: under `--formats clicks/=ndjson`, DuckDB counts as many JSON lines in the outputs
+/// as in the sources (plain sources checked line by line, gzip ones joined as `concat` joins
+/// them), and a source line that is not JSON is in no output but in the side file next to it.
+#[test]
+fn duckdb_counts_as_many_json_lines_in_ndjson_outputs_and_invalid_lines_are_set_aside() {
+    let Some(duckdb) = duckdb() else { return };
+    let sealed = seal_dataset(
+        &spec(DatasetKind::HiveNdjson, 1, 60),
+        "clicks/",
+        &["--layout", "year=%Y/month=%m/day=%d/hour=%H", "--formats", "clicks/=ndjson"],
+    );
+    assert!(sealed.plan.contains("ndjson .ndjson (COMPACTOR_FORMATS clicks/=ndjson)"), "{}", sealed.plan);
+    assert!(
+        sealed.outputs.iter().all(|path| !path.to_string_lossy().contains("_invalid-")),
+        "no invalid line, no side file"
+    );
+    assert_eq!(json_lines(&duckdb, &sealed.outputs), json_lines(&duckdb, &sealed.sources));
 }

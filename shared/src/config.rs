@@ -15,7 +15,7 @@
 //! | `COMPACTOR_TARGET_OUTPUT_BYTES` | output size the planner packs towards | `128MiB` |
 //! | `COMPACTOR_PART_BYTES` | multipart part size (5 MiB to 5 GiB) | `8MiB` |
 //! | `COMPACTOR_SMALL_OBJECT_MAX_BYTES` | larger objects are skipped (`too_large`) | `64MiB` |
-//! | `COMPACTOR_FORMAT` | the format of keys no `COMPACTOR_FORMATS` rule matches: `auto` (by name), `concat` (newline-safe concatenation), `bytes` (no separators) `cloudtrail` (gzip `{"Records":[...]}` to gzip NDJSON) or `csv` (one header per output) | `auto` |
+//! | `COMPACTOR_FORMAT` | the format of keys no `COMPACTOR_FORMATS` rule matches: `auto` (by name), `concat` (newline-safe concatenation), `bytes` (no separators), `cloudtrail` (gzip `{"Records":[...]}` to gzip NDJSON), `csv` (one header per output) or `ndjson` (lines that are not JSON set aside) | `auto` |
 //! | `COMPACTOR_FORMATS` | a format per source prefix, `prefix=format` pairs separated by commas (`AWSLogs/=cloudtrail,raw/=bytes`); the longest matching prefix wins | (none) |
 //! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
 //! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |
@@ -673,7 +673,7 @@ mod tests {
         assert_eq!(config.formats.choose("other/x.json").mode, FormatMode::Bytes);
         let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_FORMATS", "AWSLogs/=csvv")]).unwrap_err();
         assert_eq!(error.name(), "COMPACTOR_FORMATS");
-        assert!(error.to_string().contains("use auto, concat, bytes, cloudtrail or csv"), "{error}");
+        assert!(error.to_string().contains("use auto, concat, bytes, cloudtrail, csv or ndjson"), "{error}");
         let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_FORMAT", "parquet!")]).unwrap_err();
         assert_eq!(error.name(), "COMPACTOR_FORMAT");
     }

@@ -134,6 +134,8 @@ pub struct PartitionSealReport {
     /// CSV sources whose header differed from their output's: still pending, for an output of
     /// their own header at the next seal (the partition stays open for it).
     pub objects_deferred: u64,
+    /// Lines that were not JSON (`ndjson`): set aside in their output's side file, logged.
+    pub invalid_lines: u64,
     /// Gone or changed when read: marked `missing`, not in any output.
     pub objects_missing: u64,
     /// A newer version arrived while the output was written: its old bytes are in the output
@@ -175,6 +177,7 @@ impl PartitionSealReport {
             objects_not_in_format: 0,
             records_rewritten: 0,
             objects_deferred: 0,
+            invalid_lines: 0,
             objects_missing: 0,
             objects_superseded: 0,
             objects_refused: 0,
@@ -215,6 +218,7 @@ pub struct SealReport {
     pub objects_not_in_format: u64,
     pub records_rewritten: u64,
     pub objects_deferred: u64,
+    pub invalid_lines: u64,
     pub objects_missing: u64,
     pub objects_superseded: u64,
     /// See [`PartitionSealReport::objects_refused`].
@@ -248,6 +252,7 @@ impl SealReport {
         self.objects_not_in_format += partition.objects_not_in_format;
         self.records_rewritten += partition.records_rewritten;
         self.objects_deferred += partition.objects_deferred;
+        self.invalid_lines += partition.invalid_lines;
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
         self.objects_refused += partition.objects_refused;
@@ -274,6 +279,7 @@ impl SealReport {
             not_in_format = self.objects_not_in_format,
             records_rewritten = self.records_rewritten,
             deferred = self.objects_deferred,
+            invalid_lines = self.invalid_lines,
             missing = self.objects_missing,
             superseded = self.objects_superseded,
             refused = self.objects_refused,
@@ -651,6 +657,7 @@ impl Compactor {
         report.objects_not_in_format += written.not_in_format_sources;
         report.records_rewritten += written.records;
         report.objects_deferred += written.deferred_sources;
+        report.invalid_lines += written.invalid_lines;
         info!(
             output = %range.key,
             objects = compacted,

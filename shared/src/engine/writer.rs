@@ -91,6 +91,8 @@ pub(crate) struct WrittenOutput {
     /// CSV sources whose header differs from their output's: left out, still pending, for an
     /// output of their own header at the next seal.
     pub deferred_sources: u64,
+    /// Lines that are not JSON, set aside in the output's side file (`ndjson`).
+    pub invalid_lines: u64,
 }
 
 /// Where the output goes and how.
@@ -363,6 +365,8 @@ struct OutputWriter<'a> {
     uploads: PartUploads<'a>,
     /// A CSV output's header, once its first source has given it.
     csv_header: Option<Vec<u8>>,
+    /// The side file's lines so far (`ndjson`): one per invalid line set aside.
+    side_file: Vec<u8>,
 }
 
 /// A source read by the writer only to hash it, its bytes dropped.
@@ -394,6 +398,7 @@ impl<'a> OutputWriter<'a> {
             written: WrittenOutput::default(),
             uploads: PartUploads::new(store, target.bucket, &planned.key, target.upload_id, config.upload_concurrency),
             csv_header: None,
+            side_file: Vec::new(),
         }
     }
 
@@ -412,6 +417,7 @@ impl<'a> OutputWriter<'a> {
         match self.planned.class.format {
             FormatMode::Cloudtrail => return self.append_rewritten(source, bytes, permit).await,
             FormatMode::Csv => return self.append_csv(source, bytes, permit).await,
+            FormatMode::Ndjson => return self.append_ndjson(source, bytes, permit).await,
             FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => {}
         }
         let source_sha256 = hex::encode(Sha256::digest(&bytes));
@@ -591,10 +597,18 @@ impl<'a> OutputWriter<'a> {
             placed,
             mut written,
             mut uploads,
+            side_file,
             ..
         } = self;
         if placed == 0 {
             return Ok(written);
+        }
+        if !side_file.is_empty() {
+            // Before the output is completed, so that a committed output's side file always
+            // exists. A crash between the two leaves a side file of an output never committed:
+            // the next run writes keys of another generation, and restore never reads it.
+            let side_key = crate::domain::format::ndjson::side_key(&planned.key);
+            store.put(bucket, &side_key, Bytes::from(side_file), PutOptions::default()).await?;
         }
         let output_bytes = buffer.freeze();
         if multipart {

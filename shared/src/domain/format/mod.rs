@@ -16,7 +16,8 @@
 //!
 //! - `cloudtrail` ([`cloudtrail`]) rewrites each gzip `{"Records":[...]}` document into a gzip
 //!   member of NDJSON, one event a line: the source's range is that member;
-//! - `csv` ([`csv`]) gives each output one header: a source's range is its rows.
+//! - `csv` ([`csv`]) gives each output one header: a source's range is its rows;
+//! - `ndjson` ([`ndjson`]) sets lines that are not JSON aside in a side file next to the output.
 //!
 //! Which format a key gets is chosen per source prefix ([`FormatRules`]). Sources of different
 //! classes never share an output: each class gets outputs of its own, with a file extension
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod cloudtrail;
 pub mod csv;
+pub mod ndjson;
 mod select;
 
 pub use select::{FormatChoice, FormatMode, FormatReason, FormatRules};
@@ -60,7 +62,7 @@ impl FormatClass {
     pub fn keeps_source_bytes(&self) -> bool {
         match self.format {
             FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => true,
-            FormatMode::Cloudtrail | FormatMode::Csv => false,
+            FormatMode::Cloudtrail | FormatMode::Csv | FormatMode::Ndjson => false,
         }
     }
 
@@ -224,7 +226,12 @@ fn classify_as(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenab
         FormatMode::Csv if !GZIP_EXTENSIONS.contains(&last) => {
             return Ok(FormatClass { format: FormatMode::Csv, ..class(".csv".into(), true, false) });
         }
-        FormatMode::Auto | FormatMode::Concat | FormatMode::Csv => {}
+        // Plain lines only, for the same reason.
+        FormatMode::Ndjson if !GZIP_EXTENSIONS.contains(&last) => {
+            let extension = if dotted.is_empty() { String::new() } else { format!(".{last}") };
+            return Ok(FormatClass { format: FormatMode::Ndjson, ..class(extension, true, false) });
+        }
+        FormatMode::Auto | FormatMode::Concat | FormatMode::Csv | FormatMode::Ndjson => {}
     }
     if GZIP_EXTENSIONS.contains(&last) {
         dotted.pop();

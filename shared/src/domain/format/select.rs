@@ -27,11 +27,13 @@ pub enum FormatMode {
     /// Plain CSV with one header per output: each source's header line is left out of its
     /// range and the output starts with the header they share.
     Csv,
+    /// Plain JSON lines; a line that is not JSON is set aside in a side file next to the output.
+    Ndjson,
 }
 
 impl FormatMode {
     /// Every mode, as its text, for messages.
-    pub const NAMES: &'static str = "auto, concat, bytes, cloudtrail or csv";
+    pub const NAMES: &'static str = "auto, concat, bytes, cloudtrail, csv or ndjson";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +42,7 @@ impl FormatMode {
             FormatMode::Bytes => "bytes",
             FormatMode::Cloudtrail => "cloudtrail",
             FormatMode::Csv => "csv",
+            FormatMode::Ndjson => "ndjson",
         }
     }
 }
@@ -59,6 +62,7 @@ impl FromStr for FormatMode {
             "bytes" => Ok(FormatMode::Bytes),
             "cloudtrail" => Ok(FormatMode::Cloudtrail),
             "csv" => Ok(FormatMode::Csv),
+            "ndjson" => Ok(FormatMode::Ndjson),
             other => Err(format!("format {other:?} is not known: use {}", FormatMode::NAMES)),
         }
     }
@@ -165,13 +169,24 @@ mod tests {
         let error = |text: &str| FormatRules::parse(FormatMode::Auto, text).unwrap_err();
         assert!(error("trail/").contains("prefix=format"), "{}", error("trail/"));
         assert!(error("=cloudtrail").contains("COMPACTOR_FORMAT"), "{}", error("=cloudtrail"));
-        assert!(error("a/=parket").contains("auto, concat, bytes, cloudtrail or csv"), "{}", error("a/=parket"));
+        assert!(
+            error("a/=parket").contains("auto, concat, bytes, cloudtrail, csv or ndjson"),
+            "{}",
+            error("a/=parket")
+        );
         assert!(error("a/=bytes,a/=concat").contains("twice"), "{}", error("a/=bytes,a/=concat"));
     }
 
     #[test]
     fn modes_print_and_parse_back() {
-        for mode in [FormatMode::Auto, FormatMode::Concat, FormatMode::Bytes, FormatMode::Cloudtrail, FormatMode::Csv] {
+        for mode in [
+            FormatMode::Auto,
+            FormatMode::Concat,
+            FormatMode::Bytes,
+            FormatMode::Cloudtrail,
+            FormatMode::Csv,
+            FormatMode::Ndjson,
+        ] {
             assert_eq!(mode.to_string().parse::<FormatMode>().unwrap(), mode);
         }
     }

@@ -1,14 +1,14 @@
 //! The writer's formats that change sources' bytes: CloudTrail rewritten to NDJSON, CSV with
-//! one header per output. Copy candidates never reach here ([`crate::domain::format::FormatClass::keeps_source_bytes`]
+//! one header per output, NDJSON with invalid lines set aside. Copy candidates never reach here ([`crate::domain::format::FormatClass::keeps_source_bytes`]
 //! is false for both), so every source comes read whole.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{OutputWriter, SourceUnreadable};
-use crate::domain::format::{cloudtrail, csv};
+use crate::domain::format::{cloudtrail, csv, ndjson};
 use crate::domain::records::ObjectRecord;
 use crate::engine::EngineError;
 use crate::ports::StoreError;
@@ -96,5 +96,37 @@ impl OutputWriter<'_> {
         drop(permit);
         // A CSV without a final newline gets one, outside its range, as any line file.
         self.place(source, rows_length, rows_sha256, Ok(last_byte)).await
+    }
+
+    /// Appends an NDJSON source; its lines that are not JSON go to the output's side file
+    /// instead, each logged with the source and line number (see [`ndjson`]).
+    pub(super) async fn append_ndjson(
+        &mut self,
+        source: &ObjectRecord,
+        bytes: Bytes,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), EngineError> {
+        let (kept, invalid) = ndjson::check(&bytes);
+        for line in &invalid {
+            warn!(key = %source.key, line = line.number, output = %self.planned.key, "line is not JSON; set aside in the side file");
+            let entry = ndjson::SideEntry::of(&source.key, line);
+            serde_json::to_writer(&mut self.side_file, &entry).map_err(|error| {
+                StoreError::backend(
+                    source.bucket.as_str(),
+                    source.key.as_str(),
+                    format!("cannot record an invalid line: {error}"),
+                )
+            })?;
+            self.side_file.push(b'\n');
+        }
+        self.written.invalid_lines += invalid.len() as u64;
+        let kept_sha256 = hex::encode(Sha256::digest(&kept));
+        self.output_hasher.update(&kept);
+        self.append(&kept).await?;
+        let (length, last_byte) = (kept.len() as u64, kept.last().copied());
+        drop(kept);
+        drop(bytes);
+        drop(permit);
+        self.place(source, length, kept_sha256, Ok(last_byte)).await
     }
 }
