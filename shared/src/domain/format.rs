@@ -73,7 +73,12 @@ impl FormatClass {
     /// concatenation; a format-aware mode that rewrites sources (CloudTrail `{"Records":[...]}`
     /// to NDJSON, CSV with one header) must answer false, or copies would skip its rewriting.
     pub fn keeps_source_bytes(&self) -> bool {
-        true
+        !self.is_parquet()
+    }
+
+    /// Parquet sources: merged by their column chunks, not concatenated (see `crate::parquet`).
+    pub fn is_parquet(&self) -> bool {
+        self.extension == PARQUET_EXTENSION
     }
 
     /// The bytes that go after a source whose text lacks a final newline (see
@@ -180,6 +185,8 @@ pub struct NotConcatenable;
 
 const LINE_EXTENSIONS: &[&str] = &["json", "ndjson", "jsonl", "csv", "tsv", "log", "txt", "text"];
 const GZIP_EXTENSIONS: &[&str] = &["gz", "gzip"];
+/// The extension of Parquet outputs, and the class that says a source is Parquet.
+pub const PARQUET_EXTENSION: &str = ".parquet";
 const REFUSED_EXTENSIONS: &[&str] = &["parquet", "orc", "avro", "zip", "7z", "tar", "jar"];
 
 /// The class of a key, or [`NotConcatenable`] for formats that byte concatenation would break.
@@ -188,6 +195,11 @@ pub fn classify(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatena
     let lowercase = file_name.to_ascii_lowercase();
     let mut dotted = lowercase.split('.').skip(1).collect::<Vec<_>>();
     let last = dotted.last().copied().unwrap_or("");
+    // Parquet files are merged by their column chunks when the crate can (the `parquet`
+    // feature), never as bytes.
+    if cfg!(feature = "parquet") && last == "parquet" && mode == FormatMode::Auto {
+        return Ok(FormatClass { extension: PARQUET_EXTENSION.into(), newline_separated: false, gzip: false });
+    }
     if REFUSED_EXTENSIONS.contains(&last) {
         return Err(NotConcatenable);
     }
@@ -235,7 +247,14 @@ mod tests {
         assert_eq!(class("a/b.tar.gz"), class_of(".tar.gz", false, true));
         assert_eq!(class("a/stream-1-2024-01-14"), class_of("", true, false));
         assert_eq!(class("a/x.bin"), class_of(".bin", false, false));
-        assert_eq!(classify("a/x.parquet", FormatMode::Auto), Err(NotConcatenable));
+        if cfg!(feature = "parquet") {
+            let parquet = classify("a/X.PARQUET", FormatMode::Auto).unwrap();
+            assert!(parquet.is_parquet() && !parquet.keeps_source_bytes(), "merged by column chunks");
+            assert_eq!(parquet.extension, ".parquet");
+        } else {
+            assert_eq!(classify("a/x.parquet", FormatMode::Auto), Err(NotConcatenable));
+        }
+        assert!(!class("a/b.json").is_parquet());
         assert_eq!(classify("a/x.parquet", FormatMode::Bytes), Err(NotConcatenable));
         assert_eq!(classify("a/x.json", FormatMode::Bytes).unwrap(), class_of("", false, false));
     }

@@ -15,6 +15,8 @@
 
 pub mod audit;
 pub mod ingest;
+#[cfg(feature = "parquet")]
+mod parquet_output;
 pub mod plan;
 pub mod restore;
 pub mod seal;

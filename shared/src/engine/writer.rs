@@ -209,6 +209,9 @@ impl<T> Future for AbortOnDrop<T> {
 /// sources, not per source.
 pub(crate) struct WindowedWriter<'a> {
     writer: OutputWriter<'a>,
+    /// Set for a Parquet output, which joins sources by their column chunks instead.
+    #[cfg(feature = "parquet")]
+    parquet: Option<super::parquet_output::ParquetOutput<'a>>,
     read_budget: Arc<Semaphore>,
     budget_kib: u32,
 }
@@ -223,6 +226,11 @@ impl<'a> WindowedWriter<'a> {
         let budget_kib = u32::try_from(config.read_ahead_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
         Self {
             writer: OutputWriter::new(store, config, planned, target),
+            #[cfg(feature = "parquet")]
+            parquet: planned
+                .class
+                .is_parquet()
+                .then(|| super::parquet_output::ParquetOutput::new(store, config, planned, target)),
             read_budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
         }
@@ -230,20 +238,36 @@ impl<'a> WindowedWriter<'a> {
 
     /// The placements of the sources written since the last call, in output order.
     pub(crate) fn take_placements(&mut self) -> Vec<SourcePlacement> {
+        #[cfg(feature = "parquet")]
+        if let Some(parquet) = &mut self.parquet {
+            return std::mem::take(&mut parquet.written.placements);
+        }
         std::mem::take(&mut self.writer.written.placements)
     }
 
     /// The sources found missing since the last call.
     pub(crate) fn take_missing(&mut self) -> Vec<MissingSource> {
+        #[cfg(feature = "parquet")]
+        if let Some(parquet) = &mut self.parquet {
+            return std::mem::take(&mut parquet.written.missing);
+        }
         std::mem::take(&mut self.writer.written.missing)
     }
 
     pub(crate) async fn finish(self) -> Result<WrittenOutput, EngineError> {
+        #[cfg(feature = "parquet")]
+        if let Some(parquet) = self.parquet {
+            return parquet.finish().await;
+        }
         self.writer.finish().await
     }
 
     /// Appends the next window of sources, in plan order.
     pub(crate) async fn write(&mut self, sources: &[ObjectRecord]) -> Result<(), EngineError> {
+        #[cfg(feature = "parquet")]
+        if let Some(parquet) = &mut self.parquet {
+            return parquet.write(sources).await;
+        }
         let (store, config, planned) = (self.writer.store, self.writer.config, self.writer.planned);
         let multipart = self.writer.multipart;
         let budget_kib = self.budget_kib;
@@ -723,7 +747,7 @@ async fn read_sources(
 }
 
 /// Parts in flight for one multipart upload, at most `limit` uploads at a time.
-struct PartUploads<'a> {
+pub(crate) struct PartUploads<'a> {
     store: &'a Arc<dyn ObjectStore>,
     bucket: &'a str,
     key: &'a str,
@@ -738,7 +762,7 @@ struct PartUploads<'a> {
 }
 
 impl<'a> PartUploads<'a> {
-    fn new(
+    pub(crate) fn new(
         store: &'a Arc<dyn ObjectStore>,
         bucket: &'a str,
         key: &'a str,
@@ -775,7 +799,12 @@ impl<'a> PartUploads<'a> {
         self.next_part_number - 1
     }
 
-    async fn upload(&mut self, part: Bytes) -> Result<(), EngineError> {
+    /// Parts numbered so far.
+    pub(crate) fn parts_started(&self) -> u32 {
+        self.next_part_number - 1
+    }
+
+    pub(crate) async fn upload(&mut self, part: Bytes) -> Result<(), EngineError> {
         while self.in_flight.len() >= self.limit {
             self.finish_one().await?;
         }
@@ -822,7 +851,7 @@ impl<'a> PartUploads<'a> {
         Ok(())
     }
 
-    async fn complete(mut self) -> Result<(), EngineError> {
+    pub(crate) async fn complete(mut self) -> Result<(), EngineError> {
         while !self.in_flight.is_empty() {
             self.finish_one().await?;
         }
