@@ -81,11 +81,8 @@ pub fn file_bytes(spec: &FileSpec) -> ParquetResult<Vec<u8>> {
     let properties = Arc::new(WriterProperties::builder().set_compression(compression).build());
     let mut writer = SerializedFileWriter::new(Vec::new(), schema, properties)?;
     let first = spec.first_row_group_rows.min(spec.rows);
-    let mut groups = vec![0..first];
-    if first < spec.rows {
-        groups.push(first..spec.rows);
-    }
-    for rows in groups {
+    let groups = [0..first, first..spec.rows];
+    for rows in groups.into_iter().filter(|rows| !rows.is_empty()) {
         let mut group = writer.next_row_group()?;
         let mut column_index = 0usize;
         while let Some(mut column) = group.next_column()? {
