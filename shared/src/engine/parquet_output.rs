@@ -82,8 +82,6 @@ pub(crate) struct ParquetOutput<'a> {
     pub(crate) written: WrittenOutput,
     /// Sources placed so far (their placements may have been taken away already).
     placed: u64,
-    /// Sources left pending because their schema is not the output's.
-    pub(crate) deferred: u64,
 }
 
 impl<'a> ParquetOutput<'a> {
@@ -107,7 +105,6 @@ impl<'a> ParquetOutput<'a> {
             uploads: PartUploads::new(store, target.bucket, &planned.key, target.upload_id, config.upload_concurrency),
             written: WrittenOutput::default(),
             placed: 0,
-            deferred: 0,
         }
     }
 
@@ -154,7 +151,7 @@ impl<'a> ParquetOutput<'a> {
         }
         if self.file.as_ref().is_some_and(|file| file.schema != schema) {
             info!(key = %source.key, output = %self.key, "Parquet source has another schema than its output's; left pending for an output of its own");
-            self.deferred += 1;
+            self.written.deferred += 1;
             return Ok(());
         }
         let start = self.offset;

@@ -133,6 +133,9 @@ pub struct PartitionSealReport {
     pub objects_superseded: u64,
     /// Refused formats left pending (the configuration changed since they were ingested).
     pub objects_refused: u64,
+    /// Times an output left a Parquet source pending because its schema was not the output's;
+    /// a later pass of the same seal gives it an output of its own schema.
+    pub objects_deferred: u64,
     /// Uncommitted outputs of crashed runs, deleted and abandoned.
     pub outputs_abandoned: u64,
     /// Objects of outputs committed by a crashed run, turned compacted by this one.
@@ -167,6 +170,7 @@ impl PartitionSealReport {
             objects_missing: 0,
             objects_superseded: 0,
             objects_refused: 0,
+            objects_deferred: 0,
             outputs_abandoned: 0,
             objects_finished: 0,
             expiry: ExpiryCounts::default(),
@@ -205,6 +209,8 @@ pub struct SealReport {
     pub objects_superseded: u64,
     /// See [`PartitionSealReport::objects_refused`].
     pub objects_refused: u64,
+    /// See [`PartitionSealReport::objects_deferred`].
+    pub objects_deferred: u64,
     pub outputs_abandoned: u64,
     pub objects_finished: u64,
     pub expiry: ExpiryCounts,
@@ -234,6 +240,7 @@ impl SealReport {
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
         self.objects_refused += partition.objects_refused;
+        self.objects_deferred += partition.objects_deferred;
         self.outputs_abandoned += partition.outputs_abandoned;
         self.objects_finished += partition.objects_finished;
         self.expiry.add(&partition.expiry);
@@ -423,36 +430,51 @@ impl Compactor {
         // Compacted sources not yet marked for expiry; dropped by a failure, and then found
         // again by the next run's recovery.
         let mut awaiting_expiry: Vec<ObjectRecord> = Vec::new();
-        let mut start_after: Option<String> = None;
-        'pages: loop {
-            let query = ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
-            let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
-            let page_length = page.len();
-            start_after = page.last().map(|object| object.key.clone());
-            for object in page {
-                match packer.push(&object.key, object.size) {
-                    Ok(Some(range)) => {
+        // One pass reads every pending object. Another follows only when an output left some
+        // pending for their Parquet schema; each output places its first source, so every pass
+        // defers fewer, and the loop ends.
+        let mut previous_pass_deferred: Option<u64> = None;
+        'passes: loop {
+            let deferred_at_start = report.objects_deferred;
+            let mut start_after: Option<String> = None;
+            'pages: loop {
+                let query =
+                    ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
+                let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
+                let page_length = page.len();
+                start_after = page.last().map(|object| object.key.clone());
+                for object in page {
+                    match packer.push(&object.key, object.size) {
+                        Ok(Some(range)) => {
+                            if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
+                                break 'passes;
+                            }
+                            self.expire_ready_sources(report, &mut awaiting_expiry).await?;
+                        }
+                        Ok(None) => {}
+                        Err(_refused) => {
+                            warn!(key = %object.key, "pending object has a format that cannot be concatenated; left pending");
+                            report.objects_refused += 1;
+                        }
+                    }
+                }
+                if page_length < PAGE {
+                    for range in packer.finish_pass() {
                         if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
-                            break 'pages;
+                            break 'passes;
                         }
                         self.expire_ready_sources(report, &mut awaiting_expiry).await?;
                     }
-                    Ok(None) => {}
-                    Err(_refused) => {
-                        warn!(key = %object.key, "pending object has a format that cannot be concatenated; left pending");
-                        report.objects_refused += 1;
-                    }
+                    break;
                 }
             }
-            if page_length < PAGE {
-                for range in packer.finish() {
-                    if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
-                        break 'pages;
-                    }
-                    self.expire_ready_sources(report, &mut awaiting_expiry).await?;
-                }
+            let deferred = report.objects_deferred - deferred_at_start;
+            // A pass that defers as many as the one before placed none of them (it cannot happen,
+            // but the loop must end whatever happens): they stay pending for the next seal.
+            if deferred == 0 || previous_pass_deferred.is_some_and(|previous| deferred >= previous) {
                 break;
             }
+            previous_pass_deferred = Some(deferred);
         }
         // What is left, also when the deadline stopped the run: those outputs are committed.
         if !awaiting_expiry.is_empty() {
@@ -572,6 +594,7 @@ impl Compactor {
             self.manifest.begin_output(lease, &record).await?;
         }
         let (placed, superseded, written) = self.write_windows(lease, report, &range, &record).await?;
+        report.objects_deferred += written.deferred;
         if !written.written {
             if let Some(upload_id) = &record.upload_id {
                 self.store.abort_multipart(&dest_bucket, &range.key, upload_id).await?;

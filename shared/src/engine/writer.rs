@@ -81,6 +81,8 @@ pub(crate) struct WrittenOutput {
     /// Gzip sources that could not be inflated to their end (truncated, not gzip): kept as
     /// they are, without a separator, since their text's last byte is unknown.
     pub unreadable_gzip_sources: u64,
+    /// Sources left pending because their Parquet schema is not the output's.
+    pub deferred: u64,
 }
 
 /// Where the output goes and how.
