@@ -437,7 +437,7 @@ impl Compactor {
         'passes: loop {
             let deferred_at_start = report.objects_deferred;
             let mut start_after: Option<String> = None;
-            'pages: loop {
+            loop {
                 let query =
                     ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
                 let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
