@@ -126,7 +126,9 @@ pub struct ConfigArgs {
     /// Larger objects are not compacted (skipped as too_large) [default: 64MiB].
     #[arg(long, global = true, env = "COMPACTOR_SMALL_OBJECT_MAX_BYTES", value_name = "SIZE")]
     pub small_object_max_bytes: Option<String>,
-    /// auto (newline between line files that lack one; gzip as members) or bytes [default: auto].
+    /// auto (newline between line files that lack one; gzip as members; Parquet merged by
+    /// column chunks) or bytes [default: auto]. `demo --format parquet` runs the demo on
+    /// Parquet files (with auto).
     #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|bytes")]
     pub format: Option<String>,
     /// What happens to compacted sources: tag, delete or none [default: tag].
@@ -226,9 +228,9 @@ pub struct DemoArgs {
     /// Days of data.
     #[arg(long, default_value_t = 30)]
     pub days: u32,
-    /// Files per day.
-    #[arg(long, default_value_t = 700)]
-    pub files_per_day: u32,
+    /// Files per day [default: 700; 20 with --format parquet].
+    #[arg(long)]
+    pub files_per_day: Option<u32>,
     /// Seed of the generated dataset (same seed, same bytes).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,

@@ -187,3 +187,50 @@ pub async fn read_range(
 ) -> Result<bytes::Bytes, StoreError> {
     get_range(store, bucket, key, size, etag, range).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::parquet_files::{fake_file, file_bytes, FileSpec, Schema};
+
+    /// What `read_footer` decides, on a file in memory.
+    fn footer_of(bytes: &[u8]) -> Result<ParquetFooter, BadParquet> {
+        let size = bytes.len() as u64;
+        if size < MAGIC.len() as u64 + TAIL_BYTES {
+            return Err(BadParquet("too short".into()));
+        }
+        let length = footer_length(&bytes[bytes.len() - TAIL_BYTES as usize..], size)?;
+        let footer_start = size - TAIL_BYTES - length;
+        parse_footer(&bytes[footer_start as usize..bytes.len() - TAIL_BYTES as usize], footer_start)
+    }
+
+    #[test]
+    fn truncated_fake_and_garbled_files_are_refused_with_a_reason_never_a_panic() {
+        let whole = file_bytes(&FileSpec::from_seed(3, Schema::Wide)).unwrap();
+        let footer = footer_of(&whole).unwrap();
+        assert_eq!(footer.row_group_bytes.len(), footer.metadata.num_row_groups());
+        assert!(footer.row_group_bytes.iter().all(|span| span.start >= 4 && span.end <= whole.len() as u64));
+        for cut in (0..whole.len()).step_by(5) {
+            assert!(footer_of(&whole[..cut]).is_err(), "cut at {cut} of {}", whole.len());
+        }
+        let fake = footer_of(&fake_file()).unwrap_err().0;
+        assert!(fake.contains("footer cannot be decoded"), "{fake}");
+        let last = whole.len();
+        let mut encrypted = whole.clone();
+        encrypted[last - 4..].copy_from_slice(b"PARE");
+        assert!(footer_of(&encrypted).unwrap_err().0.contains("encrypted"));
+        let mut too_long = whole.clone();
+        too_long[last - 8..last - 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(footer_of(&too_long).unwrap_err().0.contains("does not fit"));
+        // Every byte of the footer flipped in turn: decoded or refused, never a panic, and a
+        // footer that still decodes never points a chunk outside the data.
+        let length = footer_length(&whole[last - 8..], last as u64).unwrap() as usize;
+        for position in (last - 8 - length..last - 8).step_by(3) {
+            let mut garbled = whole.clone();
+            garbled[position] ^= 0x5A;
+            if let Ok(footer) = footer_of(&garbled) {
+                assert!(footer.row_group_bytes.iter().all(|span| span.end <= (last - 8 - length) as u64));
+            }
+        }
+    }
+}

@@ -74,3 +74,20 @@ where
     }
     Ok(ChunkDigest { sha256: hex::encode(hasher.finalize()), records })
 }
+
+/// The rows and the digests of every column chunk of a whole Parquet file in memory (a
+/// restored file, a small original): two files hold the same rows and values when these are
+/// equal, whatever their bytes.
+pub fn file_digests(file: &bytes::Bytes) -> Result<(u64, Vec<ChunkDigest>), String> {
+    let size = file.len() as u64;
+    let tail = file.len().checked_sub(8).ok_or("too short for a Parquet file")?;
+    let length = super::footer::footer_length(&file[tail..], size).map_err(|bad| bad.0)?;
+    let footer_start = size - 8 - length;
+    let footer = super::footer::parse_footer(&file[footer_start as usize..tail], footer_start).map_err(|bad| bad.0)?;
+    let reader = Arc::new(OffsetBytes { start: 0, bytes: file.clone() });
+    let mut digests = Vec::new();
+    for group in footer.metadata.row_groups() {
+        digests.extend(row_group_digests(group, &reader).map_err(|error| error.to_string())?);
+    }
+    Ok((footer.rows(), digests))
+}
