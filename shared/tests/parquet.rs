@@ -180,3 +180,36 @@ async fn parquet_sources_merge_by_schema_and_duckdb_finds_their_rows_and_sums_in
         assert!(expected.starts_with(&format!("{rows},{record_ids},")), "{expected}");
     }
 }
+
+/// Outputs past one part go by multipart upload (parts of exactly `part_bytes`), and sources
+/// whose column chunks pass the read-ahead limit are read a row group at a time at their turn:
+/// the output is still one valid Parquet file with every row, and verify and DuckDB agree.
+#[tokio::test]
+async fn a_multipart_output_with_large_sources_holds_every_row() {
+    let embedded = Embedded::new(|raw| raw.part_bytes = Some("5MiB".into()));
+    let mut all = sources(Schema::Wide, 0..60);
+    for seed in 500..503 {
+        let spec = FileSpec { rows: 6000, first_row_group_rows: 2500, ..FileSpec::from_seed(seed, Schema::Wide) };
+        let bytes = file_bytes(&spec).unwrap();
+        assert!(bytes.len() > 512 * 1024, "a large source: {} bytes", bytes.len());
+        all.push((spec, format!("{PARTITION}wide-large-{seed}.parquet"), bytes));
+    }
+    let files: Vec<(String, Vec<u8>)> = all.iter().map(|(_, key, bytes)| (key.clone(), bytes.clone())).collect();
+    let total: usize = files.iter().map(|(_, bytes)| bytes.len()).sum();
+    assert!(total > 6 << 20, "more than a part: {total} bytes");
+    embedded.add(&files).await;
+
+    let report = embedded.compactor.seal_closed(&Default::default()).await.unwrap();
+    assert_eq!((report.objects_compacted, report.objects_missing, report.outputs_committed), (63, 0, 1), "{report:?}");
+    let outputs = embedded.committed_outputs().await;
+    let output_size = outputs[0].size.unwrap();
+    assert!(output_size > 5 << 20 && output_size < total as u64, "{output_size} of {total}");
+    let verify = embedded.compactor.verify(None, true, |_| {}).await.unwrap();
+    assert!(verify.all_verified(), "{verify:?}");
+    assert_eq!((verify.sources_checked, verify.originals_ok), (63, 63));
+
+    let Some(_) = duckdb() else { return };
+    let output_path = embedded.dir.path().join("buckets").join(&outputs[0].bucket).join(&outputs[0].key);
+    let source_paths: Vec<PathBuf> = all.iter().map(|(_, key, _)| embedded.path(key)).collect();
+    assert_eq!(duckdb_sums(&[output_path], 24), duckdb_sums(&source_paths, 24));
+}
