@@ -16,8 +16,10 @@
 //! differs from the output's (set by its first source) stays pending: a later output takes it.
 //!
 //! # Memory
-//! Sources read ahead: at most `read_concurrency` footers and, of sources whose chunks are
-//! under [`PREFETCH_MAX_BYTES`], their chunks; a larger source holds one row group at a time.
+//! Sources read ahead: at most `read_concurrency` footers (a footer over 8 MiB is refused)
+//! and, of sources whose chunks are under [`PREFETCH_MAX_BYTES`], their chunks; a larger
+//! source holds one row group at a time. Typically a few hundred KiB a source read ahead
+//! (the 64 KiB tail read, a footer of a few KiB, the chunks), under 10 MiB for 32.
 //! Plus `upload_concurrency + 1` parts, and the output's footer: the metadata of every row
 //! group written, which grows with the output's row groups (about 60 bytes per column chunk,
 //! so ~2 KiB per row group of 37 columns: 2 MiB for 1,000 one-row-group sources). That is the
@@ -30,6 +32,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use futures::StreamExt;
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::SchemaDescriptor;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
@@ -61,6 +64,8 @@ enum Prefetched {
 
 struct OpenFile {
     schema: SchemaKey,
+    /// The first source's column descriptors, which every appended chunk's metadata is put on.
+    descriptors: Arc<SchemaDescriptor>,
     writer: SerializedFileWriter<Vec<u8>>,
 }
 
@@ -146,7 +151,8 @@ impl<'a> ParquetOutput<'a> {
             let properties = output_properties(&schema, &created_by());
             let writer = SerializedFileWriter::new(Vec::new(), Arc::clone(&schema.schema), properties)
                 .map_err(|error| parquet_failure(self.key, error))?;
-            self.file = Some(OpenFile { schema: schema.clone(), writer });
+            let descriptors = footer.metadata.file_metadata().schema_descr_ptr();
+            self.file = Some(OpenFile { schema: schema.clone(), descriptors, writer });
             self.drain(None).await?;
         }
         if self.file.as_ref().is_some_and(|file| file.schema != schema) {
@@ -175,7 +181,8 @@ impl<'a> ParquetOutput<'a> {
                 },
             };
             let file = self.file.as_mut().expect("opened above");
-            append_row_group(&mut file.writer, group, &reader).map_err(|error| parquet_failure(&source.key, error))?;
+            append_row_group(&mut file.writer, &file.descriptors, group, &reader)
+                .map_err(|error| parquet_failure(&source.key, error))?;
             self.drain(Some(&mut source_hasher)).await?;
         }
         let length = self.offset - start;

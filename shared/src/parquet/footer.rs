@@ -15,8 +15,10 @@ const TAIL_BYTES: u64 = 8;
 /// The first GET reads this much of the file's end: most footers of small files fit, so one
 /// request gets it (a small file's header too); a longer footer takes a second GET.
 pub const FIRST_READ_BYTES: u64 = 64 * 1024;
-/// Footers longer than this are refused: a corrupt length must not size an allocation.
-pub const MAX_FOOTER_BYTES: u64 = 64 * 1024 * 1024;
+/// Footers longer than this are refused: a corrupt length must not size an allocation, and
+/// the seal holds a footer per source read ahead. A small file's footer is a few KiB; one
+/// of 8 MiB describes tens of thousands of column chunks, no small file.
+pub const MAX_FOOTER_BYTES: u64 = 8 * 1024 * 1024;
 /// The Arrow schema Arrow writers store in the footer; carried into outputs.
 pub const ARROW_SCHEMA_KEY: &str = "ARROW:schema";
 
@@ -98,8 +100,13 @@ pub fn footer_length(last_8: &[u8], size: u64) -> Result<u64, BadParquet> {
         return Err(BadParquet("has an encrypted footer (PARE): encrypted Parquet is not merged".into()));
     }
     let length = tail.metadata_length() as u64;
-    if length == 0 || length > MAX_FOOTER_BYTES || length + TAIL_BYTES + MAGIC.len() as u64 > size {
+    if length == 0 || length + TAIL_BYTES + MAGIC.len() as u64 > size {
         return Err(BadParquet(format!("its footer length {length} does not fit a file of {size} bytes")));
+    }
+    if length > MAX_FOOTER_BYTES {
+        return Err(BadParquet(format!(
+            "its footer is {length} bytes, over the {MAX_FOOTER_BYTES} merged: not a small file"
+        )));
     }
     Ok(length)
 }
