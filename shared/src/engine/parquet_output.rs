@@ -157,7 +157,7 @@ impl<'a> ParquetOutput<'a> {
         }
         if self.file.as_ref().is_some_and(|file| file.schema != schema) {
             info!(key = %source.key, output = %self.key, "Parquet source has another schema than its output's; left pending for an output of its own");
-            self.written.deferred += 1;
+            self.written.deferred_sources += 1;
             return Ok(());
         }
         let start = self.offset;

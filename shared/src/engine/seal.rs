@@ -126,6 +126,14 @@ pub struct PartitionSealReport {
     /// Gzip sources of a line class that could not be inflated to their end (truncated, not
     /// gzip): compacted as they are, without the newline member after them.
     pub unreadable_gzip_sources: u64,
+    /// Sources a rewriting format could not read as its input (a truncated or invalid
+    /// CloudTrail file): marked `missing` with the reason (counted there too), left as they are.
+    pub objects_not_in_format: u64,
+    /// Records a rewriting format wrote (CloudTrail events, one NDJSON line each).
+    pub records_rewritten: u64,
+    /// Times an output left a source pending because its CSV header or its Parquet schema was
+    /// not the output's: the seal's next pass gives it an output of its own header or schema.
+    pub objects_deferred: u64,
     /// Gone or changed when read: marked `missing`, not in any output.
     pub objects_missing: u64,
     /// A newer version arrived while the output was written: its old bytes are in the output
@@ -133,9 +141,6 @@ pub struct PartitionSealReport {
     pub objects_superseded: u64,
     /// Refused formats left pending (the configuration changed since they were ingested).
     pub objects_refused: u64,
-    /// Times an output left a Parquet source pending because its schema was not the output's;
-    /// a later pass of the same seal gives it an output of its own schema.
-    pub objects_deferred: u64,
     /// Uncommitted outputs of crashed runs, deleted and abandoned.
     pub outputs_abandoned: u64,
     /// Objects of outputs committed by a crashed run, turned compacted by this one.
@@ -167,10 +172,12 @@ impl PartitionSealReport {
             copied_sources: 0,
             copied_bytes: 0,
             unreadable_gzip_sources: 0,
+            objects_not_in_format: 0,
+            records_rewritten: 0,
+            objects_deferred: 0,
             objects_missing: 0,
             objects_superseded: 0,
             objects_refused: 0,
-            objects_deferred: 0,
             outputs_abandoned: 0,
             objects_finished: 0,
             expiry: ExpiryCounts::default(),
@@ -205,12 +212,13 @@ pub struct SealReport {
     pub copied_bytes: u64,
     /// See [`PartitionSealReport::unreadable_gzip_sources`].
     pub unreadable_gzip_sources: u64,
+    pub objects_not_in_format: u64,
+    pub records_rewritten: u64,
+    pub objects_deferred: u64,
     pub objects_missing: u64,
     pub objects_superseded: u64,
     /// See [`PartitionSealReport::objects_refused`].
     pub objects_refused: u64,
-    /// See [`PartitionSealReport::objects_deferred`].
-    pub objects_deferred: u64,
     pub outputs_abandoned: u64,
     pub objects_finished: u64,
     pub expiry: ExpiryCounts,
@@ -237,10 +245,12 @@ impl SealReport {
         self.copied_sources += partition.copied_sources;
         self.copied_bytes += partition.copied_bytes;
         self.unreadable_gzip_sources += partition.unreadable_gzip_sources;
+        self.objects_not_in_format += partition.objects_not_in_format;
+        self.records_rewritten += partition.records_rewritten;
+        self.objects_deferred += partition.objects_deferred;
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
         self.objects_refused += partition.objects_refused;
-        self.objects_deferred += partition.objects_deferred;
         self.outputs_abandoned += partition.outputs_abandoned;
         self.objects_finished += partition.objects_finished;
         self.expiry.add(&partition.expiry);
@@ -261,6 +271,9 @@ impl SealReport {
             copied_sources = self.copied_sources,
             copied_bytes = self.copied_bytes,
             unreadable_gzip_sources = self.unreadable_gzip_sources,
+            not_in_format = self.objects_not_in_format,
+            records_rewritten = self.records_rewritten,
+            deferred = self.objects_deferred,
             missing = self.objects_missing,
             superseded = self.objects_superseded,
             refused = self.objects_refused,
@@ -594,7 +607,8 @@ impl Compactor {
             self.manifest.begin_output(lease, &record).await?;
         }
         let (placed, superseded, written) = self.write_windows(lease, report, &range, &record).await?;
-        report.objects_deferred += written.deferred;
+        // Counted before anything else: the seal's next pass depends on it.
+        report.objects_deferred += written.deferred_sources;
         if !written.written {
             if let Some(upload_id) = &record.upload_id {
                 self.store.abort_multipart(&dest_bucket, &range.key, upload_id).await?;
@@ -651,6 +665,8 @@ impl Compactor {
         report.copied_sources += written.copied_sources;
         report.copied_bytes += written.copied_bytes;
         report.unreadable_gzip_sources += written.unreadable_gzip_sources;
+        report.objects_not_in_format += written.not_in_format_sources;
+        report.records_rewritten += written.records;
         info!(
             output = %range.key,
             objects = compacted,
@@ -695,7 +711,7 @@ impl Compactor {
             upload_id: record.upload_id.as_deref(),
         };
         let mut writer = WindowedWriter::new(&self.store, &self.config, &planned, &target);
-        let mut window = RangeWindow::new(range, self.config.format);
+        let mut window = RangeWindow::new(range, self.config.formats.clone());
         let mut start_after = window.start_after().map(str::to_owned);
         let (mut placed, mut superseded) = (0, 0);
         while !window.done() {
