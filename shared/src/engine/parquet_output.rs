@@ -210,6 +210,9 @@ impl<'a> ParquetOutput<'a> {
         span: Range<u64>,
     ) -> Result<Result<OffsetBytes, String>, EngineError> {
         let start = span.start;
+        if span.is_empty() {
+            return Ok(Ok(OffsetBytes { start, bytes: bytes::Bytes::new() }));
+        }
         match read_range(self.store.as_ref(), &source.bucket, &source.key, source.size, source.etag.as_deref(), span)
             .await
         {
@@ -290,6 +293,8 @@ async fn prefetch(store: &dyn ObjectStore, source: &ObjectRecord) -> Result<Pref
     let span =
         footer.row_group_bytes.iter().cloned().reduce(|one, other| one.start.min(other.start)..one.end.max(other.end));
     let data = match span {
+        // No bytes to read (chunks of zero bytes): an empty range is no GET S3 serves.
+        Some(span) if span.is_empty() => Some(OffsetBytes { start: span.start, bytes: bytes::Bytes::new() }),
         Some(span) if span.end - span.start <= PREFETCH_MAX_BYTES => {
             let start = span.start;
             match read_range(store, &source.bucket, &source.key, source.size, etag, span).await {
