@@ -128,9 +128,10 @@ pub struct ConfigArgs {
     pub small_object_max_bytes: Option<String>,
     /// Format of keys no --formats rule matches: auto (by name), concat (newline between line
     /// files that lack one; gzip as members), bytes (no separators), cloudtrail (gzip
-    /// {"Records":[...]} documents to gzip NDJSON), csv (one header per output) or ndjson
-    /// (lines that are not JSON set aside in a side file) [default: auto].
-    #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|concat|bytes|cloudtrail|csv|ndjson")]
+    /// {"Records":[...]} documents to gzip NDJSON), csv (one header per output), ndjson (lines
+    /// that are not JSON set aside in a side file) or parquet (merged by column chunks; auto
+    /// picks it for .parquet keys) [default: auto].
+    #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|concat|bytes|cloudtrail|csv|ndjson|parquet")]
     pub format: Option<String>,
     /// A format per source prefix, e.g. AWSLogs/=cloudtrail,raw/=bytes; the longest matching
     /// prefix wins [default: none].
@@ -237,9 +238,9 @@ pub struct DemoArgs {
     /// Days of data.
     #[arg(long, default_value_t = 30)]
     pub days: u32,
-    /// Files per day.
-    #[arg(long, default_value_t = 700)]
-    pub files_per_day: u32,
+    /// Files per day [default: 700; 20 with --format parquet].
+    #[arg(long)]
+    pub files_per_day: Option<u32>,
     /// Seed of the generated dataset (same seed, same bytes).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,

@@ -673,7 +673,7 @@ mod tests {
         assert_eq!(config.formats.choose("other/x.json").mode, FormatMode::Bytes);
         let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_FORMATS", "AWSLogs/=csvv")]).unwrap_err();
         assert_eq!(error.name(), "COMPACTOR_FORMATS");
-        assert!(error.to_string().contains("use auto, concat, bytes, cloudtrail, csv or ndjson"), "{error}");
+        assert!(error.to_string().contains("use auto, concat, bytes, cloudtrail, csv, ndjson or parquet"), "{error}");
         let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_FORMAT", "parquet!")]).unwrap_err();
         assert_eq!(error.name(), "COMPACTOR_FORMAT");
     }

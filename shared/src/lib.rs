@@ -42,6 +42,8 @@ pub mod domain;
 pub mod engine;
 pub mod event;
 pub mod metrics;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 pub mod ports;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

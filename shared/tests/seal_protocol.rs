@@ -1127,7 +1127,7 @@ mod cases {
         harness.add("app/2024/01/14/a.json", "{\"a\":1}\n").await;
         harness.add("app/2024/01/15/b.json", "{\"b\":1}\n").await;
         for (index, key) in
-            ["app/2024/01/14/old.parquet", "app/2024/01/15/old.parquet", "app/2024/01/15/z.orc"].into_iter().enumerate()
+            ["app/2024/01/14/old.avro", "app/2024/01/15/old.avro", "app/2024/01/15/z.orc"].into_iter().enumerate()
         {
             let partition = harness.config.layout.partition_of(key).unwrap();
             let closes_at = partition.period.closes_at(harness.config.grace);

@@ -29,6 +29,7 @@ pub(crate) fn object_at(spec: &DatasetSpec, day: u32, file: u32) -> GeneratedObj
         DatasetKind::CloudTrail => cloudtrail(context),
         DatasetKind::HiveNdjson => hive_ndjson(context),
         DatasetKind::HiveCsv => hive_csv(context),
+        DatasetKind::Parquet => parquet_batch(context),
     }
 }
 
@@ -54,6 +55,7 @@ fn file_rng(seed: u64, kind: DatasetKind, day: u32, file: u32) -> SplitMix64 {
         DatasetKind::CloudTrail => 0xC10D,
         DatasetKind::HiveNdjson => 0x4D15,
         DatasetKind::HiveCsv => 0xC5F0,
+        DatasetKind::Parquet => 0xFEA7,
     };
     SplitMix64::new(mix64(mix64(seed ^ kind_salt) ^ ordinal(day, file)))
 }
@@ -556,4 +558,24 @@ fn hive_csv(mut context: FileContext<'_>) -> GeneratedObject {
     );
     let body = if compressed { Bytes::from(gzip(body.as_bytes())) } else { Bytes::from(body) };
     GeneratedObject { key, body, event_time: context.event_time }
+}
+
+/// A feature-store ingestion batch: one Parquet file of the compactor's feature-store schema.
+fn parquet_batch(mut context: FileContext<'_>) -> GeneratedObject {
+    use compactor::testkit::parquet_files::{file_bytes, FileSpec, Schema};
+    let rng = &mut context.rng;
+    let mut spec = FileSpec::from_seed(rng.next_u64(), Schema::Wide);
+    let mean = u64::from(context.spec.records_per_file);
+    spec.rows = rng.between(1, (2 * mean - 1).clamp(1, 500)) as u32;
+    spec.first_row_group_rows = spec.first_row_group_rows.min(spec.rows).max(1);
+    let body = file_bytes(&spec).expect("writing Parquet to a Vec cannot fail");
+    let key = format!(
+        "{}{:04}/{:02}/{:02}/batch-{:016x}.parquet",
+        context.spec.prefix,
+        context.date.year(),
+        context.date.month(),
+        context.date.day(),
+        context.unique_id
+    );
+    GeneratedObject { key, body: Bytes::from(body), event_time: context.event_time }
 }

@@ -66,11 +66,21 @@ pub enum DatasetKind {
     /// `<prefix>year=YYYY/month=MM/day=DD/part-<n>.csv`, each with a header line, about 30%
     /// gzip (`.csv.gz`).
     HiveCsv,
+    /// `<prefix>YYYY/MM/DD/batch-<16 hex>.parquet`: feature-store ingestion batches, 37 columns
+    /// (ids, an event time, float and integer features with nulls, a flag, a nested struct and
+    /// a list), 1 to `2 × records_per_file - 1` rows (at most 500), Snappy or Zstd, one row
+    /// group (two in about one file in five). See `compactor::testkit::parquet_files`.
+    Parquet,
 }
 
 impl DatasetKind {
-    pub const ALL: [DatasetKind; 4] =
-        [DatasetKind::SeedJson, DatasetKind::CloudTrail, DatasetKind::HiveNdjson, DatasetKind::HiveCsv];
+    pub const ALL: [DatasetKind; 5] = [
+        DatasetKind::SeedJson,
+        DatasetKind::CloudTrail,
+        DatasetKind::HiveNdjson,
+        DatasetKind::HiveCsv,
+        DatasetKind::Parquet,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,6 +88,7 @@ impl DatasetKind {
             DatasetKind::CloudTrail => "cloudtrail",
             DatasetKind::HiveNdjson => "hive-ndjson",
             DatasetKind::HiveCsv => "hive-csv",
+            DatasetKind::Parquet => "parquet",
         }
     }
 }
@@ -149,12 +160,14 @@ impl DatasetSpec {
     /// | cloudtrail  | 30   | 700       | 30 (mean)    | 5.2 KB gzip | 110 MB  | 44%       |
     /// | hive-ndjson | 30   | 360       | 40 (mean)    | 9.5 KB      | ~102 MB | 1%        |
     /// | hive-csv    | 30   | 480       | 40 (mean)    | 6.1 KB      | ~87 MB  | 3%        |
+    /// | parquet     | 30   | 60        | 250 (mean)   | see below   |         |           |
     pub fn demo(kind: DatasetKind) -> Self {
         let (files_per_day, records_per_file, prefix) = match kind {
             DatasetKind::SeedJson => (700, 6, "logs/"),
             DatasetKind::CloudTrail => (700, 30, ""),
             DatasetKind::HiveNdjson => (360, 40, "clicks/"),
             DatasetKind::HiveCsv => (480, 40, "clicks-csv/"),
+            DatasetKind::Parquet => (60, 250, "features/"),
         };
         DatasetSpec {
             kind,

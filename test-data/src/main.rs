@@ -46,7 +46,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct GenerateArgs {
-    /// Dataset kind: seed-json, cloudtrail, hive-ndjson or hive-csv. Flags left out take the
+    /// Dataset kind: seed-json, cloudtrail, hive-ndjson, hive-csv or parquet. Flags left out take the
     /// kind's demo defaults.
     #[arg(long, default_value = "seed-json")]
     kind: DatasetKind,

@@ -30,7 +30,7 @@ fn date_in_key(kind: DatasetKind, prefix: &str, key: &str) -> NaiveDate {
     let number = |text: &str| -> u32 { text.parse().unwrap_or_else(|_| panic!("{text:?} in {key} is not a number")) };
     let parts: Vec<&str> = rest.split('/').collect();
     let (year, month, day) = match kind {
-        DatasetKind::SeedJson => (parts[0], parts[1], parts[2]),
+        DatasetKind::SeedJson | DatasetKind::Parquet => (parts[0], parts[1], parts[2]),
         DatasetKind::CloudTrail => {
             assert_eq!(&parts[..4], ["AWSLogs", "123456789012", "CloudTrail", "eu-west-1"], "{key}");
             (parts[4], parts[5], parts[6])
@@ -120,6 +120,11 @@ fn keys_are_unique_and_follow_each_layout() {
                     assert_eq!(hour, format!("hour={:02}", chrono::Timelike::hour(&object.event_time)));
                     assert!(file_name.starts_with("part-"), "{file_name}");
                     assert!(file_name.ends_with(".ndjson") || file_name.ends_with(".ndjson.gz"), "{file_name}");
+                }
+                DatasetKind::Parquet => {
+                    assert!(file_name.starts_with("batch-") && file_name.ends_with(".parquet"), "{file_name}");
+                    assert_eq!(&object.body[..4], b"PAR1", "{file_name}");
+                    assert_eq!(&object.body[object.body.len() - 4..], b"PAR1", "{file_name}");
                 }
                 DatasetKind::HiveCsv => {
                     assert_eq!(object.key.split('/').count(), 5, "{}", object.key);
@@ -220,8 +225,8 @@ fn kinds_print_and_parse_back() {
     for kind in DatasetKind::ALL {
         assert_eq!(kind.to_string().parse::<DatasetKind>(), Ok(kind));
     }
-    let error = "parquet".parse::<DatasetKind>().unwrap_err().to_string();
-    assert!(error.contains("seed-json, cloudtrail, hive-ndjson, hive-csv"), "{error}");
+    let error = "orc".parse::<DatasetKind>().unwrap_err().to_string();
+    assert!(error.contains("seed-json, cloudtrail, hive-ndjson, hive-csv, parquet"), "{error}");
 }
 
 #[test]

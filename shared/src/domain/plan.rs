@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn classes_get_outputs_of_their_own_and_refused_formats_are_listed() {
         let pending =
-            vec![input("p/a.json.gz", 10), input("p/b.json", 10), input("p/c.json.gz", 10), input("p/d.parquet", 10)];
+            vec![input("p/a.json.gz", 10), input("p/b.json", 10), input("p/c.json.gz", 10), input("p/d.orc", 10)];
         let plan = plan_partition("p/", 1, &pending, &settings(1000));
         let keys: Vec<_> = plan.outputs.iter().map(|output| output.key.as_str()).collect();
         assert_eq!(
@@ -238,7 +238,7 @@ mod tests {
         );
         assert_eq!(plan.outputs[1].sources.len(), 2);
         assert_eq!(plan.outputs[0].sources, vec![input("p/b.json", 10)]);
-        assert_eq!(plan.refused, vec![input("p/d.parquet", 10)]);
+        assert_eq!(plan.refused, vec![input("p/d.orc", 10)]);
     }
 
     #[test]

@@ -81,6 +81,14 @@ impl RangePacker {
 
     /// The ranges still open, once every object has been pushed.
     pub fn finish(mut self) -> Vec<PlannedRange> {
+        self.finish_pass()
+    }
+
+    /// The ranges still open, and a new pass from the partition's first pending key: output
+    /// names go on where they were. For sources an output left pending (Parquet of another
+    /// schema than the output's), which the next pass gives outputs of their own.
+    pub fn finish_pass(&mut self) -> Vec<PlannedRange> {
+        self.last_key = None;
         let open = std::mem::take(&mut self.open);
         open.into_iter().map(|(class, open)| self.close(class, open)).collect()
     }

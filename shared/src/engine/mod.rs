@@ -15,6 +15,10 @@
 
 pub mod audit;
 pub mod ingest;
+#[cfg(feature = "parquet")]
+mod parquet_checks;
+#[cfg(feature = "parquet")]
+mod parquet_output;
 pub mod plan;
 pub mod restore;
 pub mod seal;

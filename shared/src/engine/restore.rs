@@ -1,5 +1,7 @@
 //! Restore: the original bytes of a compacted source, read back from its output by byte range
-//! and checked against the sha256 recorded at seal time.
+//! and checked against the sha256 recorded at seal time. A Parquet source comes back as a
+//! standalone Parquet file of its rows: the same schema, rows and values, not the same bytes
+//! (its row groups are copied out of the output under a new footer).
 //!
 //! A CSV source's range is its rows: restore puts its header, the output's first bytes, back
 //! in front. A source a rewriting format changed (CloudTrail to NDJSON) has its records in that range, as
@@ -35,6 +37,12 @@ impl Compactor {
                 )))
             }
         };
+        // A Parquet source comes back as a Parquet file of its rows (see `parquet_checks`).
+        #[cfg(feature = "parquet")]
+        if super::parquet_checks::is_parquet_output(&placement.output_key) {
+            let bytes = self.restore_parquet(key, &placement).await?;
+            return Ok((object, bytes));
+        }
         // An empty source is an empty range, which no store serves (S3 answers 416): its bytes
         // are known without reading, and still checked against the sha256 recorded for them.
         let bytes = if placement.length == 0 {

@@ -131,8 +131,8 @@ pub struct PartitionSealReport {
     pub objects_not_in_format: u64,
     /// Records a rewriting format wrote (CloudTrail events, one NDJSON line each).
     pub records_rewritten: u64,
-    /// CSV sources whose header differed from their output's: still pending, for an output of
-    /// their own header at the next seal (the partition stays open for it).
+    /// Times an output left a source pending because its CSV header or its Parquet schema was
+    /// not the output's: the seal's next pass gives it an output of its own header or schema.
     pub objects_deferred: u64,
     /// Lines that were not JSON (`ndjson`): set aside in their output's side file, logged.
     pub invalid_lines: u64,
@@ -449,36 +449,51 @@ impl Compactor {
         // Compacted sources not yet marked for expiry; dropped by a failure, and then found
         // again by the next run's recovery.
         let mut awaiting_expiry: Vec<ObjectRecord> = Vec::new();
-        let mut start_after: Option<String> = None;
-        'pages: loop {
-            let query = ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
-            let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
-            let page_length = page.len();
-            start_after = page.last().map(|object| object.key.clone());
-            for object in page {
-                match packer.push(&object.key, object.size) {
-                    Ok(Some(range)) => {
+        // One pass reads every pending object. Another follows only when an output left some
+        // pending for their Parquet schema; each output places its first source, so every pass
+        // defers fewer, and the loop ends.
+        let mut previous_pass_deferred: Option<u64> = None;
+        'passes: loop {
+            let deferred_at_start = report.objects_deferred;
+            let mut start_after: Option<String> = None;
+            loop {
+                let query =
+                    ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
+                let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
+                let page_length = page.len();
+                start_after = page.last().map(|object| object.key.clone());
+                for object in page {
+                    match packer.push(&object.key, object.size) {
+                        Ok(Some(range)) => {
+                            if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
+                                break 'passes;
+                            }
+                            self.expire_ready_sources(report, &mut awaiting_expiry).await?;
+                        }
+                        Ok(None) => {}
+                        Err(_refused) => {
+                            warn!(key = %object.key, "pending object has a format that cannot be concatenated; left pending");
+                            report.objects_refused += 1;
+                        }
+                    }
+                }
+                if page_length < PAGE {
+                    for range in packer.finish_pass() {
                         if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
-                            break 'pages;
+                            break 'passes;
                         }
                         self.expire_ready_sources(report, &mut awaiting_expiry).await?;
                     }
-                    Ok(None) => {}
-                    Err(_refused) => {
-                        warn!(key = %object.key, "pending object has a format that cannot be concatenated; left pending");
-                        report.objects_refused += 1;
-                    }
+                    break;
                 }
             }
-            if page_length < PAGE {
-                for range in packer.finish() {
-                    if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
-                        break 'pages;
-                    }
-                    self.expire_ready_sources(report, &mut awaiting_expiry).await?;
-                }
+            let deferred = report.objects_deferred - deferred_at_start;
+            // A pass that defers as many as the one before placed none of them (it cannot happen,
+            // but the loop must end whatever happens): they stay pending for the next seal.
+            if deferred == 0 || previous_pass_deferred.is_some_and(|previous| deferred >= previous) {
                 break;
             }
+            previous_pass_deferred = Some(deferred);
         }
         // What is left, also when the deadline stopped the run: those outputs are committed.
         if !awaiting_expiry.is_empty() {
@@ -598,6 +613,8 @@ impl Compactor {
             self.manifest.begin_output(lease, &record).await?;
         }
         let (placed, superseded, written) = self.write_windows(lease, report, &range, &record).await?;
+        // Counted before anything else: the seal's next pass depends on it.
+        report.objects_deferred += written.deferred_sources;
         if !written.written {
             if let Some(upload_id) = &record.upload_id {
                 self.store.abort_multipart(&dest_bucket, &range.key, upload_id).await?;
@@ -656,7 +673,6 @@ impl Compactor {
         report.unreadable_gzip_sources += written.unreadable_gzip_sources;
         report.objects_not_in_format += written.not_in_format_sources;
         report.records_rewritten += written.records;
-        report.objects_deferred += written.deferred_sources;
         report.invalid_lines += written.invalid_lines;
         info!(
             output = %range.key,

@@ -88,8 +88,8 @@ pub(crate) struct WrittenOutput {
     pub not_in_format_sources: u64,
     /// Records written by a rewriting format (CloudTrail events).
     pub records: u64,
-    /// CSV sources whose header differs from their output's: left out, still pending, for an
-    /// output of their own header at the next seal.
+    /// CSV sources whose header, or Parquet sources whose schema, differs from their output's:
+    /// left out, still pending, for an output of their own (the seal's next pass).
     pub deferred_sources: u64,
     /// Lines that are not JSON, set aside in the output's side file (`ndjson`).
     pub invalid_lines: u64,
@@ -221,6 +221,9 @@ impl<T> Future for AbortOnDrop<T> {
 /// sources, not per source.
 pub(crate) struct WindowedWriter<'a> {
     writer: OutputWriter<'a>,
+    /// Set for a Parquet output, which joins sources by their column chunks instead.
+    #[cfg(feature = "parquet")]
+    parquet: Option<super::parquet_output::ParquetOutput<'a>>,
     read_budget: Arc<Semaphore>,
     budget_kib: u32,
 }
@@ -235,6 +238,11 @@ impl<'a> WindowedWriter<'a> {
         let budget_kib = u32::try_from(config.read_ahead_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
         Self {
             writer: OutputWriter::new(store, config, planned, target),
+            #[cfg(feature = "parquet")]
+            parquet: planned
+                .class
+                .is_parquet()
+                .then(|| super::parquet_output::ParquetOutput::new(store, config, planned, target)),
             read_budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
         }
@@ -242,20 +250,36 @@ impl<'a> WindowedWriter<'a> {
 
     /// The placements of the sources written since the last call, in output order.
     pub(crate) fn take_placements(&mut self) -> Vec<SourcePlacement> {
+        #[cfg(feature = "parquet")]
+        if let Some(parquet) = &mut self.parquet {
+            return std::mem::take(&mut parquet.written.placements);
+        }
         std::mem::take(&mut self.writer.written.placements)
     }
 
     /// The sources found missing since the last call.
     pub(crate) fn take_missing(&mut self) -> Vec<MissingSource> {
+        #[cfg(feature = "parquet")]
+        if let Some(parquet) = &mut self.parquet {
+            return std::mem::take(&mut parquet.written.missing);
+        }
         std::mem::take(&mut self.writer.written.missing)
     }
 
     pub(crate) async fn finish(self) -> Result<WrittenOutput, EngineError> {
+        #[cfg(feature = "parquet")]
+        if let Some(parquet) = self.parquet {
+            return parquet.finish().await;
+        }
         self.writer.finish().await
     }
 
     /// Appends the next window of sources, in plan order.
     pub(crate) async fn write(&mut self, sources: &[ObjectRecord]) -> Result<(), EngineError> {
+        #[cfg(feature = "parquet")]
+        if let Some(parquet) = &mut self.parquet {
+            return parquet.write(sources).await;
+        }
         let (store, config, planned) = (self.writer.store, self.writer.config, self.writer.planned);
         let multipart = self.writer.multipart;
         let budget_kib = self.budget_kib;
@@ -418,7 +442,8 @@ impl<'a> OutputWriter<'a> {
             FormatMode::Cloudtrail => return self.append_rewritten(source, bytes, permit).await,
             FormatMode::Csv => return self.append_csv(source, bytes, permit).await,
             FormatMode::Ndjson => return self.append_ndjson(source, bytes, permit).await,
-            FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => {}
+            // Parquet outputs are written by `ParquetOutput`, never by this writer.
+            FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes | FormatMode::Parquet => {}
         }
         let source_sha256 = hex::encode(Sha256::digest(&bytes));
         let mut tail = TextTail::new(&self.planned.class);
@@ -757,7 +782,7 @@ async fn read_sources(
 }
 
 /// Parts in flight for one multipart upload, at most `limit` uploads at a time.
-struct PartUploads<'a> {
+pub(crate) struct PartUploads<'a> {
     store: &'a Arc<dyn ObjectStore>,
     bucket: &'a str,
     key: &'a str,
@@ -772,7 +797,7 @@ struct PartUploads<'a> {
 }
 
 impl<'a> PartUploads<'a> {
-    fn new(
+    pub(crate) fn new(
         store: &'a Arc<dyn ObjectStore>,
         bucket: &'a str,
         key: &'a str,
@@ -809,7 +834,12 @@ impl<'a> PartUploads<'a> {
         self.next_part_number - 1
     }
 
-    async fn upload(&mut self, part: Bytes) -> Result<(), EngineError> {
+    /// Parts numbered so far.
+    pub(crate) fn parts_started(&self) -> u32 {
+        self.next_part_number - 1
+    }
+
+    pub(crate) async fn upload(&mut self, part: Bytes) -> Result<(), EngineError> {
         while self.in_flight.len() >= self.limit {
             self.finish_one().await?;
         }
@@ -856,7 +886,7 @@ impl<'a> PartUploads<'a> {
         Ok(())
     }
 
-    async fn complete(mut self) -> Result<(), EngineError> {
+    pub(crate) async fn complete(mut self) -> Result<(), EngineError> {
         while !self.in_flight.is_empty() {
             self.finish_one().await?;
         }

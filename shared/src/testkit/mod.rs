@@ -5,6 +5,8 @@ pub mod duckdb;
 pub mod faults;
 pub mod forwarding;
 pub mod manifest_conformance;
+#[cfg(feature = "parquet")]
+pub mod parquet_files;
 #[cfg(feature = "aws")]
 pub mod s3_server;
 pub mod servers;

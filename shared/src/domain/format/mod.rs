@@ -11,8 +11,9 @@
 //!   member holding only `\n`, recorded as its separator: outside its range, which stays byte
 //!   exact. Knowing the text's last byte takes inflating the whole source as it streams past
 //!   ([`TextTail`]): deflate has no index to start near the end;
-//! - formats whose files cannot be joined by concatenation (Parquet, ORC, Avro containers, zip)
-//!   are refused at ingest, so they stay where they are, logged and counted.
+//! - formats whose files cannot be joined by concatenation (ORC, Avro containers, zip) are
+//!   refused at ingest, so they stay where they are, logged and counted; Parquet is merged by
+//!   its column chunks instead (`parquet`, see `crate::parquet`).
 //!
 //! - `cloudtrail` ([`cloudtrail`]) rewrites each gzip `{"Records":[...]}` document into a gzip
 //!   member of NDJSON, one event a line: the source's range is that member;
@@ -62,8 +63,13 @@ impl FormatClass {
     pub fn keeps_source_bytes(&self) -> bool {
         match self.format {
             FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => true,
-            FormatMode::Cloudtrail | FormatMode::Csv | FormatMode::Ndjson => false,
+            FormatMode::Cloudtrail | FormatMode::Csv | FormatMode::Ndjson | FormatMode::Parquet => false,
         }
+    }
+
+    /// Parquet sources: merged by their column chunks, not concatenated (see `crate::parquet`).
+    pub fn is_parquet(&self) -> bool {
+        self.format == FormatMode::Parquet
     }
 
     /// The bytes that go after a source whose text lacks a final newline (see
@@ -170,6 +176,8 @@ pub struct NotConcatenable;
 
 const LINE_EXTENSIONS: &[&str] = &["json", "ndjson", "jsonl", "csv", "tsv", "log", "txt", "text"];
 const GZIP_EXTENSIONS: &[&str] = &["gz", "gzip"];
+/// The extension of Parquet outputs, and the class that says a source is Parquet.
+pub const PARQUET_EXTENSION: &str = ".parquet";
 const REFUSED_EXTENSIONS: &[&str] = &["parquet", "orc", "avro", "zip", "7z", "tar", "jar"];
 
 /// The class of a key under `rules`, or [`NotConcatenable`] for formats that byte
@@ -204,6 +212,20 @@ fn classify_as(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenab
     let lowercase = file_name.to_ascii_lowercase();
     let mut dotted = lowercase.split('.').skip(1).collect::<Vec<_>>();
     let last = dotted.last().copied().unwrap_or("");
+    // Parquet files are merged by their column chunks when the crate can (the `parquet`
+    // feature), never as bytes: `auto` knows them by name, a `parquet` rule takes every key
+    // (a file that is not Parquet is found out at seal time, by its footer).
+    if mode == FormatMode::Parquet || (mode == FormatMode::Auto && last == "parquet") {
+        if !cfg!(feature = "parquet") {
+            return Err(NotConcatenable);
+        }
+        return Ok(FormatClass {
+            extension: PARQUET_EXTENSION.into(),
+            newline_separated: false,
+            gzip: false,
+            format: FormatMode::Parquet,
+        });
+    }
     if REFUSED_EXTENSIONS.contains(&last) {
         return Err(NotConcatenable);
     }
@@ -231,7 +253,7 @@ fn classify_as(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenab
             let extension = if dotted.is_empty() { String::new() } else { format!(".{last}") };
             return Ok(FormatClass { format: FormatMode::Ndjson, ..class(extension, true, false) });
         }
-        FormatMode::Auto | FormatMode::Concat | FormatMode::Csv | FormatMode::Ndjson => {}
+        FormatMode::Auto | FormatMode::Concat | FormatMode::Csv | FormatMode::Ndjson | FormatMode::Parquet => {}
     }
     if GZIP_EXTENSIONS.contains(&last) {
         dotted.pop();
@@ -279,7 +301,16 @@ mod tests {
         assert_eq!(class("a/stream-1-2024-01-14"), class_of("", true, false));
         assert_eq!(class("a/x.bin"), class_of(".bin", false, false));
         let bytes = FormatRules::uniform(FormatMode::Bytes);
-        assert_eq!(classify("a/x.parquet", &auto()), Err(NotConcatenable));
+        if cfg!(feature = "parquet") {
+            let parquet = classify("a/X.PARQUET", &auto()).unwrap();
+            assert!(parquet.is_parquet() && !parquet.keeps_source_bytes(), "merged by column chunks");
+            assert_eq!((parquet.extension.as_str(), parquet.format), (".parquet", FormatMode::Parquet));
+            let by_rule = classify("a/part-0001", &FormatRules::uniform(FormatMode::Parquet)).unwrap();
+            assert_eq!(by_rule, parquet, "a parquet rule takes keys without the extension too");
+        } else {
+            assert_eq!(classify("a/x.parquet", &auto()), Err(NotConcatenable));
+        }
+        assert!(!class("a/b.json").is_parquet());
         assert_eq!(classify("a/x.parquet", &bytes), Err(NotConcatenable));
         let bytes_class = FormatClass { format: FormatMode::Bytes, ..class_of("", false, false) };
         assert_eq!(classify("a/x.json", &bytes).unwrap(), bytes_class);

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatMode {
-    /// Decide per key from its name (the default): today, `concat` for every key that is not
-    /// refused.
+    /// Decide per key from its name (the default): `parquet` for `.parquet` keys, `concat` for
+    /// every other key that is not refused.
     #[default]
     Auto,
     /// Byte concatenation, newline-safe for line files and for gzip sources (see the module
@@ -29,11 +29,14 @@ pub enum FormatMode {
     Csv,
     /// Plain JSON lines; a line that is not JSON is set aside in a side file next to the output.
     Ndjson,
+    /// Parquet files merged by their column chunks, copied without decoding (`auto` picks it
+    /// for `.parquet` keys).
+    Parquet,
 }
 
 impl FormatMode {
     /// Every mode, as its text, for messages.
-    pub const NAMES: &'static str = "auto, concat, bytes, cloudtrail, csv or ndjson";
+    pub const NAMES: &'static str = "auto, concat, bytes, cloudtrail, csv, ndjson or parquet";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,6 +46,7 @@ impl FormatMode {
             FormatMode::Cloudtrail => "cloudtrail",
             FormatMode::Csv => "csv",
             FormatMode::Ndjson => "ndjson",
+            FormatMode::Parquet => "parquet",
         }
     }
 }
@@ -63,6 +67,7 @@ impl FromStr for FormatMode {
             "cloudtrail" => Ok(FormatMode::Cloudtrail),
             "csv" => Ok(FormatMode::Csv),
             "ndjson" => Ok(FormatMode::Ndjson),
+            "parquet" => Ok(FormatMode::Parquet),
             other => Err(format!("format {other:?} is not known: use {}", FormatMode::NAMES)),
         }
     }
@@ -170,7 +175,7 @@ mod tests {
         assert!(error("trail/").contains("prefix=format"), "{}", error("trail/"));
         assert!(error("=cloudtrail").contains("COMPACTOR_FORMAT"), "{}", error("=cloudtrail"));
         assert!(
-            error("a/=parket").contains("auto, concat, bytes, cloudtrail, csv or ndjson"),
+            error("a/=parket").contains("auto, concat, bytes, cloudtrail, csv, ndjson or parquet"),
             "{}",
             error("a/=parket")
         );
@@ -186,6 +191,7 @@ mod tests {
             FormatMode::Cloudtrail,
             FormatMode::Csv,
             FormatMode::Ndjson,
+            FormatMode::Parquet,
         ] {
             assert_eq!(mode.to_string().parse::<FormatMode>().unwrap(), mode);
         }
