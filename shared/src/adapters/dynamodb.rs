@@ -27,8 +27,8 @@
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
 //! | partition | `P#{bucket}#{path}` | `#PARTITION` | `bucket`, `path`, `period_start`, `period_end`, `closes_at`, `state`, `generation`, `lock_owner`?, `lease_expires_at`?, `sealed_at`?, `ingest_counter`; `gsi1pk`/`gsi1sk` while it may have pending objects; `gsi3pk`/`gsi3sk` always |
-//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once compacted: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`; `gsi2pk`, `gsi2sk` only on items placed by versions before placement chunks |
-//! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`? |
+//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once compacted: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`, and `expiry_by_output` when its output keeps an expiry cursor; `gsi2pk`, `gsi2sk` only on items placed by versions before placement chunks |
+//! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`?; the expiry cursor, from the commit on: `expiry_done` (Boolean), `expiry_through_offset`?, `expiry_through_key`?, `expiry_marked_at`? |
 //! | placement chunk | `PL#{bucket}#{len(path)}#{path}{output key}` | first offset, 20 digits | `generation`, `placements` (JSON, up to 300 KB): see the `placements` module |
 //! | output pointer | `OUTKEY#{bucket}#{key}` | `#` | `target_pk`, `target_sk`: where the output item is |
 //!
@@ -41,6 +41,17 @@
 //! Times are Numbers of microseconds since the Unix epoch; `closes_at` inside `gsi1sk` is
 //! written as 20 digits of the order-preserving `micros XOR 2^63`, so string order is time order.
 //! The SAM template mirrors [`DynamoDbManifest::create_table`].
+//!
+//! **Expiry per output.** A committed output's item carries an expiry cursor: the seal tags
+//! (or deletes) the output's sources in (offset, key) order, from the placement chunks (no read
+//! of the object items: each request is conditional on the placed ETag), and moves the cursor
+//! past each page it finished, one write per page instead of one per source. `object` and
+//! `output_sources` derive a source's `expiry_marked_at` from the cursor of its output (one
+//! Query of the partition's output items for `object`); `objects` pages show a source's own
+//! mark only. Sources the store refused (changed, gone, at the tag limit) also get a mark of
+//! their own, and so does every source when records expire (below), which needs a time on each
+//! item. Outputs committed before the cursor existed have no `expiry_done`: their sources carry
+//! their own marks as before, and the seal's recovery finishes them so.
 //!
 //! **Record expiry (optional, off by default).** The table's time to live is enabled on
 //! [`RECORD_EXPIRY_ATTRIBUTE`] (`expires_at`, epoch **seconds**, as DynamoDB's TTL wants), but
@@ -152,7 +163,9 @@
 //! | `record_placements` (n) | 1 + n (strongly consistent, in `BatchGetItem`s of 100) | the chunk items' size: about 0.2 per source |
 //! | `begin_output`, `commit_output`, `abandon_output`, `mark_missing` | 2 to 3 | 4 to 6 (a transaction of 2 or 3 items) |
 //! | `mark_compacted` (n sources) | the output items, and the chunks (about n / 20) | n in n / 25 `BatchExecuteStatement`s, + 1 on the output item (0 once done) |
-//! | `mark_expiry` (n keys) | 0 | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks) |
+//! | `mark_expiry` (n keys) | 0 | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks); the seal calls it for exceptions only (changed, gone, tag limit), or for every source with a record TTL |
+//! | `output_placements` (a page of n) | the chunks holding them (about n / 20, strongly consistent) + 1 Query to find the first | 0 |
+//! | `advance_expiry` | 2 (the output's pointer and item) | 1 (the output item), per page of sources marked |
 //! | `partition`, `partitions`, `closed_partitions` | all object and output items of each partition returned | 0 |
 //! | `closed_partition_keys` | the index Query (keys and lease attributes) + 1 per partition returned | 0 |
 
@@ -176,7 +189,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use crate::domain::layout::Layout;
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{
-    ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, PartitionState, Placement,
+    source_expiry_mark, ExpiryCursor, ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord,
+    PartitionState, Placement,
 };
 use crate::domain::sequencer;
 use crate::ports::manifest::{

@@ -522,6 +522,8 @@ impl<'a> OutputWriter<'a> {
                 sha256: source_sha256,
                 separator_bytes,
             },
+            etag: source.etag.clone(),
+            size: source.size,
         });
         self.offset += source.size + separator_bytes;
         self.placed += 1;
