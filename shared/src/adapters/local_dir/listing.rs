@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::{object_meta, ListFilter};
-use crate::ports::ObjectMeta;
+use super::{invalid_request, object_meta, LocalDir};
+use crate::ports::{ListPage, ObjectMeta, StoreError};
 
 /// How long after its last change a directory's listing may be kept: longer than the
 /// coarsest timestamp granularity of common file systems (FAT's 2 s), so a later change
@@ -36,6 +36,42 @@ const SETTLE: Duration = Duration::from_millis(2500);
 const CACHED_DIRECTORIES: usize = 4;
 /// Smaller directories are read again for each page.
 const CACHE_MIN_ENTRIES: usize = 1024;
+
+/// Which keys a listing wants.
+pub(super) struct ListFilter<'a> {
+    prefix: &'a str,
+    start_after: Option<&'a str>,
+    /// Stop once this many keys are collected: `max_keys + 1`, to know whether more remain.
+    num_keys_wanted: usize,
+}
+
+impl LocalDir {
+    pub(super) fn list_blocking(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<ListPage, StoreError> {
+        let bucket_directory = self.existing_bucket_directory(bucket)?;
+        if max_keys == 0 {
+            return Err(invalid_request(bucket, prefix, "max_keys is 0: ask for at least one key per page"));
+        }
+        let filter = ListFilter { prefix, start_after, num_keys_wanted: max_keys.saturating_add(1) };
+        let mut objects = Vec::new();
+        walk_in_key_order(&self.listings, &bucket_directory, "", &filter, &mut objects)
+            .map_err(|error| StoreError::backend(bucket, prefix, error))?;
+        let next_start_after = if objects.len() > max_keys {
+            objects.truncate(max_keys);
+            objects.last().map(|last_object| last_object.key.clone())
+        } else {
+            // The listing is over: what it kept is not needed any more.
+            self.listings.clear();
+            None
+        };
+        Ok(ListPage { objects, next_start_after })
+    }
+}
 
 /// What identifies a directory's state: any entry added, removed or renamed changes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
