@@ -31,6 +31,7 @@
 //! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`?; the expiry cursor, from the commit on: `expiry_done` (Boolean), `expiry_through_offset`?, `expiry_through_key`?, `expiry_marked_at`? |
 //! | placement chunk | `PL#{bucket}#{len(path)}#{path}{output key}` | first offset, 20 digits | `generation`, `placements` (JSON, up to 300 KB): see the `placements` module |
 //! | output pointer | `OUTKEY#{bucket}#{key}` | `#` | `target_pk`, `target_sk`: where the output item is |
+//! | schema | `#SCHEMA` | `#` | `version`: [`SCHEMA_VERSION`], written by `create_table` (`init`); absent on tables made before it (schema 1) |
 //!
 //! | index | key | projection | holds |
 //! |---|---|---|---|
@@ -157,7 +158,7 @@
 //! |---|---|---|
 //! | `record_object` | 2 strongly consistent GetItems (object, partition) | 1 Put; + 1 Update when the partition is new, sealed or sealing |
 //! | `record_removal` | 1 | 1 |
-//! | `acquire`, `renew` | 0 | 1 |
+//! | `acquire`, `renew` | 0 (+ 1 for the schema item, on a manifest value's first `acquire`) | 1 |
 //! | `release` | 1 + all object items of the partition (counting) | 1 |
 //! | `objects` (one page of n) | about n, over 16 Queries | 0 |
 //! | `record_placements` (n) | 1 + n (strongly consistent, in `BatchGetItem`s of 100) | the chunk items' size: about 0.2 per source |
@@ -231,6 +232,12 @@ pub const RECORD_EXPIRY_ATTRIBUTE: &str = "expires_at";
 /// writer changed the item in between, which takes a very hot key to happen more than once.
 pub const OPTIMISTIC_ATTEMPTS: usize = 8;
 
+/// The item layout this build writes, recorded in the table's schema item by `create_table`
+/// (`s3-compactor init`). 1: before the marker existed; 2: placement chunks carry ETags and
+/// sizes, and outputs an expiry cursor. Both read the same way here, so a table without the
+/// item (schema 1) needs no migration; a table of a newer schema is refused, never misread.
+pub const SCHEMA_VERSION: u64 = 2;
+
 /// How many attempts the SDK makes for a throttled or failed request (standard retry mode,
 /// exponential back-off with jitter) before the error reaches the caller.
 pub const SDK_MAX_ATTEMPTS: u32 = 8;
@@ -301,6 +308,11 @@ enum DynamoDbManifestError {
          (dynamodb:PartiQLUpdate) and that it was created by `s3-compactor init`"
     )]
     Statement { code: String, message: String },
+    #[error(
+        "table {table} holds schema version {found}, newer than this build's {SCHEMA_VERSION}: it was written by a \
+         newer s3-compactor; upgrade this one (every seal, ingest and CLI) before using the table"
+    )]
+    NewerSchema { table: String, found: u64 },
     #[error("{now} + lease of {lease_for} is past the end of time: use a shorter lease")]
     LeaseOverflow { now: DateTime<Utc>, lease_for: Duration },
     #[error("{what} belongs to partition {found}, not to the leased partition {leased}: this is a bug in the caller")]
@@ -342,6 +354,8 @@ pub struct DynamoDbManifest {
     layout: Layout,
     /// How long an object item outlives its expiry mark; `None` keeps it.
     record_ttl: Option<Duration>,
+    /// The table's schema, checked once, by the first seal call (see [`SCHEMA_VERSION`]).
+    schema_checked: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl fmt::Debug for DynamoDbManifest {
@@ -359,7 +373,7 @@ impl DynamoDbManifest {
     /// A manifest on `table`, whose source keys follow `layout` (see the module doc: changing
     /// the layout after ingest needs a re-ingest).
     pub fn new(client: Client, table: impl Into<String>, layout: Layout) -> Self {
-        Self { client, table: table.into(), layout, record_ttl: None }
+        Self { client, table: table.into(), layout, record_ttl: None, schema_checked: Default::default() }
     }
 
     /// Lets DynamoDB delete a source's object item `record_ttl` after the source was marked for
@@ -523,7 +537,12 @@ mod tests {
                     .build(),
             )
         });
-        match mocked_manifest(&[&held]).acquire(&partition, "me", now, Duration::minutes(15)).await {
+        // The schema check before the first lock: a table without the schema item.
+        let no_schema_item = || {
+            mock!(Client::get_item)
+                .then_output(|| aws_sdk_dynamodb::operation::get_item::GetItemOutput::builder().build())
+        };
+        match mocked_manifest(&[&no_schema_item(), &held]).acquire(&partition, "me", now, Duration::minutes(15)).await {
             Err(ManifestError::Locked { owner, expires_at: when, .. }) => {
                 assert_eq!((owner.as_str(), when), ("seal-elsewhere", expires_at));
             }
@@ -533,7 +552,8 @@ mod tests {
         let unknown = mock!(Client::update_item).then_error(|| {
             UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
         });
-        let result = mocked_manifest(&[&unknown]).acquire(&partition, "me", now, Duration::minutes(15)).await;
+        let result =
+            mocked_manifest(&[&no_schema_item(), &unknown]).acquire(&partition, "me", now, Duration::minutes(15)).await;
         assert!(
             matches!(result, Err(ManifestError::NotFound { .. })),
             "no old item: unknown partition, got {result:?}"
@@ -793,6 +813,43 @@ mod tests {
     /// The interleaving the ingest counter exists for: release counts nothing pending, a late
     /// object is ingested, then release writes. The write must not seal (or drop the partition
     /// from the pending index); the next round counts the object and opens the partition.
+    #[tokio::test]
+    async fn init_records_the_schema_version_and_a_newer_one_is_refused_with_advice() {
+        let Some((manifest, _table)) = new_test_manifest().await else { return };
+        assert_eq!(manifest.schema_version().await.unwrap(), SCHEMA_VERSION, "create_table records it");
+        manifest.create_table().await.expect("init again on a table of this schema");
+
+        // A table from before the schema item reads as schema 1, which this build reads as is.
+        manifest
+            .client
+            .delete_item()
+            .table_name(&manifest.table)
+            .set_key(Some(key_of("#SCHEMA".to_owned(), "#")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(manifest.schema_version().await.unwrap(), 1);
+        manifest.check_schema().await.expect("schema 1 needs no migration");
+        manifest.create_table().await.expect("init on a schema-1 table records the new version");
+        assert_eq!(manifest.schema_version().await.unwrap(), SCHEMA_VERSION);
+
+        let mut newer = key_of("#SCHEMA".to_owned(), "#");
+        newer.insert("version".to_owned(), number_value(SCHEMA_VERSION + 1));
+        manifest.client.put_item().table_name(&manifest.table).set_item(Some(newer)).send().await.unwrap();
+        let fresh = DynamoDbManifest::new(manifest.client.clone(), manifest.table.clone(), test_layout());
+        let partition = day_partition("logs", 14);
+        fresh.record_object(&new_object(&partition, "a.json", "10", 10)).await.unwrap();
+        let error = fresh
+            .acquire(&partition_key_of(&partition), "seal-1", at("2024-01-16T00:00:00Z"), Duration::minutes(15))
+            .await
+            .expect_err("a seal must not write into a table of a newer schema");
+        let message = format!("{error:#}");
+        assert!(message.contains("newer s3-compactor") && message.contains("upgrade"), "{message}");
+        let init_error = fresh.create_table().await.expect_err("init never downgrades the marker");
+        assert!(init_error.to_string().contains("manifest dynamodb failed"), "{init_error}");
+        assert_eq!(fresh.schema_version().await.unwrap(), SCHEMA_VERSION + 1);
+    }
+
     #[tokio::test]
     async fn a_release_that_counted_before_a_late_ingest_does_not_seal() {
         let Some((manifest, _table)) = new_test_manifest().await else { return };

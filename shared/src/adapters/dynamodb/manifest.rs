@@ -188,6 +188,7 @@ impl Manifest for DynamoDbManifest {
         now: DateTime<Utc>,
         lease_for: Duration,
     ) -> Result<Lease, ManifestError> {
+        self.check_schema_once().await?;
         let expires_at = now
             .checked_add_signed(lease_for)
             .map(truncated_to_micros)
