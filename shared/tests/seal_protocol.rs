@@ -824,7 +824,8 @@ mod cases {
             "manifest.commit_output",
             "manifest.mark_compacted",
             "store.put_tags",
-            "manifest.mark_expiry",
+            "manifest.output_placements",
+            "manifest.advance_expiry",
             "manifest.release",
             "store.upload_part_copy",
             "store.get_many",
@@ -1015,6 +1016,7 @@ mod cases {
             upload_id: None,
             created_at: at("2024-01-20T00:00:00Z"),
             committed_at: None,
+            expiry: None,
         };
         harness.manifest.begin_output(&stalled, &stalled_output).await.unwrap();
         let body = Bytes::from_static(b"{}\n");
@@ -1041,6 +1043,8 @@ mod cases {
                 sha256: hex::encode(Sha256::digest(&body)),
                 separator_bytes: 0,
             },
+            etag: record.etag.clone(),
+            size: record.size,
         };
         let lost = |result: Result<_, ManifestError>, step: &str| match result {
             Err(ManifestError::LeaseLost { generation, .. }) => assert_eq!(generation, stalled.generation, "{step}"),

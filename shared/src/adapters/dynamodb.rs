@@ -27,10 +27,11 @@
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
 //! | partition | `P#{bucket}#{path}` | `#PARTITION` | `bucket`, `path`, `period_start`, `period_end`, `closes_at`, `state`, `generation`, `lock_owner`?, `lease_expires_at`?, `sealed_at`?, `ingest_counter`; `gsi1pk`/`gsi1sk` while it may have pending objects; `gsi3pk`/`gsi3sk` always |
-//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once compacted: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`; `gsi2pk`, `gsi2sk` only on items placed by versions before placement chunks |
-//! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`? |
+//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once compacted: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`, and `expiry_by_output` when its output keeps an expiry cursor; `gsi2pk`, `gsi2sk` only on items placed by versions before placement chunks |
+//! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`?; the expiry cursor, from the commit on: `expiry_done` (Boolean), `expiry_through_offset`?, `expiry_through_key`?, `expiry_marked_at`? |
 //! | placement chunk | `PL#{bucket}#{len(path)}#{path}{output key}` | first offset, 20 digits | `generation`, `placements` (JSON, up to 300 KB): see the `placements` module |
 //! | output pointer | `OUTKEY#{bucket}#{key}` | `#` | `target_pk`, `target_sk`: where the output item is |
+//! | schema | `#SCHEMA` | `#` | `version`: [`SCHEMA_VERSION`], written by `create_table` (`init`); absent on tables made before it (schema 1) |
 //!
 //! | index | key | projection | holds |
 //! |---|---|---|---|
@@ -41,6 +42,17 @@
 //! Times are Numbers of microseconds since the Unix epoch; `closes_at` inside `gsi1sk` is
 //! written as 20 digits of the order-preserving `micros XOR 2^63`, so string order is time order.
 //! The SAM template mirrors [`DynamoDbManifest::create_table`].
+//!
+//! **Expiry per output.** A committed output's item carries an expiry cursor: the seal tags
+//! (or deletes) the output's sources in (offset, key) order, from the placement chunks (no read
+//! of the object items: each request is conditional on the placed ETag), and moves the cursor
+//! past each page it finished, one write per page instead of one per source. `object` and
+//! `output_sources` derive a source's `expiry_marked_at` from the cursor of its output (one
+//! Query of the partition's output items for `object`); `objects` pages show a source's own
+//! mark only. Sources the store refused (changed, gone, at the tag limit) also get a mark of
+//! their own, and so does every source when records expire (below), which needs a time on each
+//! item. Outputs committed before the cursor existed have no `expiry_done`: their sources carry
+//! their own marks as before, and the seal's recovery finishes them so.
 //!
 //! **Record expiry (optional, off by default).** The table's time to live is enabled on
 //! [`RECORD_EXPIRY_ATTRIBUTE`] (`expires_at`, epoch **seconds**, as DynamoDB's TTL wants), but
@@ -146,13 +158,15 @@
 //! |---|---|---|
 //! | `record_object` | 2 strongly consistent GetItems (object, partition) | 1 Put; + 1 Update when the partition is new, sealed or sealing |
 //! | `record_removal` | 1 | 1 |
-//! | `acquire`, `renew` | 0 | 1 |
+//! | `acquire`, `renew` | 0 (+ 1 for the schema item, on a manifest value's first `acquire`) | 1 |
 //! | `release` | 1 + all object items of the partition (counting) | 1 |
 //! | `objects` (one page of n) | about n, over 16 Queries | 0 |
 //! | `record_placements` (n) | 1 + n (strongly consistent, in `BatchGetItem`s of 100) | the chunk items' size: about 0.2 per source |
 //! | `begin_output`, `commit_output`, `abandon_output`, `mark_missing` | 2 to 3 | 4 to 6 (a transaction of 2 or 3 items) |
 //! | `mark_compacted` (n sources) | the output items, and the chunks (about n / 20) | n in n / 25 `BatchExecuteStatement`s, + 1 on the output item (0 once done) |
-//! | `mark_expiry` (n keys) | 0 | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks) |
+//! | `mark_expiry` (n keys) | 0 | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks); the seal calls it for exceptions only (changed, gone, tag limit), or for every source with a record TTL |
+//! | `output_placements` (a page of n) | the chunks holding them (about n / 20, strongly consistent) + 1 Query to find the first | 0 |
+//! | `advance_expiry` | 2 (the output's pointer and item) | 1 (the output item), per page of sources marked |
 //! | `partition`, `partitions`, `closed_partitions` | all object and output items of each partition returned | 0 |
 //! | `closed_partition_keys` | the index Query (keys and lease attributes) + 1 per partition returned | 0 |
 
@@ -176,7 +190,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use crate::domain::layout::Layout;
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{
-    ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, PartitionState, Placement,
+    source_expiry_mark, ExpiryCursor, ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord,
+    PartitionState, Placement,
 };
 use crate::domain::sequencer;
 use crate::ports::manifest::{
@@ -216,6 +231,12 @@ pub const RECORD_EXPIRY_ATTRIBUTE: &str = "expires_at";
 /// How often a read-decide-write is tried before the call fails: each retry means another
 /// writer changed the item in between, which takes a very hot key to happen more than once.
 pub const OPTIMISTIC_ATTEMPTS: usize = 8;
+
+/// The item layout this build writes, recorded in the table's schema item by `create_table`
+/// (`s3-compactor init`). 1: before the marker existed; 2: placement chunks carry ETags and
+/// sizes, and outputs an expiry cursor. Both read the same way here, so a table without the
+/// item (schema 1) needs no migration; a table of a newer schema is refused, never misread.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// How many attempts the SDK makes for a throttled or failed request (standard retry mode,
 /// exponential back-off with jitter) before the error reaches the caller.
@@ -287,6 +308,11 @@ enum DynamoDbManifestError {
          (dynamodb:PartiQLUpdate) and that it was created by `s3-compactor init`"
     )]
     Statement { code: String, message: String },
+    #[error(
+        "table {table} holds schema version {found}, newer than this build's {SCHEMA_VERSION}: it was written by a \
+         newer s3-compactor; upgrade this one (every seal, ingest and CLI) before using the table"
+    )]
+    NewerSchema { table: String, found: u64 },
     #[error("{now} + lease of {lease_for} is past the end of time: use a shorter lease")]
     LeaseOverflow { now: DateTime<Utc>, lease_for: Duration },
     #[error("{what} belongs to partition {found}, not to the leased partition {leased}: this is a bug in the caller")]
@@ -328,6 +354,8 @@ pub struct DynamoDbManifest {
     layout: Layout,
     /// How long an object item outlives its expiry mark; `None` keeps it.
     record_ttl: Option<Duration>,
+    /// The table's schema, checked once, by the first seal call (see [`SCHEMA_VERSION`]).
+    schema_checked: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl fmt::Debug for DynamoDbManifest {
@@ -345,7 +373,7 @@ impl DynamoDbManifest {
     /// A manifest on `table`, whose source keys follow `layout` (see the module doc: changing
     /// the layout after ingest needs a re-ingest).
     pub fn new(client: Client, table: impl Into<String>, layout: Layout) -> Self {
-        Self { client, table: table.into(), layout, record_ttl: None }
+        Self { client, table: table.into(), layout, record_ttl: None, schema_checked: Default::default() }
     }
 
     /// Lets DynamoDB delete a source's object item `record_ttl` after the source was marked for
@@ -509,7 +537,12 @@ mod tests {
                     .build(),
             )
         });
-        match mocked_manifest(&[&held]).acquire(&partition, "me", now, Duration::minutes(15)).await {
+        // The schema check before the first lock: a table without the schema item.
+        let no_schema_item = || {
+            mock!(Client::get_item)
+                .then_output(|| aws_sdk_dynamodb::operation::get_item::GetItemOutput::builder().build())
+        };
+        match mocked_manifest(&[&no_schema_item(), &held]).acquire(&partition, "me", now, Duration::minutes(15)).await {
             Err(ManifestError::Locked { owner, expires_at: when, .. }) => {
                 assert_eq!((owner.as_str(), when), ("seal-elsewhere", expires_at));
             }
@@ -519,7 +552,8 @@ mod tests {
         let unknown = mock!(Client::update_item).then_error(|| {
             UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
         });
-        let result = mocked_manifest(&[&unknown]).acquire(&partition, "me", now, Duration::minutes(15)).await;
+        let result =
+            mocked_manifest(&[&no_schema_item(), &unknown]).acquire(&partition, "me", now, Duration::minutes(15)).await;
         assert!(
             matches!(result, Err(ManifestError::NotFound { .. })),
             "no old item: unknown partition, got {result:?}"
@@ -779,6 +813,44 @@ mod tests {
     /// The interleaving the ingest counter exists for: release counts nothing pending, a late
     /// object is ingested, then release writes. The write must not seal (or drop the partition
     /// from the pending index); the next round counts the object and opens the partition.
+    #[tokio::test]
+    async fn init_records_the_schema_version_and_a_newer_one_is_refused_with_advice() {
+        let Some((manifest, _table)) = new_test_manifest().await else { return };
+        assert_eq!(manifest.schema_version().await.unwrap(), SCHEMA_VERSION, "create_table records it");
+        manifest.create_table().await.expect("init again on a table of this schema");
+
+        // A table from before the schema item reads as schema 1, which this build reads as is.
+        // (The test's own DeleteItem, through a client not named `client`: seal-fn's template
+        // test lists the SDK calls of the adapter code that SealRole must be granted.)
+        let sdk = manifest.client.clone();
+        sdk.delete_item()
+            .table_name(&manifest.table)
+            .set_key(Some(key_of("#SCHEMA".to_owned(), "#")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(manifest.schema_version().await.unwrap(), 1);
+        manifest.check_schema().await.expect("schema 1 needs no migration");
+        manifest.create_table().await.expect("init on a schema-1 table records the new version");
+        assert_eq!(manifest.schema_version().await.unwrap(), SCHEMA_VERSION);
+
+        let mut newer = key_of("#SCHEMA".to_owned(), "#");
+        newer.insert("version".to_owned(), number_value(SCHEMA_VERSION + 1));
+        manifest.client.put_item().table_name(&manifest.table).set_item(Some(newer)).send().await.unwrap();
+        let fresh = DynamoDbManifest::new(manifest.client.clone(), manifest.table.clone(), test_layout());
+        let partition = day_partition("logs", 14);
+        fresh.record_object(&new_object(&partition, "a.json", "10", 10)).await.unwrap();
+        let error = fresh
+            .acquire(&partition_key_of(&partition), "seal-1", at("2024-01-16T00:00:00Z"), Duration::minutes(15))
+            .await
+            .expect_err("a seal must not write into a table of a newer schema");
+        let message = format!("{error:#}");
+        assert!(message.contains("newer s3-compactor") && message.contains("upgrade"), "{message}");
+        let init_error = fresh.create_table().await.expect_err("init never downgrades the marker");
+        assert!(init_error.to_string().contains("manifest dynamodb failed"), "{init_error}");
+        assert_eq!(fresh.schema_version().await.unwrap(), SCHEMA_VERSION + 1);
+    }
+
     #[tokio::test]
     async fn a_release_that_counted_before_a_late_ingest_does_not_seal() {
         let Some((manifest, _table)) = new_test_manifest().await else { return };

@@ -41,6 +41,13 @@
 //! - **No TTL.** Nothing is ever deleted by the database itself: `COMPACTOR_RECORD_TTL` is
 //!   ignored here and every record is kept. A purge job would need a scheduler this backend
 //!   does not have, and its records are the demo's and the tests' audit trail.
+//! - **Expiry marks are copied onto the rows.** `advance_expiry` moves the output's cursor and,
+//!   in the same transaction, sets `expiry_marked_at` on the rows it passed (one UPDATE):
+//!   local writes cost nothing on a bill, and the rows then read as they always did. DynamoDB
+//!   derives the mark from the cursor instead.
+//! - **Schema versions.** A file of schema 1 (before expiry cursors) is migrated in place when
+//!   opened: its outputs gain the cursor columns, and keep no cursor, so their sources keep
+//!   marks of their own. A file of a newer schema than this build knows is refused, saying so.
 //! - **Times are kept to the microsecond** (integers since the Unix epoch, so SQL comparisons
 //!   are numeric); a finer time passed in comes back truncated.
 //!
@@ -70,7 +77,9 @@ use rusqlite::{
 };
 
 use crate::domain::partition::PartitionKey;
-use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, Placement};
+use crate::domain::records::{
+    ExpiryCursor, ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, Placement,
+};
 use crate::domain::sequencer;
 use crate::ports::manifest::{
     HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
@@ -81,7 +90,7 @@ const BACKEND_NAME: &str = "sqlite";
 /// The schema this build writes, stored in SQLite's `user_version` pragma. A file with any
 /// other version is refused at open rather than misread. (Bump it with every change to
 /// `SCHEMA_SQL`, and teach `prepare_schema` to migrate the older version.)
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a call waits for another handle's write lock before it fails.
 pub const BUSY_TIMEOUT: StdDuration = StdDuration::from_secs(10);
@@ -210,6 +219,11 @@ impl SqliteManifest {
                 transaction.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite_error)?;
             }
             SCHEMA_VERSION => {}
+            // Additive: opening a schema-1 file migrates it in place, in this transaction.
+            1 => {
+                transaction.execute_batch(MIGRATE_1_TO_2_SQL).map_err(sqlite_error)?;
+                transaction.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite_error)?;
+            }
             unknown => {
                 return Err(SqliteManifestError::UnknownSchemaVersion {
                     path: location.to_owned(),
@@ -382,6 +396,42 @@ mod tests {
         let version: i64 =
             Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
         assert_eq!(version, 99, "refusing changes nothing");
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_file_is_migrated_and_its_outputs_keep_per_source_marks() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("manifest.sqlite");
+        {
+            // Schema 1: today's tables without the expiry cursor's columns.
+            let cursor_columns = "    expiry_tracked INTEGER NOT NULL DEFAULT 0,
+    expiry_through_offset INTEGER,
+    expiry_through_key TEXT,
+    expiry_done INTEGER NOT NULL DEFAULT 0,
+    expiry_marked_at_micros INTEGER,
+";
+            assert!(SCHEMA_SQL.contains(cursor_columns), "the schema-2 columns, as written in SCHEMA_SQL");
+            let schema_1 = SCHEMA_SQL.replace(cursor_columns, "");
+            let connection = Connection::open(&path).unwrap();
+            connection.execute_batch(&schema_1).unwrap();
+            connection.pragma_update(None, "user_version", 1).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO outputs (bucket, key, partition_bucket, partition_path, generation, part_number, state,
+                                          size, sha256, object_count, created_at_micros, committed_at_micros)
+                     VALUES ('out', 'compacted/old.json', 'src', 'logs/', 1, 1, 'committed', 3, 'ab', 1, 0, 0)",
+                    [],
+                )
+                .unwrap();
+        }
+        let manifest = SqliteManifest::open(&path).expect("a schema-1 file is migrated, not refused");
+        let output = manifest.output("out", "compacted/old.json").await.unwrap().expect("the old output is kept");
+        assert_eq!(output.expiry, None, "an output committed before cursors keeps per-source marks");
+        drop(manifest);
+        let version: i64 =
+            Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        SqliteManifest::open(&path).expect("a migrated file opens again");
     }
 
     #[test]

@@ -199,6 +199,8 @@ impl<'a> ParquetOutput<'a> {
                 sha256: hex::encode(source_hasher.finalize()),
                 separator_bytes: 0,
             },
+            etag: source.etag.clone(),
+            size: source.size,
         });
         Ok(())
     }

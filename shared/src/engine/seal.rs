@@ -4,14 +4,17 @@
 //! |---|---|---|
 //! | 1 pick | `closed_partition_keys`, or the partitions asked for | picks them again |
 //! | 2 lock | `acquire`: generation + 1, lease | waits for the lease to expire, then takes over |
-//! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; mark compacted sources for expiry | does the same, idempotently |
+//! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; expire the sources of committed outputs from where their expiry cursor stopped (and older outputs' unmarked sources one by one) | does the same, idempotently |
 //! | 3 plan | page pending objects in key order through the [`Packer`] | plans again under a new generation: new output keys |
 //! | 4 write | `begin_output` (writing), stream sources into the store (large ones copied server-side) | finds the output `writing` and abandons it |
-//! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`; then tag the sources (delete mode: delete them per 1,000, across outputs) and `mark_expiry` | before the commit: abandons; after it: finishes `mark_compacted` and the expiry marks |
+//! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`; then tag the output's placed sources (delete mode: delete them per 1,000, across outputs), each conditional on the placed ETag, and `advance_expiry` the output's cursor past them (`mark_expiry` only for the exceptions) | before the commit: abandons; after it: finishes `mark_compacted`, and the expiry from the cursor on |
 //! | 6 release | `sealed`, or `open` if a late object arrived | nothing to do; a late object reopens the partition |
 //!
-//! A source is only ever tagged or deleted when it is `compacted`, and it only becomes
-//! `compacted` through `mark_compacted`, which requires its output to be `committed`.
+//! A source is only ever tagged or deleted once its output is `committed`: expiry reads the
+//! committed output's placements, and each tag or delete is conditional on the ETag of the
+//! version placed, so a source overwritten since is refused by the store (`changed`) and its
+//! new bytes stay. The cursor moves only past sources that were done (or refused), so a crash
+//! or a failure at any point leaves it where the next run must resume.
 //!
 //! **Deletes in batches.** In delete mode, committed sources wait, across outputs, until 1,000
 //! of them (or the partition's last) can go in one `delete_many` (S3's DeleteObjects): deleting
@@ -24,7 +27,7 @@
 //! ([`ObjectStore::add_tag_many`](crate::ports::ObjectStore::add_tag_many)); the local
 //! directory tags a whole output's sources in one go.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -39,7 +42,7 @@ use crate::config::ExpiryMode;
 use crate::domain::partition::PartitionKey;
 use crate::domain::plan::PlannedOutput;
 use crate::domain::ranges::{PlannedRange, RangePacker, RangeWindow};
-use crate::domain::records::renewal_due;
+use crate::domain::records::{expiry_unfinished, renewal_due};
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionState};
 use crate::ports::{
     DeleteRequest, HeldLock, Lease, ManifestError, ObjectQuery, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
@@ -431,7 +434,13 @@ impl Compactor {
             return false;
         }
         let query = ObjectQuery { limit: 1, ..ObjectQuery::awaiting_expiry() };
-        !matches!(self.manifest.objects(partition, &query).await, Ok(awaiting) if awaiting.is_empty())
+        if !matches!(self.manifest.objects(partition, &query).await, Ok(awaiting) if awaiting.is_empty()) {
+            return true;
+        }
+        match self.manifest.outputs(partition, Some(OutputState::Committed)).await {
+            Ok(outputs) => outputs.iter().any(expiry_unfinished),
+            Err(_) => true,
+        }
     }
 
     async fn seal_under_lease(
@@ -448,7 +457,7 @@ impl Compactor {
         let mut packer = RangePacker::new(&lease.partition.path, lease.generation, self.config.plan_settings());
         // Compacted sources not yet marked for expiry; dropped by a failure, and then found
         // again by the next run's recovery.
-        let mut awaiting_expiry: Vec<ObjectRecord> = Vec::new();
+        let mut awaiting_expiry: Vec<ExpirySource> = Vec::new();
         // One pass reads every pending object. Another follows only when an output left some
         // pending for their Parquet schema; each output places its first source, so every pass
         // defers fewer, and the loop ends.
@@ -509,13 +518,13 @@ impl Compactor {
     async fn expire_ready_sources(
         &self,
         report: &mut PartitionSealReport,
-        awaiting_expiry: &mut Vec<ObjectRecord>,
+        awaiting_expiry: &mut Vec<ExpirySource>,
     ) -> Result<(), EngineError> {
         let ready = match self.config.expiry {
             ExpiryMode::Delete => awaiting_expiry.len() / EXPIRY_BATCH * EXPIRY_BATCH,
             ExpiryMode::Tag | ExpiryMode::None => awaiting_expiry.len(),
         };
-        let ready_sources: Vec<ObjectRecord> = awaiting_expiry.drain(..ready).collect();
+        let ready_sources: Vec<ExpirySource> = awaiting_expiry.drain(..ready).collect();
         for batch in ready_sources.chunks(EXPIRY_BATCH) {
             let counts = self.mark_sources_for_expiry(batch).await?;
             report.expiry.add(&counts);
@@ -538,29 +547,101 @@ impl Compactor {
             warn!(output = %output.key, generation = output.generation, "abandoned an uncommitted output of an earlier run");
             report.outputs_abandoned += 1;
         }
-        for output in self.manifest.outputs(&lease.partition, Some(OutputState::Committed)).await? {
+        let committed = self.manifest.outputs(&lease.partition, Some(OutputState::Committed)).await?;
+        for output in &committed {
             let finished = self.manifest.mark_compacted(&lease.partition, &output.key).await?;
             if finished > 0 {
                 info!(output = %output.key, objects = finished, "finished the commit of an earlier run");
                 report.objects_finished += finished;
             }
         }
+        if self.config.expiry == ExpiryMode::None {
+            return Ok(());
+        }
+        // Outputs with a cursor: on from where it stopped.
+        let mut awaiting: Vec<ExpirySource> = Vec::new();
+        for output in committed.iter().filter(|output| expiry_unfinished(output)) {
+            let through = output.expiry.as_ref().and_then(|cursor| cursor.through.clone());
+            let source_bucket = &output.partition.bucket;
+            self.expire_output(report, source_bucket, &output.bucket, &output.key, through, &mut awaiting).await?;
+        }
+        if !awaiting.is_empty() {
+            let counts = self.mark_sources_for_expiry(&awaiting).await?;
+            report.expiry.add(&counts);
+        }
+        // Sources of outputs committed before cursors existed carry their own marks.
         loop {
-            let awaiting = self
+            let page = self
                 .manifest
                 .objects(&lease.partition, &ObjectQuery { limit: PAGE, ..ObjectQuery::awaiting_expiry() })
                 .await?;
-            if awaiting.is_empty() || self.config.expiry == ExpiryMode::None {
+            if page.is_empty() {
                 break;
             }
-            let page_length = awaiting.len();
-            let counts = self.mark_sources_for_expiry(&awaiting).await?;
+            let page_length = page.len();
+            let sources: Vec<ExpirySource> = page.into_iter().map(ExpirySource::of_record).collect();
+            let counts = self.mark_sources_for_expiry(&sources).await?;
             report.expiry.add(&counts);
             if page_length < PAGE {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Queues the placements of a committed output after `start_after` for expiry, a page at a
+    /// time (with the next page read ahead, so the output's last source is known when it is
+    /// queued), and expires what is ready after each page. Returns the bytes of the sources
+    /// queued. An output with nothing left to mark gets its cursor finished at once.
+    async fn expire_output(
+        &self,
+        report: &mut PartitionSealReport,
+        source_bucket: &str,
+        output_bucket: &str,
+        output_key: &str,
+        start_after: Option<(u64, String)>,
+        awaiting_expiry: &mut Vec<ExpirySource>,
+    ) -> Result<u64, EngineError> {
+        let fetch = |after: Option<(u64, String)>| async move {
+            let cursor = after.as_ref().map(|(offset, key)| (*offset, key.as_str()));
+            self.manifest.output_placements(output_bucket, output_key, cursor, PAGE).await
+        };
+        let mut page = fetch(start_after.clone()).await?;
+        if page.is_empty() {
+            if self.config.expiry != ExpiryMode::None {
+                let (offset, key) = start_after.unwrap_or_default();
+                self.manifest.advance_expiry(output_bucket, output_key, (offset, &key), true, self.clock.now()).await?;
+            }
+            return Ok(0);
+        }
+        let mut source_bytes = 0;
+        loop {
+            let next = match page.last() {
+                Some(last) if page.len() >= PAGE => fetch(Some((last.placement.offset, last.key.clone()))).await?,
+                _ => Vec::new(),
+            };
+            let last_page = next.is_empty();
+            let page_length = page.len();
+            for (index, placed) in page.into_iter().enumerate() {
+                source_bytes += placed.size;
+                awaiting_expiry.push(ExpirySource {
+                    bucket: source_bucket.to_owned(),
+                    key: placed.key.clone(),
+                    etag: placed.etag,
+                    cursor: Some(OutputCursor {
+                        output_bucket: output_bucket.to_owned(),
+                        output_key: output_key.to_owned(),
+                        position: (placed.placement.offset, placed.key),
+                        last: last_page && index + 1 == page_length,
+                    }),
+                });
+            }
+            self.expire_ready_sources(report, awaiting_expiry).await?;
+            if last_page {
+                return Ok(source_bytes);
+            }
+            page = next;
+        }
     }
 
     /// Renews the lease when half of it is gone, so a slow output never outlives it.
@@ -581,7 +662,7 @@ impl Compactor {
         report: &mut PartitionSealReport,
         range: PlannedRange,
         options: &SealOptions,
-        awaiting_expiry: &mut Vec<ObjectRecord>,
+        awaiting_expiry: &mut Vec<ExpirySource>,
     ) -> Result<bool, EngineError> {
         let now = self.clock.now();
         if options.deadline.is_some_and(|deadline| now >= deadline) {
@@ -604,6 +685,7 @@ impl Compactor {
             upload_id: None,
             created_at: now,
             committed_at: None,
+            expiry: None,
         };
         // Recorded before a byte is written, so a crash leaves a record to clean up after.
         self.manifest.begin_output(lease, &record).await?;
@@ -636,33 +718,12 @@ impl Compactor {
             // (the next seal's recovery finishes it). Worth a line in the log, never a failure.
             warn!(output = %range.key, placed, compacted, "not every placed source turned compacted");
         }
-        // What may expire is what the manifest now holds as compacted in this output: read back
-        // a page at a time, so that neither a superseded source nor all of a large output's
-        // sources are ever held here.
-        let mut source_bytes = 0;
-        // Paged after (offset, key): an empty source shares its offset with the next one.
-        let mut after: Option<(u64, String)> = None;
-        loop {
-            let cursor = after.as_ref().map(|(offset, key)| (*offset, key.as_str()));
-            let page = self.manifest.output_sources(&dest_bucket, &range.key, cursor, PAGE).await?;
-            let page_length = page.len();
-            after = page
-                .last()
-                .and_then(|source| source.placement.as_ref().map(|placement| (placement.offset, source.key.clone())));
-            for source in page {
-                if source.state != ObjectState::Compacted {
-                    continue;
-                }
-                source_bytes += source.size;
-                if self.config.expiry != ExpiryMode::None && source.expiry_marked_at.is_none() {
-                    awaiting_expiry.push(source);
-                }
-            }
-            self.expire_ready_sources(report, awaiting_expiry).await?;
-            if page_length < PAGE {
-                break;
-            }
-        }
+        // What may expire is what the output holds, from its placements: read back a page at a
+        // time, so a large output's sources are never all held here, and with no read of the
+        // sources' records (each tag or delete is conditional on the placed ETag instead).
+        let source_bucket = lease.partition.bucket.clone();
+        let source_bytes =
+            self.expire_output(report, &source_bucket, &dest_bucket, &range.key, None, awaiting_expiry).await?;
         report.outputs_committed += 1;
         report.objects_compacted += compacted;
         report.objects_superseded += superseded;
@@ -747,38 +808,67 @@ impl Compactor {
         Ok((placed, superseded, writer.finish().await?))
     }
 
-    /// Step 5's second half: tags (merging with the object's own tags) or deletes compacted
-    /// sources, then records the marks. Only ever called with compacted objects, at most
-    /// [`EXPIRY_BATCH`] of them.
-    async fn mark_sources_for_expiry(&self, sources: &[ObjectRecord]) -> Result<ExpiryCounts, EngineError> {
-        debug_assert!(
-            sources.iter().all(|source| source.state == ObjectState::Compacted),
-            "only compacted sources are marked for expiry"
-        );
+    /// Step 5's second half: tags (merging with the object's own tags) or deletes committed
+    /// sources, at most [`EXPIRY_BATCH`] of them, then records the marks: per output, by moving
+    /// its cursor past what is done (one write per output and batch), and on a source's own
+    /// record only for the exceptions (changed, gone, at the tag limit), for sources of outputs
+    /// without a cursor, and for every source when records expire (a record TTL needs a time
+    /// on each record).
+    async fn mark_sources_for_expiry(&self, sources: &[ExpirySource]) -> Result<ExpiryCounts, EngineError> {
         let (outcomes, first_error) = match self.config.expiry {
             ExpiryMode::None => return Ok(ExpiryCounts::default()),
             ExpiryMode::Tag => self.tag_for_expiry(sources).await,
             ExpiryMode::Delete => self.delete_for_expiry(sources).await,
         };
+        let now = self.clock.now();
         let mut counts = ExpiryCounts::default();
-        let mut marked: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut own_marks: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut done: BTreeSet<(&str, &str)> = BTreeSet::new();
         for (source, outcome) in outcomes {
-            match outcome {
-                ExpiryOutcome::Tagged => counts.tagged += 1,
-                ExpiryOutcome::Deleted => counts.deleted += 1,
-                ExpiryOutcome::AlreadyTagged => counts.already_tagged += 1,
-                ExpiryOutcome::Gone => counts.gone += 1,
-                ExpiryOutcome::Changed => counts.changed += 1,
-                ExpiryOutcome::TagLimit => counts.tag_limit += 1,
+            let exception = match outcome {
+                ExpiryOutcome::Tagged => {
+                    counts.tagged += 1;
+                    false
+                }
+                ExpiryOutcome::Deleted => {
+                    counts.deleted += 1;
+                    false
+                }
+                ExpiryOutcome::AlreadyTagged => {
+                    counts.already_tagged += 1;
+                    false
+                }
+                ExpiryOutcome::Gone => {
+                    counts.gone += 1;
+                    true
+                }
+                ExpiryOutcome::Changed => {
+                    counts.changed += 1;
+                    true
+                }
+                ExpiryOutcome::TagLimit => {
+                    counts.tag_limit += 1;
+                    true
+                }
+            };
+            if exception || source.cursor.is_none() || self.config.record_ttl.is_some() {
+                own_marks.entry(source.bucket.as_str()).or_default().push(source.key.clone());
             }
-            marked.entry(source.bucket.as_str()).or_default().push(source.key.clone());
+            done.insert((source.bucket.as_str(), source.key.as_str()));
         }
         // Marks are recorded for what was done even when another source failed, so a rerun
         // only redoes the failures.
-        for (bucket, keys) in marked {
+        for (bucket, keys) in own_marks {
             for chunk in keys.chunks(PAGE) {
-                self.manifest.mark_expiry(bucket, chunk, self.clock.now()).await?;
+                self.manifest.mark_expiry(bucket, chunk, now).await?;
             }
+        }
+        for advance in cursor_advances(sources, |source| done.contains(&(source.bucket.as_str(), source.key.as_str())))
+        {
+            let (offset, key) = advance.through;
+            self.manifest
+                .advance_expiry(advance.output_bucket, advance.output_key, (offset, key), advance.done, now)
+                .await?;
         }
         match first_error {
             Some(error) => Err(error),
@@ -790,8 +880,8 @@ impl Compactor {
     /// batched). Returns what was done to each source that did not fail, and the first failure.
     async fn tag_for_expiry<'a>(
         &self,
-        sources: &'a [ObjectRecord],
-    ) -> (Vec<(&'a ObjectRecord, ExpiryOutcome)>, Option<EngineError>) {
+        sources: &'a [ExpirySource],
+    ) -> (Vec<(&'a ExpirySource, ExpiryOutcome)>, Option<EngineError>) {
         let mut outcomes = Vec::with_capacity(sources.len());
         let mut first_error = None;
         for (bucket, bucket_sources) in by_bucket(sources) {
@@ -832,8 +922,8 @@ impl Compactor {
     /// sources only, not the batches before it.
     async fn delete_for_expiry<'a>(
         &self,
-        sources: &'a [ObjectRecord],
-    ) -> (Vec<(&'a ObjectRecord, ExpiryOutcome)>, Option<EngineError>) {
+        sources: &'a [ExpirySource],
+    ) -> (Vec<(&'a ExpirySource, ExpiryOutcome)>, Option<EngineError>) {
         let mut outcomes = Vec::with_capacity(sources.len());
         let mut first_error = None;
         for (bucket, bucket_sources) in by_bucket(sources) {
@@ -872,8 +962,8 @@ impl Compactor {
 }
 
 /// Sources grouped by bucket, each group in the order given: stores take one bucket a batch.
-fn by_bucket(sources: &[ObjectRecord]) -> BTreeMap<&str, Vec<&ObjectRecord>> {
-    let mut grouped: BTreeMap<&str, Vec<&ObjectRecord>> = BTreeMap::new();
+fn by_bucket(sources: &[ExpirySource]) -> BTreeMap<&str, Vec<&ExpirySource>> {
+    let mut grouped: BTreeMap<&str, Vec<&ExpirySource>> = BTreeMap::new();
     for source in sources {
         grouped.entry(source.bucket.as_str()).or_default().push(source);
     }
@@ -887,4 +977,115 @@ enum ExpiryOutcome {
     Gone,
     Changed,
     TagLimit,
+}
+
+/// A committed source waiting to be tagged or deleted.
+#[derive(Debug, Clone)]
+struct ExpirySource {
+    bucket: String,
+    key: String,
+    /// The placed version's: the tag or delete is conditional on it.
+    etag: Option<String>,
+    /// Where it sits in an output whose cursor records its mark; `None` for a source that
+    /// carries its own mark (its output was committed before cursors existed).
+    cursor: Option<OutputCursor>,
+}
+
+#[derive(Debug, Clone)]
+struct OutputCursor {
+    output_bucket: String,
+    output_key: String,
+    /// (offset, key) in the output.
+    position: (u64, String),
+    /// The output's last source: marking it finishes the output.
+    last: bool,
+}
+
+impl ExpirySource {
+    fn of_record(record: ObjectRecord) -> Self {
+        ExpirySource { bucket: record.bucket, key: record.key, etag: record.etag, cursor: None }
+    }
+}
+
+/// One move of an output's expiry cursor.
+#[derive(Debug, PartialEq, Eq)]
+struct CursorAdvance<'a> {
+    output_bucket: &'a str,
+    output_key: &'a str,
+    through: (u64, &'a str),
+    done: bool,
+}
+
+/// How far each output's cursor may move after a batch: through its last source before the
+/// first one that was not done (a failure stops the cursor there, so a rerun redoes it and
+/// everything after it, which is idempotent), and finished when that is the output's last.
+/// Sources come in output order, each output's in (offset, key) order.
+fn cursor_advances<'a>(sources: &'a [ExpirySource], is_done: impl Fn(&ExpirySource) -> bool) -> Vec<CursorAdvance<'a>> {
+    let mut advances: Vec<CursorAdvance<'a>> = Vec::new();
+    let mut blocked: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for source in sources {
+        let Some(cursor) = &source.cursor else { continue };
+        let output = (cursor.output_bucket.as_str(), cursor.output_key.as_str());
+        if blocked.contains(&output) {
+            continue;
+        }
+        if !is_done(source) {
+            blocked.insert(output);
+            continue;
+        }
+        let advance = CursorAdvance {
+            output_bucket: output.0,
+            output_key: output.1,
+            through: (cursor.position.0, cursor.position.1.as_str()),
+            done: cursor.last,
+        };
+        match advances.iter_mut().find(|known| (known.output_bucket, known.output_key) == output) {
+            Some(known) => *known = advance,
+            None => advances.push(advance),
+        }
+    }
+    advances
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(output: &str, offset: u64, key: &str, last: bool) -> ExpirySource {
+        ExpirySource {
+            bucket: "src".to_owned(),
+            key: key.to_owned(),
+            etag: None,
+            cursor: Some(OutputCursor {
+                output_bucket: "out".to_owned(),
+                output_key: output.to_owned(),
+                position: (offset, key.to_owned()),
+                last,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_cursor_moves_through_the_last_source_before_the_first_failure() {
+        let sources = vec![
+            source("o1", 0, "a", false),
+            source("o1", 5, "b", false),
+            source("o1", 9, "c", false),
+            source("o1", 12, "d", true),
+            source("o2", 0, "e", false),
+            source("o2", 3, "f", true),
+        ];
+        let advances = cursor_advances(&sources, |source| source.key != "c");
+        assert_eq!(
+            advances,
+            vec![
+                CursorAdvance { output_bucket: "out", output_key: "o1", through: (5, "b"), done: false },
+                CursorAdvance { output_bucket: "out", output_key: "o2", through: (3, "f"), done: true },
+            ],
+            "o1 stops before c although d went through; o2 is finished"
+        );
+        assert!(cursor_advances(&sources, |source| source.key != "a").iter().all(|advance| advance.output_key != "o1"));
+        let own = ExpirySource { cursor: None, ..source("o1", 0, "z", true) };
+        assert!(cursor_advances(&[own], |_| true).is_empty(), "a source with its own mark moves no cursor");
+    }
 }

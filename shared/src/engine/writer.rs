@@ -573,6 +573,8 @@ impl<'a> OutputWriter<'a> {
                 sha256: source_sha256,
                 separator_bytes,
             },
+            etag: source.etag.clone(),
+            size: source.size,
         });
         self.offset += length + separator_bytes;
         self.placed += 1;

@@ -92,7 +92,9 @@ pub struct HeldLock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectQuery {
     pub state: Option<ObjectState>,
-    /// Only compacted objects not yet marked for expiry (the seal's step 5 left to finish).
+    /// Only compacted objects not yet marked for expiry whose output keeps no expiry cursor
+    /// (committed before cursors existed): the per-source marks the seal's recovery finishes.
+    /// Sources of outputs with a cursor are found through the cursor instead.
     pub expiry_unmarked: bool,
     pub start_after: Option<String>,
     pub limit: usize,
@@ -107,7 +109,7 @@ impl ObjectQuery {
         Self { state: None, expiry_unmarked: false, start_after: None, limit: 1000 }
     }
 
-    /// Compacted objects whose expiry mark is still to be made.
+    /// Compacted objects whose own expiry mark is still to be made (see `expiry_unmarked`).
     pub fn awaiting_expiry() -> Self {
         Self { state: Some(ObjectState::Compacted), expiry_unmarked: true, start_after: None, limit: 1000 }
     }
@@ -120,6 +122,12 @@ pub struct SourcePlacement {
     pub key: String,
     pub sequencer: String,
     pub placement: Placement,
+    /// The placed version's ETag and size: what expiry needs (a tag or delete conditional on
+    /// the ETag) without reading the source's record again.
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub size: u64,
 }
 
 /// Errors callers act on.
@@ -275,8 +283,8 @@ pub trait Manifest: Send + Sync + fmt::Debug {
         placements: &[SourcePlacement],
     ) -> Result<Vec<String>, ManifestError>;
 
-    /// The commit point: `writing` → `committed` with the output's size and sha256. Repeating
-    /// it on a committed output with the same sha256 succeeds.
+    /// The commit point: `writing` → `committed` with the output's size and sha256, and a fresh
+    /// expiry cursor. Repeating it on a committed output with the same sha256 succeeds.
     // Eight arguments, each a field of the one fenced write the commit is; clippy stops at
     // seven (as for `ObjectStore::upload_part_copy`).
     #[allow(clippy::too_many_arguments)]
@@ -295,8 +303,39 @@ pub trait Manifest: Send + Sync + fmt::Debug {
     /// `compacted`; returns how many changed. Not fenced: finishing a commit is always right.
     async fn mark_compacted(&self, partition: &PartitionKey, output_key: &str) -> Result<u64, ManifestError>;
 
-    /// Records that these compacted objects were marked for expiry (tagged or deleted).
+    /// Records that these compacted objects were marked for expiry (tagged or deleted), each on
+    /// its own record: for sources of outputs without an expiry cursor, for the exceptions
+    /// (changed, gone, at the tag limit), and for every source when records expire
+    /// (`COMPACTOR_RECORD_TTL`, which needs a time on each record).
     async fn mark_expiry(&self, bucket: &str, keys: &[String], at: DateTime<Utc>) -> Result<(), ManifestError>;
+
+    /// The placements of a committed output as recorded, by offset then key, one page after
+    /// `start_after` (as [`Manifest::output_sources`] pages). Unlike `output_sources` it reads
+    /// no source record: expiry walks these, each tag or delete conditional on the placed
+    /// ETag, so a source overwritten since is refused by the store. A placement whose source
+    /// was superseded before the commit may be listed (DynamoDB) or not (SQLite). Empty for an
+    /// unknown output.
+    async fn output_placements(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        start_after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SourcePlacement>, ManifestError>;
+
+    /// Moves a committed output's [`ExpiryCursor`](crate::domain::records::ExpiryCursor) to
+    /// `through` (every source up to it is tagged or deleted), and marks it done when that was
+    /// the last. Only forward: a repeat changes nothing. Not fenced: recording expiry that
+    /// happened is always right. Does nothing for an output without a cursor (committed by an
+    /// older version) or an unknown one.
+    async fn advance_expiry(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        through: (u64, &str),
+        done: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), ManifestError>;
 
     /// Turns a `writing` output into `abandoned`: it will never be trusted.
     async fn abandon_output(&self, lease: &Lease, output_bucket: &str, output_key: &str) -> Result<(), ManifestError>;

@@ -329,6 +329,35 @@ impl Manifest for FaultyManifest {
         faulty_manifest_call!(self, "manifest.mark_expiry", self.inner.mark_expiry(bucket, keys, at))
     }
 
+    async fn output_placements(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        start_after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SourcePlacement>, ManifestError> {
+        faulty_manifest_call!(
+            self,
+            "manifest.output_placements",
+            self.inner.output_placements(output_bucket, output_key, start_after, limit)
+        )
+    }
+
+    async fn advance_expiry(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        through: (u64, &str),
+        done: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), ManifestError> {
+        faulty_manifest_call!(
+            self,
+            "manifest.advance_expiry",
+            self.inner.advance_expiry(output_bucket, output_key, through, done, at)
+        )
+    }
+
     async fn abandon_output(&self, lease: &Lease, output_bucket: &str, output_key: &str) -> Result<(), ManifestError> {
         faulty_manifest_call!(
             self,

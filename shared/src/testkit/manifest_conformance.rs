@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::partition::{Partition, PartitionKey, Period};
 use crate::domain::records::{
-    ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, PartitionState, Placement,
+    ExpiryCursor, ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, PartitionState, Placement,
 };
 use crate::domain::sequencer::{scan_sequencer, SCAN_SEQUENCER};
 use crate::ports::manifest::{
@@ -81,6 +81,7 @@ macro_rules! manifest_conformance_tests {
             mark_compacted_needs_a_committed_output,
             mark_missing_only_marks_the_planned_pending_version,
             mark_expiry_keeps_the_first_time,
+            an_expiry_cursor_marks_an_outputs_sources_up_to_where_it_stopped,
             output_sources_pages_by_offset,
             output_sources_pages_past_empty_sources_that_share_an_offset,
             partition_counts_follow_objects_and_outputs,
@@ -216,6 +217,7 @@ fn output_record(lease: &Lease, part_number: u32, object_count: u64, created_at:
         upload_id: Some(format!("upload-{}-{part_number}", lease.generation)),
         created_at,
         committed_at: None,
+        expiry: None,
     }
 }
 
@@ -234,7 +236,13 @@ fn placements_end_to_end(output: &OutputRecord, objects: &[ObjectRecord]) -> Vec
                 separator_bytes: 0,
             };
             offset += object.size;
-            SourcePlacement { key: object.key.clone(), sequencer: object.sequencer.clone(), placement }
+            SourcePlacement {
+                key: object.key.clone(),
+                sequencer: object.sequencer.clone(),
+                placement,
+                etag: object.etag.clone(),
+                size: object.size,
+            }
         })
         .collect()
 }
@@ -999,6 +1007,7 @@ pub async fn commit_output_is_idempotent_and_never_revives_an_abandoned_output(m
         sha256: Some(sha256.clone()),
         object_count: 1,
         committed_at: Some(committed_at),
+        expiry: Some(ExpiryCursor::default()),
         ..output.clone()
     };
     assert_eq!(manifest.output(OUTPUT_BUCKET, &output.key).await.unwrap().as_ref(), Some(&expected));
@@ -1118,14 +1127,12 @@ pub async fn mark_expiry_keeps_the_first_time(manifest: &dyn Manifest) {
     let still_pending = new_object(&partition, "d.json", "10", 10);
     manifest.record_object(&still_pending).await.unwrap();
 
+    // The output keeps an expiry cursor: its sources do not await marks of their own.
     let awaiting = manifest.objects(&key, &ObjectQuery::awaiting_expiry()).await.unwrap();
-    assert_eq!(awaiting.len(), 3);
+    assert!(awaiting.is_empty(), "{awaiting:?}");
 
     let first_mark = now + Duration::minutes(1);
     manifest.mark_expiry(SOURCE_BUCKET, &[a.key.clone(), b.key.clone()], first_mark).await.unwrap();
-    let awaiting = manifest.objects(&key, &ObjectQuery::awaiting_expiry()).await.unwrap();
-    let awaiting_keys: Vec<&str> = awaiting.iter().map(|object| object.key.as_str()).collect();
-    assert_eq!(awaiting_keys, [c.key.as_str()]);
 
     let second_mark = now + Duration::minutes(2);
     let keys = [a.key.clone(), c.key.clone(), still_pending.key.clone(), format!("{}unknown.json", partition.path)];
@@ -1135,6 +1142,55 @@ pub async fn mark_expiry_keeps_the_first_time(manifest: &dyn Manifest) {
     assert_eq!(object_record(manifest, &c).await.expiry_marked_at, Some(second_mark));
     assert_eq!(object_record(manifest, &still_pending).await.expiry_marked_at, None, "only compacted objects");
     assert!(manifest.objects(&key, &ObjectQuery::awaiting_expiry()).await.unwrap().is_empty());
+}
+
+pub async fn an_expiry_cursor_marks_an_outputs_sources_up_to_where_it_stopped(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let [a, b, c] = ["a.json", "b.json", "c.json"].map(|name| new_object(&partition, name, "10", 10));
+    for object in [&a, &b, &c] {
+        manifest.record_object(object).await.unwrap();
+    }
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    let output = seal_pending_into_one_output(manifest, &lease, 1, now).await;
+    assert_eq!(output.expiry, Some(ExpiryCursor::default()), "a commit starts a cursor that marks nothing yet");
+
+    let placed = manifest.output_placements(OUTPUT_BUCKET, &output.key, None, 10).await.unwrap();
+    let keys: Vec<&str> = placed.iter().map(|source| source.key.as_str()).collect();
+    assert_eq!(keys, [a.key.as_str(), b.key.as_str(), c.key.as_str()], "by offset");
+    assert!(placed.iter().all(|source| source.size == 10 && source.etag == a.etag), "{placed:?}");
+    let after_a = (placed[0].placement.offset, placed[0].key.as_str());
+    let page = manifest.output_placements(OUTPUT_BUCKET, &output.key, Some(after_a), 1).await.unwrap();
+    assert_eq!(page.iter().map(|source| source.key.as_str()).collect::<Vec<_>>(), [b.key.as_str()]);
+    assert!(manifest.output_placements(OUTPUT_BUCKET, "compacted/unknown.json", None, 10).await.unwrap().is_empty());
+
+    let first_mark = now + Duration::minutes(1);
+    let through_b = (placed[1].placement.offset, placed[1].key.as_str());
+    manifest.advance_expiry(OUTPUT_BUCKET, &output.key, through_b, false, first_mark).await.unwrap();
+    let cursor = manifest.output(OUTPUT_BUCKET, &output.key).await.unwrap().unwrap().expiry.unwrap();
+    assert_eq!(cursor.through, Some((placed[1].placement.offset, b.key.clone())));
+    assert!(!cursor.done);
+    assert_eq!(object_record(manifest, &a).await.expiry_marked_at, Some(first_mark), "passed by the cursor");
+    assert_eq!(object_record(manifest, &b).await.expiry_marked_at, Some(first_mark), "the cursor's own source");
+    assert_eq!(object_record(manifest, &c).await.expiry_marked_at, None, "not reached yet");
+
+    manifest.advance_expiry(OUTPUT_BUCKET, &output.key, after_a, false, now + Duration::minutes(2)).await.unwrap();
+    let unmoved = manifest.output(OUTPUT_BUCKET, &output.key).await.unwrap().unwrap().expiry.unwrap();
+    assert_eq!(unmoved, cursor, "a cursor never moves back");
+
+    let done_mark = now + Duration::minutes(3);
+    let through_c = (placed[2].placement.offset, placed[2].key.as_str());
+    manifest.advance_expiry(OUTPUT_BUCKET, &output.key, through_c, true, done_mark).await.unwrap();
+    let finished = manifest.output(OUTPUT_BUCKET, &output.key).await.unwrap().unwrap().expiry.unwrap();
+    assert!(finished.done);
+    assert_eq!(object_record(manifest, &c).await.expiry_marked_at, Some(done_mark));
+    assert!(object_record(manifest, &a).await.expiry_marked_at.is_some(), "stays marked");
+    assert!(manifest.objects(&key, &ObjectQuery::awaiting_expiry()).await.unwrap().is_empty());
+    manifest
+        .advance_expiry(OUTPUT_BUCKET, "compacted/unknown.json", through_c, true, done_mark)
+        .await
+        .expect("an unknown output has no cursor to move");
 }
 
 pub async fn output_sources_pages_by_offset(manifest: &dyn Manifest) {

@@ -285,6 +285,7 @@ pub(super) fn output_from_item(item: &Item, table: &str) -> Result<OutputRecord,
         upload_id: reader.optional_string("upload_id")?,
         created_at: reader.time("created_at")?,
         committed_at: reader.optional_time("committed_at")?,
+        expiry: expiry_cursor_from_item(&reader)?,
     })
 }
 
@@ -320,4 +321,20 @@ pub(super) fn new_partition_item(object: &NewObject) -> Item {
     item.insert("gsi3pk".to_owned(), string_value(PARTITIONS_FLAG));
     item.insert("gsi3sk".to_owned(), string_value(partitions_index_sk(&object.bucket, path)));
     item
+}
+
+/// An output's expiry cursor: `expiry_done` is written by the commit of every output that
+/// tracks one, so an item without it was committed by an older version (or is not committed).
+fn expiry_cursor_from_item(reader: &ItemReader<'_>) -> Result<Option<ExpiryCursor>, ManifestError> {
+    let done = match reader.item.get("expiry_done") {
+        None => return Ok(None),
+        Some(AttributeValue::Bool(done)) => *done,
+        Some(_) => return Err(reader.malformed("expiry_done")),
+    };
+    let through =
+        match (reader.optional_number("expiry_through_offset")?, reader.optional_string("expiry_through_key")?) {
+            (Some(offset), Some(key)) => Some((offset, key)),
+            _ => None,
+        };
+    Ok(Some(ExpiryCursor { through, done, marked_at: reader.optional_time("expiry_marked_at")? }))
 }

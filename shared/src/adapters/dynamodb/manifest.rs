@@ -29,7 +29,10 @@ impl ShardCursor {
             expression_values.insert(":state".to_owned(), string_value(state.as_str()));
         }
         if query.expiry_unmarked {
-            filters.push("#state = :compacted AND attribute_not_exists(#expiry_marked_at)");
+            filters.push(
+                "#state = :compacted AND attribute_not_exists(#expiry_marked_at) \
+                 AND attribute_not_exists(#expiry_by_output)",
+            );
             expression_values.insert(":compacted".to_owned(), string_value(ObjectState::Compacted.as_str()));
         }
         let filter = (!filters.is_empty()).then(|| filters.join(" AND "));
@@ -185,6 +188,7 @@ impl Manifest for DynamoDbManifest {
         now: DateTime<Utc>,
         lease_for: Duration,
     ) -> Result<Lease, ManifestError> {
+        self.check_schema_once().await?;
         let expires_at = now
             .checked_add_signed(lease_for)
             .map(truncated_to_micros)
@@ -305,7 +309,18 @@ impl Manifest for DynamoDbManifest {
             return Ok(None);
         };
         let item = self.get_item(key_of(object_item_pk(bucket, &partition.path, key), key)).await?;
-        item.map(|item| object_from_item(&item, &self.table)).transpose()
+        let Some(mut record) = item.map(|item| object_from_item(&item, &self.table)).transpose()? else {
+            return Ok(None);
+        };
+        // A source of an output with an expiry cursor has no mark of its own: the cursor says.
+        if record.state == ObjectState::Compacted && record.expiry_marked_at.is_none() {
+            if let Some(placement) = &record.placement {
+                let partition = PartitionKey::new(bucket, partition.path);
+                let output = self.partition_output(&partition, &placement.output_key).await?;
+                record.expiry_marked_at = source_expiry_mark(&record, output.as_ref());
+            }
+        }
+        Ok(Some(record))
     }
 
     /// An output the manifest does not know has no sources.
@@ -373,7 +388,7 @@ impl Manifest for DynamoDbManifest {
                 let write = self.update(
                     item_key,
                     "SET #state = :committed, #size = :size, #sha256 = :sha256, #object_count = :object_count, \
-                 #committed_at = :now",
+                 #committed_at = :now, #expiry_done = :not_done",
                     "#state = :writing",
                     values([
                         (":committed", string_value(OutputState::Committed.as_str())),
@@ -382,6 +397,7 @@ impl Manifest for DynamoDbManifest {
                         (":sha256", string_value(sha256)),
                         (":object_count", number_value(object_count)),
                         (":now", time_value(now)),
+                        (":not_done", AttributeValue::Bool(false)),
                     ]),
                 )?;
                 self.fenced_transaction(lease, vec![write]).await
@@ -398,6 +414,27 @@ impl Manifest for DynamoDbManifest {
 
     async fn mark_expiry(&self, bucket: &str, keys: &[String], at: DateTime<Utc>) -> Result<(), ManifestError> {
         self.mark_expiry_items(bucket, keys, at).await
+    }
+
+    async fn output_placements(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        start_after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SourcePlacement>, ManifestError> {
+        self.output_placements_page(output_bucket, output_key, start_after, limit).await
+    }
+
+    async fn advance_expiry(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        through: (u64, &str),
+        done: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), ManifestError> {
+        self.advance_expiry_cursor(output_bucket, output_key, through, done, at).await
     }
 
     /// Abandoning an abandoned output again succeeds (idempotence); a committed output is never

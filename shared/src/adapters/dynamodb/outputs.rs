@@ -59,7 +59,11 @@ impl DynamoDbManifest {
             return Ok(Vec::new());
         };
         if self.has_chunks(&output.partition, &output.key).await? {
-            return self.sources_from_chunks(&output.partition, &output.key, start_after, limit).await;
+            let mut sources = self.sources_from_chunks(&output.partition, &output.key, start_after, limit).await?;
+            for source in &mut sources {
+                source.expiry_marked_at = source_expiry_mark(source, Some(&output));
+            }
+            return Ok(sources);
         }
         // Placed by an older version of this adapter: the index of placed object items.
         let sources_pk = sources_index_pk(&output.partition.bucket, &output.partition.path, &output.key);
@@ -250,7 +254,8 @@ impl DynamoDbManifest {
             return Ok(0);
         }
         if self.has_chunks(partition, output_key).await? {
-            let changed = self.compact_from_chunks(partition, output_key).await?;
+            let tracks_expiry = output_from_item(&output_item, &self.table)?.expiry.is_some();
+            let changed = self.compact_from_chunks(partition, output_key, tracks_expiry).await?;
             self.mark_sources_compacted(&output_item).await?;
             return Ok(changed);
         }
@@ -375,6 +380,107 @@ impl DynamoDbManifest {
                     ]),
                 )?;
                 self.fenced_transaction(lease, vec![write]).await
+            },
+        )
+        .await
+    }
+
+    /// The output item of `partition` named `output_key` (output keys are unique within a
+    /// partition): one Query of the partition's output items, no pointer needed.
+    pub(super) async fn partition_output(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+    ) -> Result<Option<OutputRecord>, ManifestError> {
+        for item in self.output_items(partition).await? {
+            let output = output_from_item(&item, &self.table)?;
+            if output.key == output_key {
+                return Ok(Some(output));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `output_placements`: the chunks alone, no object item read; outputs placed before
+    /// chunks existed answer from their object items through `output_sources`.
+    pub(super) async fn output_placements_page(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        start_after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SourcePlacement>, ManifestError> {
+        let Some((_, output)) = self.load_output(output_bucket, output_key).await? else {
+            return Ok(Vec::new());
+        };
+        if self.has_chunks(&output.partition, &output.key).await? {
+            return self.placements_from_chunks(&output.partition, &output.key, start_after, limit).await;
+        }
+        let sources = self.output_sources_page(output_bucket, output_key, start_after, limit).await?;
+        Ok(sources
+            .into_iter()
+            .filter_map(|source| {
+                Some(SourcePlacement {
+                    placement: source.placement?,
+                    key: source.key,
+                    sequencer: source.sequencer,
+                    etag: source.etag,
+                    size: source.size,
+                })
+            })
+            .collect())
+    }
+
+    /// `advance_expiry`: reads the output item, moves its cursor by the domain's rule, and
+    /// writes it on the condition that it is still what was read. One write per call, that is
+    /// per page of sources marked, whatever the page's size.
+    pub(super) async fn advance_expiry_cursor(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        through: (u64, &str),
+        done: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), ManifestError> {
+        self.optimistically(
+            || format!("output s3://{output_bucket}/{output_key}"),
+            || async move {
+                let Some((item_key, output)) = self.load_output(output_bucket, output_key).await? else {
+                    return Ok(Attempt::Done(()));
+                };
+                let Some(cursor) = output.expiry.as_ref() else {
+                    return Ok(Attempt::Done(()));
+                };
+                let Some(moved) = cursor.advanced(through, done, at) else {
+                    return Ok(Attempt::Done(()));
+                };
+                let (moved_offset, moved_key) = moved.through.clone().unwrap_or_default();
+                let mut expression_values = values([
+                    (":done", AttributeValue::Bool(moved.done)),
+                    (":read_done", AttributeValue::Bool(cursor.done)),
+                    (":offset", number_value(moved_offset)),
+                    (":key", string_value(moved_key)),
+                    (":at", time_value(at)),
+                ]);
+                let unchanged = match &cursor.through {
+                    Some((offset, key)) => {
+                        expression_values.insert(":read_offset".to_owned(), number_value(offset));
+                        expression_values.insert(":read_key".to_owned(), string_value(key));
+                        "#expiry_through_offset = :read_offset AND #expiry_through_key = :read_key"
+                    }
+                    None => "attribute_not_exists(#expiry_through_key)",
+                };
+                let written = self
+                    .conditional_update(
+                        item_key,
+                        "SET #expiry_done = :done, #expiry_through_offset = :offset, #expiry_through_key = :key, \
+                         #expiry_marked_at = :at",
+                        &format!("#expiry_done = :read_done AND {unchanged}"),
+                        expression_values,
+                        false,
+                    )
+                    .await?;
+                Ok(if written.is_ok() { Attempt::Done(()) } else { Attempt::Retry })
             },
         )
         .await

@@ -84,7 +84,17 @@ const OFFSET_PREFIX_BYTES: usize = 21;
 
 /// One placement as a chunk stores it: a JSON array, the shortest self-describing form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Entry(String, String, u64, u64, String, u64);
+struct Entry(
+    String,
+    String,
+    u64,
+    u64,
+    String,
+    u64,
+    // The placed version's ETag and size, for expiry; absent from chunks written before them.
+    #[serde(default)] Option<String>,
+    #[serde(default)] u64,
+);
 
 impl Entry {
     fn of(source: &SourcePlacement) -> Self {
@@ -96,14 +106,18 @@ impl Entry {
             placement.length,
             placement.sha256.clone(),
             placement.separator_bytes,
+            source.etag.clone(),
+            source.size,
         )
     }
 
     fn into_placement(self, output_key: &str, generation: u64) -> SourcePlacement {
-        let Entry(key, sequencer, offset, length, sha256, separator_bytes) = self;
+        let Entry(key, sequencer, offset, length, sha256, separator_bytes, etag, size) = self;
         SourcePlacement {
             key,
             sequencer,
+            etag,
+            size,
             placement: Placement {
                 output_key: output_key.to_owned(),
                 generation,
@@ -304,6 +318,7 @@ impl DynamoDbManifest {
         &self,
         partition: &PartitionKey,
         output_key: &str,
+        tracks_expiry: bool,
     ) -> Result<u64, ManifestError> {
         let mut changed = 0;
         let mut start_key = None;
@@ -314,28 +329,35 @@ impl DynamoDbManifest {
             let statement = format!(
                 "UPDATE \"{}\" SET \"state\" = ? SET \"output_key\" = ? SET \"output_generation\" = ? \
                  SET \"output_offset\" = ? SET \"output_length\" = ? SET \"output_sha256\" = ? \
-                 SET \"output_separator_bytes\" = ? WHERE \"pk\" = ? AND \"sk\" = ? AND \"state\" = ? AND \"sequencer\" = ?",
-                self.table
+                 SET \"output_separator_bytes\" = ?{} WHERE \"pk\" = ? AND \"sk\" = ? AND \"state\" = ? AND \"sequencer\" = ?",
+                self.table,
+                // In the same write, free: the source's expiry is its output's cursor's, so the
+                // query of sources awaiting their own mark leaves it out.
+                if tracks_expiry { " SET \"expiry_by_output\" = ?" } else { "" },
             );
             let statements = placements
                 .iter()
                 .map(|source| {
                     let placement = &source.placement;
+                    let mut parameters = vec![
+                        string_value(ObjectState::Compacted.as_str()),
+                        string_value(output_key),
+                        number_value(placement.generation),
+                        number_value(placement.offset),
+                        number_value(placement.length),
+                        string_value(&placement.sha256),
+                        number_value(placement.separator_bytes),
+                    ];
+                    parameters.extend(tracks_expiry.then_some(AttributeValue::Bool(true)));
+                    parameters.extend([
+                        string_value(object_item_pk(&partition.bucket, &partition.path, &source.key)),
+                        string_value(&source.key),
+                        string_value(ObjectState::Pending.as_str()),
+                        string_value(&source.sequencer),
+                    ]);
                     BatchStatementRequest::builder()
                         .statement(&statement)
-                        .set_parameters(Some(vec![
-                            string_value(ObjectState::Compacted.as_str()),
-                            string_value(output_key),
-                            number_value(placement.generation),
-                            number_value(placement.offset),
-                            number_value(placement.length),
-                            string_value(&placement.sha256),
-                            number_value(placement.separator_bytes),
-                            string_value(object_item_pk(&partition.bucket, &partition.path, &source.key)),
-                            string_value(&source.key),
-                            string_value(ObjectState::Pending.as_str()),
-                            string_value(&source.sequencer),
-                        ]))
+                        .set_parameters(Some(parameters))
                         .build()
                         .map_err(|error| DynamoDbManifestError::Build(error).into())
                 })
@@ -430,21 +452,17 @@ impl DynamoDbManifest {
         Ok(())
     }
 
-    /// `output_sources` of an output that has chunks: placements by (offset, key) after
-    /// `start_after`, each with its object item (read for its state), at most `limit`.
-    /// A source whose item now holds another version that was never placed here is left out,
-    /// as the index left it out.
-    pub(super) async fn sources_from_chunks(
+    /// The sort key of the chunk to start reading at for sources after `start_after`: the last
+    /// chunk that starts before its offset, since a chunk starting at the offset itself may
+    /// follow one that ends with sources at that offset (empty ones share their offset with the
+    /// source after them).
+    async fn chunk_from_sk(
         &self,
         partition: &PartitionKey,
         output_key: &str,
         start_after: Option<(u64, &str)>,
-        limit: usize,
-    ) -> Result<Vec<ObjectRecord>, ManifestError> {
-        // The sources after the cursor start in the last chunk that starts before its offset:
-        // a chunk starting at the offset itself may follow one that ends with sources at that
-        // offset (empty ones share their offset with the source after them).
-        let from_sk = match start_after {
+    ) -> Result<Option<String>, ManifestError> {
+        Ok(match start_after {
             None => None,
             Some((offset, _)) => {
                 let page = self
@@ -466,7 +484,24 @@ impl DynamoDbManifest {
                     .map_err(|error| self.request_error("Query", error.into()))?;
                 page.items().first().and_then(|item| item.get("sk")).and_then(|sk| sk.as_s().ok()).cloned()
             }
-        };
+        })
+    }
+
+    /// `output_sources` of an output that has chunks: placements by (offset, key) after
+    /// `start_after`, each with its object item (read for its state), at most `limit`.
+    /// A source whose item now holds another version that was never placed here is left out,
+    /// as the index left it out.
+    pub(super) async fn sources_from_chunks(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+        start_after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<ObjectRecord>, ManifestError> {
+        // The sources after the cursor start in the last chunk that starts before its offset:
+        // a chunk starting at the offset itself may follow one that ends with sources at that
+        // offset (empty ones share their offset with the source after them).
+        let from_sk = self.chunk_from_sk(partition, output_key, start_after).await?;
         let mut sources = Vec::new();
         let mut start_key = None;
         loop {
@@ -504,6 +539,38 @@ impl DynamoDbManifest {
             }
         }
     }
+
+    /// The placements of an output that has chunks, by (offset, key) after `start_after`, at
+    /// most `limit`: the chunks alone, with no read of the sources' items.
+    pub(super) async fn placements_from_chunks(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+        start_after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SourcePlacement>, ManifestError> {
+        let from_sk = self.chunk_from_sk(partition, output_key, start_after).await?;
+        let mut placed = Vec::new();
+        let mut start_key = None;
+        loop {
+            let (placements, next) = self.chunk_page(partition, output_key, start_key, from_sk.clone()).await?;
+            placed.extend(placements.into_iter().filter(|source| {
+                start_after.is_none_or(|after| (source.placement.offset, source.key.as_str()) > after)
+            }));
+            placed.sort_by(|one, other| {
+                (one.placement.offset, one.key.as_str()).cmp(&(other.placement.offset, other.key.as_str()))
+            });
+            // A later chunk never holds an earlier (offset, key): a full page is final.
+            if placed.len() >= limit {
+                placed.truncate(limit);
+                return Ok(placed);
+            }
+            start_key = next;
+            if start_key.is_none() {
+                return Ok(placed);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -522,7 +589,18 @@ mod tests {
                 sha256: "ab".repeat(32),
                 separator_bytes: 1,
             },
+            etag: Some("\"5d41402abc4b2a76b9719d911017c592\"".to_owned()),
+            size: 10,
         }
+    }
+
+    #[test]
+    fn chunks_written_before_etags_and_sizes_decode_without_them() {
+        let old_chunk = r#"[["logs/a.json","0055",0,10,"abab",1]]"#;
+        let decoded = decode_chunk(old_chunk, "compacted/out.json", 3).expect("an old chunk still decodes");
+        assert_eq!(decoded.len(), 1);
+        assert_eq!((decoded[0].etag.as_deref(), decoded[0].size), (None, 0));
+        assert_eq!(decoded[0].placement.length, 10);
     }
 
     #[test]

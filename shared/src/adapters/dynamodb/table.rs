@@ -2,12 +2,18 @@
 
 use super::*;
 
+/// The schema item: one per table, outside every partition's keys.
+const SCHEMA_ITEM_PK: &str = "#SCHEMA";
+const SCHEMA_ITEM_SK: &str = "#";
+
 impl DynamoDbManifest {
     /// Creates the table with the schema of the module doc (on-demand billing, the three
     /// indexes), waits until it and its indexes are active, and enables its time to live on
     /// [`RECORD_EXPIRY_ATTRIBUTE`] (harmless while no item carries it, and ready for
     /// `COMPACTOR_RECORD_TTL`). A table that already exists keeps its schema; its time to live
-    /// is enabled if it is not, which a table made before record expiry existed needs.
+    /// is enabled if it is not, which a table made before record expiry existed needs. Last, it
+    /// records [`SCHEMA_VERSION`] in the schema item (the migration from schema 1, whose items
+    /// this build reads as they are), and fails if the table holds a newer one.
     pub async fn create_table(&self) -> Result<(), ManifestError> {
         let string_attribute = |name: &str| {
             AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
@@ -77,7 +83,54 @@ impl DynamoDbManifest {
             Err(error) => return Err(self.request_error("CreateTable", error)),
         }
         self.wait_until_active().await?;
-        self.enable_record_expiry().await
+        self.enable_record_expiry().await?;
+        self.record_schema_version().await
+    }
+
+    /// Writes [`SCHEMA_VERSION`] to the schema item, unless the table holds a newer one (then
+    /// fails, saying to upgrade): `init` on a table of an older schema is its migration, which
+    /// for schema 1 to 2 is the marker alone (the new items are additive).
+    async fn record_schema_version(&self) -> Result<(), ManifestError> {
+        self.check_schema().await?;
+        let mut item = key_of(SCHEMA_ITEM_PK.to_owned(), SCHEMA_ITEM_SK);
+        item.insert("version".to_owned(), number_value(SCHEMA_VERSION));
+        let written = self
+            .conditional_put(
+                item,
+                "attribute_not_exists(#pk) OR #version <= :version",
+                values([(":version", number_value(SCHEMA_VERSION))]),
+            )
+            .await?;
+        if written {
+            Ok(())
+        } else {
+            // A newer build wrote its version between the check and the write.
+            self.check_schema().await
+        }
+    }
+
+    /// The table's schema version: 1 when it has no schema item (written before the item
+    /// existed).
+    pub async fn schema_version(&self) -> Result<u64, ManifestError> {
+        match self.get_item(key_of(SCHEMA_ITEM_PK.to_owned(), SCHEMA_ITEM_SK)).await? {
+            None => Ok(1),
+            Some(item) => ItemReader::new(&item, &self.table).number("version"),
+        }
+    }
+
+    /// Fails when the table holds a newer schema than this build reads.
+    pub async fn check_schema(&self) -> Result<(), ManifestError> {
+        let found = self.schema_version().await?;
+        if found > SCHEMA_VERSION {
+            return Err(DynamoDbManifestError::NewerSchema { table: self.table.clone(), found }.into());
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_schema`] once per manifest value (and its clones): the seal calls this
+    /// before its first lock, so a seal never writes into a table it cannot read.
+    pub(super) async fn check_schema_once(&self) -> Result<(), ManifestError> {
+        self.schema_checked.get_or_try_init(|| self.check_schema()).await.map(|_| ())
     }
 
     /// Turns the table's time to live on for [`RECORD_EXPIRY_ATTRIBUTE`], unless it already is.

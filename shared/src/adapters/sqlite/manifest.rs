@@ -446,7 +446,7 @@ impl Manifest for SqliteManifest {
                         .execute(
                             "UPDATE outputs
                              SET state = 'committed', size = ?3, sha256 = ?4, object_count = ?5,
-                                 committed_at_micros = ?6
+                                 committed_at_micros = ?6, expiry_tracked = 1
                              WHERE bucket = ?1 AND key = ?2",
                             params![
                                 output_bucket,
@@ -514,6 +514,94 @@ impl Manifest for SqliteManifest {
             for key in &keys {
                 mark.execute(params![bucket, key, micros(at)]).map_err(sqlite_error)?;
             }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn output_placements(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        start_after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SourcePlacement>, ManifestError> {
+        // The placement columns live on the source rows; a superseded source's row holds its
+        // newer version, without the placement, so it is not listed here.
+        let sources = self.output_sources(output_bucket, output_key, start_after, limit).await?;
+        Ok(sources
+            .into_iter()
+            .filter_map(|source| {
+                let placement = source.placement?;
+                Some(SourcePlacement {
+                    key: source.key,
+                    sequencer: source.sequencer,
+                    placement,
+                    etag: source.etag,
+                    size: source.size,
+                })
+            })
+            .collect())
+    }
+
+    /// Moves the cursor (see [`ExpiryCursor::advanced`]) and, in the same transaction, copies
+    /// the mark onto the rows it passed, so every reader of a source's record sees it as before:
+    /// SQLite writes are local and cheap, and the rows then need no derivation.
+    async fn advance_expiry(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        through: (u64, &str),
+        done: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), ManifestError> {
+        let output_bucket = output_bucket.to_owned();
+        let output_key = output_key.to_owned();
+        let through = (through.0, through.1.to_owned());
+        self.write(move |transaction| {
+            let Some(output) = load_output(transaction, &output_bucket, &output_key)? else {
+                return Ok(());
+            };
+            let Some(cursor) = output.expiry.as_ref() else {
+                return Ok(());
+            };
+            let Some(moved) = cursor.advanced((through.0, &through.1), done, at) else {
+                return Ok(());
+            };
+            let (through_offset, through_key) = match &moved.through {
+                Some((offset, key)) => (Some(integer("offset", *offset)?), Some(key.clone())),
+                None => (None, None),
+            };
+            transaction
+                .execute(
+                    "UPDATE outputs SET expiry_through_offset = ?3, expiry_through_key = ?4, expiry_done = ?5,
+                            expiry_marked_at_micros = ?6
+                     WHERE bucket = ?1 AND key = ?2",
+                    params![output_bucket, output_key, through_offset, through_key, moved.done, micros(at)],
+                )
+                .map_err(sqlite_error)?;
+            // Only the first mark counts, as for `mark_expiry`.
+            let (offset_bound, key_bound) = if moved.done {
+                (i64::MAX, String::new())
+            } else {
+                (through_offset.unwrap_or(-1), through_key.unwrap_or_default())
+            };
+            transaction
+                .execute(
+                    "UPDATE objects SET expiry_marked_at_micros = ?6
+                     WHERE bucket = ?1 AND partition_path = ?2 AND output_key = ?3 AND state = 'compacted'
+                       AND expiry_marked_at_micros IS NULL
+                       AND (output_offset < ?4 OR (output_offset = ?4 AND key <= ?5))",
+                    params![
+                        output.partition.bucket,
+                        output.partition.path,
+                        output_key,
+                        offset_bound,
+                        key_bound,
+                        micros(at)
+                    ],
+                )
+                .map_err(sqlite_error)?;
             Ok(())
         })
         .await

@@ -120,7 +120,24 @@ pub(super) fn output_from_row(row: &Row<'_>) -> rusqlite::Result<OutputRecord> {
         upload_id: row.get("upload_id")?,
         created_at: column_time(row, "created_at_micros")?,
         committed_at: column_optional_time(row, "committed_at_micros")?,
+        expiry: expiry_cursor_from_row(row)?,
     })
+}
+
+fn expiry_cursor_from_row(row: &Row<'_>) -> rusqlite::Result<Option<ExpiryCursor>> {
+    let tracked: bool = row.get("expiry_tracked")?;
+    if !tracked {
+        return Ok(None);
+    }
+    let through = match (column_optional_u64(row, "expiry_through_offset")?, row.get("expiry_through_key")?) {
+        (Some(offset), Some(key)) => Some((offset, key)),
+        _ => None,
+    };
+    Ok(Some(ExpiryCursor {
+        through,
+        done: row.get("expiry_done")?,
+        marked_at: column_optional_time(row, "expiry_marked_at_micros")?,
+    }))
 }
 
 // ── queries shared by several calls, run inside the caller's transaction ─────────────────────
@@ -235,7 +252,8 @@ pub(super) fn locked_closed_partitions_sql() -> &'static str {
 }
 
 /// One page of a partition's objects in key order: `?1` bucket, `?2` partition path, `?3` the
-/// key to start after, `?4` whether only compacted objects awaiting expiry, `?5` the limit, and
+/// key to start after, `?4` whether only compacted objects awaiting their own expiry mark (their
+/// output keeps no cursor), `?5` the limit, and
 /// with `filter_by_state`, `?6` the state. The conditions are plain ranges and equalities (no
 /// `?n IS NULL OR ...`) so that SQLite walks an index in key order instead of sorting the
 /// partition for every page.
@@ -245,7 +263,10 @@ pub(super) fn objects_sql(filter_by_state: bool) -> String {
         "{OBJECT_SELECT}
          WHERE bucket = ?1 AND partition_path = ?2 {state_condition}
            AND key > ?3
-           AND (?4 = 0 OR (state = 'compacted' AND expiry_marked_at_micros IS NULL))
+           AND (?4 = 0 OR (state = 'compacted' AND expiry_marked_at_micros IS NULL
+                            AND output_key NOT IN (SELECT u.key FROM outputs u
+                                                   WHERE u.partition_bucket = ?1 AND u.partition_path = ?2
+                                                     AND u.expiry_tracked = 1)))
          ORDER BY key
          LIMIT ?5"
     )

@@ -68,6 +68,11 @@ CREATE TABLE outputs (
     upload_id TEXT,
     created_at_micros INTEGER NOT NULL,
     committed_at_micros INTEGER,
+    expiry_tracked INTEGER NOT NULL DEFAULT 0,
+    expiry_through_offset INTEGER,
+    expiry_through_key TEXT,
+    expiry_done INTEGER NOT NULL DEFAULT 0,
+    expiry_marked_at_micros INTEGER,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 
@@ -100,5 +105,16 @@ FROM objects";
 
 pub(super) const OUTPUT_SELECT: &str = "
 SELECT bucket, key, partition_bucket, partition_path, generation, part_number, state, size, sha256, object_count,
-       upload_id, created_at_micros, committed_at_micros
+       upload_id, created_at_micros, committed_at_micros, expiry_tracked, expiry_through_offset, expiry_through_key,
+       expiry_done, expiry_marked_at_micros
 FROM outputs";
+
+/// Schema 1 to 2: outputs gain an expiry cursor. Outputs committed under schema 1 get none
+/// (`expiry_tracked = 0`): their sources carry their own expiry marks, as they always did.
+pub(super) const MIGRATE_1_TO_2_SQL: &str = "
+ALTER TABLE outputs ADD COLUMN expiry_tracked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outputs ADD COLUMN expiry_through_offset INTEGER;
+ALTER TABLE outputs ADD COLUMN expiry_through_key TEXT;
+ALTER TABLE outputs ADD COLUMN expiry_done INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outputs ADD COLUMN expiry_marked_at_micros INTEGER;
+";
