@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod plan;
 pub mod restore;
 pub mod seal;
+mod seen;
 pub mod verify;
 mod writer;
 

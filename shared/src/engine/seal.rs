@@ -20,9 +20,11 @@
 //! the store itself and counted `changed`, with no HEAD beforehand. A crash with a batch
 //! waiting leaves compacted, unmarked sources, which the next run's recovery marks (it reads
 //! them 1,000 at a time). Tag mode has no batch request on S3: right after each commit, every
-//! source is read (HEAD, GetObjectTagging) and tagged on its own, 16 at a time
-//! ([`ObjectStore::add_tag_many`](crate::ports::ObjectStore::add_tag_many)); the local
-//! directory tags a whole output's sources in one go.
+//! source is tagged on its own, 16 at a time
+//! ([`ObjectStore::add_tag_many`](crate::ports::ObjectStore::add_tag_many)), with one
+//! PutObjectTagging when its GET showed no tags of its own (kept from the write in
+//! `SeenSources`), after a HEAD and GetObjectTagging otherwise; the local directory tags a
+//! whole output's sources in one go.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,6 +35,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::seen::SeenSources;
 use super::writer::{needs_multipart, OutputTarget, WindowedWriter, WrittenOutput};
 use super::{Compactor, EngineError};
 use crate::config::ExpiryMode;
@@ -41,6 +44,7 @@ use crate::domain::plan::PlannedOutput;
 use crate::domain::ranges::{PlannedRange, RangePacker, RangeWindow};
 use crate::domain::records::renewal_due;
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionState};
+use crate::ports::object_store::remove_tag;
 use crate::ports::{
     DeleteRequest, HeldLock, Lease, ManifestError, ObjectQuery, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };
@@ -435,7 +439,7 @@ impl Compactor {
                         if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
                             break 'pages;
                         }
-                        self.expire_ready_sources(report, &mut awaiting_expiry).await?;
+                        self.expire_ready_sources(report, &mut awaiting_expiry, &mut SeenSources::default()).await?;
                     }
                     Ok(None) => {}
                     Err(_refused) => {
@@ -449,14 +453,14 @@ impl Compactor {
                     if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
                         break 'pages;
                     }
-                    self.expire_ready_sources(report, &mut awaiting_expiry).await?;
+                    self.expire_ready_sources(report, &mut awaiting_expiry, &mut SeenSources::default()).await?;
                 }
                 break;
             }
         }
         // What is left, also when the deadline stopped the run: those outputs are committed.
         if !awaiting_expiry.is_empty() {
-            let counts = self.mark_sources_for_expiry(&awaiting_expiry).await?;
+            let counts = self.mark_sources_for_expiry(&awaiting_expiry, &mut SeenSources::default()).await?;
             report.expiry.add(&counts);
         }
         Ok(())
@@ -469,6 +473,7 @@ impl Compactor {
         &self,
         report: &mut PartitionSealReport,
         awaiting_expiry: &mut Vec<ObjectRecord>,
+        seen: &mut SeenSources,
     ) -> Result<(), EngineError> {
         let ready = match self.config.expiry {
             ExpiryMode::Delete => awaiting_expiry.len() / EXPIRY_BATCH * EXPIRY_BATCH,
@@ -476,7 +481,7 @@ impl Compactor {
         };
         let ready_sources: Vec<ObjectRecord> = awaiting_expiry.drain(..ready).collect();
         for batch in ready_sources.chunks(EXPIRY_BATCH) {
-            let counts = self.mark_sources_for_expiry(batch).await?;
+            let counts = self.mark_sources_for_expiry(batch, seen).await?;
             report.expiry.add(&counts);
         }
         Ok(())
@@ -513,7 +518,7 @@ impl Compactor {
                 break;
             }
             let page_length = awaiting.len();
-            let counts = self.mark_sources_for_expiry(&awaiting).await?;
+            let counts = self.mark_sources_for_expiry(&awaiting, &mut SeenSources::default()).await?;
             report.expiry.add(&counts);
             if page_length < PAGE {
                 break;
@@ -571,7 +576,7 @@ impl Compactor {
             record.upload_id = Some(upload_id);
             self.manifest.begin_output(lease, &record).await?;
         }
-        let (placed, superseded, written) = self.write_windows(lease, report, &range, &record).await?;
+        let (placed, superseded, mut written) = self.write_windows(lease, report, &range, &record).await?;
         if !written.written {
             if let Some(upload_id) = &record.upload_id {
                 self.store.abort_multipart(&dest_bucket, &range.key, upload_id).await?;
@@ -615,7 +620,7 @@ impl Compactor {
                     awaiting_expiry.push(source);
                 }
             }
-            self.expire_ready_sources(report, awaiting_expiry).await?;
+            self.expire_ready_sources(report, awaiting_expiry, &mut written.seen).await?;
             if page_length < PAGE {
                 break;
             }
@@ -691,6 +696,17 @@ impl Compactor {
             writer.write(&sources).await?;
             drop(sources);
             for missing in writer.take_missing() {
+                if self.config.expiry == ExpiryMode::Tag {
+                    // A source found changed may be a newer version that a tag request of an
+                    // earlier run reached (README, "Tag mode: the overwrite window"): it must not
+                    // keep the expiry tag while it waits for its own compaction. Before the
+                    // record, so that a failure here is retried with the source.
+                    if remove_tag(self.store.as_ref(), &lease.partition.bucket, &missing.key, &self.config.expiry_tag)
+                        .await?
+                    {
+                        warn!(key = %missing.key, "a changed source carried the expiry tag; removed it");
+                    }
+                }
                 self.manifest.mark_missing(lease, &missing.key, &missing.sequencer, &missing.note).await?;
                 report.objects_missing += 1;
             }
@@ -704,14 +720,18 @@ impl Compactor {
     /// Step 5's second half: tags (merging with the object's own tags) or deletes compacted
     /// sources, then records the marks. Only ever called with compacted objects, at most
     /// [`EXPIRY_BATCH`] of them.
-    async fn mark_sources_for_expiry(&self, sources: &[ObjectRecord]) -> Result<ExpiryCounts, EngineError> {
+    async fn mark_sources_for_expiry(
+        &self,
+        sources: &[ObjectRecord],
+        seen: &mut SeenSources,
+    ) -> Result<ExpiryCounts, EngineError> {
         debug_assert!(
             sources.iter().all(|source| source.state == ObjectState::Compacted),
             "only compacted sources are marked for expiry"
         );
         let (outcomes, first_error) = match self.config.expiry {
             ExpiryMode::None => return Ok(ExpiryCounts::default()),
-            ExpiryMode::Tag => self.tag_for_expiry(sources).await,
+            ExpiryMode::Tag => self.tag_for_expiry(sources, seen).await,
             ExpiryMode::Delete => self.delete_for_expiry(sources).await,
         };
         let mut counts = ExpiryCounts::default();
@@ -740,18 +760,25 @@ impl Compactor {
         }
     }
 
-    /// Tag mode: one `add_tag_many` per bucket (on S3, a few requests per source, none
-    /// batched). Returns what was done to each source that did not fail, and the first failure.
+    /// Tag mode: one `add_tag_many` per bucket. On S3 a source this run read with no tags of
+    /// its own (`seen`) costs one PutObjectTagging, on the version read; any other source a
+    /// HEAD, GetObjectTagging and PutObjectTagging. Returns what was done to each source that
+    /// did not fail, and the first failure.
     async fn tag_for_expiry<'a>(
         &self,
         sources: &'a [ObjectRecord],
+        seen: &mut SeenSources,
     ) -> (Vec<(&'a ObjectRecord, ExpiryOutcome)>, Option<EngineError>) {
         let mut outcomes = Vec::with_capacity(sources.len());
         let mut first_error = None;
         for (bucket, bucket_sources) in by_bucket(sources) {
             let requests: Vec<TagRequest> = bucket_sources
                 .iter()
-                .map(|source| TagRequest { key: source.key.clone(), if_match: source.etag.clone() })
+                .map(|source| TagRequest {
+                    key: source.key.clone(),
+                    if_match: source.etag.clone(),
+                    seen: seen.take(&source.bucket, &source.key),
+                })
                 .collect();
             let answers = self.store.add_tag_many(bucket, &requests, &self.config.expiry_tag).await;
             for (source, answer) in bucket_sources.into_iter().zip(answers) {
