@@ -1,0 +1,195 @@
+//! Ingest: object items, and the partition flag that the race with release needs.
+
+use super::*;
+
+impl DynamoDbManifest {
+    // ── ingest helpers ──────────────────────────────────────────────────────────────────
+
+    /// Makes sure the partition of a pending object is recorded, `open` (unless a seal holds
+    /// it) and in [`PENDING_INDEX`]; see "The race between ingest and release" in the module
+    /// doc for why this runs after the object write and when it may skip the write.
+    pub(super) async fn flag_partition_pending(&self, object: &NewObject) -> Result<(), ManifestError> {
+        let key = PartitionKey::new(object.bucket.clone(), object.partition.path.clone());
+        let key = &key;
+        self.optimistically(
+            || format!("partition {key}"),
+            || async move {
+                let Some(stored) = self.get_partition(key).await? else {
+                    if self
+                        .conditional_put(new_partition_item(object), "attribute_not_exists(#pk)", HashMap::new())
+                        .await?
+                    {
+                        return Ok(Attempt::Done(()));
+                    }
+                    return Ok(Attempt::Retry);
+                };
+                if stored.state == PartitionState::Open && stored.flagged_pending {
+                    return Ok(Attempt::Done(()));
+                }
+                // A sealed partition reopens; a sealing one stays so (its release sees the pending
+                // object and opens it). The counter tells a running release that it counted too early.
+                let next_state =
+                    if stored.state == PartitionState::Sealed { PartitionState::Open } else { stored.state };
+                let written = self
+                    .conditional_update(
+                        key_of(partition_item_pk(&key.bucket, &key.path), PARTITION_SORT_KEY),
+                        "SET #state = :next_state, #gsi1pk = :pending_flag, #gsi1sk = :pending_sort_key \
+                     ADD #ingest_counter :one",
+                        "#state = :read_state",
+                        values([
+                            (":next_state", string_value(next_state.as_str())),
+                            (":read_state", string_value(stored.state.as_str())),
+                            (":pending_flag", string_value(PENDING_FLAG)),
+                            (
+                                ":pending_sort_key",
+                                string_value(pending_index_sk(stored.closes_at, &key.path, &key.bucket)),
+                            ),
+                            (":one", number_value(1)),
+                        ]),
+                        false,
+                    )
+                    .await?;
+                if written.is_ok() {
+                    return Ok(Attempt::Done(()));
+                }
+                Ok(Attempt::Retry)
+            },
+        )
+        .await
+    }
+
+    pub(super) async fn record_object_item(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
+        // Most events announce a key the manifest has never seen: try the create first, and read
+        // the recorded item only when it exists (a replay, an overwrite). One request, not two.
+        if self.conditional_put(new_object_item(object), "attribute_not_exists(#pk)", HashMap::new()).await? {
+            self.flag_partition_pending(object).await?;
+            return Ok(IngestOutcome::Recorded);
+        }
+        let item_key = key_of(object_item_pk(&object.bucket, &object.partition.path, &object.key), object.key.clone());
+        let item_key = &item_key;
+        self.optimistically(
+            || format!("object s3://{}/{}", object.bucket, object.key),
+            || async move {
+                let outcome = match self.get_item(item_key.clone()).await? {
+                    None => {
+                        if !self
+                            .conditional_put(new_object_item(object), "attribute_not_exists(#pk)", HashMap::new())
+                            .await?
+                        {
+                            return Ok(Attempt::Retry);
+                        }
+                        IngestOutcome::Recorded
+                    }
+                    Some(recorded) => {
+                        let reader = ItemReader::new(&recorded, &self.table);
+                        let recorded_sequencer = reader.optional_string("sequencer")?.unwrap_or_default();
+                        let recorded_etag = reader.optional_string("etag")?;
+                        let recorded_state = reader.state::<ObjectState>("state")?;
+                        let order = sequencer::order(
+                            sequencer::Version {
+                                sequencer: &object.sequencer,
+                                etag: object.etag.as_deref(),
+                                time: object.event_time,
+                            },
+                            sequencer::Version {
+                                sequencer: &recorded_sequencer,
+                                etag: recorded_etag.as_deref(),
+                                time: reader.time("event_time")?,
+                            },
+                            recorded_state == ObjectState::Removed,
+                        );
+                        if order == sequencer::VersionOrder::ConfirmsScanned {
+                            // The same bytes: whatever was decided about them stands; only later
+                            // events must now be ordered by this one's sequencer.
+                            let confirmed = self
+                                .conditional_update(
+                                    item_key.clone(),
+                                    "SET #sequencer = :sequencer, #event_time = :event_time",
+                                    "#sequencer = :recorded_sequencer",
+                                    values([
+                                        (":sequencer", string_value(&object.sequencer)),
+                                        (":event_time", time_value(object.event_time)),
+                                        (":recorded_sequencer", string_value(&recorded_sequencer)),
+                                    ]),
+                                    false,
+                                )
+                                .await?;
+                            if confirmed.is_err() {
+                                return Ok(Attempt::Retry);
+                            }
+                        }
+                        if order != sequencer::VersionOrder::Newer {
+                            // A replay of a pending object still makes sure its partition is flagged:
+                            // the first delivery may have crashed between the two writes.
+                            if recorded_state == ObjectState::Pending {
+                                self.flag_partition_pending(object).await?;
+                            }
+                            return Ok(Attempt::Done(IngestOutcome::Stale));
+                        }
+                        let condition = "#sequencer = :recorded_sequencer";
+                        let written = self
+                            .conditional_put(
+                                new_object_item(object),
+                                condition,
+                                values([(":recorded_sequencer", string_value(recorded_sequencer))]),
+                            )
+                            .await?;
+                        if !written {
+                            return Ok(Attempt::Retry);
+                        }
+                        IngestOutcome::Updated
+                    }
+                };
+                self.flag_partition_pending(object).await?;
+                Ok(Attempt::Done(outcome))
+            },
+        )
+        .await
+    }
+
+    pub(super) async fn record_removal_item(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError> {
+        let Ok(partition) = self.layout.partition_of(&removal.key) else {
+            return Ok(IngestOutcome::RemovalIgnored);
+        };
+        let item_key = key_of(object_item_pk(&removal.bucket, &partition.path, &removal.key), removal.key.clone());
+        let item_key = &item_key;
+        self.optimistically(
+            || format!("object s3://{}/{}", removal.bucket, removal.key),
+            || async move {
+                // Unknown keys get no record: there is nothing to leave out of a plan.
+                let Some(recorded) = self.get_item(item_key.clone()).await? else {
+                    return Ok(Attempt::Done(IngestOutcome::RemovalIgnored));
+                };
+                let reader = ItemReader::new(&recorded, &self.table);
+                let recorded_sequencer = reader.optional_string("sequencer")?.unwrap_or_default();
+                if reader.state::<ObjectState>("state")? != ObjectState::Pending
+                    || !sequencer::supersedes(&removal.sequencer, &recorded_sequencer)
+                {
+                    return Ok(Attempt::Done(IngestOutcome::RemovalIgnored));
+                }
+                // The sequencer and event time move with the state, so a replayed creation of the
+                // removed version stays stale; the placement, if any, stays for the audit.
+                let written = self
+                    .conditional_update(
+                        item_key.clone(),
+                        "SET #state = :removed, #sequencer = :sequencer, #event_time = :event_time",
+                        "#state = :pending AND #sequencer = :recorded_sequencer",
+                        values([
+                            (":removed", string_value(ObjectState::Removed.as_str())),
+                            (":pending", string_value(ObjectState::Pending.as_str())),
+                            (":sequencer", string_value(&removal.sequencer)),
+                            (":event_time", time_value(removal.event_time)),
+                            (":recorded_sequencer", string_value(recorded_sequencer)),
+                        ]),
+                        false,
+                    )
+                    .await?;
+                if written.is_ok() {
+                    return Ok(Attempt::Done(IngestOutcome::Removed));
+                }
+                Ok(Attempt::Retry)
+            },
+        )
+        .await
+    }
+}

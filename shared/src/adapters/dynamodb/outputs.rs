@@ -1,0 +1,382 @@
+//! Output items: their pointer items, and the fenced writes of an output's life.
+
+use super::*;
+
+impl DynamoDbManifest {
+    /// The output item (and its key) through its pointer item.
+    pub(super) async fn load_output(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Item, OutputRecord)>, ManifestError> {
+        let Some(pointer) = self.get_item(key_of(output_pointer_pk(bucket, key), OUTPUT_POINTER_SORT_KEY)).await?
+        else {
+            return Ok(None);
+        };
+        let reader = ItemReader::new(&pointer, &self.table);
+        let output_key = key_of(reader.string("target_pk")?, reader.string("target_sk")?);
+        let Some(item) = self.get_item(output_key.clone()).await? else {
+            return Ok(None);
+        };
+        let record = output_from_item(&item, &self.table)?;
+        Ok(Some((output_key, record)))
+    }
+
+    /// An output a fenced call changes: the lease must hold, and the output must exist and
+    /// belong to the leased partition.
+    pub(super) async fn load_leased_output(
+        &self,
+        lease: &Lease,
+        output_bucket: &str,
+        output_key: &str,
+    ) -> Result<(Item, OutputRecord), ManifestError> {
+        self.check_fence(lease).await?;
+        let (item_key, output) = self
+            .load_output(output_bucket, output_key)
+            .await?
+            .ok_or_else(|| output_not_found(output_bucket, output_key))?;
+        check_output_partition(lease, &output)?;
+        Ok((item_key, output))
+    }
+
+    /// An output the manifest does not know has no sources.
+    ///
+    /// [`SOURCES_INDEX`] sorts by offset alone, and returns the sources of one offset (empty
+    /// ones share theirs with the source after them) in no fixed order. So the Query starts at
+    /// the cursor's offset (`>=`), skips what is at or before the cursor, and reads on until it
+    /// holds `limit` sources and the next one lies at a greater offset (every source of the
+    /// page's last offset seen); the page is then sorted by (offset, key). Memory stays under
+    /// twice `limit` sources; a run of many empty sources at one offset is read again by each
+    /// page that ends inside it.
+    pub(super) async fn output_sources_page(
+        &self,
+        output_bucket: &str,
+        output_key: &str,
+        start_after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<ObjectRecord>, ManifestError> {
+        let Some((_, output)) = self.load_output(output_bucket, output_key).await? else {
+            return Ok(Vec::new());
+        };
+        if self.has_chunks(&output.partition, &output.key).await? {
+            return self.sources_from_chunks(&output.partition, &output.key, start_after, limit).await;
+        }
+        // Placed by an older version of this adapter: the index of placed object items.
+        let sources_pk = sources_index_pk(&output.partition.bucket, &output.partition.path, &output.key);
+        let (key_condition, mut expression_values) = match start_after {
+            Some((offset, _)) => {
+                ("#gsi2pk = :sources_pk AND #gsi2sk >= :offset", values([(":offset", number_value(offset))]))
+            }
+            None => ("#gsi2pk = :sources_pk", HashMap::new()),
+        };
+        expression_values.insert(":sources_pk".to_owned(), string_value(sources_pk));
+        let position = |source: &ObjectRecord| {
+            (source.placement.as_ref().map_or(0, |placement| placement.offset), source.key.clone())
+        };
+        let by_position = |one: &ObjectRecord, other: &ObjectRecord| position(one).cmp(&position(other));
+        let mut sources: Vec<ObjectRecord> = Vec::new();
+        let mut last_offset_taken: Option<u64> = None;
+        let mut start_key: Option<Item> = None;
+        'pages: loop {
+            let page = self
+                .query_page(
+                    Some(SOURCES_INDEX),
+                    key_condition,
+                    None,
+                    expression_values.clone(),
+                    false,
+                    start_key.take(),
+                    Some(limit_i32(limit.saturating_add(1))),
+                )
+                .await?;
+            for item in page.items() {
+                let source = object_from_item(item, &self.table)?;
+                let (offset, key) = position(&source);
+                if start_after
+                    .is_some_and(|(after_offset, after_key)| (offset, key.as_str()) <= (after_offset, after_key))
+                {
+                    continue;
+                }
+                // Offsets only grow from here: past the last one taken, the page is complete.
+                if sources.len() >= limit && last_offset_taken.is_some_and(|last| offset > last) {
+                    break 'pages;
+                }
+                last_offset_taken = Some(offset);
+                sources.push(source);
+                if sources.len() >= limit.saturating_mul(2) {
+                    sources.sort_by(by_position);
+                    sources.truncate(limit);
+                }
+            }
+            start_key = page.last_evaluated_key;
+            if start_key.is_none() {
+                break;
+            }
+        }
+        sources.sort_by(by_position);
+        sources.truncate(limit);
+        Ok(sources)
+    }
+
+    pub(super) async fn mark_missing_item(
+        &self,
+        lease: &Lease,
+        key: &str,
+        sequencer: &str,
+        note: &str,
+    ) -> Result<(), ManifestError> {
+        let partition = &lease.partition;
+        let item_key = key_of(object_item_pk(&partition.bucket, &partition.path, key), key);
+        let item_key = &item_key;
+        self.optimistically(
+            || format!("object {key}"),
+            || async move {
+                self.check_fence(lease).await?;
+                let Some(recorded) = self.get_item(item_key.clone()).await? else {
+                    return Ok(Attempt::Done(()));
+                };
+                let reader = ItemReader::new(&recorded, &self.table);
+                let recorded_sequencer = reader.optional_string("sequencer")?.unwrap_or_default();
+                // A newer version arrived since the seal read it: that one is still to be compacted.
+                if reader.state::<ObjectState>("state")? != ObjectState::Pending
+                    || !sequencer::compare(&recorded_sequencer, sequencer).is_eq()
+                {
+                    return Ok(Attempt::Done(()));
+                }
+                let write = self.update(
+                    item_key.clone(),
+                    "SET #state = :missing, #note = :note",
+                    "#state = :pending AND #sequencer = :recorded_sequencer",
+                    values([
+                        (":missing", string_value(ObjectState::Missing.as_str())),
+                        (":pending", string_value(ObjectState::Pending.as_str())),
+                        (":note", string_value(note)),
+                        (":recorded_sequencer", string_value(recorded_sequencer)),
+                    ]),
+                )?;
+                self.fenced_transaction(lease, vec![write]).await
+            },
+        )
+        .await
+    }
+
+    /// Beginning an output that is already `writing` updates its upload id and object count (a
+    /// retried upload). Beginning one that is already `committed` changes nothing and succeeds.
+    /// An `abandoned` one is never written again: [`ManifestError::InvalidOutputState`].
+    pub(super) async fn begin_output_items(&self, lease: &Lease, output: &OutputRecord) -> Result<(), ManifestError> {
+        check_output_partition(lease, output)?;
+        self.optimistically(
+            || format!("output s3://{}/{}", output.bucket, output.key),
+            || async move {
+                self.check_fence(lease).await?;
+                let writes = match self.load_output(&output.bucket, &output.key).await? {
+                    None => {
+                        let output_pk = partition_item_pk(&output.partition.bucket, &output.partition.path);
+                        let output_sk = output_item_sk(output);
+                        let mut item = key_of(output_pk.clone(), output_sk.clone());
+                        item.insert("bucket".to_owned(), string_value(&output.bucket));
+                        item.insert("key".to_owned(), string_value(&output.key));
+                        item.insert("partition_bucket".to_owned(), string_value(&output.partition.bucket));
+                        item.insert("partition_path".to_owned(), string_value(&output.partition.path));
+                        item.insert("generation".to_owned(), number_value(output.generation));
+                        item.insert("part_number".to_owned(), number_value(output.part_number));
+                        item.insert("state".to_owned(), string_value(OutputState::Writing.as_str()));
+                        item.insert("object_count".to_owned(), number_value(output.object_count));
+                        if let Some(upload_id) = &output.upload_id {
+                            item.insert("upload_id".to_owned(), string_value(upload_id));
+                        }
+                        item.insert("created_at".to_owned(), time_value(output.created_at));
+                        let mut pointer =
+                            key_of(output_pointer_pk(&output.bucket, &output.key), OUTPUT_POINTER_SORT_KEY);
+                        pointer.insert("target_pk".to_owned(), string_value(output_pk));
+                        pointer.insert("target_sk".to_owned(), string_value(output_sk));
+                        vec![
+                            self.put(item, Some("attribute_not_exists(#pk)"))?,
+                            self.put(pointer, Some("attribute_not_exists(#pk)"))?,
+                        ]
+                    }
+                    Some((item_key, existing)) => match existing.state {
+                        OutputState::Writing => {
+                            let mut expression_values = values([
+                                (":object_count", number_value(output.object_count)),
+                                (":writing", string_value(OutputState::Writing.as_str())),
+                            ]);
+                            let update = match &output.upload_id {
+                                Some(upload_id) => {
+                                    expression_values.insert(":upload_id".to_owned(), string_value(upload_id));
+                                    "SET #upload_id = :upload_id, #object_count = :object_count"
+                                }
+                                None => "SET #object_count = :object_count REMOVE #upload_id",
+                            };
+                            vec![self.update(item_key, update, "#state = :writing", expression_values)?]
+                        }
+                        OutputState::Committed => return Ok(Attempt::Done(())),
+                        OutputState::Abandoned => {
+                            return Err(ManifestError::InvalidOutputState {
+                                key: output.key.clone(),
+                                state: existing.state,
+                            })
+                        }
+                    },
+                };
+                self.fenced_transaction(lease, writes).await
+            },
+        )
+        .await
+    }
+
+    /// An output that is not committed (yet, or ever) compacts nothing: `Ok(0)`. An unknown
+    /// output is [`ManifestError::NotFound`].
+    pub(super) async fn mark_compacted_items(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+    ) -> Result<u64, ManifestError> {
+        let mut found = None;
+        for item in self.output_items(partition).await? {
+            let record = output_from_item(&item, &self.table)?;
+            if record.key == output_key {
+                found = Some((record.state, item));
+                break;
+            }
+        }
+        let Some((output_state, output_item)) = found else {
+            return Err(ManifestError::NotFound { what: format!("output {output_key} of partition {partition}") });
+        };
+        if output_state != OutputState::Committed {
+            return Ok(0);
+        }
+        if output_item.contains_key(placements::SOURCES_COMPACTED) {
+            return Ok(0);
+        }
+        if self.has_chunks(partition, output_key).await? {
+            let changed = self.compact_from_chunks(partition, output_key).await?;
+            self.mark_sources_compacted(&output_item).await?;
+            return Ok(changed);
+        }
+        // Placed by an older version of this adapter, on the object items.
+        let sources = self
+            .query_all(
+                Some(SOURCES_INDEX),
+                "#gsi2pk = :sources_pk",
+                Some("#state = :pending AND #output_key = :output_key"),
+                values([
+                    (":sources_pk", string_value(sources_index_pk(&partition.bucket, &partition.path, output_key))),
+                    (":pending", string_value(ObjectState::Pending.as_str())),
+                    (":output_key", string_value(output_key)),
+                ]),
+                false,
+            )
+            .await?;
+        let changed: Vec<bool> = stream::iter(sources)
+            .map(|item| async move {
+                let reader = ItemReader::new(&item, &self.table);
+                let key = key_of(reader.string("pk")?, reader.string("sk")?);
+                let recorded_sequencer = reader.optional_string("sequencer")?.unwrap_or_default();
+                // Still pending, still placed here, still the version that was placed: the index
+                // may lag a newer version, which must stay pending.
+                let result = self
+                    .conditional_update(
+                        key,
+                        "SET #state = :compacted",
+                        "#state = :pending AND #output_key = :output_key AND #sequencer = :recorded_sequencer",
+                        values([
+                            (":compacted", string_value(ObjectState::Compacted.as_str())),
+                            (":pending", string_value(ObjectState::Pending.as_str())),
+                            (":output_key", string_value(output_key)),
+                            (":recorded_sequencer", string_value(recorded_sequencer)),
+                        ]),
+                        false,
+                    )
+                    .await?;
+                Ok::<bool, ManifestError>(result.is_ok())
+            })
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await?;
+        Ok(changed.into_iter().filter(|changed| *changed).count() as u64)
+    }
+
+    pub(super) async fn mark_expiry_items(
+        &self,
+        bucket: &str,
+        keys: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<(), ManifestError> {
+        // Keys outside the layout have no record to mark; a batch must not name an item twice.
+        let keys: std::collections::BTreeSet<&String> = keys.iter().collect();
+        let item_keys: Vec<Item> = keys
+            .into_iter()
+            .filter_map(|key| {
+                let partition = self.layout.partition_of(key).ok()?;
+                Some(key_of(object_item_pk(bucket, &partition.path, key), key.clone()))
+            })
+            .collect();
+        // Only the first mark counts: it is when the source was tagged (or deleted). A failed
+        // condition (not compacted, already marked, unknown) changes nothing, so a pending item
+        // never gets an expiry time. One conditional update per key, 25 to a request.
+        let expires_at = self
+            .record_ttl
+            .map(|record_ttl| at.checked_add_signed(record_ttl).unwrap_or(DateTime::<Utc>::MAX_UTC).timestamp());
+        let statement = format!(
+            "UPDATE \"{}\" SET \"expiry_marked_at\" = ?{} WHERE \"pk\" = ? AND \"sk\" = ? AND \"state\" = ? \
+             AND \"expiry_marked_at\" IS MISSING",
+            self.table,
+            if expires_at.is_some() { " SET \"expires_at\" = ?" } else { "" },
+        );
+        let statements = item_keys
+            .into_iter()
+            .map(|mut item_key| {
+                let mut parameters = vec![time_value(at)];
+                parameters.extend(expires_at.map(number_value));
+                parameters.extend(item_key.remove("pk"));
+                parameters.extend(item_key.remove("sk"));
+                parameters.push(string_value(ObjectState::Compacted.as_str()));
+                BatchStatementRequest::builder()
+                    .statement(&statement)
+                    .set_parameters(Some(parameters))
+                    .build()
+                    .map_err(|error| DynamoDbManifestError::Build(error).into())
+            })
+            .collect::<Result<Vec<_>, ManifestError>>()?;
+        self.conditional_statements(statements).await?;
+        Ok(())
+    }
+
+    /// Abandoning an abandoned output again succeeds (idempotence); a committed output is never
+    /// abandoned: [`ManifestError::InvalidOutputState`].
+    pub(super) async fn abandon_output_item(
+        &self,
+        lease: &Lease,
+        output_bucket: &str,
+        output_key: &str,
+    ) -> Result<(), ManifestError> {
+        self.optimistically(
+            || format!("output s3://{output_bucket}/{output_key}"),
+            || async move {
+                let (item_key, output) = self.load_leased_output(lease, output_bucket, output_key).await?;
+                match output.state {
+                    OutputState::Writing => {}
+                    OutputState::Abandoned => return Ok(Attempt::Done(())),
+                    OutputState::Committed => {
+                        return Err(ManifestError::InvalidOutputState {
+                            key: output_key.to_owned(),
+                            state: output.state,
+                        })
+                    }
+                }
+                let write = self.update(
+                    item_key,
+                    "SET #state = :abandoned",
+                    "#state = :writing",
+                    values([
+                        (":abandoned", string_value(OutputState::Abandoned.as_str())),
+                        (":writing", string_value(OutputState::Writing.as_str())),
+                    ]),
+                )?;
+                self.fenced_transaction(lease, vec![write]).await
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,269 @@
+//! Rows to records and back, and the queries several calls share.
+
+use super::*;
+
+// ── conversions ─────────────────────────────────────────────────────────────────────────────
+
+pub(super) fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+/// Drops what SQLite does not keep, so that returned values equal what a later read returns.
+pub(super) fn truncated_to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
+}
+
+pub(super) fn integer(what: &'static str, value: u64) -> Result<i64, ManifestError> {
+    i64::try_from(value).map_err(|_| SqliteManifestError::TooLarge { what, value }.into())
+}
+
+pub(super) fn column_u64(row: &Row<'_>, column: &str) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(column)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(row_index(row, column), value))
+}
+
+pub(super) fn column_optional_u64(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<u64>> {
+    match row.get::<_, Option<i64>>(column)? {
+        None => Ok(None),
+        Some(value) => u64::try_from(value)
+            .map(Some)
+            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(row_index(row, column), value)),
+    }
+}
+
+pub(super) fn column_time(row: &Row<'_>, column: &str) -> rusqlite::Result<DateTime<Utc>> {
+    let value: i64 = row.get(column)?;
+    DateTime::from_timestamp_micros(value)
+        .ok_or(rusqlite::Error::IntegralValueOutOfRange(row_index(row, column), value))
+}
+
+pub(super) fn column_optional_time(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    match row.get::<_, Option<i64>>(column)? {
+        None => Ok(None),
+        Some(value) => DateTime::from_timestamp_micros(value)
+            .map(Some)
+            .ok_or(rusqlite::Error::IntegralValueOutOfRange(row_index(row, column), value)),
+    }
+}
+
+pub(super) fn column_state<S: FromStr<Err = String>>(row: &Row<'_>, column: &str) -> rusqlite::Result<S> {
+    let text: String = row.get(column)?;
+    text.parse().map_err(|message: String| {
+        rusqlite::Error::FromSqlConversionFailure(row_index(row, column), Type::Text, message.into())
+    })
+}
+
+pub(super) fn row_index(row: &Row<'_>, column: &str) -> usize {
+    row.as_ref().column_index(column).unwrap_or(0)
+}
+
+pub(super) fn partition_from_row(row: &Row<'_>) -> rusqlite::Result<PartitionRecord> {
+    Ok(PartitionRecord {
+        key: PartitionKey { bucket: row.get("bucket")?, path: row.get("path")? },
+        period_start: column_time(row, "period_start_micros")?,
+        period_end: column_time(row, "period_end_micros")?,
+        closes_at: column_time(row, "closes_at_micros")?,
+        state: column_state(row, "state")?,
+        generation: column_u64(row, "generation")?,
+        lock_owner: row.get("lock_owner")?,
+        lease_expires_at: column_optional_time(row, "lease_expires_at_micros")?,
+        pending_objects: column_u64(row, "pending_objects")?,
+        pending_bytes: column_u64(row, "pending_bytes")?,
+        compacted_objects: column_u64(row, "compacted_objects")?,
+        compacted_bytes: column_u64(row, "compacted_bytes")?,
+        committed_outputs: column_u64(row, "committed_outputs")?,
+        sealed_at: column_optional_time(row, "sealed_at_micros")?,
+    })
+}
+
+pub(super) fn object_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectRecord> {
+    let output_key: Option<String> = row.get("output_key")?;
+    let placement = match output_key {
+        None => None,
+        Some(output_key) => Some(Placement {
+            output_key,
+            generation: column_u64(row, "output_generation")?,
+            offset: column_u64(row, "output_offset")?,
+            length: column_u64(row, "output_length")?,
+            sha256: row.get("output_sha256")?,
+            separator_bytes: column_u64(row, "output_separator_bytes")?,
+        }),
+    };
+    Ok(ObjectRecord {
+        bucket: row.get("bucket")?,
+        key: row.get("key")?,
+        partition_path: row.get("partition_path")?,
+        size: column_u64(row, "size")?,
+        etag: row.get("etag")?,
+        sequencer: row.get("sequencer")?,
+        event_time: column_time(row, "event_time_micros")?,
+        state: column_state(row, "state")?,
+        placement,
+        expiry_marked_at: column_optional_time(row, "expiry_marked_at_micros")?,
+        note: row.get("note")?,
+    })
+}
+
+pub(super) fn output_from_row(row: &Row<'_>) -> rusqlite::Result<OutputRecord> {
+    let part_number: i64 = row.get("part_number")?;
+    Ok(OutputRecord {
+        bucket: row.get("bucket")?,
+        key: row.get("key")?,
+        partition: PartitionKey { bucket: row.get("partition_bucket")?, path: row.get("partition_path")? },
+        generation: column_u64(row, "generation")?,
+        part_number: u32::try_from(part_number)
+            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(row_index(row, "part_number"), part_number))?,
+        state: column_state(row, "state")?,
+        size: column_optional_u64(row, "size")?,
+        sha256: row.get("sha256")?,
+        object_count: column_u64(row, "object_count")?,
+        upload_id: row.get("upload_id")?,
+        created_at: column_time(row, "created_at_micros")?,
+        committed_at: column_optional_time(row, "committed_at_micros")?,
+    })
+}
+
+// ── queries shared by several calls, run inside the caller's transaction ─────────────────────
+
+pub(super) fn load_partition(
+    transaction: &Transaction<'_>,
+    key: &PartitionKey,
+) -> Result<Option<PartitionRecord>, ManifestError> {
+    let sql = format!("{PARTITION_SELECT} WHERE p.bucket = ?1 AND p.path = ?2");
+    transaction.query_row(&sql, params![key.bucket, key.path], partition_from_row).optional().map_err(sqlite_error)
+}
+
+pub(super) fn load_output(
+    transaction: &Transaction<'_>,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<OutputRecord>, ManifestError> {
+    let sql = format!("{OUTPUT_SELECT} WHERE bucket = ?1 AND key = ?2");
+    transaction.query_row(&sql, params![bucket, key], output_from_row).optional().map_err(sqlite_error)
+}
+
+/// The fencing rule for every call that takes a [`Lease`]: the partition's generation and lock
+/// owner must still be the lease's. Expiry is not checked: a lease past its expiry that nobody
+/// took over is still the newest, and a takeover bumps the generation, which is what fences.
+pub(super) fn check_fence(transaction: &Transaction<'_>, lease: &Lease) -> Result<(), ManifestError> {
+    let holder: Option<(i64, Option<String>)> = transaction
+        .query_row(
+            "SELECT generation, lock_owner FROM partitions WHERE bucket = ?1 AND path = ?2",
+            params![lease.partition.bucket, lease.partition.path],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(sqlite_error)?;
+    let lease_generation = integer("generation", lease.generation)?;
+    match holder {
+        Some((generation, Some(owner))) if generation == lease_generation && owner == lease.owner => Ok(()),
+        _ => Err(ManifestError::LeaseLost { partition: lease.partition.clone(), generation: lease.generation }),
+    }
+}
+
+/// Outputs are only written under the lease of their own partition.
+pub(super) fn check_output_partition(lease: &Lease, output: &OutputRecord) -> Result<(), ManifestError> {
+    if output.partition == lease.partition {
+        Ok(())
+    } else {
+        Err(SqliteManifestError::WrongPartition {
+            what: format!("output s3://{}/{}", output.bucket, output.key),
+            found: output.partition.clone(),
+            leased: lease.partition.clone(),
+        }
+        .into())
+    }
+}
+
+/// An output a fenced call changes: the lease must hold, and the output must exist and belong
+/// to the leased partition.
+pub(super) fn load_leased_output(
+    transaction: &Transaction<'_>,
+    lease: &Lease,
+    output_bucket: &str,
+    output_key: &str,
+) -> Result<OutputRecord, ManifestError> {
+    check_fence(transaction, lease)?;
+    let output = load_output(transaction, output_bucket, output_key)?
+        .ok_or_else(|| output_not_found(output_bucket, output_key))?;
+    check_output_partition(lease, &output)?;
+    Ok(output)
+}
+
+pub(super) fn count_pending(transaction: &Transaction<'_>, key: &PartitionKey) -> Result<i64, ManifestError> {
+    transaction
+        .query_row(
+            "SELECT count(*) FROM objects WHERE bucket = ?1 AND partition_path = ?2 AND state = 'pending'",
+            params![key.bucket, key.path],
+            |row| row.get(0),
+        )
+        .map_err(sqlite_error)
+}
+
+pub(super) fn output_not_found(bucket: &str, key: &str) -> ManifestError {
+    ManifestError::NotFound { what: format!("output s3://{bucket}/{key}") }
+}
+
+pub(super) fn partition_not_found(key: &PartitionKey) -> ManifestError {
+    ManifestError::NotFound { what: format!("partition {key}") }
+}
+
+/// Closed partitions with pending objects and no live lease: `?1` is now, `?2` the limit.
+/// `state <> 'sealed'` changes no answer (a sealed partition has no pending object) but lets
+/// SQLite walk the partial close-time index, which leaves sealed partitions out.
+pub(super) fn closed_partitions_sql() -> String {
+    format!(
+        "{PARTITION_SELECT}
+         WHERE p.closes_at_micros <= ?1
+           AND p.state <> 'sealed'
+           AND (p.lock_owner IS NULL OR p.lease_expires_at_micros <= ?1)
+           AND (p.state = 'sealing'
+                OR EXISTS (SELECT 1 FROM objects o
+                           WHERE o.bucket = p.bucket AND o.partition_path = p.path AND o.state = 'pending'))
+         ORDER BY p.closes_at_micros, p.path, p.bucket
+         LIMIT ?2"
+    )
+}
+
+/// Closed, unsealed partitions with a live lock: `?1` is now, `?2` the limit. The same partial
+/// close-time index as [`closed_partitions_sql`].
+pub(super) fn locked_closed_partitions_sql() -> &'static str {
+    "SELECT bucket, path, lock_owner, lease_expires_at_micros FROM partitions
+     WHERE closes_at_micros <= ?1 AND state <> 'sealed' AND lock_owner IS NOT NULL AND lease_expires_at_micros > ?1
+     ORDER BY closes_at_micros, path, bucket
+     LIMIT ?2"
+}
+
+/// One page of a partition's objects in key order: `?1` bucket, `?2` partition path, `?3` the
+/// key to start after, `?4` whether only compacted objects awaiting expiry, `?5` the limit, and
+/// with `filter_by_state`, `?6` the state. The conditions are plain ranges and equalities (no
+/// `?n IS NULL OR ...`) so that SQLite walks an index in key order instead of sorting the
+/// partition for every page.
+pub(super) fn objects_sql(filter_by_state: bool) -> String {
+    let state_condition = if filter_by_state { "AND state = ?6" } else { "" };
+    format!(
+        "{OBJECT_SELECT}
+         WHERE bucket = ?1 AND partition_path = ?2 {state_condition}
+           AND key > ?3
+           AND (?4 = 0 OR (state = 'compacted' AND expiry_marked_at_micros IS NULL))
+         ORDER BY key
+         LIMIT ?5"
+    )
+}
+
+/// One page of an output's sources by offset, then key: `?1` the partition's bucket, `?2` the
+/// output key, `?3` the partition path, `?4` and `?6` the offset and key to start after, `?5`
+/// the limit. The index on (bucket, output_key, output_offset) ends with the primary key's
+/// `key` (a `WITHOUT ROWID` table's indexes do), so the row-value range is one index walk.
+pub(super) fn output_sources_sql() -> String {
+    format!(
+        "{OBJECT_SELECT}
+         WHERE bucket = ?1 AND output_key = ?2 AND partition_path = ?3 AND (output_offset, key) > (?4, ?6)
+         ORDER BY output_offset, key
+         LIMIT ?5"
+    )
+}
+
+pub(super) fn limit_integer(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
