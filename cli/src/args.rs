@@ -126,9 +126,15 @@ pub struct ConfigArgs {
     /// Larger objects are not compacted (skipped as too_large) [default: 64MiB].
     #[arg(long, global = true, env = "COMPACTOR_SMALL_OBJECT_MAX_BYTES", value_name = "SIZE")]
     pub small_object_max_bytes: Option<String>,
-    /// auto (newline between line files that lack one; gzip as members) or bytes [default: auto].
-    #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|bytes")]
+    /// Format of keys no --formats rule matches: auto (by name), concat (newline between line
+    /// files that lack one; gzip as members), bytes (no separators) or cloudtrail (gzip
+    /// {"Records":[...]} documents to gzip NDJSON) [default: auto].
+    #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|concat|bytes|cloudtrail")]
     pub format: Option<String>,
+    /// A format per source prefix, e.g. AWSLogs/=cloudtrail,raw/=bytes; the longest matching
+    /// prefix wins [default: none].
+    #[arg(long, global = true, env = "COMPACTOR_FORMATS", value_name = "PREFIX=FORMAT,...")]
+    pub formats: Option<String>,
     /// What happens to compacted sources: tag, delete or none [default: tag].
     #[arg(long, global = true, env = "COMPACTOR_EXPIRY", value_name = "tag|delete|none")]
     pub expiry: Option<String>,
@@ -175,6 +181,7 @@ impl ConfigArgs {
             part_bytes: self.part_bytes.clone(),
             small_object_max_bytes: self.small_object_max_bytes.clone(),
             format: self.format.clone(),
+            formats: self.formats.clone(),
             expiry: self.expiry.clone(),
             expiry_tag: self.expiry_tag.clone(),
             record_ttl: self.record_ttl.clone(),
@@ -199,6 +206,9 @@ pub enum Command {
     /// backend under --dir, ingests them one S3 event at a time (with replays and junk, as S3
     /// delivers them), seals the closed days, prints the audit, verifies every output byte for
     /// byte against the sources and restores a few objects. Exits 0 only if all verified.
+    /// With --format cloudtrail, the files are CloudTrail logs rewritten to NDJSON, and verify
+    /// and restore compare their records; with --format csv, Hive-style CSV with one header per
+    /// output.
     Demo(DemoArgs),
     /// Record objects from S3 event JSON (or, with --scan, from a listing: backfill).
     ///
@@ -289,6 +299,11 @@ pub struct RestoreArgs {
     /// Where to write the bytes; `-` for stdout.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// For a source its format rewrote (cloudtrail: its range holds its records as gzip
+    /// NDJSON), rebuild a gzip {"Records":[...]} document of them instead; other sources come
+    /// back as their original bytes either way.
+    #[arg(long)]
+    pub as_source: bool,
 }
 
 #[derive(Debug, Args)]

@@ -326,7 +326,11 @@ async fn verify(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
 
 async fn restore(global: &GlobalArgs, args: RestoreArgs) -> CliResult {
     let compactor = existing_engine(global).await?;
-    let (object, bytes) = compactor.restore_bytes(&args.object).await?;
+    let (object, bytes) = if args.as_source {
+        compactor.restore_as_source(&args.object).await?
+    } else {
+        compactor.restore_bytes(&args.object).await?
+    };
     if args.out == Path::new("-") {
         std::io::stdout().write_all(&bytes).context("cannot write to stdout").map_err(CliError::Failure)?;
     } else {

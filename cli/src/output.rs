@@ -339,8 +339,15 @@ pub fn check_verified(report: &VerifyReport) -> CliResult {
 }
 
 pub fn print_plan(report: &PlanReport) {
-    let mut table = Table::new(&["partition", "objects", "bytes", "outputs", "requests", "cost"]);
+    let mut table = Table::new(&["partition", "objects", "bytes", "outputs", "requests", "cost", "formats"]);
     for partition in &report.partitions {
+        // Each format once, in the order outputs close: a partition usually has one.
+        let mut formats: Vec<&str> = Vec::new();
+        for output in &partition.outputs {
+            if !formats.contains(&output.format.as_str()) {
+                formats.push(&output.format);
+            }
+        }
         table.row(vec![
             partition.partition.path.clone(),
             thousands(partition.pending_objects),
@@ -348,6 +355,7 @@ pub fn print_plan(report: &PlanReport) {
             thousands(partition.outputs.len() as u64),
             thousands(partition.requests.total()),
             format!("${:.6}", partition.cost_usd),
+            formats.join("; "),
         ]);
     }
     print!("{}", table.render());

@@ -30,6 +30,8 @@ struct Sealed {
     _work: tempfile::TempDir,
     sources: Vec<PathBuf>,
     outputs: Vec<PathBuf>,
+    /// What `plan` printed before the seal.
+    plan: String,
 }
 
 /// Writes `spec`'s objects where the embedded store keeps them, then runs `ingest --scan`,
@@ -39,19 +41,23 @@ fn seal_dataset(spec: &DatasetSpec, scan_prefix: &str, extra: &[&str]) -> Sealed
     let data_dir = work.path().join("data");
     let bucket_dir = data_dir.join("buckets").join(BUCKET);
     let mut sources = Vec::new();
+    let mut plan = String::new();
     for object in test_data::objects(spec) {
         let path = bucket_dir.join(&object.key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &object.body).unwrap();
         sources.push(path);
     }
-    for command in [&["ingest", "--scan", scan_prefix][..], &["seal"], &["verify", "--against-sources"]] {
+    for command in [&["ingest", "--scan", scan_prefix][..], &["plan"], &["seal"], &["verify", "--against-sources"]] {
         let output = s3_compactor(&[extra, command].concat(), &data_dir);
         assert!(output.status.success(), "{command:?} failed:\n{}\n{}", text(&output.stdout), text(&output.stderr));
+        if command == ["plan"] {
+            plan = text(&output.stdout);
+        }
     }
     let outputs = files_under(&bucket_dir.join("compacted"));
     assert!(!outputs.is_empty(), "the seal wrote outputs");
-    Sealed { _work: work, sources, outputs }
+    Sealed { _work: work, sources, outputs, plan }
 }
 
 fn spec(kind: DatasetKind, days: u32, files_per_day: u32) -> DatasetSpec {
@@ -126,4 +132,135 @@ fn duckdb_reads_every_cloudtrail_record_of_outputs_with_more_than_a_thousand_gzi
     let in_sources = records(&sealed.sources);
     assert!(in_sources.starts_with("1400 "), "one document per source: {in_sources}");
     assert_eq!(records(&sealed.outputs), in_sources, "documents and records, outputs vs sources");
+}
+
+/// Issue 13: with `--formats AWSLogs/=cloudtrail`, `plan` says so per partition, and each
+/// CloudTrail file becomes its own gzip member of NDJSON, one event a line, in `.ndjson.gz`
+/// outputs of more than 1,000 members: DuckDB counts as many records in them, read as JSON
+/// lines, as in the `Records` arrays of the sources.
+#[test]
+fn duckdb_counts_every_cloudtrail_event_as_one_ndjson_line_in_outputs_of_more_than_a_thousand_members() {
+    let Some(duckdb) = duckdb() else { return };
+    let sealed =
+        seal_dataset(&spec(DatasetKind::CloudTrail, 1, 1_100), "AWSLogs/", &["--formats", "AWSLogs/=cloudtrail"]);
+    assert!(
+        sealed.plan.contains("cloudtrail .ndjson.gz (COMPACTOR_FORMATS AWSLogs/=cloudtrail)"),
+        "plan shows the format and why:\n{}",
+        sealed.plan
+    );
+    assert_eq!(sealed.outputs.len(), 1, "{:?}", sealed.outputs);
+    let output = &sealed.outputs[0];
+    assert!(output.to_string_lossy().ends_with(".ndjson.gz"), "{output:?}");
+    assert_eq!(gzip_members(&std::fs::read(output).unwrap()), 1_100, "one member a source");
+    let in_sources = duckdb
+        .count(&format!(
+            "select sum(len(Records)) from read_json({}, format = 'newline_delimited', columns = {{Records: 'JSON[]'}})",
+            sql_list(&sealed.sources)
+        ))
+        .unwrap_or_else(|error| panic!("DuckDB could not read the CloudTrail sources: {error}"));
+    assert!(in_sources > 1_100, "{in_sources}");
+    assert_eq!(json_lines(&duckdb, &sealed.outputs), in_sources, "one line an event");
+    let events_named = duckdb
+        .count(&format!(
+            "select count(*) from read_json({}, format = 'newline_delimited') where eventName is not null",
+            sql_list(&sealed.outputs)
+        ))
+        .unwrap();
+    assert_eq!(events_named, in_sources, "each line is an event with its fields");
+}
+
+/// Issue 13: `demo --format F` seals and verifies in each format built; under `cloudtrail`,
+/// `restore --as-source` rebuilds a gzip `{"Records":[...]}` document with the original's records.
+#[test]
+fn the_demo_verifies_in_every_format_and_cloudtrail_restores_as_a_document() {
+    for format in ["concat", "bytes", "cloudtrail", "csv"] {
+        let work = tempfile::tempdir().unwrap();
+        let demo_dir = work.path().join("demo");
+        let output = Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
+            .args(["demo", "--dir", demo_dir.to_str().unwrap(), "--days", "2", "--files-per-day", "30"])
+            .args(["--format", format])
+            .env_remove("COMPACTOR_FORMAT")
+            .env_remove("COMPACTOR_FORMATS")
+            .env("LOG_LEVEL", "error")
+            .output()
+            .unwrap();
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "demo --format {format}:\n{stdout}\n{}", text(&output.stderr));
+        assert!(stdout.contains("all verified"), "{format}: {stdout}");
+        assert!(stdout.contains("60/60 match their original object"), "{format}: {stdout}");
+        if format == "csv" {
+            let outputs = files_under(&demo_dir.join("buckets").join("demo-logs").join("compacted"));
+            let plain: Vec<_> = outputs.iter().filter(|path| path.to_string_lossy().ends_with(".csv")).collect();
+            assert!(!plain.is_empty(), "{outputs:?}");
+            for output in plain {
+                let text = std::fs::read_to_string(output).unwrap();
+                assert_eq!(text.matches("timestamp,session_id").count(), 1, "one header in {output:?}");
+            }
+        }
+        if format != "cloudtrail" {
+            continue;
+        }
+        let bucket_dir = demo_dir.join("buckets").join("demo-logs");
+        let outputs = files_under(&bucket_dir.join("compacted"));
+        assert!(outputs.iter().all(|path| path.to_string_lossy().ends_with(".ndjson.gz")), "{outputs:?}");
+        let source = files_under(&bucket_dir.join("AWSLogs"))
+            .into_iter()
+            .find(|path| path.to_string_lossy().ends_with(".json.gz"))
+            .unwrap();
+        let key = source.strip_prefix(&bucket_dir).unwrap().to_str().unwrap().to_string();
+        let restored = work.path().join("restored.json.gz");
+        let restore = Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
+            .args(["--data-dir", demo_dir.to_str().unwrap(), "--source-bucket", "demo-logs", "--format", "cloudtrail"])
+            .args(["restore", "--as-source", "--object", &key, "--out", restored.to_str().unwrap()])
+            .env_remove("COMPACTOR_FORMATS")
+            .output()
+            .unwrap();
+        assert!(restore.status.success(), "{}", text(&restore.stderr));
+        let records = |path: &Path| {
+            let mut document = String::new();
+            std::io::Read::read_to_string(
+                &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()),
+                &mut document,
+            )
+            .unwrap();
+            let document: serde_json::Value = serde_json::from_str(&document).unwrap();
+            document["Records"].as_array().unwrap().clone()
+        };
+        let original = records(&source);
+        assert!(!original.is_empty());
+        assert_eq!(records(&restored), original, "the same records, in order");
+    }
+}
+
+/// Issue 13: with `--formats clicks-csv/=csv`, each plain CSV output has one header: DuckDB
+/// reads as many rows in the `.csv` outputs as in the plain `.csv` sources, with the header's
+/// column names (a header repeated inside the data would be rows, or make it fail to parse).
+#[test]
+fn duckdb_counts_as_many_csv_rows_in_one_header_outputs_as_in_the_sources() {
+    let Some(duckdb) = duckdb() else { return };
+    let sealed = seal_dataset(
+        &spec(DatasetKind::HiveCsv, 2, 60),
+        "clicks-csv/",
+        &["--layout", "year=%Y/month=%m/day=%d", "--formats", "clicks-csv/=csv"],
+    );
+    assert!(sealed.plan.contains("csv .csv (COMPACTOR_FORMATS clicks-csv/=csv)"), "{}", sealed.plan);
+    let plain = |files: &[PathBuf]| -> Vec<PathBuf> {
+        files.iter().filter(|path| path.to_string_lossy().ends_with(".csv")).cloned().collect()
+    };
+    let (sources, outputs) = (plain(&sealed.sources), plain(&sealed.outputs));
+    assert!(sources.len() > 40 && !outputs.is_empty(), "{} sources, {outputs:?}", sources.len());
+    let rows = |files: &[PathBuf]| {
+        let sql = format!(
+            "select count(*) from read_csv({}, header = true, union_by_name = true) where session_id is not null",
+            sql_list(files)
+        );
+        duckdb.count(&sql).unwrap_or_else(|error| panic!("DuckDB could not read the CSV files: {error}"))
+    };
+    let all_rows = |files: &[PathBuf]| {
+        duckdb.count(&format!("select count(*) from read_csv({}, header = true)", sql_list(files))).unwrap()
+    };
+    let in_sources = rows(&sources);
+    assert!(in_sources > 40 * 10, "{in_sources}");
+    assert_eq!(all_rows(&outputs), in_sources, "every row, and no header read as a row");
+    assert_eq!(rows(&outputs), in_sources);
 }

@@ -15,7 +15,8 @@
 //! | `COMPACTOR_TARGET_OUTPUT_BYTES` | output size the planner packs towards | `128MiB` |
 //! | `COMPACTOR_PART_BYTES` | multipart part size (5 MiB to 5 GiB) | `8MiB` |
 //! | `COMPACTOR_SMALL_OBJECT_MAX_BYTES` | larger objects are skipped (`too_large`) | `64MiB` |
-//! | `COMPACTOR_FORMAT` | `auto` (by extension) or `bytes` (no separators) | `auto` |
+//! | `COMPACTOR_FORMAT` | the format of keys no `COMPACTOR_FORMATS` rule matches: `auto` (by name), `concat` (newline-safe concatenation), `bytes` (no separators) `cloudtrail` (gzip `{"Records":[...]}` to gzip NDJSON) or `csv` (one header per output) | `auto` |
+//! | `COMPACTOR_FORMATS` | a format per source prefix, `prefix=format` pairs separated by commas (`AWSLogs/=cloudtrail,raw/=bytes`); the longest matching prefix wins | (none) |
 //! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
 //! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |
 //! | `COMPACTOR_RECORD_TTL` | DynamoDB only: delete a source's record this long after the source was marked for expiry (`400d`; `30d` to `3650d`); SQLite ignores it | unset: records are kept (the audit trail) |
@@ -32,7 +33,7 @@ use std::str::FromStr;
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::format::FormatMode;
+use crate::domain::format::{FormatMode, FormatRules};
 use crate::domain::layout::{Granularity, Layout, LayoutError};
 use crate::domain::plan::PlanSettings;
 use crate::ports::Tag;
@@ -141,7 +142,8 @@ pub struct Config {
     pub target_output_bytes: u64,
     pub part_bytes: u64,
     pub small_object_max_bytes: u64,
-    pub format: FormatMode,
+    /// The format of every key: per prefix, else the default (`COMPACTOR_FORMAT`).
+    pub formats: FormatRules,
     pub expiry: ExpiryMode,
     pub expiry_tag: Tag,
     /// How long a source's record outlives its expiry mark, where the manifest can expire
@@ -171,6 +173,7 @@ pub struct RawConfig {
     pub part_bytes: Option<String>,
     pub small_object_max_bytes: Option<String>,
     pub format: Option<String>,
+    pub formats: Option<String>,
     pub expiry: Option<String>,
     pub expiry_tag: Option<String>,
     pub record_ttl: Option<String>,
@@ -199,6 +202,7 @@ impl RawConfig {
             part_bytes: read("COMPACTOR_PART_BYTES"),
             small_object_max_bytes: read("COMPACTOR_SMALL_OBJECT_MAX_BYTES"),
             format: read("COMPACTOR_FORMAT"),
+            formats: read("COMPACTOR_FORMATS"),
             expiry: read("COMPACTOR_EXPIRY"),
             expiry_tag: read("COMPACTOR_EXPIRY_TAG"),
             record_ttl: read("COMPACTOR_RECORD_TTL"),
@@ -290,6 +294,12 @@ impl RawConfig {
             None => FormatMode::default(),
             Some(text) => text.parse().map_err(|reason: String| invalid("COMPACTOR_FORMAT", text, &reason))?,
         };
+        let formats = match self.formats.as_deref() {
+            None => FormatRules::uniform(format),
+            Some(text) => {
+                FormatRules::parse(format, text).map_err(|reason| invalid("COMPACTOR_FORMATS", text, &reason))?
+            }
+        };
         let expiry = match self.expiry.as_deref() {
             None => ExpiryMode::default(),
             Some(text) => text.parse().map_err(|reason: String| invalid("COMPACTOR_EXPIRY", text, &reason))?,
@@ -368,7 +378,7 @@ impl RawConfig {
             target_output_bytes,
             part_bytes,
             small_object_max_bytes,
-            format,
+            formats,
             expiry,
             expiry_tag,
             record_ttl,
@@ -399,7 +409,7 @@ impl Config {
         PlanSettings {
             dest_prefix: self.dest_prefix.clone(),
             target_output_bytes: self.target_output_bytes,
-            format_mode: self.format,
+            formats: self.formats.clone(),
         }
     }
 
@@ -649,6 +659,23 @@ mod tests {
         assert_eq!(parse_duration("X", "1h30m").unwrap(), Duration::minutes(90));
         assert_eq!(parse_duration("X", "1d").unwrap(), Duration::days(1));
         assert!(parse_duration("X", "15").is_err());
+    }
+
+    #[test]
+    fn formats_per_prefix_fall_back_to_the_global_format_and_bad_ones_name_their_setting() {
+        let config = from(&[
+            ("COMPACTOR_SOURCE_BUCKET", "logs"),
+            ("COMPACTOR_FORMAT", "bytes"),
+            ("COMPACTOR_FORMATS", "AWSLogs/=cloudtrail"),
+        ])
+        .unwrap();
+        assert_eq!(config.formats.choose("AWSLogs/x.json.gz").mode, FormatMode::Cloudtrail);
+        assert_eq!(config.formats.choose("other/x.json").mode, FormatMode::Bytes);
+        let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_FORMATS", "AWSLogs/=csvv")]).unwrap_err();
+        assert_eq!(error.name(), "COMPACTOR_FORMATS");
+        assert!(error.to_string().contains("use auto, concat, bytes, cloudtrail or csv"), "{error}");
+        let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_FORMAT", "parquet!")]).unwrap_err();
+        assert_eq!(error.name(), "COMPACTOR_FORMAT");
     }
 
     #[test]

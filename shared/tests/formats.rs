@@ -183,3 +183,125 @@ async fn a_copied_gzip_source_gets_its_newline_member_too() {
     let verify = embedded.compactor.verify(None, true, |_| {}).await.unwrap();
     assert!(verify.all_verified(), "{verify:?}");
 }
+
+/// A CloudTrail document of `records` records with CloudTrail's shape, gzip, no final newline.
+fn cloudtrail_file(tag: &str, records: usize) -> Vec<u8> {
+    let events: Vec<String> = (0..records)
+        .map(|index| {
+            format!(
+                r#"{{"eventVersion":"1.08","eventTime":"2024-01-14T10:{:02}:00Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","requestParameters":{{"key":"{tag}-{index}"}},"readOnly":true}}"#,
+                index % 60
+            )
+        })
+        .collect();
+    gzip(format!("{{\"Records\":[{}]}}", events.join(",")).as_bytes())
+}
+
+/// Issue 13: under `COMPACTOR_FORMATS=trail/=cloudtrail`, each CloudTrail source becomes its own
+/// gzip member of NDJSON, one event a line, in a `.ndjson.gz` output; its range is that member;
+/// restore gives it back (and `restore_as_source` a document of the same records); verify
+/// against the sources compares records; an empty `Records` is kept as an empty member; a
+/// truncated file is recorded missing with the reason, left untouched and counted.
+#[tokio::test]
+async fn cloudtrail_sources_become_one_ndjson_member_each_and_verify_by_their_records() {
+    let embedded = Embedded::new(|raw| raw.formats = Some("trail/=cloudtrail".into()));
+    let key = |name: &str| format!("trail/2024/01/14/{name}.json.gz");
+    let truncated = cloudtrail_file("cut", 3);
+    let sources = vec![
+        (key("a"), cloudtrail_file("a", 1)),
+        (key("b"), cloudtrail_file("b", 5)),
+        (key("c empty"), gzip(br#"{"Records":[]}"#)),
+        (key("d truncated"), truncated[..truncated.len() - 6].to_vec()),
+        (
+            key("e spaced"),
+            gzip(b"{ \"Records\" : [ {\"eventName\" : \"PutObject\"} ,\n {\"eventName\":\"ListBuckets\"} ] }"),
+        ),
+    ];
+    embedded.add(&sources).await;
+    let report = embedded.compactor.seal_closed(&SealOptions::default()).await.unwrap();
+    assert_eq!(report.objects_compacted, 4, "{report:?}");
+    assert_eq!(report.objects_not_in_format, 1, "{report:?}");
+    assert_eq!(report.records_rewritten, 1 + 5 + 2, "{report:?}");
+
+    let (output_key, output) = embedded.only_output("trail/2024/01/14/").await;
+    assert!(output_key.ends_with(".ndjson.gz"), "{output_key}");
+    let text = gunzip(&output);
+    assert_eq!(text.lines().count(), 8, "one event a line: {text}");
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(event["eventName"].is_string(), "{line}");
+    }
+
+    let cut = embedded.manifest.object(BUCKET, &key("d truncated")).await.unwrap().unwrap();
+    assert_eq!(cut.state.as_str(), "missing", "{cut:?}");
+    assert!(cut.note.as_deref().unwrap_or("").contains("truncated"), "{cut:?}");
+    let untouched = embedded.store.get(BUCKET, &key("d truncated"), GetOptions::default()).await.unwrap();
+    assert_eq!(untouched.bytes().await.unwrap(), sources[3].1, "the truncated file stays as it was");
+
+    let mut end = 0;
+    for (source_key, body) in sources.iter().filter(|(source_key, _)| !source_key.contains("truncated")) {
+        let placement = embedded.manifest.object(BUCKET, source_key).await.unwrap().unwrap().placement.unwrap();
+        assert_eq!((placement.offset, placement.separator_bytes), (end, 0), "{source_key}: members follow each other");
+        end = placement.offset + placement.length;
+        let (_, restored) = embedded.compactor.restore_bytes(source_key).await.unwrap();
+        assert_eq!(&restored[..], &output[placement.offset as usize..end as usize], "{source_key}");
+        let from_range = compactor::domain::format::cloudtrail::ndjson_digest(&restored).unwrap();
+        let original = compactor::domain::format::cloudtrail::document_digest(body).unwrap();
+        assert_eq!(from_range, original, "{source_key}: same records");
+        let (_, document) = embedded.compactor.restore_as_source(source_key).await.unwrap();
+        assert_eq!(compactor::domain::format::cloudtrail::document_digest(&document).unwrap(), original);
+    }
+    assert_eq!(end, output.len() as u64, "the output is the members and nothing else");
+    let verify = embedded.compactor.verify(None, true, |_| {}).await.unwrap();
+    assert!(verify.all_verified(), "{verify:?}");
+    assert_eq!((verify.originals_compared, verify.records_compared), (4, 8), "{verify:?}");
+}
+
+/// Issue 13: under `csv`, each output has one header, the first bytes of the output and in no
+/// source's range; a source whose header differs (other columns, a BOM) waits for an output of
+/// its own at the next seal; a CSV without a final newline gets one outside its range; restore
+/// gives every source back byte for byte, header included, and verify compares with originals.
+#[tokio::test]
+async fn csv_outputs_have_one_header_and_sources_restore_byte_for_byte() {
+    let embedded = Embedded::new(|raw| raw.formats = Some("tables/=csv".into()));
+    let key = |name: &str| format!("tables/2024/01/14/{name}.csv");
+    let sources = vec![
+        (key("a"), b"id,name\n1,x\n2,y\n".to_vec()),
+        (key("b no final newline"), b"id,name\n3,z".to_vec()),
+        (key("c bom"), "\u{feff}id,name\n4,w\n".as_bytes().to_vec()),
+        (key("d other columns"), b"id,size\n5,10\n".to_vec()),
+        (key("e empty"), Vec::new()),
+        (key("f header only"), b"id,name\n".to_vec()),
+        (key("g"), b"id,name\n6,v\n".to_vec()),
+    ];
+    embedded.add(&sources).await;
+    let first = embedded.compactor.seal_closed(&SealOptions::default()).await.unwrap();
+    assert_eq!((first.objects_compacted, first.objects_deferred), (5, 2), "{first:?}");
+    let (output_key, output) = embedded.only_output("tables/2024/01/14/").await;
+    assert!(output_key.ends_with(".csv"), "{output_key}");
+    assert_eq!(&output[..], b"id,name\n1,x\n2,y\n3,z\n6,v\n", "one header, every row once, a newline after 3,z");
+
+    // The next seals take the sources of other headers, one header an output.
+    let second = embedded.compactor.seal_closed(&SealOptions::default()).await.unwrap();
+    let third = embedded.compactor.seal_closed(&SealOptions::default()).await.unwrap();
+    assert_eq!((second.objects_compacted, third.objects_compacted), (1, 1), "{second:?} {third:?}");
+    let outputs = embedded
+        .manifest
+        .outputs(&PartitionKey::new(BUCKET, "tables/2024/01/14/"), Some(OutputState::Committed))
+        .await
+        .unwrap();
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    for output in &outputs {
+        let bytes =
+            embedded.store.get(BUCKET, &output.key, GetOptions::default()).await.unwrap().bytes().await.unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert_eq!(text.matches("id,").count(), 1, "one header in {}: {text:?}", output.key);
+    }
+    for (source_key, body) in &sources {
+        let (_, restored) = embedded.compactor.restore_bytes(source_key).await.unwrap();
+        assert_eq!(&restored[..], &body[..], "{source_key} restores byte for byte");
+    }
+    let verify = embedded.compactor.verify(None, true, |_| {}).await.unwrap();
+    assert!(verify.all_verified(), "{verify:?}");
+    assert_eq!((verify.sources_checked, verify.originals_ok), (7, 7), "{verify:?}");
+}

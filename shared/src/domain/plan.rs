@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{classify, FormatClass, FormatMode};
+use super::format::{classify, FormatClass, FormatRules};
 
 /// What the planner needs to know of a pending object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +47,8 @@ impl Packable for crate::domain::records::ObjectRecord {
 pub struct PlanSettings {
     pub dest_prefix: String,
     pub target_output_bytes: u64,
-    pub format_mode: FormatMode,
+    /// The format of each key (per prefix, or the default).
+    pub formats: FormatRules,
 }
 
 /// One output to write.
@@ -140,7 +141,7 @@ impl<T: Packable> Packer<T> {
             "objects must come in strictly increasing key order"
         );
         self.last_key = Some(object.key().to_string());
-        let class = match classify(object.key(), self.settings.format_mode) {
+        let class = match classify(object.key(), &self.settings.formats) {
             Ok(class) => class,
             Err(_) => return Err(object),
         };
@@ -206,7 +207,7 @@ mod tests {
     use super::*;
 
     fn settings(target: u64) -> PlanSettings {
-        PlanSettings { dest_prefix: "compacted/".into(), target_output_bytes: target, format_mode: FormatMode::Auto }
+        PlanSettings { dest_prefix: "compacted/".into(), target_output_bytes: target, formats: FormatRules::default() }
     }
 
     fn input(key: &str, size: u64) -> PlanInput {

@@ -14,7 +14,7 @@
 //! makes an output larger than planned (which could turn a single PUT's buffer into more than a
 //! part); whatever it leaves out stays pending for the next seal.
 
-use super::format::{classify, FormatClass, FormatMode, NotConcatenable};
+use super::format::{classify, FormatClass, FormatRules, NotConcatenable};
 use super::plan::{OutputNames, PlanSettings};
 
 /// One output to write, as the range of pending keys it takes.
@@ -61,7 +61,7 @@ impl RangePacker {
     pub fn push(&mut self, key: &str, size: u64) -> Result<Option<PlannedRange>, NotConcatenable> {
         debug_assert!(self.last_key.as_deref().is_none_or(|last| last < key), "keys must come in increasing order");
         let after = self.last_key.replace(key.to_owned());
-        let class = classify(key, self.settings.format_mode)?;
+        let class = classify(key, &self.settings.formats)?;
         let target = self.settings.target_output_bytes;
         let closed = match self.open.get(&class) {
             Some(open) if open.source_bytes + size > target => self.open.remove(&class),
@@ -103,15 +103,15 @@ impl RangePacker {
 #[derive(Debug)]
 pub struct RangeWindow<'range> {
     range: &'range PlannedRange,
-    format_mode: FormatMode,
+    formats: FormatRules,
     taken_sources: u64,
     taken_bytes: u64,
     done: bool,
 }
 
 impl<'range> RangeWindow<'range> {
-    pub fn new(range: &'range PlannedRange, format_mode: FormatMode) -> Self {
-        Self { range, format_mode, taken_sources: 0, taken_bytes: 0, done: false }
+    pub fn new(range: &'range PlannedRange, formats: FormatRules) -> Self {
+        Self { range, formats, taken_sources: 0, taken_bytes: 0, done: false }
     }
 
     /// Where to start reading pending objects (exclusive).
@@ -138,7 +138,7 @@ impl<'range> RangeWindow<'range> {
                 self.done = true;
                 break;
             }
-            if classify(key, self.format_mode).ok().as_ref() != Some(&self.range.class) {
+            if classify(key, &self.formats).ok().as_ref() != Some(&self.range.class) {
                 continue;
             }
             if self.taken_sources == self.range.sources || self.taken_bytes + size > self.range.source_bytes {
@@ -166,12 +166,12 @@ mod tests {
     use crate::domain::plan::{plan_partition, PlanInput};
 
     fn settings(target: u64) -> PlanSettings {
-        PlanSettings { dest_prefix: "compacted/".into(), target_output_bytes: target, format_mode: FormatMode::Auto }
+        PlanSettings { dest_prefix: "compacted/".into(), target_output_bytes: target, formats: FormatRules::default() }
     }
 
     /// Reads every range back from `pending` in pages of `page`, as the seal does.
     fn read_back(range: &PlannedRange, pending: &[PlanInput], page: usize) -> Vec<PlanInput> {
-        let mut window = RangeWindow::new(range, FormatMode::Auto);
+        let mut window = RangeWindow::new(range, FormatRules::default());
         let mut taken = Vec::new();
         let mut position = pending.partition_point(|object| Some(object.key.as_str()) <= window.start_after());
         while !window.done() {

@@ -164,7 +164,7 @@ impl Compactor {
             if size > config.small_object_max_bytes {
                 return Err(SkipReason::TooLarge);
             }
-            if classify(&event.key, config.format).is_err() {
+            if classify(&event.key, &config.formats).is_err() {
                 return Err(SkipReason::UnsupportedFormat);
             }
         }

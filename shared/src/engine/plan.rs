@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{Compactor, EngineError};
 use crate::config::ExpiryMode;
 use crate::domain::cost::RequestCounts;
+use crate::domain::format::{describe, FormatRules};
 use crate::domain::partition::PartitionKey;
 use crate::domain::plan::{Packer, PlanInput, PlannedOutput};
 use crate::domain::records::ObjectState;
@@ -21,11 +22,20 @@ pub struct OutputSummary {
     pub key: String,
     pub objects: u64,
     pub source_bytes: u64,
+    /// The format its sources get and why (`cloudtrail .ndjson.gz (COMPACTOR_FORMATS
+    /// AWSLogs/=cloudtrail)`): every source of an output has the same class.
+    pub format: String,
 }
 
 impl OutputSummary {
-    fn of(output: PlannedOutput<PlanInput>) -> OutputSummary {
-        OutputSummary { key: output.key, objects: output.sources.len() as u64, source_bytes: output.source_bytes }
+    fn of(output: PlannedOutput<PlanInput>, formats: &FormatRules) -> OutputSummary {
+        let format = output.sources.first().map(|source| describe(&source.key, formats)).unwrap_or_default();
+        OutputSummary {
+            key: output.key,
+            objects: output.sources.len() as u64,
+            source_bytes: output.source_bytes,
+            format,
+        }
     }
 }
 
@@ -92,7 +102,7 @@ impl Compactor {
                     pending_objects += 1;
                     pending_bytes += object.size;
                     match packer.push(PlanInput { key: object.key, size: object.size }) {
-                        Ok(Some(output)) => outputs.push(OutputSummary::of(output)),
+                        Ok(Some(output)) => outputs.push(OutputSummary::of(output, &self.config.formats)),
                         Ok(None) => {}
                         Err(_) => refused_objects += 1,
                     }
@@ -101,7 +111,7 @@ impl Compactor {
                     break;
                 }
             }
-            outputs.extend(packer.finish().into_iter().map(OutputSummary::of));
+            outputs.extend(packer.finish().into_iter().map(|output| OutputSummary::of(output, &self.config.formats)));
             let mut requests = RequestCounts::default();
             let mut planned_objects = 0u64;
             for output in &outputs {

@@ -1,6 +1,10 @@
 //! Restore: the original bytes of a compacted source, read back from its output by byte range
 //! and checked against the sha256 recorded at seal time.
 //!
+//! A CSV source's range is its rows: restore puts its header, the output's first bytes, back
+//! in front. A source a rewriting format changed (CloudTrail to NDJSON) has its records in that range, as
+//! gzip NDJSON; [`Compactor::restore_as_source`] rebuilds a `{"Records":[...]}` document of them.
+//!
 //! Restore hands the bytes to the caller (a file, stdout) and never writes them back under the
 //! source key: that write would raise an ObjectCreated event, and the restored object would be
 //! compacted a second time.
@@ -9,6 +13,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{Compactor, EngineError};
+use crate::domain::format::{classify, cloudtrail, csv, FormatMode};
 use crate::domain::records::{ObjectRecord, ObjectState, OutputState};
 use crate::ports::GetOptions;
 
@@ -48,6 +53,41 @@ impl Compactor {
                 placement.output_key
             )));
         }
+        // A CSV output's range is the source's rows: its header is the output's first bytes.
+        let header_length = csv::header_length(object.size, placement.length);
+        if placement.output_key.ends_with(".csv") && header_length > 0 {
+            let got = self
+                .store
+                .get(
+                    &self.config.dest_bucket,
+                    &placement.output_key,
+                    GetOptions { range: Some(0..header_length), if_match: None },
+                )
+                .await?;
+            let header = got.bytes().await?;
+            let mut whole = Vec::with_capacity(object.size as usize);
+            whole.extend_from_slice(&header);
+            whole.extend_from_slice(&bytes);
+            return Ok((object, Bytes::from(whole)));
+        }
         Ok((object, bytes))
+    }
+
+    /// The source as a file of its own format: its original bytes, or for a source the
+    /// configured format rewrote (CloudTrail), a document rebuilt from its records (the same
+    /// records in the same order, written compactly; not the original's bytes).
+    pub async fn restore_as_source(&self, key: &str) -> Result<(ObjectRecord, Bytes), EngineError> {
+        let (object, bytes) = self.restore_bytes(key).await?;
+        let rewritten = classify(key, &self.config.formats).is_ok_and(|class| class.format == FormatMode::Cloudtrail);
+        if !rewritten {
+            return Ok((object, bytes));
+        }
+        let document = cloudtrail::ndjson_to_document(&bytes).map_err(|reason| {
+            EngineError::Mismatch(format!(
+                "{key} is configured as cloudtrail but its range is not gzip NDJSON ({reason}): was it sealed under \
+                 another format? restore it without --as-source"
+            ))
+        })?;
+        Ok((object, Bytes::from(document)))
     }
 }

@@ -130,6 +130,14 @@ pub struct PartitionSealReport {
     /// Gzip sources of a line class that could not be inflated to their end (truncated, not
     /// gzip): compacted as they are, without the newline member after them.
     pub unreadable_gzip_sources: u64,
+    /// Sources a rewriting format could not read as its input (a truncated or invalid
+    /// CloudTrail file): marked `missing` with the reason (counted there too), left as they are.
+    pub objects_not_in_format: u64,
+    /// Records a rewriting format wrote (CloudTrail events, one NDJSON line each).
+    pub records_rewritten: u64,
+    /// CSV sources whose header differed from their output's: still pending, for an output of
+    /// their own header at the next seal (the partition stays open for it).
+    pub objects_deferred: u64,
     /// Gone or changed when read: marked `missing`, not in any output.
     pub objects_missing: u64,
     /// A newer version arrived while the output was written: its old bytes are in the output
@@ -168,6 +176,9 @@ impl PartitionSealReport {
             copied_sources: 0,
             copied_bytes: 0,
             unreadable_gzip_sources: 0,
+            objects_not_in_format: 0,
+            records_rewritten: 0,
+            objects_deferred: 0,
             objects_missing: 0,
             objects_superseded: 0,
             objects_refused: 0,
@@ -205,6 +216,9 @@ pub struct SealReport {
     pub copied_bytes: u64,
     /// See [`PartitionSealReport::unreadable_gzip_sources`].
     pub unreadable_gzip_sources: u64,
+    pub objects_not_in_format: u64,
+    pub records_rewritten: u64,
+    pub objects_deferred: u64,
     pub objects_missing: u64,
     pub objects_superseded: u64,
     /// See [`PartitionSealReport::objects_refused`].
@@ -235,6 +249,9 @@ impl SealReport {
         self.copied_sources += partition.copied_sources;
         self.copied_bytes += partition.copied_bytes;
         self.unreadable_gzip_sources += partition.unreadable_gzip_sources;
+        self.objects_not_in_format += partition.objects_not_in_format;
+        self.records_rewritten += partition.records_rewritten;
+        self.objects_deferred += partition.objects_deferred;
         self.objects_missing += partition.objects_missing;
         self.objects_superseded += partition.objects_superseded;
         self.objects_refused += partition.objects_refused;
@@ -258,6 +275,9 @@ impl SealReport {
             copied_sources = self.copied_sources,
             copied_bytes = self.copied_bytes,
             unreadable_gzip_sources = self.unreadable_gzip_sources,
+            not_in_format = self.objects_not_in_format,
+            records_rewritten = self.records_rewritten,
+            deferred = self.objects_deferred,
             missing = self.objects_missing,
             superseded = self.objects_superseded,
             refused = self.objects_refused,
@@ -633,6 +653,9 @@ impl Compactor {
         report.copied_sources += written.copied_sources;
         report.copied_bytes += written.copied_bytes;
         report.unreadable_gzip_sources += written.unreadable_gzip_sources;
+        report.objects_not_in_format += written.not_in_format_sources;
+        report.records_rewritten += written.records;
+        report.objects_deferred += written.deferred_sources;
         info!(
             output = %range.key,
             objects = compacted,
@@ -677,7 +700,7 @@ impl Compactor {
             upload_id: record.upload_id.as_deref(),
         };
         let mut writer = WindowedWriter::new(&self.store, &self.config, &planned, &target);
-        let mut window = RangeWindow::new(range, self.config.format);
+        let mut window = RangeWindow::new(range, self.config.formats.clone());
         let mut start_after = window.start_after().map(str::to_owned);
         let (mut placed, mut superseded) = (0, 0);
         while !window.done() {

@@ -49,10 +49,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, warn};
 
+mod formats;
+
 use super::seen::SeenSources;
 use super::EngineError;
 use crate::config::{Config, ExpiryMode, MAX_PART_BYTES, MIN_PART_BYTES};
-use crate::domain::format::{FormatClass, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
+use crate::domain::format::{FormatClass, FormatMode, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
 use crate::domain::plan::PlannedOutput;
 use crate::domain::records::{ObjectRecord, Placement};
 use crate::ports::{
@@ -82,6 +84,14 @@ pub(crate) struct WrittenOutput {
     /// Gzip sources that could not be inflated to their end (truncated, not gzip): kept as
     /// they are, without a separator, since their text's last byte is unknown.
     pub unreadable_gzip_sources: u64,
+    /// Sources a rewriting format could not read as its input (a truncated CloudTrail file):
+    /// recorded missing with the reason, left where they are (also in `missing`).
+    pub not_in_format_sources: u64,
+    /// Records written by a rewriting format (CloudTrail events).
+    pub records: u64,
+    /// CSV sources whose header differs from their output's: left out, still pending, for an
+    /// output of their own header at the next seal.
+    pub deferred_sources: u64,
     /// In tag mode, what each placed source's GET showed, for the tag step after the commit.
     pub seen: SeenSources,
 }
@@ -354,6 +364,8 @@ struct OutputWriter<'a> {
     placed: u64,
     written: WrittenOutput,
     uploads: PartUploads<'a>,
+    /// A CSV output's header, once its first source has given it.
+    csv_header: Option<Vec<u8>>,
 }
 
 /// A source read by the writer only to hash it, its bytes dropped.
@@ -384,6 +396,7 @@ impl<'a> OutputWriter<'a> {
             placed: 0,
             written: WrittenOutput::default(),
             uploads: PartUploads::new(store, target.bucket, &planned.key, target.upload_id, config.upload_concurrency),
+            csv_header: None,
         }
     }
 
@@ -400,6 +413,11 @@ impl<'a> OutputWriter<'a> {
         seen: &SeenAtRead,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
+        match self.planned.class.format {
+            FormatMode::Cloudtrail => return self.append_rewritten(source, bytes, seen, permit).await,
+            FormatMode::Csv => return self.append_csv(source, bytes, seen, permit).await,
+            FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => {}
+        }
         let source_sha256 = hex::encode(Sha256::digest(&bytes));
         let mut tail = TextTail::new(&self.planned.class);
         tail.update(&bytes);
@@ -407,7 +425,7 @@ impl<'a> OutputWriter<'a> {
         self.append(&bytes).await?;
         drop(bytes);
         drop(permit);
-        self.place(source, source_sha256, tail.finish(), seen).await
+        self.place(source, source.size, source_sha256, tail.finish(), seen).await
     }
 
     /// A copy candidate's turn: copied if the buffer is at a legal part boundary, streamed
@@ -463,7 +481,7 @@ impl<'a> OutputWriter<'a> {
                 self.written.copied_sources += 1;
                 self.written.copied_bytes += source.size;
                 debug!(key = %source.key, size = source.size, "source copied server-side");
-                self.place(source, hashed.source_sha256, hashed.text_end, &seen).await
+                self.place(source, source.size, hashed.source_sha256, hashed.text_end, &seen).await
             }
             Err(error) => match unreadable_from(error) {
                 Ok(unreadable) => {
@@ -489,14 +507,16 @@ impl<'a> OutputWriter<'a> {
             streamed_bytes += chunk.len() as u64;
         }
         check_body_length(source, streamed_bytes)?;
-        self.place(source, hex::encode(source_hasher.finalize()), tail.finish(), &body.seen).await
+        self.place(source, source.size, hex::encode(source_hasher.finalize()), tail.finish(), &body.seen).await
     }
 
-    /// Records where a source went, and appends its separator if its text (`text_end`: its
+    /// Records where a source went (`length` bytes, just appended: the source's own, or what a
+    /// rewriting format made of them), and appends its separator if its text (`text_end`: its
     /// last byte) needs one.
     async fn place(
         &mut self,
         source: &ObjectRecord,
+        length: u64,
         source_sha256: String,
         text_end: Result<Option<u8>, UnreadableGzip>,
         seen: &SeenAtRead,
@@ -527,12 +547,12 @@ impl<'a> OutputWriter<'a> {
                 output_key: self.planned.key.clone(),
                 generation: self.generation,
                 offset: self.offset,
-                length: source.size,
+                length,
                 sha256: source_sha256,
                 separator_bytes,
             },
         });
-        self.offset += source.size + separator_bytes;
+        self.offset += length + separator_bytes;
         self.placed += 1;
         Ok(())
     }
@@ -856,6 +876,7 @@ mod tests {
 
     use super::*;
     use crate::config::RawConfig;
+    use crate::domain::format::FormatMode;
     use crate::domain::records::ObjectState;
 
     const MIB: u64 = 1 << 20;
@@ -888,7 +909,8 @@ mod tests {
 
     #[test]
     fn only_large_sources_with_an_etag_in_multipart_outputs_are_copy_candidates() {
-        let lines = FormatClass { extension: ".json".into(), newline_separated: true, gzip: false };
+        let lines =
+            FormatClass { extension: ".json".into(), newline_separated: true, gzip: false, format: FormatMode::Concat };
         let config = config("5MiB");
         assert!(copy_candidate(&source(5 * MIB, Some("e")), &lines, &config, true));
         assert!(copy_candidate(&source(64 * MIB, Some("e")), &lines, &config, true));

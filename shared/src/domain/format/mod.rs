@@ -14,44 +14,21 @@
 //! - formats whose files cannot be joined by concatenation (Parquet, ORC, Avro containers, zip)
 //!   are refused at ingest, so they stay where they are, logged and counted.
 //!
-//! Sources of different classes never share an output: each class gets outputs of its own,
-//! with a file extension that says what is inside.
-
-use std::fmt;
-use std::str::FromStr;
+//! - `cloudtrail` ([`cloudtrail`]) rewrites each gzip `{"Records":[...]}` document into a gzip
+//!   member of NDJSON, one event a line: the source's range is that member;
+//! - `csv` ([`csv`]) gives each output one header: a source's range is its rows.
+//!
+//! Which format a key gets is chosen per source prefix ([`FormatRules`]). Sources of different
+//! classes never share an output: each class gets outputs of its own, with a file extension
+//! that says what is inside.
 
 use serde::{Deserialize, Serialize};
 
-/// How the operator wants sources joined.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FormatMode {
-    /// Decide per key from its extension (the default).
-    #[default]
-    Auto,
-    /// Plain byte concatenation for every key: no separators at all.
-    Bytes,
-}
+pub mod cloudtrail;
+pub mod csv;
+mod select;
 
-impl fmt::Display for FormatMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FormatMode::Auto => "auto",
-            FormatMode::Bytes => "bytes",
-        })
-    }
-}
-
-impl FromStr for FormatMode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "auto" => Ok(FormatMode::Auto),
-            "bytes" => Ok(FormatMode::Bytes),
-            other => Err(format!("format {other:?} is not known: use auto or bytes")),
-        }
-    }
-}
+pub use select::{FormatChoice, FormatMode, FormatReason, FormatRules};
 
 /// What a source is, as far as joining goes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -64,16 +41,27 @@ pub struct FormatClass {
     /// gzip member of its own ([`GZIP_NEWLINE_MEMBER`]).
     #[serde(default)]
     pub gzip: bool,
+    /// The mode the key resolved to (never `auto`): sources of different formats never share
+    /// an output, as they are keys of different bins.
+    #[serde(default = "concat")]
+    pub format: FormatMode,
+}
+
+fn concat() -> FormatMode {
+    FormatMode::Concat
 }
 
 impl FormatClass {
     /// True when every source's bytes reach the output exactly as stored, with at most a
     /// separator after them: then a source can become a part of its output by server-side copy
-    /// (`UploadPartCopy`), and restore by byte range gives it back. Every class today joins by
-    /// concatenation; a format-aware mode that rewrites sources (CloudTrail `{"Records":[...]}`
-    /// to NDJSON, CSV with one header) must answer false, or copies would skip its rewriting.
+    /// (`UploadPartCopy`), and restore by byte range gives it back. A format that rewrites
+    /// sources (CloudTrail `{"Records":[...]}` to NDJSON) answers false, or copies would skip
+    /// its rewriting.
     pub fn keeps_source_bytes(&self) -> bool {
-        true
+        match self.format {
+            FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => true,
+            FormatMode::Cloudtrail | FormatMode::Csv => false,
+        }
     }
 
     /// The bytes that go after a source whose text lacks a final newline (see
@@ -182,8 +170,34 @@ const LINE_EXTENSIONS: &[&str] = &["json", "ndjson", "jsonl", "csv", "tsv", "log
 const GZIP_EXTENSIONS: &[&str] = &["gz", "gzip"];
 const REFUSED_EXTENSIONS: &[&str] = &["parquet", "orc", "avro", "zip", "7z", "tar", "jar"];
 
-/// The class of a key, or [`NotConcatenable`] for formats that byte concatenation would break.
-pub fn classify(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenable> {
+/// The class of a key under `rules`, or [`NotConcatenable`] for formats that byte
+/// concatenation would break.
+pub fn classify(key: &str, rules: &FormatRules) -> Result<FormatClass, NotConcatenable> {
+    classify_as(key, rules.choose(key).mode)
+}
+
+/// What `plan` shows for a key: the format it gets, its output extension, and why.
+pub fn describe(key: &str, rules: &FormatRules) -> String {
+    let choice = rules.choose(key);
+    match classify_as(key, choice.mode) {
+        Ok(class) if choice.mode == FormatMode::Auto => {
+            format!("{} {} (by name, {choice})", class.format, shown_extension(&class))
+        }
+        Ok(class) => format!("{} {} ({choice})", class.format, shown_extension(&class)),
+        Err(NotConcatenable) => format!("refused (its extension cannot be concatenated, {choice})"),
+    }
+}
+
+fn shown_extension(class: &FormatClass) -> &str {
+    if class.extension.is_empty() {
+        "(no extension)"
+    } else {
+        &class.extension
+    }
+}
+
+/// The class of a key whose mode is `mode`.
+fn classify_as(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenable> {
     let file_name = key.rsplit('/').next().unwrap_or(key);
     let lowercase = file_name.to_ascii_lowercase();
     let mut dotted = lowercase.split('.').skip(1).collect::<Vec<_>>();
@@ -191,8 +205,26 @@ pub fn classify(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatena
     if REFUSED_EXTENSIONS.contains(&last) {
         return Err(NotConcatenable);
     }
-    if mode == FormatMode::Bytes {
-        return Ok(FormatClass { extension: String::new(), newline_separated: false, gzip: false });
+    let class = |extension: String, newline_separated: bool, gzip: bool| FormatClass {
+        extension,
+        newline_separated,
+        gzip,
+        format: FormatMode::Concat,
+    };
+    match mode {
+        FormatMode::Bytes => {
+            return Ok(FormatClass { format: FormatMode::Bytes, ..class(String::new(), false, false) });
+        }
+        // Each source's records become gzip NDJSON lines: one extension for every output.
+        FormatMode::Cloudtrail => {
+            return Ok(FormatClass { format: FormatMode::Cloudtrail, ..class(".ndjson.gz".into(), false, true) });
+        }
+        // Plain CSV only: a gzip CSV's header cannot be left out of its range without
+        // rewriting it, so it is joined as `concat` joins it (its header stays in its range).
+        FormatMode::Csv if !GZIP_EXTENSIONS.contains(&last) => {
+            return Ok(FormatClass { format: FormatMode::Csv, ..class(".csv".into(), true, false) });
+        }
+        FormatMode::Auto | FormatMode::Concat | FormatMode::Csv => {}
     }
     if GZIP_EXTENSIONS.contains(&last) {
         dotted.pop();
@@ -204,17 +236,17 @@ pub fn classify(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatena
             // `x.bin.gz`, `x.tar.gz`: not text we know; joined as they are, no separator.
             Some(inner) => (format!(".{inner}.gz"), false),
         };
-        return Ok(FormatClass { extension, newline_separated, gzip: true });
+        return Ok(class(extension, newline_separated, true));
     }
     if LINE_EXTENSIONS.contains(&last) {
-        return Ok(FormatClass { extension: format!(".{last}"), newline_separated: true, gzip: false });
+        return Ok(class(format!(".{last}"), true, false));
     }
     if dotted.is_empty() {
         // Firehose and many loggers write keys without an extension; they hold lines.
-        return Ok(FormatClass { extension: String::new(), newline_separated: true, gzip: false });
+        return Ok(class(String::new(), true, false));
     }
     // An extension we do not know: keep its bytes exactly as they are.
-    Ok(FormatClass { extension: format!(".{last}"), newline_separated: false, gzip: false })
+    Ok(class(format!(".{last}"), false, false))
 }
 
 #[cfg(test)]
@@ -222,12 +254,16 @@ mod tests {
     use super::*;
 
     fn class_of(extension: &str, newline_separated: bool, gzip: bool) -> FormatClass {
-        FormatClass { extension: extension.into(), newline_separated, gzip }
+        FormatClass { extension: extension.into(), newline_separated, gzip, format: FormatMode::Concat }
+    }
+
+    fn auto() -> FormatRules {
+        FormatRules::uniform(FormatMode::Auto)
     }
 
     #[test]
     fn classes_follow_extensions() {
-        let class = |key: &str| classify(key, FormatMode::Auto).unwrap();
+        let class = |key: &str| classify(key, &auto()).unwrap();
         assert_eq!(class("a/b.json"), class_of(".json", true, false));
         assert_eq!(class("a/B.NDJSON"), class_of(".ndjson", true, false));
         assert_eq!(class("a/b.json.gz"), class_of(".json.gz", true, true));
@@ -235,9 +271,12 @@ mod tests {
         assert_eq!(class("a/b.tar.gz"), class_of(".tar.gz", false, true));
         assert_eq!(class("a/stream-1-2024-01-14"), class_of("", true, false));
         assert_eq!(class("a/x.bin"), class_of(".bin", false, false));
-        assert_eq!(classify("a/x.parquet", FormatMode::Auto), Err(NotConcatenable));
-        assert_eq!(classify("a/x.parquet", FormatMode::Bytes), Err(NotConcatenable));
-        assert_eq!(classify("a/x.json", FormatMode::Bytes).unwrap(), class_of("", false, false));
+        let bytes = FormatRules::uniform(FormatMode::Bytes);
+        assert_eq!(classify("a/x.parquet", &auto()), Err(NotConcatenable));
+        assert_eq!(classify("a/x.parquet", &bytes), Err(NotConcatenable));
+        let bytes_class = FormatClass { format: FormatMode::Bytes, ..class_of("", false, false) };
+        assert_eq!(classify("a/x.json", &bytes).unwrap(), bytes_class);
+        assert_eq!(classify("a/x.json", &FormatRules::uniform(FormatMode::Concat)).unwrap(), class("a/x.json"));
     }
 
     fn gzip(text: &[u8]) -> Vec<u8> {
@@ -296,7 +335,25 @@ mod tests {
 
     #[test]
     fn directories_with_dots_do_not_count_as_extensions() {
-        let class = classify("a.json/b", FormatMode::Auto).unwrap();
+        let class = classify("a.json/b", &auto()).unwrap();
         assert_eq!(class.extension, "");
+    }
+
+    #[test]
+    fn a_prefix_rule_picks_the_format_and_outputs_say_it_in_their_extension() {
+        let rules = FormatRules::parse(FormatMode::Auto, "AWSLogs/=cloudtrail").unwrap();
+        let trail = classify("AWSLogs/1/CloudTrail/x.json.gz", &rules).unwrap();
+        assert_eq!((trail.format, trail.extension.as_str()), (FormatMode::Cloudtrail, ".ndjson.gz"));
+        assert!(!trail.keeps_source_bytes(), "rewritten sources are never copied server-side");
+        assert_ne!(trail, classify("logs/x.json.gz", &rules).unwrap(), "formats never share an output");
+        assert_eq!(
+            describe("AWSLogs/1/x.json.gz", &rules),
+            "cloudtrail .ndjson.gz (COMPACTOR_FORMATS AWSLogs/=cloudtrail)"
+        );
+        assert_eq!(describe("logs/x.json.gz", &rules), "concat .json.gz (by name, COMPACTOR_FORMAT=auto)");
+        assert_eq!(
+            describe("logs/x.orc", &rules),
+            "refused (its extension cannot be concatenated, COMPACTOR_FORMAT=auto)"
+        );
     }
 }

@@ -1,0 +1,178 @@
+//! Which format a source gets: a format per source prefix (`COMPACTOR_FORMATS`), the global
+//! default (`COMPACTOR_FORMAT`) for the rest, and `auto` deciding by the key's name.
+//!
+//! The choice is a pure function of the key and the rules, so the planner, the seal's window
+//! and ingest all agree on it without storing it per source, and `plan` can say why.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// How the operator wants sources joined. `auto` resolves, per key, to one of the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatMode {
+    /// Decide per key from its name (the default): today, `concat` for every key that is not
+    /// refused.
+    #[default]
+    Auto,
+    /// Byte concatenation, newline-safe for line files and for gzip sources (see the module
+    /// doc of [`super`]).
+    Concat,
+    /// Plain byte concatenation for every key: no separators at all.
+    Bytes,
+    /// Gzip `{"Records":[...]}` documents in, gzip NDJSON out, one event per line.
+    Cloudtrail,
+    /// Plain CSV with one header per output: each source's header line is left out of its
+    /// range and the output starts with the header they share.
+    Csv,
+}
+
+impl FormatMode {
+    /// Every mode, as its text, for messages.
+    pub const NAMES: &'static str = "auto, concat, bytes, cloudtrail or csv";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FormatMode::Auto => "auto",
+            FormatMode::Concat => "concat",
+            FormatMode::Bytes => "bytes",
+            FormatMode::Cloudtrail => "cloudtrail",
+            FormatMode::Csv => "csv",
+        }
+    }
+}
+
+impl fmt::Display for FormatMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FormatMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "auto" => Ok(FormatMode::Auto),
+            "concat" => Ok(FormatMode::Concat),
+            "bytes" => Ok(FormatMode::Bytes),
+            "cloudtrail" => Ok(FormatMode::Cloudtrail),
+            "csv" => Ok(FormatMode::Csv),
+            other => Err(format!("format {other:?} is not known: use {}", FormatMode::NAMES)),
+        }
+    }
+}
+
+/// The format of every source: per prefix where one matches (the longest), else the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FormatRules {
+    pub default: FormatMode,
+    /// `(prefix, mode)`, longest prefix first, so the first match is the most specific.
+    by_prefix: Vec<(String, FormatMode)>,
+}
+
+/// Why a key got its format, for `plan` and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum FormatReason {
+    /// A `COMPACTOR_FORMATS` rule for this prefix.
+    Prefix { prefix: String },
+    /// No prefix rule matched: `COMPACTOR_FORMAT`.
+    Default,
+}
+
+/// A key's format mode and why (the mode may still be `auto`, resolved by name in
+/// [`super::classify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatChoice {
+    pub mode: FormatMode,
+    pub reason: FormatReason,
+}
+
+impl fmt::Display for FormatChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reason {
+            FormatReason::Prefix { prefix } => write!(f, "COMPACTOR_FORMATS {prefix}={}", self.mode),
+            FormatReason::Default => write!(f, "COMPACTOR_FORMAT={}", self.mode),
+        }
+    }
+}
+
+impl FormatRules {
+    /// One mode for every key.
+    pub fn uniform(mode: FormatMode) -> Self {
+        FormatRules { default: mode, by_prefix: Vec::new() }
+    }
+
+    /// Parses `COMPACTOR_FORMATS`: comma-separated `prefix=format` pairs (`trail/=cloudtrail,
+    /// tables/=csv`). Errors say which pair is wrong and how to write it.
+    pub fn parse(default: FormatMode, by_prefix: &str) -> Result<Self, String> {
+        let mut rules: Vec<(String, FormatMode)> = Vec::new();
+        for pair in by_prefix.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+            let Some((prefix, mode)) = pair.split_once('=') else {
+                return Err(format!("{pair:?} is not prefix=format (for example trail/=cloudtrail)"));
+            };
+            let prefix = prefix.trim().trim_start_matches('/');
+            if prefix.is_empty() {
+                return Err(format!(
+                    "{pair:?} has no prefix: set the format of every other key with COMPACTOR_FORMAT instead"
+                ));
+            }
+            let mode: FormatMode = mode.parse()?;
+            if rules.iter().any(|(known, _)| known == prefix) {
+                return Err(format!("prefix {prefix:?} is given twice: keep one format per prefix"));
+            }
+            rules.push((prefix.to_string(), mode));
+        }
+        rules.sort_by(|left, right| right.0.len().cmp(&left.0.len()).then_with(|| left.0.cmp(&right.0)));
+        Ok(FormatRules { default, by_prefix: rules })
+    }
+
+    /// The mode of `key`, and why.
+    pub fn choose(&self, key: &str) -> FormatChoice {
+        match self.by_prefix.iter().find(|(prefix, _)| key.starts_with(prefix.as_str())) {
+            Some((prefix, mode)) => {
+                FormatChoice { mode: *mode, reason: FormatReason::Prefix { prefix: prefix.clone() } }
+            }
+            None => FormatChoice { mode: self.default, reason: FormatReason::Default },
+        }
+    }
+
+    /// The rules as `COMPACTOR_FORMATS` text (parses back to the same rules).
+    pub fn by_prefix_text(&self) -> String {
+        self.by_prefix.iter().map(|(prefix, mode)| format!("{prefix}={mode}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_matching_prefix_wins_and_other_keys_take_the_default() {
+        let rules = FormatRules::parse(FormatMode::Bytes, " trail/=cloudtrail, trail/raw/=concat ,").unwrap();
+        assert_eq!(rules.choose("trail/2024/a.json.gz").mode, FormatMode::Cloudtrail);
+        assert_eq!(rules.choose("trail/raw/a.json.gz").mode, FormatMode::Concat);
+        assert_eq!(rules.choose("logs/a.json").mode, FormatMode::Bytes);
+        assert_eq!(rules.choose("logs/a.json").to_string(), "COMPACTOR_FORMAT=bytes");
+        assert_eq!(rules.choose("trail/raw/x").to_string(), "COMPACTOR_FORMATS trail/raw/=concat");
+        assert_eq!(FormatRules::parse(FormatMode::Auto, &rules.by_prefix_text()).unwrap().by_prefix, rules.by_prefix);
+    }
+
+    #[test]
+    fn bad_rules_say_what_is_wrong() {
+        let error = |text: &str| FormatRules::parse(FormatMode::Auto, text).unwrap_err();
+        assert!(error("trail/").contains("prefix=format"), "{}", error("trail/"));
+        assert!(error("=cloudtrail").contains("COMPACTOR_FORMAT"), "{}", error("=cloudtrail"));
+        assert!(error("a/=parket").contains("auto, concat, bytes, cloudtrail or csv"), "{}", error("a/=parket"));
+        assert!(error("a/=bytes,a/=concat").contains("twice"), "{}", error("a/=bytes,a/=concat"));
+    }
+
+    #[test]
+    fn modes_print_and_parse_back() {
+        for mode in [FormatMode::Auto, FormatMode::Concat, FormatMode::Bytes, FormatMode::Cloudtrail, FormatMode::Csv] {
+            assert_eq!(mode.to_string().parse::<FormatMode>().unwrap(), mode);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The writer's formats that change sources' bytes: CloudTrail rewritten to NDJSON, CSV with
+//! one header per output. Copy candidates never reach here ([`crate::domain::format::FormatClass::keeps_source_bytes`]
+//! is false for both), so every source comes read whole.
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::info;
+
+use super::{OutputWriter, SourceUnreadable};
+use crate::domain::format::{cloudtrail, csv};
+use crate::domain::records::ObjectRecord;
+use crate::engine::EngineError;
+use crate::ports::{SeenAtRead, StoreError};
+
+impl OutputWriter<'_> {
+    /// Appends a CloudTrail source as its own gzip member of NDJSON: its range in the output
+    /// is that member, and its sha256 the member's, so restore and verify check the range as
+    /// for any source. A source that is not a
+    /// CloudTrail document is recorded missing with the reason and left as it is.
+    pub(super) async fn append_rewritten(
+        &mut self,
+        source: &ObjectRecord,
+        bytes: Bytes,
+        seen: &SeenAtRead,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), EngineError> {
+        // Parsing and compressing are CPU work of up to seconds for a large file: off the
+        // async threads, so the reads and uploads of other sources go on.
+        let rewritten =
+            tokio::task::spawn_blocking(move || cloudtrail::to_ndjson_member(&bytes)).await.map_err(|join_error| {
+                StoreError::backend(
+                    source.bucket.as_str(),
+                    source.key.as_str(),
+                    format!("rewrite task failed: {join_error}"),
+                )
+            })?;
+        drop(permit);
+        let member = match rewritten {
+            Ok(member) => member,
+            Err(reason) => {
+                self.written.not_in_format_sources += 1;
+                let note = format!("not compacted, left as it is: {reason}");
+                self.record_missing(source, SourceUnreadable(note));
+                return Ok(());
+            }
+        };
+        let member_sha256 = hex::encode(Sha256::digest(&member.bytes));
+        self.output_hasher.update(&member.bytes);
+        self.append(&member.bytes).await?;
+        self.written.records += member.records;
+        self.place(source, member.bytes.len() as u64, member_sha256, Ok(Some(b'\n')), seen).await
+    }
+
+    /// Appends a CSV source's rows; the output's first source also gives it its header, written
+    /// once at its start and in no source's range. A source whose header differs is left out
+    /// (it stays pending: see [`csv`]); one that is not CSV we can split is recorded missing
+    /// with the reason and left as it is.
+    pub(super) async fn append_csv(
+        &mut self,
+        source: &ObjectRecord,
+        bytes: Bytes,
+        seen: &SeenAtRead,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), EngineError> {
+        let parts = match csv::split(&bytes) {
+            Ok(parts) => parts,
+            Err(reason) => {
+                self.written.not_in_format_sources += 1;
+                self.record_missing(source, SourceUnreadable(format!("not compacted, left as it is: {reason}")));
+                return Ok(());
+            }
+        };
+        let Some(parts) = parts else {
+            // Empty: no header, no rows, an empty range (restore gives it back empty).
+            return self.place(source, 0, hex::encode(Sha256::digest(b"")), Ok(None), seen).await;
+        };
+        match &self.csv_header {
+            Some(header) if header[..] != *parts.header => {
+                self.written.deferred_sources += 1;
+                info!(key = %source.key, output = %self.planned.key, "CSV header differs from the output's; the source waits for an output of its own header");
+                return Ok(());
+            }
+            Some(_) => {}
+            None => {
+                self.output_hasher.update(parts.header);
+                self.append(parts.header).await?;
+                self.offset += parts.header.len() as u64;
+                self.csv_header = Some(parts.header.to_vec());
+            }
+        }
+        let rows_sha256 = hex::encode(Sha256::digest(parts.rows));
+        self.output_hasher.update(parts.rows);
+        self.append(parts.rows).await?;
+        let last_byte = parts.rows.last().copied();
+        let rows_length = parts.rows.len() as u64;
+        drop(bytes);
+        drop(permit);
+        // A CSV without a final newline gets one, outside its range, as any line file.
+        self.place(source, rows_length, rows_sha256, Ok(last_byte), seen).await
+    }
+}
