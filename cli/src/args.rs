@@ -131,7 +131,12 @@ pub struct ConfigArgs {
     /// {"Records":[...]} documents to gzip NDJSON), csv (one header per output), ndjson (lines
     /// that are not JSON set aside in a side file) or parquet (merged by column chunks; auto
     /// picks it for .parquet keys) [default: auto].
-    #[arg(long, global = true, env = "COMPACTOR_FORMAT", value_name = "auto|concat|bytes|cloudtrail|csv|ndjson|parquet")]
+    #[arg(
+        long,
+        global = true,
+        env = "COMPACTOR_FORMAT",
+        value_name = "auto|concat|bytes|cloudtrail|csv|ndjson|parquet"
+    )]
     pub format: Option<String>,
     /// A format per source prefix, e.g. AWSLogs/=cloudtrail,raw/=bytes; the longest matching
     /// prefix wins [default: none].

@@ -328,6 +328,10 @@ fn each_role_grants_only_its_own_queue_prefixes_table_and_key() {
     let outputs = format!("arn:<AWS::Partition>:s3:::{SOURCE_BUCKET}/compacted/*");
     assert_eq!(seal["s3:GetObjectTagging"], vec![sources.clone()]);
     assert_eq!(seal["s3:PutObjectTagging"], vec![sources.clone()]);
+    // The tag step tags the version its GET read in a versioned bucket, and takes the tag off
+    // a source found changed.
+    assert_eq!(seal["s3:PutObjectVersionTagging"], vec![sources.clone()]);
+    assert_eq!(seal["s3:DeleteObjectTagging"], vec![sources.clone()]);
     assert_eq!(seal["s3:AbortMultipartUpload"], vec![outputs.clone()]);
     assert_eq!(seal["kms:GenerateDataKey"], vec!["arn:aws:kms:us-east-1:123456789012:key/abcd"]);
     // Statements for one action in two places (GetObject: sources and outputs) fold into the
@@ -369,6 +373,7 @@ fn seal_fn_is_granted_every_operation_the_adapters_call() {
         ("delete_objects", Some("s3:DeleteObject")),
         ("get_object_tagging", Some("s3:GetObjectTagging")),
         ("put_object_tagging", Some("s3:PutObjectTagging")),
+        ("delete_object_tagging", Some("s3:DeleteObjectTagging")),
         // Only the CLI's `ingest --scan` lists.
         ("list_objects_v2", None),
         // DynamoDB; a transaction needs the actions of its parts.

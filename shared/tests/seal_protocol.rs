@@ -80,8 +80,9 @@ enum StorePath {
     /// Every port method forwarded, as production calls the store: the local directory's
     /// batched `get_many` and `add_tag_many`, S3's one request per source.
     AsProduction,
-    /// S3's path on every store: one GET, or one HEAD, GetObjectTagging and PutObjectTagging,
-    /// per source, each a call the fault plan can crash in (`FaultyStore::per_source`).
+    /// S3's path on every store: one GET, and one PutObjectTagging (a source with tags of its
+    /// own: HEAD, GetObjectTagging and PutObjectTagging), per source, each a call the fault plan
+    /// can crash in (`FaultyStore::per_source`).
     PerSource,
 }
 
@@ -521,6 +522,16 @@ on_each_backend!(
 );
 on_each_backend!(
     #[tokio::test]
+    tag_mode_costs_one_put_object_tagging_per_source_without_tags_of_its_own,
+    tag_mode_costs_one_put_object_tagging_per_source_without_tags_of_its_own_on_s3_and_dynamodb
+);
+on_each_backend!(
+    #[tokio::test]
+    a_source_found_changed_never_keeps_the_expiry_tag,
+    a_source_found_changed_never_keeps_the_expiry_tag_on_s3_and_dynamodb
+);
+on_each_backend!(
+    #[tokio::test]
     a_seal_makes_no_list_requests,
     a_seal_makes_no_list_requests_on_s3_and_dynamodb
 );
@@ -593,8 +604,8 @@ async fn a_crash_at_any_step_is_finished_by_the_next_run_tag_mode() {
     .await;
 }
 
-/// The same crashes on S3's path (one GET, or one HEAD, GetObjectTagging and PutObjectTagging,
-/// per source) through the local directory: between any two of those requests.
+/// The same crashes on S3's path (one GET, and one PutObjectTagging per source without tags of
+/// its own) through the local directory: between any two of those requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_step_is_finished_by_the_next_run_tag_mode_per_source() {
     cases::crash_at_every_step(cases::CrashPlan {
@@ -839,7 +850,11 @@ mod cases {
             // once; S3, and any store on the per-source path, one request per source.
             let batches = backend == Backend::Embedded && !per_source;
             let expected = match operation {
-                "store.put_tags" | "store.head" | "store.get_tags" => expiry == "tag" && per_source,
+                // No source of these datasets has tags of its own, so each costs the tag step one
+                // PutObjectTagging and no HEAD or GetObjectTagging (issue #12): only a finishing
+                // seal's recovery, which saw no GET, reads first, and no crash is planned there.
+                "store.put_tags" => expiry == "tag" && per_source,
+                "store.head" | "store.get_tags" => false,
                 "store.add_tag_many" => expiry == "tag" && !per_source,
                 "store.get_many" => batches && any_run(|dataset| dataset.line_objects + dataset.gzip_objects >= 2),
                 "store.delete_many" => expiry == "delete",
@@ -1171,12 +1186,64 @@ mod cases {
         };
         assert_eq!((counts.get("store.get"), counts.get("store.get_many")), reads, "{counts:?}");
         // Tagged right after each of the 4 commits, all of an output's sources in one call (on
-        // S3 the store makes a HEAD, a GET and a PUT of the tags per source inside it).
+        // S3 the store makes one PutObjectTagging per source inside it: none has tags of its own).
         assert_eq!(counts.get("store.add_tag_many"), Some(&4), "{counts:?}");
         assert_eq!(counts.get("store.put_tags"), None, "{counts:?}");
         let partition = PartitionKey::new(&harness.bucket, "app/2024/01/15/");
         let objects = harness.manifest.objects(&partition, &ObjectQuery::all()).await.unwrap();
         assert_eq!(objects.len(), 15);
+    }
+
+    /// Tag mode's cost per source (issue #12): a source the seal's GET saw without tags of its
+    /// own costs one PutObjectTagging and nothing else; only a source with tags of its own is
+    /// read (HEAD, GetObjectTagging) so that they are kept. Counted on the per-source path, S3's,
+    /// where each of those requests is a call of its own.
+    pub async fn tag_mode_costs_one_put_object_tagging_per_source_without_tags_of_its_own(backend: Backend) {
+        let Some(mut harness) = Harness::new(backend, "tag").await else { return };
+        harness.path = StorePath::PerSource;
+        for index in 0..5 {
+            harness.add(&format!("app/2024/01/15/s-{index}.json"), format!("{{\"s\":{index}}}\n")).await;
+        }
+        let own_tags = [Tag::new("team", "x")];
+        harness.store.put_tags(&harness.bucket, "app/2024/01/15/s-3.json", &own_tags).await.unwrap();
+        harness.plan.heal();
+        let report = harness.seal().await;
+        assert_eq!((report.objects_compacted, report.expiry.tagged), (5, 5), "{report:?}");
+        let counts = harness.plan.counts();
+        assert_eq!(counts.get("store.get"), Some(&5), "{counts:?}");
+        assert_eq!(counts.get("store.put_tags"), Some(&5), "one PutObjectTagging per source: {counts:?}");
+        assert_eq!(counts.get("store.head"), Some(&1), "only the source with tags of its own: {counts:?}");
+        assert_eq!(counts.get("store.get_tags"), Some(&1), "only the source with tags of its own: {counts:?}");
+        let expiry_tag = harness.config.expiry_tag.clone();
+        let tags = harness.store.get_tags(&harness.bucket, "app/2024/01/15/s-3.json").await.unwrap();
+        assert!(tags.contains(&own_tags[0]) && tags.contains(&expiry_tag), "its own tags are kept: {tags:?}");
+        let tags = harness.store.get_tags(&harness.bucket, "app/2024/01/15/s-0.json").await.unwrap();
+        assert_eq!(tags, vec![expiry_tag]);
+        harness.assert_safe("after a tag-mode seal").await;
+    }
+
+    /// The guard of tag mode's overwrite window: a source the seal finds changed (a newer
+    /// version the tag request of an earlier run could have reached after its GET) never keeps
+    /// the expiry tag, and keeps its other tags.
+    pub async fn a_source_found_changed_never_keeps_the_expiry_tag(backend: Backend) {
+        let Some(mut harness) = Harness::new(backend, "tag").await else { return };
+        let key = "app/2024/01/14/rewritten.json";
+        harness.add(key, "{\"v\":1}\n").await;
+        harness.add("app/2024/01/14/kept.json", "{\"kept\":1}\n").await;
+        // A newer version, its event not ingested yet, tagged as an earlier run's one request
+        // would have tagged it had the overwrite come between that run's GET and its tagging.
+        harness
+            .store
+            .put(&harness.bucket, key, Bytes::from("{\"v\":2,\"longer\":1}\n"), PutOptions::default())
+            .await
+            .unwrap();
+        let expiry_tag = harness.config.expiry_tag.clone();
+        harness.store.put_tags(&harness.bucket, key, &[Tag::new("team", "x"), expiry_tag.clone()]).await.unwrap();
+        harness.plan.heal();
+        let report = harness.seal().await;
+        assert_eq!((report.objects_compacted, report.objects_missing), (1, 1), "{report:?}");
+        let tags = harness.store.get_tags(&harness.bucket, key).await.unwrap();
+        assert_eq!(tags, vec![Tag::new("team", "x")], "the expiry tag is taken off, the others kept");
     }
 
     /// The copy cases' settings: one output for the whole partition; parts of 8 MiB, so the

@@ -22,6 +22,7 @@ mod parquet_output;
 pub mod plan;
 pub mod restore;
 pub mod seal;
+mod seen;
 pub mod verify;
 mod writer;
 

@@ -23,9 +23,11 @@
 //! the store itself and counted `changed`, with no HEAD beforehand. A crash with a batch
 //! waiting leaves compacted, unmarked sources, which the next run's recovery marks (it reads
 //! them 1,000 at a time). Tag mode has no batch request on S3: right after each commit, every
-//! source is read (HEAD, GetObjectTagging) and tagged on its own, 16 at a time
-//! ([`ObjectStore::add_tag_many`](crate::ports::ObjectStore::add_tag_many)); the local
-//! directory tags a whole output's sources in one go.
+//! source is tagged on its own, 16 at a time
+//! ([`ObjectStore::add_tag_many`](crate::ports::ObjectStore::add_tag_many)), with one
+//! PutObjectTagging when its GET showed no tags of its own (kept from the write in
+//! `SeenSources`), after a HEAD and GetObjectTagging otherwise; the local directory tags a
+//! whole output's sources in one go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -36,6 +38,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::seen::SeenSources;
 use super::writer::{needs_multipart, OutputTarget, WindowedWriter, WrittenOutput};
 use super::{Compactor, EngineError};
 use crate::config::ExpiryMode;
@@ -44,6 +47,7 @@ use crate::domain::plan::PlannedOutput;
 use crate::domain::ranges::{PlannedRange, RangePacker, RangeWindow};
 use crate::domain::records::{expiry_unfinished, renewal_due};
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionState};
+use crate::ports::object_store::remove_tag;
 use crate::ports::{
     DeleteRequest, HeldLock, Lease, ManifestError, ObjectQuery, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };
@@ -477,7 +481,8 @@ impl Compactor {
                             if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
                                 break 'passes;
                             }
-                            self.expire_ready_sources(report, &mut awaiting_expiry).await?;
+                            self.expire_ready_sources(report, &mut awaiting_expiry, &mut SeenSources::default())
+                                .await?;
                         }
                         Ok(None) => {}
                         Err(_refused) => {
@@ -491,7 +496,7 @@ impl Compactor {
                         if !self.write_and_commit(lease, report, range, options, &mut awaiting_expiry).await? {
                             break 'passes;
                         }
-                        self.expire_ready_sources(report, &mut awaiting_expiry).await?;
+                        self.expire_ready_sources(report, &mut awaiting_expiry, &mut SeenSources::default()).await?;
                     }
                     break;
                 }
@@ -506,7 +511,7 @@ impl Compactor {
         }
         // What is left, also when the deadline stopped the run: those outputs are committed.
         if !awaiting_expiry.is_empty() {
-            let counts = self.mark_sources_for_expiry(&awaiting_expiry).await?;
+            let counts = self.mark_sources_for_expiry(&awaiting_expiry, &mut SeenSources::default()).await?;
             report.expiry.add(&counts);
         }
         Ok(())
@@ -519,6 +524,7 @@ impl Compactor {
         &self,
         report: &mut PartitionSealReport,
         awaiting_expiry: &mut Vec<ExpirySource>,
+        seen: &mut SeenSources,
     ) -> Result<(), EngineError> {
         let ready = match self.config.expiry {
             ExpiryMode::Delete => awaiting_expiry.len() / EXPIRY_BATCH * EXPIRY_BATCH,
@@ -526,7 +532,7 @@ impl Compactor {
         };
         let ready_sources: Vec<ExpirySource> = awaiting_expiry.drain(..ready).collect();
         for batch in ready_sources.chunks(EXPIRY_BATCH) {
-            let counts = self.mark_sources_for_expiry(batch).await?;
+            let counts = self.mark_sources_for_expiry(batch, seen).await?;
             report.expiry.add(&counts);
         }
         Ok(())
@@ -562,11 +568,10 @@ impl Compactor {
         let mut awaiting: Vec<ExpirySource> = Vec::new();
         for output in committed.iter().filter(|output| expiry_unfinished(output)) {
             let through = output.expiry.as_ref().and_then(|cursor| cursor.through.clone());
-            let source_bucket = &output.partition.bucket;
-            self.expire_output(report, source_bucket, &output.bucket, &output.key, through, &mut awaiting).await?;
+            self.expire_output(report, output, through, &mut awaiting, &mut SeenSources::default()).await?;
         }
         if !awaiting.is_empty() {
-            let counts = self.mark_sources_for_expiry(&awaiting).await?;
+            let counts = self.mark_sources_for_expiry(&awaiting, &mut SeenSources::default()).await?;
             report.expiry.add(&counts);
         }
         // Sources of outputs committed before cursors existed carry their own marks.
@@ -580,7 +585,7 @@ impl Compactor {
             }
             let page_length = page.len();
             let sources: Vec<ExpirySource> = page.into_iter().map(ExpirySource::of_record).collect();
-            let counts = self.mark_sources_for_expiry(&sources).await?;
+            let counts = self.mark_sources_for_expiry(&sources, &mut SeenSources::default()).await?;
             report.expiry.add(&counts);
             if page_length < PAGE {
                 break;
@@ -596,12 +601,13 @@ impl Compactor {
     async fn expire_output(
         &self,
         report: &mut PartitionSealReport,
-        source_bucket: &str,
-        output_bucket: &str,
-        output_key: &str,
+        output: &OutputRecord,
         start_after: Option<(u64, String)>,
         awaiting_expiry: &mut Vec<ExpirySource>,
+        seen: &mut SeenSources,
     ) -> Result<u64, EngineError> {
+        let (source_bucket, output_bucket, output_key) =
+            (output.partition.bucket.as_str(), output.bucket.as_str(), output.key.as_str());
         let fetch = |after: Option<(u64, String)>| async move {
             let cursor = after.as_ref().map(|(offset, key)| (*offset, key.as_str()));
             self.manifest.output_placements(output_bucket, output_key, cursor, PAGE).await
@@ -636,7 +642,7 @@ impl Compactor {
                     }),
                 });
             }
-            self.expire_ready_sources(report, awaiting_expiry).await?;
+            self.expire_ready_sources(report, awaiting_expiry, seen).await?;
             if last_page {
                 return Ok(source_bytes);
             }
@@ -694,7 +700,7 @@ impl Compactor {
             record.upload_id = Some(upload_id);
             self.manifest.begin_output(lease, &record).await?;
         }
-        let (placed, superseded, written) = self.write_windows(lease, report, &range, &record).await?;
+        let (placed, superseded, mut written) = self.write_windows(lease, report, &range, &record).await?;
         // Counted before anything else: the seal's next pass depends on it.
         report.objects_deferred += written.deferred_sources;
         if !written.written {
@@ -721,9 +727,7 @@ impl Compactor {
         // What may expire is what the output holds, from its placements: read back a page at a
         // time, so a large output's sources are never all held here, and with no read of the
         // sources' records (each tag or delete is conditional on the placed ETag instead).
-        let source_bucket = lease.partition.bucket.clone();
-        let source_bytes =
-            self.expire_output(report, &source_bucket, &dest_bucket, &range.key, None, awaiting_expiry).await?;
+        let source_bytes = self.expire_output(report, &record, None, awaiting_expiry, &mut written.seen).await?;
         report.outputs_committed += 1;
         report.objects_compacted += compacted;
         report.objects_superseded += superseded;
@@ -798,6 +802,17 @@ impl Compactor {
             writer.write(&sources).await?;
             drop(sources);
             for missing in writer.take_missing() {
+                if self.config.expiry == ExpiryMode::Tag {
+                    // A source found changed may be a newer version that a tag request of an
+                    // earlier run reached (README, "Tag mode: the overwrite window"): it must not
+                    // keep the expiry tag while it waits for its own compaction. Before the
+                    // record, so that a failure here is retried with the source.
+                    if remove_tag(self.store.as_ref(), &lease.partition.bucket, &missing.key, &self.config.expiry_tag)
+                        .await?
+                    {
+                        warn!(key = %missing.key, "a changed source carried the expiry tag; removed it");
+                    }
+                }
                 self.manifest.mark_missing(lease, &missing.key, &missing.sequencer, &missing.note).await?;
                 report.objects_missing += 1;
             }
@@ -814,10 +829,14 @@ impl Compactor {
     /// record only for the exceptions (changed, gone, at the tag limit), for sources of outputs
     /// without a cursor, and for every source when records expire (a record TTL needs a time
     /// on each record).
-    async fn mark_sources_for_expiry(&self, sources: &[ExpirySource]) -> Result<ExpiryCounts, EngineError> {
+    async fn mark_sources_for_expiry(
+        &self,
+        sources: &[ExpirySource],
+        seen: &mut SeenSources,
+    ) -> Result<ExpiryCounts, EngineError> {
         let (outcomes, first_error) = match self.config.expiry {
             ExpiryMode::None => return Ok(ExpiryCounts::default()),
-            ExpiryMode::Tag => self.tag_for_expiry(sources).await,
+            ExpiryMode::Tag => self.tag_for_expiry(sources, seen).await,
             ExpiryMode::Delete => self.delete_for_expiry(sources).await,
         };
         let now = self.clock.now();
@@ -876,18 +895,25 @@ impl Compactor {
         }
     }
 
-    /// Tag mode: one `add_tag_many` per bucket (on S3, a few requests per source, none
-    /// batched). Returns what was done to each source that did not fail, and the first failure.
+    /// Tag mode: one `add_tag_many` per bucket. On S3 a source this run read with no tags of
+    /// its own (`seen`) costs one PutObjectTagging, on the version read; any other source a
+    /// HEAD, GetObjectTagging and PutObjectTagging. Returns what was done to each source that
+    /// did not fail, and the first failure.
     async fn tag_for_expiry<'a>(
         &self,
         sources: &'a [ExpirySource],
+        seen: &mut SeenSources,
     ) -> (Vec<(&'a ExpirySource, ExpiryOutcome)>, Option<EngineError>) {
         let mut outcomes = Vec::with_capacity(sources.len());
         let mut first_error = None;
         for (bucket, bucket_sources) in by_bucket(sources) {
             let requests: Vec<TagRequest> = bucket_sources
                 .iter()
-                .map(|source| TagRequest { key: source.key.clone(), if_match: source.etag.clone() })
+                .map(|source| TagRequest {
+                    key: source.key.clone(),
+                    if_match: source.etag.clone(),
+                    seen: seen.take(&source.bucket, &source.key),
+                })
                 .collect();
             let answers = self.store.add_tag_many(bucket, &requests, &self.config.expiry_tag).await;
             for (source, answer) in bucket_sources.into_iter().zip(answers) {

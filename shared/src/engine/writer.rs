@@ -51,13 +51,14 @@ use tracing::{debug, warn};
 
 mod formats;
 
+use super::seen::SeenSources;
 use super::EngineError;
-use crate::config::{Config, MAX_PART_BYTES, MIN_PART_BYTES};
+use crate::config::{Config, ExpiryMode, MAX_PART_BYTES, MIN_PART_BYTES};
 use crate::domain::format::{FormatClass, FormatMode, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
 use crate::domain::plan::PlannedOutput;
 use crate::domain::records::{ObjectRecord, Placement};
 use crate::ports::{
-    CompletedPart, GetOptions, GetRequest, GetResult, ObjectStore, PutOptions, SourcePlacement, StoreError,
+    CompletedPart, GetOptions, GetRequest, GetResult, ObjectStore, PutOptions, SeenAtRead, SourcePlacement, StoreError,
 };
 
 /// A source the writer could not read as recorded: it is gone, or its bytes changed.
@@ -93,6 +94,8 @@ pub(crate) struct WrittenOutput {
     pub deferred_sources: u64,
     /// Lines that are not JSON, set aside in the output's side file (`ndjson`).
     pub invalid_lines: u64,
+    /// In tag mode, what each placed source's GET showed, for the tag step after the commit.
+    pub seen: SeenSources,
 }
 
 /// Where the output goes and how.
@@ -139,7 +142,7 @@ fn at_part_boundary(buffered_bytes: u64) -> bool {
 enum SourceRead {
     /// Read whole ahead of the writer. The last source of a batch holds the batch's share of
     /// the read-ahead budget until its bytes are in the part buffer.
-    Prefetched { result: Result<Bytes, SourceUnreadable>, permit: Option<OwnedSemaphorePermit> },
+    Prefetched { result: Result<(Bytes, SeenAtRead), SourceUnreadable>, permit: Option<OwnedSemaphorePermit> },
     /// A copy candidate: read by the writer at its turn, never ahead, holding no permits.
     AtTurn,
 }
@@ -356,8 +359,8 @@ impl<'a> WindowedWriter<'a> {
         while let Some(batch) = reads.next().await {
             for read in batch? {
                 match read {
-                    (source, SourceRead::Prefetched { result: Ok(bytes), permit }) => {
-                        writer.append_whole(&source, bytes, permit).await?
+                    (source, SourceRead::Prefetched { result: Ok((bytes, seen)), permit }) => {
+                        writer.append_whole(&source, bytes, &seen, permit).await?
                     }
                     (source, SourceRead::Prefetched { result: Err(unreadable), .. }) => {
                         writer.record_missing(&source, unreadable)
@@ -436,12 +439,13 @@ impl<'a> OutputWriter<'a> {
         &mut self,
         source: &ObjectRecord,
         bytes: Bytes,
+        seen: &SeenAtRead,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
         match self.planned.class.format {
-            FormatMode::Cloudtrail => return self.append_rewritten(source, bytes, permit).await,
-            FormatMode::Csv => return self.append_csv(source, bytes, permit).await,
-            FormatMode::Ndjson => return self.append_ndjson(source, bytes, permit).await,
+            FormatMode::Cloudtrail => return self.append_rewritten(source, bytes, seen, permit).await,
+            FormatMode::Csv => return self.append_csv(source, bytes, seen, permit).await,
+            FormatMode::Ndjson => return self.append_ndjson(source, bytes, seen, permit).await,
             // Parquet outputs are written by `ParquetOutput`, never by this writer.
             FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes | FormatMode::Parquet => {}
         }
@@ -452,7 +456,7 @@ impl<'a> OutputWriter<'a> {
         self.append(&bytes).await?;
         drop(bytes);
         drop(permit);
-        self.place(source, source.size, source_sha256, tail.finish()).await
+        self.place(source, source.size, source_sha256, tail.finish(), seen).await
     }
 
     /// A copy candidate's turn: copied if the buffer is at a legal part boundary, streamed
@@ -496,6 +500,7 @@ impl<'a> OutputWriter<'a> {
         debug_assert!(self.buffer.is_empty(), "the buffer is flushed before a copy");
         let etag = source.etag.as_deref().expect("copy candidates have a recorded ETag");
         let tentative_output_hasher = self.output_hasher.clone();
+        let seen = body.seen.clone();
         let (copied, hashed) = tokio::join!(
             self.uploads.copy(source, etag),
             hash_body(source, &self.planned.class, body, tentative_output_hasher)
@@ -507,7 +512,7 @@ impl<'a> OutputWriter<'a> {
                 self.written.copied_sources += 1;
                 self.written.copied_bytes += source.size;
                 debug!(key = %source.key, size = source.size, "source copied server-side");
-                self.place(source, source.size, hashed.source_sha256, hashed.text_end).await
+                self.place(source, source.size, hashed.source_sha256, hashed.text_end, &seen).await
             }
             Err(error) => match unreadable_from(error) {
                 Ok(unreadable) => {
@@ -533,7 +538,7 @@ impl<'a> OutputWriter<'a> {
             streamed_bytes += chunk.len() as u64;
         }
         check_body_length(source, streamed_bytes)?;
-        self.place(source, source.size, hex::encode(source_hasher.finalize()), tail.finish()).await
+        self.place(source, source.size, hex::encode(source_hasher.finalize()), tail.finish(), &body.seen).await
     }
 
     /// Records where a source went (`length` bytes, just appended: the source's own, or what a
@@ -545,7 +550,11 @@ impl<'a> OutputWriter<'a> {
         length: u64,
         source_sha256: String,
         text_end: Result<Option<u8>, UnreadableGzip>,
+        seen: &SeenAtRead,
     ) -> Result<(), EngineError> {
+        if self.config.expiry == ExpiryMode::Tag {
+            self.written.seen.push(&source.bucket, &source.key, seen);
+        }
         let last_byte = text_end.unwrap_or_else(|UnreadableGzip(reason)| {
             // Its bytes still go in as they are (nothing is dropped); a reader of the output
             // will stumble on them as it would on the source itself.
@@ -745,7 +754,7 @@ fn size_changed(source: &ObjectRecord, found_bytes: u64) -> SourceUnreadable {
 async fn read_source(
     store: &dyn ObjectStore,
     source: &ObjectRecord,
-) -> Result<Result<Bytes, SourceUnreadable>, StoreError> {
+) -> Result<Result<(Bytes, SeenAtRead), SourceUnreadable>, StoreError> {
     match open_source(store, source).await? {
         Ok(body) => read_body(source, body).await,
         Err(unreadable) => Ok(Err(unreadable)),
@@ -753,9 +762,13 @@ async fn read_source(
 }
 
 /// An opened source's bytes, whole; a body that ends early or late is a changed source.
-async fn read_body(source: &ObjectRecord, body: GetResult) -> Result<Result<Bytes, SourceUnreadable>, StoreError> {
+async fn read_body(
+    source: &ObjectRecord,
+    mut body: GetResult,
+) -> Result<Result<(Bytes, SeenAtRead), SourceUnreadable>, StoreError> {
+    let seen = std::mem::take(&mut body.seen);
     match body.bytes().await {
-        Ok(bytes) if bytes.len() as u64 == source.size => Ok(Ok(bytes)),
+        Ok(bytes) if bytes.len() as u64 == source.size => Ok(Ok((bytes, seen))),
         Ok(bytes) => Ok(Err(size_changed(source, bytes.len() as u64))),
         Err(error) => unreadable_from(error).map(Err),
     }
@@ -766,7 +779,7 @@ async fn read_body(source: &ObjectRecord, body: GetResult) -> Result<Result<Byte
 async fn read_sources(
     store: &dyn ObjectStore,
     sources: &[ObjectRecord],
-) -> Result<Vec<Result<Bytes, SourceUnreadable>>, StoreError> {
+) -> Result<Vec<Result<(Bytes, SeenAtRead), SourceUnreadable>>, StoreError> {
     if let [source] = sources {
         return Ok(vec![read_source(store, source).await?]);
     }

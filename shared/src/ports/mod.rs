@@ -10,5 +10,5 @@ pub use manifest::{
 };
 pub use object_store::{
     CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions,
-    StoreError, Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
+    SeenAtRead, StoreError, Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };

@@ -96,12 +96,35 @@ impl DeleteRequest {
     }
 }
 
+/// What a GET's response showed about the object besides its bytes: what lets the tag step
+/// tag it with one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeenAtRead {
+    /// How many tags the object carried (S3's `x-amz-tagging-count`, whose absence means none);
+    /// `None` when the store does not say (the local directory).
+    pub tag_count: Option<u32>,
+    /// The version read, in a bucket with versioning (S3's `x-amz-version-id`).
+    pub version_id: Option<String>,
+}
+
 /// One object of an `add_tag_many`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagRequest {
     pub key: String,
     /// Tag only if the object's ETag is this one (quoted or not).
     pub if_match: Option<String>,
+    /// What the GET that read this object showed, when the caller kept it. An object seen with
+    /// no tags of its own is tagged with one request, setting the tag set to the one tag (on
+    /// the version read, when there is one), without reading its ETag or tags again: see
+    /// [`ObjectStore::add_tag_many`] for the window that leaves.
+    pub seen: Option<SeenAtRead>,
+}
+
+impl TagRequest {
+    /// A request that reads the object's ETag and tags before tagging it.
+    pub fn new(key: impl Into<String>, if_match: Option<String>) -> Self {
+        Self { key: key.into(), if_match, seen: None }
+    }
 }
 
 /// What `add_tag_many` found and did to one object.
@@ -165,11 +188,17 @@ pub struct GetResult {
     /// The byte range the stream holds.
     pub range: Range<u64>,
     pub body: BoxStream<'static, Result<Bytes, StoreError>>,
+    /// What the response said of the object's tags and version.
+    pub seen: SeenAtRead,
 }
 
 impl fmt::Debug for GetResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
+        f.debug_struct("GetResult")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
     }
 }
 
@@ -307,6 +336,34 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Replaces the object's whole tag set, as S3's PutObjectTagging does.
     async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError>;
 
+    /// Replaces the tag set of one version of the object (PutObjectTagging with `versionId`):
+    /// [`StoreError::NotFound`] when that version is gone. Only called with a version a GET of
+    /// this store named; a store without versions (the local directory) names none, and its
+    /// default refuses the call.
+    async fn put_version_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        let _ = tags;
+        Err(StoreError::InvalidRequest {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            message: format!(
+                "this store ({}) has no object versions, so none can be tagged ({version_id})",
+                self.name()
+            ),
+        })
+    }
+
+    /// Removes all of the object's tags (S3's DeleteObjectTagging, which is free); succeeds
+    /// when the object has none. The default puts an empty tag set.
+    async fn delete_tags(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.put_tags(bucket, key, &[]).await
+    }
+
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
 
     /// Deletes up to [`MAX_KEYS_PER_DELETE`] keys of one bucket, in one request where the
@@ -325,11 +382,15 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Adds `tag` to each object's tags, keeping its other tags (see [`with_tag_added`]), unless
     /// its ETag is not `if_match`. Returns one outcome per request, in order.
     ///
-    /// S3 has no batch tagging, so the default reads and writes each object on its own, a few
-    /// at a time: HEAD (the ETag), GetObjectTagging, PutObjectTagging. PutObjectTagging takes
-    /// no If-Match, so the check narrows the window in which a newer version could be tagged
-    /// to the time between the requests; it does not close it. A store that can do the whole
-    /// batch at once (the local directory: one blocking-pool hop) overrides this.
+    /// S3 has no batch tagging, so the default tags each object on its own, a few at a time.
+    /// An object whose request says it was seen with no tags (`seen.tag_count == Some(0)`)
+    /// costs one PutObjectTagging, setting the one tag, on the version read when the bucket has
+    /// versions: that request is the whole cost of tag mode per source. Any other object is
+    /// read first: HEAD (the ETag), GetObjectTagging, then PutObjectTagging with the tag merged
+    /// in. PutObjectTagging takes no If-Match: on the version read nothing else can be tagged,
+    /// but without a version an overwrite after the GET (or the HEAD) gets the tag. The seal
+    /// makes that harmless (README, "Tag mode: the overwrite window"). A store that can do the
+    /// whole batch at once (the local directory: one blocking-pool hop) overrides this.
     async fn add_tag_many(
         &self,
         bucket: &str,
@@ -374,6 +435,20 @@ async fn add_tag<S: ObjectStore + ?Sized>(
     request: &TagRequest,
     tag: &Tag,
 ) -> Result<TagOutcome, StoreError> {
+    if let Some(SeenAtRead { tag_count: Some(0), version_id }) = &request.seen {
+        // Seen without tags: the tag set becomes the one tag, with nothing of the object's own
+        // to keep, so neither its ETag nor its tags are read again.
+        let tags = std::slice::from_ref(tag);
+        let answer = match version_id {
+            Some(version_id) => store.put_version_tags(bucket, &request.key, version_id, tags).await,
+            None => store.put_tags(bucket, &request.key, tags).await,
+        };
+        return match answer {
+            Ok(()) => Ok(TagOutcome::Tagged),
+            Err(StoreError::NotFound { .. }) => Ok(TagOutcome::Gone),
+            Err(error) => Err(error),
+        };
+    }
     let meta = match store.head(bucket, &request.key).await {
         Ok(meta) => meta,
         Err(StoreError::NotFound { .. }) => return Ok(TagOutcome::Gone),
@@ -396,6 +471,35 @@ async fn add_tag<S: ObjectStore + ?Sized>(
     match store.put_tags(bucket, &request.key, &tags).await {
         Ok(()) => Ok(TagOutcome::Tagged),
         Err(StoreError::NotFound { .. }) => Ok(TagOutcome::Gone),
+        Err(error) => Err(error),
+    }
+}
+
+/// Takes `tag` off the object, keeping its other tags: GetObjectTagging, then, only when the
+/// object carries the tag, PutObjectTagging with the others or DeleteObjectTagging when none
+/// is left. Returns whether the tag was there. A missing object has no tag to remove.
+pub async fn remove_tag<S: ObjectStore + ?Sized>(
+    store: &S,
+    bucket: &str,
+    key: &str,
+    tag: &Tag,
+) -> Result<bool, StoreError> {
+    let existing = match store.get_tags(bucket, key).await {
+        Ok(existing) => existing,
+        Err(StoreError::NotFound { .. }) => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    if !existing.contains(tag) {
+        return Ok(false);
+    }
+    let others: Vec<Tag> = existing.into_iter().filter(|existing_tag| existing_tag != tag).collect();
+    let removed = if others.is_empty() {
+        store.delete_tags(bucket, key).await
+    } else {
+        store.put_tags(bucket, key, &others).await
+    };
+    match removed {
+        Ok(()) | Err(StoreError::NotFound { .. }) => Ok(true),
         Err(error) => Err(error),
     }
 }

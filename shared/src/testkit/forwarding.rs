@@ -101,8 +101,9 @@ impl<L: StoreLayer> Layered<L> {
     }
 
     /// Takes S3's path whatever the inner store can batch: `get_batch_size` is 1, and
-    /// `get_many` and `add_tag_many` are the port's defaults, one GET, or one HEAD,
-    /// GetObjectTagging and PutObjectTagging, per source, each through the layer.
+    /// `get_many` and `add_tag_many` are the port's defaults, one GET, and one PutObjectTagging
+    /// (after a HEAD and a GetObjectTagging for a source not seen untagged), per source, each
+    /// through the layer.
     pub fn per_source(mut self) -> Self {
         self.per_source = true;
         self
@@ -243,6 +244,21 @@ impl<L: StoreLayer> ObjectStore for Layered<L> {
     async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError> {
         let forward = self.inner.put_tags(bucket, key, tags);
         self.layer.around(StoreCall::new("store.put_tags", bucket, key), forward).await
+    }
+
+    async fn put_version_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        let forward = self.inner.put_version_tags(bucket, key, version_id, tags);
+        self.layer.around(StoreCall::new("store.put_version_tags", bucket, key), forward).await
+    }
+
+    async fn delete_tags(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.layer.around(StoreCall::new("store.delete_tags", bucket, key), self.inner.delete_tags(bucket, key)).await
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {

@@ -49,8 +49,8 @@ use futures::StreamExt;
 
 use crate::config::MIN_PART_BYTES;
 use crate::ports::object_store::{
-    CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ObjectMeta, ObjectStore, PutOptions, StoreError,
-    Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
+    remove_tag, CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ObjectMeta, ObjectStore, PutOptions,
+    SeenAtRead, StoreError, Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE,
 };
 
 /// Makes one `#[tokio::test]` per conformance case, each calling
@@ -138,6 +138,9 @@ macro_rules! object_store_conformance_tests {
             completed_multipart_clears_tags,
             tags_of_a_missing_key_are_not_found,
             add_tag_many_merges_and_answers_each_object_in_order,
+            get_says_how_many_tags_the_object_carries,
+            add_tag_many_sets_the_tag_of_an_object_seen_untagged_without_reading_it,
+            remove_tag_takes_only_that_tag_off,
             delete_is_idempotent,
             delete_many_deletes_every_key_and_counts_missing_keys_as_deleted,
             delete_many_with_the_current_etag_deletes_and_with_a_stale_one_keeps_the_object,
@@ -747,6 +750,7 @@ pub async fn add_tag_many_merges_and_answers_each_object_in_order(store: &dyn Ob
     let request = |key: &str, meta: Option<&ObjectMeta>| TagRequest {
         key: key.to_owned(),
         if_match: meta.and_then(|meta| meta.etag.clone()),
+        seen: None,
     };
     let requests = [
         request("expiry/untagged", Some(&untagged)),
@@ -790,6 +794,80 @@ pub async fn add_tag_many_merges_and_answers_each_object_in_order(store: &dyn Ob
         store.name()
     );
     assert_eq!(store.add_tag_many(bucket, &[], &tag).await.len(), 0, "an empty batch is no work");
+}
+
+pub async fn get_says_how_many_tags_the_object_carries(store: &dyn ObjectStore, bucket: &str) {
+    put_bytes(store, bucket, "seen/untagged", Bytes::from_static(b"a")).await;
+    put_bytes(store, bucket, "seen/tagged", Bytes::from_static(b"b")).await;
+    store.put_tags(bucket, "seen/tagged", &[Tag::new("team", "x"), Tag::new("tier", "1")]).await.expect("tags");
+    let untagged = store.get(bucket, "seen/untagged", GetOptions::default()).await.expect("get");
+    let tagged = store.get(bucket, "seen/tagged", GetOptions::default()).await.expect("get");
+    // The tag step trusts a count of 0 to replace the tag set: a store must never under-count.
+    assert_eq!(untagged.seen.tag_count, Some(0), "{}: an object without tags", store.name());
+    assert_eq!(tagged.seen.tag_count, Some(2), "{}: an object with two tags", store.name());
+    // Fresh buckets are unversioned: a version named here would be tagged instead of the key.
+    assert_eq!((untagged.seen.version_id, tagged.seen.version_id), (None, None), "{}", store.name());
+    let many = store
+        .get_many(bucket, &[GetRequest { key: "seen/tagged".into(), options: GetOptions::default() }])
+        .await
+        .pop()
+        .expect("one answer")
+        .expect("get_many");
+    assert_eq!(many.seen.tag_count, Some(2), "{}: get_many says it too", store.name());
+}
+
+pub async fn add_tag_many_sets_the_tag_of_an_object_seen_untagged_without_reading_it(
+    store: &dyn ObjectStore,
+    bucket: &str,
+) {
+    let tag = Tag::new("compacted", "true");
+    let seen_untagged = Some(SeenAtRead { tag_count: Some(0), version_id: None });
+    put_bytes(store, bucket, "seen/plain", Bytes::from_static(b"a")).await;
+    put_bytes(store, bucket, "seen/with-tags", Bytes::from_static(b"b")).await;
+    store.put_tags(bucket, "seen/with-tags", &[Tag::new("team", "x")]).await.expect("tags");
+    let requests = [
+        TagRequest { key: "seen/plain".into(), if_match: None, seen: seen_untagged.clone() },
+        TagRequest {
+            key: "seen/with-tags".into(),
+            if_match: None,
+            seen: Some(SeenAtRead { tag_count: Some(1), version_id: None }),
+        },
+        TagRequest { key: "seen/gone".into(), if_match: None, seen: seen_untagged },
+    ];
+    let outcomes: Vec<TagOutcome> = store
+        .add_tag_many(bucket, &requests, &tag)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.expect("no object fails"))
+        .collect();
+    assert_eq!(outcomes, [TagOutcome::Tagged, TagOutcome::Tagged, TagOutcome::Gone], "{}", store.name());
+    assert_eq!(store.get_tags(bucket, "seen/plain").await.expect("tags"), vec![tag.clone()], "{}", store.name());
+    assert_eq!(
+        sorted_tags(store.get_tags(bucket, "seen/with-tags").await.expect("tags")),
+        sorted_tags(vec![Tag::new("team", "x"), tag.clone()]),
+        "{}: an object seen with tags keeps them",
+        store.name()
+    );
+    assert_not_found(store, "a gone key stays gone", store.get(bucket, "seen/gone", GetOptions::default()).await);
+}
+
+pub async fn remove_tag_takes_only_that_tag_off(store: &dyn ObjectStore, bucket: &str) {
+    let tag = Tag::new("compacted", "true");
+    put_bytes(store, bucket, "unmark/only-ours", Bytes::from_static(b"a")).await;
+    store.put_tags(bucket, "unmark/only-ours", std::slice::from_ref(&tag)).await.expect("tags");
+    put_bytes(store, bucket, "unmark/with-others", Bytes::from_static(b"b")).await;
+    store.put_tags(bucket, "unmark/with-others", &[Tag::new("team", "x"), tag.clone()]).await.expect("tags");
+    put_bytes(store, bucket, "unmark/not-ours", Bytes::from_static(b"c")).await;
+    store.put_tags(bucket, "unmark/not-ours", &[Tag::new("compacted", "false")]).await.expect("tags");
+
+    assert!(remove_tag(store, bucket, "unmark/only-ours", &tag).await.expect("remove"), "{}", store.name());
+    assert_eq!(store.get_tags(bucket, "unmark/only-ours").await.expect("tags"), Vec::<Tag>::new());
+    assert!(remove_tag(store, bucket, "unmark/with-others", &tag).await.expect("remove"), "{}", store.name());
+    assert_eq!(store.get_tags(bucket, "unmark/with-others").await.expect("tags"), vec![Tag::new("team", "x")]);
+    assert!(!remove_tag(store, bucket, "unmark/not-ours", &tag).await.expect("remove"), "{}", store.name());
+    assert_eq!(store.get_tags(bucket, "unmark/not-ours").await.expect("tags"), vec![Tag::new("compacted", "false")]);
+    assert!(!remove_tag(store, bucket, "unmark/gone", &tag).await.expect("a gone key"), "{}", store.name());
+    store.delete_tags(bucket, "unmark/only-ours").await.expect("deleting no tags succeeds");
 }
 
 pub async fn delete_is_idempotent(store: &dyn ObjectStore, bucket: &str) {

@@ -102,7 +102,7 @@ use sha2::{Digest, Sha256};
 use crate::config::MAX_PARTS;
 use crate::ports::object_store::{
     with_tag_added, CompletedPart, DeleteRequest, GetOptions, GetRequest, GetResult, ListPage, ObjectMeta, ObjectStore,
-    PutOptions, StoreError, Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE, MAX_TAGS_PER_OBJECT,
+    PutOptions, SeenAtRead, StoreError, Tag, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE, MAX_TAGS_PER_OBJECT,
 };
 
 /// Temporary files, renamed into place when complete. Outside the buckets so that a listing

@@ -7,6 +7,7 @@ pub(super) struct OpenedObject {
     meta: ObjectMeta,
     range: Range<u64>,
     body: OpenedBody,
+    seen: SeenAtRead,
 }
 
 pub(super) enum OpenedBody {
@@ -25,7 +26,7 @@ impl OpenedObject {
                 read_in_chunks(file, self.range.end - self.range.start, bucket.to_owned(), key.to_owned())
             }
         };
-        GetResult { meta: self.meta, range: self.range, body }
+        GetResult { meta: self.meta, range: self.range, body, seen: self.seen }
     }
 }
 
@@ -61,6 +62,8 @@ impl LocalDir {
 
     /// Opens an object as `get` does. Most objects are small: those are read whole in the same
     /// blocking-pool hop as the open, which halves the hops (and thread wake-ups) of a seal.
+    /// Its tags are counted as S3's `x-amz-tagging-count` counts them, from the open file (one
+    /// `fgetxattr`), so that the seal takes S3's one-request tag path on this store too.
     pub(super) fn open_and_read_small(
         &self,
         bucket: &str,
@@ -68,13 +71,15 @@ impl LocalDir {
         options: &GetOptions,
     ) -> Result<OpenedObject, StoreError> {
         let (mut file, meta, range) = self.open_for_get(bucket, key, options)?;
+        let tag_count = self.tags_of_open_object(&file, bucket, key)?.len();
+        let seen = SeenAtRead { tag_count: Some(tag_count as u32), version_id: None };
         let body = match usize::try_from(range.end - range.start) {
             Ok(num_bytes) if num_bytes <= GET_CHUNK_NUM_BYTES => {
                 OpenedBody::Whole(read_chunk(&mut file, num_bytes, bucket, key)?)
             }
             _ => OpenedBody::File(file),
         };
-        Ok(OpenedObject { meta, range, body })
+        Ok(OpenedObject { meta, range, body, seen })
     }
 }
 

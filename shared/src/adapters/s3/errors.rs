@@ -31,6 +31,9 @@ pub(super) enum S3Operation {
     ListObjectsV2,
     GetObjectTagging,
     PutObjectTagging,
+    /// PutObjectTagging with a `versionId`: another IAM action.
+    PutObjectVersionTagging,
+    DeleteObjectTagging,
     DeleteObject,
     DeleteObjects,
 }
@@ -48,7 +51,8 @@ impl S3Operation {
             S3Operation::AbortMultipartUpload => "AbortMultipartUpload",
             S3Operation::ListObjectsV2 => "ListObjectsV2",
             S3Operation::GetObjectTagging => "GetObjectTagging",
-            S3Operation::PutObjectTagging => "PutObjectTagging",
+            S3Operation::PutObjectTagging | S3Operation::PutObjectVersionTagging => "PutObjectTagging",
+            S3Operation::DeleteObjectTagging => "DeleteObjectTagging",
             S3Operation::DeleteObject => "DeleteObject",
             S3Operation::DeleteObjects => "DeleteObjects",
         }
@@ -67,6 +71,8 @@ impl S3Operation {
             S3Operation::ListObjectsV2 => "s3:ListBucket",
             S3Operation::GetObjectTagging => "s3:GetObjectTagging",
             S3Operation::PutObjectTagging => "s3:PutObjectTagging",
+            S3Operation::PutObjectVersionTagging => "s3:PutObjectVersionTagging",
+            S3Operation::DeleteObjectTagging => "s3:DeleteObjectTagging",
             S3Operation::DeleteObject | S3Operation::DeleteObjects => "s3:DeleteObject",
         }
     }
@@ -194,7 +200,7 @@ impl AmazonS3 {
         match (code, facts.http_status) {
             ("NoSuchBucket", _) => return target.no_such_bucket(),
             ("NoSuchUpload", _) => return target.no_such_upload(),
-            ("NoSuchKey" | "NotFound", _) => return target.not_found(),
+            ("NoSuchKey" | "NotFound" | "NoSuchVersion", _) => return target.not_found(),
             ("PreconditionFailed", _) | (_, Some(412)) => {
                 return StoreError::PreconditionFailed { bucket: target.bucket.to_owned(), key: target.key.to_owned() }
             }

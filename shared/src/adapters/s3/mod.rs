@@ -25,12 +25,13 @@
 //! # Requests and their cost class
 //! S3 bills requests per class: class A (PUT, COPY, POST, LIST) costs about 12× class B (GET,
 //! HEAD and the rest); DELETE and aborting an upload are free. The seal's bill is dominated by
-//! one GET per source and one tagging round-trip (class B + class A) per source.
+//! one GET per source and, in tag mode, one PutObjectTagging per source without tags of its
+//! own (the default `add_tag_many`; a source with tags adds a HEAD and a GetObjectTagging).
 //!
 //! | port method | S3 request | class | IAM action |
 //! |---|---|---|---|
 //! | `head` | HeadObject | B | `s3:GetObject` |
-//! | `get` | GetObject (`Range: bytes=a-b`, `If-Match`) | B | `s3:GetObject` |
+//! | `get` | GetObject (`Range: bytes=a-b`, `If-Match`; answers `x-amz-tagging-count` and `x-amz-version-id` as [`SeenAtRead`]) | B | `s3:GetObject` |
 //! | `put` | PutObject (`If-None-Match: *` when create-only) | A | `s3:PutObject` |
 //! | `create_multipart` | CreateMultipartUpload | A | `s3:PutObject` |
 //! | `upload_part` | UploadPart | A | `s3:PutObject` |
@@ -40,6 +41,8 @@
 //! | `list` | ListObjectsV2 (`prefix`, `start-after`, `max-keys` ≤ 1,000) | A | `s3:ListBucket` |
 //! | `get_tags` | GetObjectTagging | B | `s3:GetObjectTagging` |
 //! | `put_tags` | PutObjectTagging | A | `s3:PutObjectTagging` |
+//! | `put_version_tags` | PutObjectTagging (`versionId`) | A | `s3:PutObjectVersionTagging` |
+//! | `delete_tags` | DeleteObjectTagging | free | `s3:DeleteObjectTagging` |
 //! | `delete` | DeleteObject | free | `s3:DeleteObject` |
 //! | `delete_many` | DeleteObjects (Quiet, up to 1,000 keys, `ETag` per key when `if_match`) | free | `s3:DeleteObject`, and `s3:GetObject` for the conditional ones |
 //!
@@ -90,11 +93,13 @@
 
 mod errors;
 mod store;
+mod tagging;
 #[cfg(test)]
 mod tests;
 
 pub use self::errors::S3RequestFailed;
 use self::errors::{delete_objects_key_outcome, error_facts, RequestTarget, S3Operation};
+use self::tagging::seen_at_read;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -118,8 +123,8 @@ use futures::stream::StreamExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::ports::object_store::{
-    CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, StoreError,
-    Tag, MAX_KEYS_PER_DELETE,
+    CompletedPart, DeleteRequest, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, SeenAtRead,
+    StoreError, Tag, MAX_KEYS_PER_DELETE,
 };
 
 /// Attempts per request, the first included. The SDK's default of 3 gives up within about a

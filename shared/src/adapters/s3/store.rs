@@ -55,6 +55,7 @@ impl ObjectStore for AmazonS3 {
             etag: output.e_tag().map(str::to_owned),
             last_modified: chrono_time(output.last_modified()),
         };
+        let seen = seen_at_read(output.tag_count(), output.version_id());
         let (owned_bucket, owned_key) = (bucket.to_owned(), key.to_owned());
         // Chunks as the connection delivers them: the body is never collected here, so a seal
         // holds only the chunks in flight, whatever the object's size.
@@ -78,7 +79,7 @@ impl ObjectStore for AmazonS3 {
             })
         })
         .boxed();
-        Ok(GetResult { meta, range, body })
+        Ok(GetResult { meta, range, body, seen })
     }
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta, StoreError> {
@@ -357,30 +358,21 @@ impl ObjectStore for AmazonS3 {
     }
 
     async fn put_tags(&self, bucket: &str, key: &str, tags: &[Tag]) -> Result<(), StoreError> {
-        let target = RequestTarget::new(S3Operation::PutObjectTagging, bucket, key);
-        let mut tag_set = Vec::with_capacity(tags.len());
-        for tag in tags {
-            let s3_tag = s3_types::Tag::builder()
-                .key(&tag.key)
-                .value(&tag.value)
-                .build()
-                .map_err(|error| target.invalid_request(format!("tag {tag:?} cannot be sent: {error}")))?;
-            tag_set.push(s3_tag);
-        }
-        let tagging = s3_types::Tagging::builder()
-            .set_tag_set(Some(tag_set))
-            .build()
-            .map_err(|error| target.invalid_request(format!("the tag set cannot be sent: {error}")))?;
-        self.client
-            .put_object_tagging()
-            .bucket(bucket)
-            .key(key)
-            .tagging(tagging)
-            .set_expected_bucket_owner(self.expected_bucket_owner())
-            .send()
-            .await
-            .map_err(|error| self.store_error(error, target))?;
-        Ok(())
+        self.put_object_tagging(bucket, key, None, tags).await
+    }
+
+    async fn put_version_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        self.put_object_tagging(bucket, key, Some(version_id), tags).await
+    }
+
+    async fn delete_tags(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.delete_object_tagging(bucket, key).await
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {

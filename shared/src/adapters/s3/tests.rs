@@ -557,3 +557,77 @@ mod error_mapping {
         assert!(message.contains("did not name") && message.contains("retry the batch"), "{message}");
     }
 }
+
+/// The tag step's one request against the S3 server, raced by an overwrite between the seal's
+/// GET and its PutObjectTagging (README, "Tag mode: the overwrite window").
+mod overwrite_window {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    use bytes::Bytes;
+
+    use crate::ports::{GetOptions, ObjectStore, PutOptions, Tag, TagOutcome, TagRequest};
+    use crate::testkit::s3_server::amazon_s3_with_fresh_bucket;
+
+    fn expiry_tag() -> Tag {
+        Tag::new("compacted", "true")
+    }
+
+    /// PUT `old`, GET it as the seal does, PUT `new` over it, then tag what the GET saw.
+    async fn tag_after_an_overwrite(store: &super::AmazonS3, bucket: &str) -> (TagOutcome, Option<String>) {
+        let key = "logs/2024/01/14/raced.json";
+        store.put(bucket, key, Bytes::from_static(b"old\n"), PutOptions::default()).await.expect("put old");
+        let read = store.get(bucket, key, GetOptions::default()).await.expect("the seal's GET");
+        let seen = read.seen.clone();
+        assert_eq!(read.bytes().await.expect("body"), Bytes::from_static(b"old\n"));
+        assert_eq!(seen.tag_count, Some(0), "the GET saw no tags");
+        store.put(bucket, key, Bytes::from_static(b"new\n"), PutOptions::default()).await.expect("overwrite");
+        let request = TagRequest { key: key.to_owned(), if_match: None, seen: Some(seen.clone()) };
+        let outcome = store.add_tag_many(bucket, &[request], &expiry_tag()).await.pop().expect("one answer");
+        (outcome.expect("tagging succeeds"), seen.version_id)
+    }
+
+    #[tokio::test]
+    async fn unversioned_an_overwrite_after_the_get_gets_the_tag() {
+        let Some((store, bucket, _guard)) = amazon_s3_with_fresh_bucket().await else {
+            return;
+        };
+        let (outcome, version_id) = tag_after_an_overwrite(&store, &bucket).await;
+        assert_eq!((outcome, version_id), (TagOutcome::Tagged, None));
+        // The window the README describes: the newer object carries the tag. Its own event makes
+        // it pending again, and the seal compacts it before the lifecycle rule's days run out.
+        let current = store.get_tags(&bucket, "logs/2024/01/14/raced.json").await.expect("tags");
+        assert_eq!(current, vec![expiry_tag()]);
+    }
+
+    #[tokio::test]
+    async fn versioned_only_the_version_read_gets_the_tag() {
+        let Some((store, bucket, _guard)) = amazon_s3_with_fresh_bucket().await else {
+            return;
+        };
+        store
+            .client()
+            .put_bucket_versioning()
+            .bucket(&bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build(),
+            )
+            .send()
+            .await
+            .expect("enable versioning");
+        let (outcome, version_id) = tag_after_an_overwrite(&store, &bucket).await;
+        let version_id = version_id.expect("a versioned bucket names the version read");
+        assert_eq!(outcome, TagOutcome::Tagged);
+        let key = "logs/2024/01/14/raced.json";
+        assert_eq!(store.get_tags(&bucket, key).await.expect("tags"), Vec::<Tag>::new(), "the newer version");
+        let read_version = store
+            .client()
+            .get_object_tagging()
+            .bucket(&bucket)
+            .key(key)
+            .version_id(&version_id)
+            .send()
+            .await
+            .expect("tags of the version read");
+        let tags: Vec<Tag> = read_version.tag_set().iter().map(|tag| Tag::new(tag.key(), tag.value())).collect();
+        assert_eq!(tags, vec![expiry_tag()], "the version read carries the tag");
+    }
+}

@@ -11,7 +11,7 @@ use super::{OutputWriter, SourceUnreadable};
 use crate::domain::format::{cloudtrail, csv, ndjson};
 use crate::domain::records::ObjectRecord;
 use crate::engine::EngineError;
-use crate::ports::StoreError;
+use crate::ports::{SeenAtRead, StoreError};
 
 impl OutputWriter<'_> {
     /// Appends a CloudTrail source as its own gzip member of NDJSON: its range in the output
@@ -22,6 +22,7 @@ impl OutputWriter<'_> {
         &mut self,
         source: &ObjectRecord,
         bytes: Bytes,
+        seen: &SeenAtRead,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
         // Parsing and compressing are CPU work of up to seconds for a large file: off the
@@ -48,7 +49,7 @@ impl OutputWriter<'_> {
         self.output_hasher.update(&member.bytes);
         self.append(&member.bytes).await?;
         self.written.records += member.records;
-        self.place(source, member.bytes.len() as u64, member_sha256, Ok(Some(b'\n'))).await
+        self.place(source, member.bytes.len() as u64, member_sha256, Ok(Some(b'\n')), seen).await
     }
 
     /// Appends a CSV source's rows; the output's first source also gives it its header, written
@@ -59,6 +60,7 @@ impl OutputWriter<'_> {
         &mut self,
         source: &ObjectRecord,
         bytes: Bytes,
+        seen: &SeenAtRead,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
         let parts = match csv::split(&bytes) {
@@ -71,7 +73,7 @@ impl OutputWriter<'_> {
         };
         let Some(parts) = parts else {
             // Empty: no header, no rows, an empty range (restore gives it back empty).
-            return self.place(source, 0, hex::encode(Sha256::digest(b"")), Ok(None)).await;
+            return self.place(source, 0, hex::encode(Sha256::digest(b"")), Ok(None), seen).await;
         };
         match &self.csv_header {
             Some(header) if header[..] != *parts.header => {
@@ -95,7 +97,7 @@ impl OutputWriter<'_> {
         drop(bytes);
         drop(permit);
         // A CSV without a final newline gets one, outside its range, as any line file.
-        self.place(source, rows_length, rows_sha256, Ok(last_byte)).await
+        self.place(source, rows_length, rows_sha256, Ok(last_byte), seen).await
     }
 
     /// Appends an NDJSON source; its lines that are not JSON go to the output's side file
@@ -104,6 +106,7 @@ impl OutputWriter<'_> {
         &mut self,
         source: &ObjectRecord,
         bytes: Bytes,
+        seen: &SeenAtRead,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
         let (kept, invalid) = ndjson::check(&bytes);
@@ -127,6 +130,6 @@ impl OutputWriter<'_> {
         drop(kept);
         drop(bytes);
         drop(permit);
-        self.place(source, length, kept_sha256, Ok(last_byte)).await
+        self.place(source, length, kept_sha256, Ok(last_byte), seen).await
     }
 }
