@@ -99,10 +99,15 @@ impl FromStr for Compression {
 /// `None` for every other output (sources as they are, or rewritten by a format).
 pub fn framed_compression(output_key: &str) -> Option<Compression> {
     let file_name = output_key.rsplit('/').next().unwrap_or(output_key);
-    let (_, extension) = file_name.split_once(FRAMED_MARKER)?;
-    if extension.ends_with(Compression::Zstd.suffix()) {
+    // The marker ends the stem (`compacted-g…-p…`, which has no dot): an extension taken from
+    // a source's key comes after the first dot, so no source name can pass for it.
+    let (stem, _) = file_name.split_once('.')?;
+    if !stem.ends_with(FRAMED_MARKER) {
+        return None;
+    }
+    if file_name.ends_with(Compression::Zstd.suffix()) {
         Some(Compression::Zstd)
-    } else if extension.ends_with(Compression::Gzip.suffix()) {
+    } else if file_name.ends_with(Compression::Gzip.suffix()) {
         Some(Compression::Gzip)
     } else {
         None
@@ -267,6 +272,7 @@ mod tests {
         assert_eq!(framed_compression("c/p/compacted-g000001-p00001-framed.gz"), Some(Compression::Gzip));
         assert_eq!(framed_compression("c/p/compacted-g000001-p00001.json.gz"), None, "gzip sources as they are");
         assert_eq!(framed_compression("c/p-framed/compacted-g000001-p00001.zst"), None, "folders do not count");
+        assert_eq!(framed_compression("c/compacted-g000001-p00001.x-framed.gz"), None, "nor a source's extension");
         assert_eq!(text_key("c/compacted-g1-p1-framed.csv.zst"), "c/compacted-g1-p1-framed.csv");
         assert_eq!(text_key("c/compacted-g1-p1.csv"), "c/compacted-g1-p1.csv");
     }

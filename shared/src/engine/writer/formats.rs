@@ -125,7 +125,8 @@ impl OutputWriter<'_> {
         self.written.invalid_lines += invalid.len() as u64;
         let last_byte = kept.last().copied();
         let kept = match kept {
-            std::borrow::Cow::Borrowed(all) => bytes.slice_ref(all),
+            // Borrowed only when every line stays: the whole source.
+            std::borrow::Cow::Borrowed(_) => bytes.clone(),
             std::borrow::Cow::Owned(kept) => Bytes::from(kept),
         };
         drop(invalid);
