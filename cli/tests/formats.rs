@@ -274,7 +274,7 @@ fn a_wrong_format_rule_names_its_flag_and_the_formats_there_are() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     let message = text(&output.stderr);
     assert!(message.contains("--formats \"AWSLogs/=parket\" is invalid"), "{message}");
-    assert!(message.contains("use auto, concat, bytes, cloudtrail, csv or ndjson"), "{message}");
+    assert!(message.contains("use auto, concat, bytes, cloudtrail, csv, ndjson or parquet"), "{message}");
     let output = s3_compactor(&["--formats", "AWSLogs/", "plan"], work.path());
     assert!(text(&output.stderr).contains("is not prefix=format"), "{}", text(&output.stderr));
 }
