@@ -138,10 +138,16 @@ pub struct ConfigArgs {
         value_name = "auto|concat|bytes|cloudtrail|csv|ndjson|parquet"
     )]
     pub format: Option<String>,
-    /// A format per source prefix, e.g. AWSLogs/=cloudtrail,raw/=bytes; the longest matching
-    /// prefix wins [default: none].
-    #[arg(long, global = true, env = "COMPACTOR_FORMATS", value_name = "PREFIX=FORMAT,...")]
+    /// A format per source prefix, e.g. AWSLogs/=cloudtrail,raw/=bytes, optionally with its
+    /// compression, e.g. logs/=ndjson:zstd; the longest matching prefix wins [default: none].
+    #[arg(long, global = true, env = "COMPACTOR_FORMATS", value_name = "PREFIX=FORMAT[:COMPRESS],...")]
     pub formats: Option<String>,
+    /// Compress plain-text sources (concat, bytes, csv, ndjson): each source becomes a zstd
+    /// frame (gzip member) of its own, so its byte range stays exact and restore is one ranged
+    /// GET; outputs end in .zst (.gz); sources compressed already (by name or content) go as
+    /// they are. A --formats rule's own :zstd wins [default: none].
+    #[arg(long, global = true, env = "COMPACTOR_COMPRESS", value_name = "zstd|gzip|none")]
+    pub compress: Option<String>,
     /// What happens to compacted sources: tag, delete or none [default: tag].
     #[arg(long, global = true, env = "COMPACTOR_EXPIRY", value_name = "tag|delete|none")]
     pub expiry: Option<String>,
@@ -189,6 +195,7 @@ impl ConfigArgs {
             small_object_max_bytes: self.small_object_max_bytes.clone(),
             format: self.format.clone(),
             formats: self.formats.clone(),
+            compress: self.compress.clone(),
             expiry: self.expiry.clone(),
             expiry_tag: self.expiry_tag.clone(),
             record_ttl: self.record_ttl.clone(),
@@ -215,7 +222,8 @@ pub enum Command {
     /// byte against the sources and restores a few objects. Exits 0 only if all verified.
     /// With --format cloudtrail, the files are CloudTrail logs rewritten to NDJSON, and verify
     /// and restore compare their records; with --format csv, Hive-style CSV with one header per
-    /// output.
+    /// output. With --compress zstd (or gzip), each source becomes its own frame and the seal
+    /// prints the size ratio; verify and restore decompress the frames.
     Demo(DemoArgs),
     /// Record objects from S3 event JSON (or, with --scan, from a listing: backfill).
     ///

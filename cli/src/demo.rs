@@ -13,7 +13,8 @@
 //! With `--format cloudtrail` the dataset is CloudTrail log files (gzip `{"Records":[...]}`),
 //! rewritten to NDJSON; verify and restore then compare records instead of bytes. With `--format
 //! csv`, Hive-style CSV partitions (`year=%Y/month=%m/day=%d`), one header per output. Any other
-//! format seals the JSON files under it.
+//! format seals the JSON files under it. With `--compress zstd` (or `gzip`) each source becomes
+//! a frame of its own and the seal prints the size ratio; verify and restore decompress frames.
 //!
 //! Exits 0 only if everything verified.
 
@@ -25,7 +26,7 @@ use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use chrono::{NaiveDate, Utc};
 use compactor::config::RawConfig;
-use compactor::domain::format::{cloudtrail, FormatMode};
+use compactor::domain::format::{cloudtrail, Compression, FormatMode};
 use compactor::engine::seal::{OutputProgress, SealOptions};
 use compactor::engine::{Compactor, IngestReport};
 use compactor::event::{decode_value, s3_notification, ObjectEvent, ObjectEventKind};
@@ -242,6 +243,15 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> CliResult {
     );
     if sealed.partitions_failed > 0 {
         return Err(failure(anyhow!("{} partitions failed to seal: {:?}", sealed.partitions_failed, sealed.failures)));
+    }
+    let compression = compactor.config().formats.compression;
+    if compression != Compression::None {
+        println!(
+            "  {compression}, a frame per source: {} of sources → {} of outputs ({:.1}× smaller)",
+            human_bytes(sealed.source_bytes),
+            human_bytes(sealed.output_bytes),
+            sealed.source_bytes as f64 / sealed.output_bytes.max(1) as f64
+        );
     }
 
     // 4. Audit.

@@ -274,7 +274,7 @@ fn a_wrong_format_rule_names_its_flag_and_the_formats_there_are() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     let message = text(&output.stderr);
     assert!(message.contains("--formats \"AWSLogs/=parket\" is invalid"), "{message}");
-    assert!(message.contains("use auto, concat, bytes, cloudtrail, csv or ndjson"), "{message}");
+    assert!(message.contains("use auto, concat, bytes, cloudtrail, csv, ndjson or parquet"), "{message}");
     let output = s3_compactor(&["--formats", "AWSLogs/", "plan"], work.path());
     assert!(text(&output.stderr).contains("is not prefix=format"), "{}", text(&output.stderr));
 }
@@ -296,4 +296,123 @@ fn duckdb_counts_as_many_json_lines_in_ndjson_outputs_and_invalid_lines_are_set_
         "no invalid line, no side file"
     );
     assert_eq!(json_lines(&duckdb, &sealed.outputs), json_lines(&duckdb, &sealed.sources));
+}
+
+/// Issue 13: with `--compress zstd` (and per prefix, `:gzip`), each plain source is a frame of
+/// its own: DuckDB counts as many JSON lines in the `-framed.ndjson.zst` and `-framed.json.gz`
+/// outputs as in the sources, reading them as they are (zstd and gzip text), and `verify
+/// --against-sources` (run by `seal_dataset`) decompresses every frame to its original.
+#[test]
+fn duckdb_counts_as_many_json_lines_in_zstd_and_gzip_outputs_as_in_the_sources() {
+    let Some(duckdb) = duckdb() else { return };
+    for (flags, suffix) in [
+        (&["--formats", "clicks/=ndjson", "--compress", "zstd"][..], "-framed.ndjson.zst"),
+        (&["--formats", "clicks/=concat:gzip"][..], "-framed.ndjson.gz"),
+    ] {
+        let sealed = seal_dataset(
+            &spec(DatasetKind::HiveNdjson, 1, 60),
+            "clicks/",
+            &[&["--layout", "year=%Y/month=%m/day=%d/hour=%H"][..], flags].concat(),
+        );
+        let framed: Vec<PathBuf> =
+            sealed.outputs.iter().filter(|path| path.to_string_lossy().ends_with(suffix)).cloned().collect();
+        assert!(!framed.is_empty(), "{flags:?}: {:?}", sealed.outputs);
+        let plain_sources: Vec<PathBuf> =
+            sealed.sources.iter().filter(|path| path.to_string_lossy().ends_with(".ndjson")).cloned().collect();
+        let in_sources = json_lines(&duckdb, &plain_sources);
+        assert!(in_sources > 60, "{in_sources}");
+        assert_eq!(json_lines(&duckdb, &framed), in_sources, "{flags:?}");
+        let (framed_bytes, source_bytes) = (total_bytes(&framed), total_bytes(&plain_sources));
+        assert!(framed_bytes * 2 < source_bytes, "{flags:?}: {framed_bytes} of {source_bytes}");
+    }
+}
+
+fn total_bytes(files: &[PathBuf]) -> u64 {
+    files.iter().map(|path| std::fs::metadata(path).unwrap().len()).sum()
+}
+
+/// Issue 13: a compressed CSV output starts with its header as a zstd frame of its own: DuckDB
+/// reads the `-framed.csv.zst` outputs with one header and counts as many rows as the sources.
+#[test]
+fn duckdb_counts_as_many_csv_rows_in_zstd_outputs_as_in_the_sources() {
+    let Some(duckdb) = duckdb() else { return };
+    let sealed = seal_dataset(
+        &spec(DatasetKind::HiveCsv, 2, 60),
+        "clicks-csv/",
+        &["--layout", "year=%Y/month=%m/day=%d", "--formats", "clicks-csv/=csv:zstd"],
+    );
+    assert!(sealed.plan.contains("csv -framed.csv.zst (COMPACTOR_FORMATS clicks-csv/=csv:zstd)"), "{}", sealed.plan);
+    let ending = |files: &[PathBuf], suffix: &str| -> Vec<PathBuf> {
+        files.iter().filter(|path| path.to_string_lossy().ends_with(suffix)).cloned().collect()
+    };
+    let (sources, outputs) = (ending(&sealed.sources, ".csv"), ending(&sealed.outputs, "-framed.csv.zst"));
+    assert!(sources.len() > 40 && !outputs.is_empty(), "{} sources, {:?}", sources.len(), sealed.outputs);
+    let rows = |files: &[PathBuf]| {
+        let sql = format!(
+            "select count(*) from read_csv({}, header = true, union_by_name = true) where session_id is not null",
+            sql_list(files)
+        );
+        duckdb.count(&sql).unwrap_or_else(|error| panic!("DuckDB could not read the CSV files: {error}"))
+    };
+    let all_rows = |files: &[PathBuf]| {
+        duckdb.count(&format!("select count(*) from read_csv({}, header = true)", sql_list(files))).unwrap()
+    };
+    let in_sources = rows(&sources);
+    assert!(in_sources > 40 * 10, "{in_sources}");
+    assert_eq!(all_rows(&outputs), in_sources, "every row, and no header read as a row");
+    assert_eq!(rows(&outputs), in_sources);
+}
+
+/// Issue 13: `demo --compress zstd` (with `--format`) seals, verifies against the sources and
+/// restores byte for byte, and says how much smaller the outputs are.
+#[test]
+fn the_demo_verifies_with_compressed_outputs() {
+    for (format, compress) in [("concat", "zstd"), ("csv", "zstd"), ("ndjson", "gzip")] {
+        let work = tempfile::tempdir().unwrap();
+        let demo_dir = work.path().join("demo");
+        let output = Command::new(env!("CARGO_BIN_EXE_s3-compactor"))
+            .args(["demo", "--dir", demo_dir.to_str().unwrap(), "--days", "2", "--files-per-day", "30"])
+            .args(["--format", format, "--compress", compress])
+            .env_remove("COMPACTOR_FORMAT")
+            .env_remove("COMPACTOR_FORMATS")
+            .env_remove("COMPACTOR_COMPRESS")
+            .env("LOG_LEVEL", "error")
+            .output()
+            .unwrap();
+        let stdout = text(&output.stdout);
+        assert!(
+            output.status.success(),
+            "demo --format {format} --compress {compress}:\n{stdout}\n{}",
+            text(&output.stderr)
+        );
+        assert!(stdout.contains("all verified"), "{format}: {stdout}");
+        assert!(stdout.contains("60/60 match their original object"), "{format}: {stdout}");
+        assert!(stdout.contains(&format!("{compress}, a frame per source:")), "{format}: {stdout}");
+        let outputs = files_under(&demo_dir.join("buckets").join("demo-logs").join("compacted"));
+        let suffix = if compress == "zstd" { ".zst" } else { ".gz" };
+        let name = |path: &PathBuf| path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            outputs.iter().any(|path| name(path).contains("-framed.") && name(path).ends_with(suffix)),
+            "{outputs:?}"
+        );
+        // Plain sources compressed, gzip ones (the CSV dataset has some) joined as they are.
+        assert!(outputs.iter().all(|path| name(path).ends_with(".zst") || name(path).ends_with(".gz")), "{outputs:?}");
+    }
+}
+
+/// Issue 13: a wrong `--compress` value is refused before anything runs, naming the flag as
+/// typed and the values there are; so is a wrong compression on a `--formats` rule.
+#[test]
+fn a_wrong_compression_names_its_flag_and_the_values_there_are() {
+    let work = tempfile::tempdir().unwrap();
+    let output = s3_compactor(&["--compress", "lz4", "plan"], work.path());
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let message = text(&output.stderr);
+    assert!(message.contains("--compress \"lz4\" is invalid"), "{message}");
+    assert!(message.contains("use zstd, gzip or none"), "{message}");
+    let output = s3_compactor(&["--formats", "logs/=ndjson:brotli", "plan"], work.path());
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let message = text(&output.stderr);
+    assert!(message.contains("--formats \"logs/=ndjson:brotli\" is invalid"), "{message}");
+    assert!(message.contains("use zstd, gzip or none"), "{message}");
 }

@@ -16,7 +16,8 @@
 //! | `COMPACTOR_PART_BYTES` | multipart part size (5 MiB to 5 GiB) | `8MiB` |
 //! | `COMPACTOR_SMALL_OBJECT_MAX_BYTES` | larger objects are skipped (`too_large`) | `64MiB` |
 //! | `COMPACTOR_FORMAT` | the format of keys no `COMPACTOR_FORMATS` rule matches: `auto` (by name), `concat` (newline-safe concatenation), `bytes` (no separators), `cloudtrail` (gzip `{"Records":[...]}` to gzip NDJSON), `csv` (one header per output) or `ndjson` (lines that are not JSON set aside) | `auto` |
-//! | `COMPACTOR_FORMATS` | a format per source prefix, `prefix=format` pairs separated by commas (`AWSLogs/=cloudtrail,raw/=bytes`); the longest matching prefix wins | (none) |
+//! | `COMPACTOR_FORMATS` | a format per source prefix, `prefix=format` pairs separated by commas (`AWSLogs/=cloudtrail,raw/=bytes`), a format optionally with its compression (`logs/=ndjson:zstd`); the longest matching prefix wins | (none) |
+//! | `COMPACTOR_COMPRESS` | `zstd`, `gzip` or `none`: plain-text sources of `concat`, `bytes`, `csv` and `ndjson` become a zstd frame (gzip member) each, in outputs ending `.zst` (`.gz`); sources compressed already never are; a `COMPACTOR_FORMATS` rule's own `:zstd` wins | `none` |
 //! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
 //! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |
 //! | `COMPACTOR_RECORD_TTL` | DynamoDB only: delete a source's record this long after the source was marked for expiry (`400d`; `30d` to `3650d`); SQLite ignores it | unset: records are kept (the audit trail) |
@@ -174,6 +175,7 @@ pub struct RawConfig {
     pub small_object_max_bytes: Option<String>,
     pub format: Option<String>,
     pub formats: Option<String>,
+    pub compress: Option<String>,
     pub expiry: Option<String>,
     pub expiry_tag: Option<String>,
     pub record_ttl: Option<String>,
@@ -203,6 +205,7 @@ impl RawConfig {
             small_object_max_bytes: read("COMPACTOR_SMALL_OBJECT_MAX_BYTES"),
             format: read("COMPACTOR_FORMAT"),
             formats: read("COMPACTOR_FORMATS"),
+            compress: read("COMPACTOR_COMPRESS"),
             expiry: read("COMPACTOR_EXPIRY"),
             expiry_tag: read("COMPACTOR_EXPIRY_TAG"),
             record_ttl: read("COMPACTOR_RECORD_TTL"),
@@ -299,6 +302,11 @@ impl RawConfig {
             Some(text) => {
                 FormatRules::parse(format, text).map_err(|reason| invalid("COMPACTOR_FORMATS", text, &reason))?
             }
+        };
+        let formats = match self.compress.as_deref() {
+            None => formats,
+            Some(text) => formats
+                .with_compression(text.parse().map_err(|reason: String| invalid("COMPACTOR_COMPRESS", text, &reason))?),
         };
         let expiry = match self.expiry.as_deref() {
             None => ExpiryMode::default(),
@@ -676,6 +684,11 @@ mod tests {
         assert!(error.to_string().contains("use auto, concat, bytes, cloudtrail, csv, ndjson or parquet"), "{error}");
         let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_FORMAT", "parquet!")]).unwrap_err();
         assert_eq!(error.name(), "COMPACTOR_FORMAT");
+        let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COMPRESS", "zstd")]).unwrap();
+        assert_eq!(config.formats.choose("a/x.json").compression, crate::domain::format::Compression::Zstd);
+        let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COMPRESS", "lz4")]).unwrap_err();
+        assert_eq!(error.name(), "COMPACTOR_COMPRESS");
+        assert!(error.to_string().contains("use zstd, gzip or none"), "{error}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tracing::warn;
 
 use super::{Compactor, EngineError};
 use crate::domain::format::cloudtrail;
+use crate::domain::format::compress::framed_compression;
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{ObjectRecord, OutputRecord, OutputState};
 use crate::ports::{GetOptions, StoreError};
@@ -276,6 +277,18 @@ impl Compactor {
         report.originals_compared += 1;
         if hex::encode(Sha256::digest(&original)) == recorded_sha256 {
             report.originals_ok += 1;
+        } else if let Some(placement) =
+            source.placement.as_ref().filter(|placement| framed_compression(&placement.output_key).is_some())
+        {
+            // A frame: decompressed (with a CSV's header frame, an NDJSON's set-aside lines) as
+            // restore does, then compared with the original byte for byte.
+            report.bytes_read += placement.length;
+            match self.original_from_output(source, placement).await {
+                Ok(restored) if restored == original => report.originals_ok += 1,
+                Ok(_) => report.fail(format!("{}: the original differs from its decompressed frame", source.key)),
+                Err(EngineError::Mismatch(reason)) => report.fail(format!("{}: {reason}", source.key)),
+                Err(error) => return Err(error),
+            }
         } else if let Some(placement) = source
             .placement
             .as_ref()
@@ -293,9 +306,9 @@ impl Compactor {
             } else {
                 report.fail(format!("{}: the original's header and rows differ from its output's", source.key));
             }
-        } else if let Some(placement) =
-            source.placement.as_ref().filter(|placement| super::restore::ndjson_lines_set_aside(placement, source.size))
-        {
+        } else if let Some(placement) = source.placement.as_ref().filter(|placement| {
+            super::restore::ndjson_lines_set_aside(&placement.output_key, placement.length, source.size)
+        }) {
             // NDJSON lines set aside: the range and the side file make the original again. An
             // empty range (every line set aside) is not read: stores refuse it.
             let kept = if placement.length == 0 {

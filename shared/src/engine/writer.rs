@@ -54,7 +54,7 @@ mod formats;
 use super::seen::SeenSources;
 use super::EngineError;
 use crate::config::{Config, ExpiryMode, MAX_PART_BYTES, MIN_PART_BYTES};
-use crate::domain::format::{FormatClass, FormatMode, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
+use crate::domain::format::{Compression, FormatClass, FormatMode, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
 use crate::domain::plan::PlannedOutput;
 use crate::domain::records::{ObjectRecord, Placement};
 use crate::ports::{
@@ -94,6 +94,9 @@ pub(crate) struct WrittenOutput {
     pub deferred_sources: u64,
     /// Lines that are not JSON, set aside in the output's side file (`ndjson`).
     pub invalid_lines: u64,
+    /// Sources of a compressed output whose content was compressed already (gzip under a
+    /// plain name): they went in as they are.
+    pub already_compressed_sources: u64,
     /// In tag mode, what each placed source's GET showed, for the tag step after the commit.
     pub seen: SeenSources,
 }
@@ -449,6 +452,9 @@ impl<'a> OutputWriter<'a> {
             // Parquet outputs are written by `ParquetOutput`, never by this writer.
             FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes | FormatMode::Parquet => {}
         }
+        if self.planned.class.compression != Compression::None {
+            return self.append_compressed(source, bytes, seen, permit).await;
+        }
         let source_sha256 = hex::encode(Sha256::digest(&bytes));
         let mut tail = TextTail::new(&self.planned.class);
         tail.update(&bytes);
@@ -663,6 +669,7 @@ impl<'a> OutputWriter<'a> {
             size = written.size,
             sources = placed,
             copied_sources = written.copied_sources,
+            already_compressed_sources = written.already_compressed_sources,
             "output written"
         );
         Ok(written)
@@ -955,8 +962,13 @@ mod tests {
 
     #[test]
     fn only_large_sources_with_an_etag_in_multipart_outputs_are_copy_candidates() {
-        let lines =
-            FormatClass { extension: ".json".into(), newline_separated: true, gzip: false, format: FormatMode::Concat };
+        let lines = FormatClass {
+            extension: ".json".into(),
+            newline_separated: true,
+            gzip: false,
+            format: FormatMode::Concat,
+            compression: Compression::None,
+        };
         let config = config("5MiB");
         assert!(copy_candidate(&source(5 * MIB, Some("e")), &lines, &config, true));
         assert!(copy_candidate(&source(64 * MIB, Some("e")), &lines, &config, true));

@@ -20,6 +20,10 @@
 //! - `csv` ([`csv`]) gives each output one header: a source's range is its rows;
 //! - `ndjson` ([`ndjson`]) sets lines that are not JSON aside in a side file next to the output.
 //!
+//! Plain-text sources of `concat`, `bytes`, `csv` and `ndjson` may also be compressed, each
+//! source a zstd frame or gzip member of its own ([`compress`]); sources already compressed
+//! (by name or by content) never are.
+//!
 //! Which format a key gets is chosen per source prefix ([`FormatRules`]). Sources of different
 //! classes never share an output: each class gets outputs of its own, with a file extension
 //! that says what is inside.
@@ -27,10 +31,12 @@
 use serde::{Deserialize, Serialize};
 
 pub mod cloudtrail;
+pub mod compress;
 pub mod csv;
 pub mod ndjson;
 mod select;
 
+pub use compress::Compression;
 pub use select::{FormatChoice, FormatMode, FormatReason, FormatRules};
 
 /// What a source is, as far as joining goes.
@@ -48,6 +54,10 @@ pub struct FormatClass {
     /// an output, as they are keys of different bins.
     #[serde(default = "concat")]
     pub format: FormatMode,
+    /// Each source (its text, as the format makes it) goes in as a frame of this compression
+    /// (see [`compress`]); the extension then starts with [`compress::FRAMED_MARKER`].
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 fn concat() -> FormatMode {
@@ -61,6 +71,9 @@ impl FormatClass {
     /// sources (CloudTrail `{"Records":[...]}` to NDJSON) answers false, or copies would skip
     /// its rewriting.
     pub fn keeps_source_bytes(&self) -> bool {
+        if self.compression != Compression::None {
+            return false;
+        }
         match self.format {
             FormatMode::Auto | FormatMode::Concat | FormatMode::Bytes => true,
             FormatMode::Cloudtrail | FormatMode::Csv | FormatMode::Ndjson | FormatMode::Parquet => false,
@@ -75,10 +88,11 @@ impl FormatClass {
     /// The bytes that go after a source whose text lacks a final newline (see
     /// [`FormatClass::newline_separated`]).
     pub fn separator(&self) -> &'static [u8] {
-        if self.gzip {
-            &GZIP_NEWLINE_MEMBER
-        } else {
-            b"\n"
+        match self.compression {
+            Compression::Zstd => &compress::ZSTD_NEWLINE_FRAME,
+            Compression::Gzip => &GZIP_NEWLINE_MEMBER,
+            Compression::None if self.gzip => &GZIP_NEWLINE_MEMBER,
+            Compression::None => b"\n",
         }
     }
 }
@@ -183,13 +197,48 @@ const REFUSED_EXTENSIONS: &[&str] = &["parquet", "orc", "avro", "zip", "7z", "ta
 /// The class of a key under `rules`, or [`NotConcatenable`] for formats that byte
 /// concatenation would break.
 pub fn classify(key: &str, rules: &FormatRules) -> Result<FormatClass, NotConcatenable> {
-    classify_as(key, rules.choose(key).mode)
+    let choice = rules.choose(key);
+    Ok(compressed_as(key, classify_as(key, choice.mode)?, choice.compression))
+}
+
+/// `class` with its sources compressed as `compression` asks, when they can be: plain sources
+/// (not gzip or otherwise compressed by name) of `concat`, `bytes`, `csv` or `ndjson`.
+/// CloudTrail outputs are gzip already, Parquet's pages are compressed by Parquet.
+fn compressed_as(key: &str, class: FormatClass, compression: Compression) -> FormatClass {
+    let compressible = match class.format {
+        FormatMode::Concat | FormatMode::Bytes | FormatMode::Csv | FormatMode::Ndjson => true,
+        FormatMode::Auto | FormatMode::Cloudtrail | FormatMode::Parquet => false,
+    };
+    if compression == Compression::None || !compressible || class.gzip || compressed_by_name(key) {
+        return class;
+    }
+    let extension = format!("{}{}{}", compress::FRAMED_MARKER, class.extension, compression.suffix());
+    FormatClass { extension, compression, ..class }
+}
+
+/// True when the key's name says its bytes are compressed already (`.gz`, `.zst`, …).
+fn compressed_by_name(key: &str) -> bool {
+    let file_name = key.rsplit('/').next().unwrap_or(key).to_ascii_lowercase();
+    file_name.rsplit_once('.').is_some_and(|(_, extension)| compress::COMPRESSED_EXTENSIONS.contains(&extension))
 }
 
 /// What `plan` shows for a key: the format it gets, its output extension, and why.
 pub fn describe(key: &str, rules: &FormatRules) -> String {
     let choice = rules.choose(key);
-    match classify_as(key, choice.mode) {
+    match classify(key, rules) {
+        Ok(class) if choice.compression != Compression::None && class.compression == Compression::None => {
+            let why = if choice.mode == FormatMode::Auto { "by name, " } else { "" };
+            format!(
+                "{} {} ({why}{choice}; not compressed: {})",
+                class.format,
+                shown_extension(&class),
+                if class.gzip || compressed_by_name(key) {
+                    "already compressed"
+                } else {
+                    "the format's output is compressed its own way"
+                }
+            )
+        }
         Ok(class) if choice.mode == FormatMode::Auto => {
             format!("{} {} (by name, {choice})", class.format, shown_extension(&class))
         }
@@ -224,6 +273,7 @@ fn classify_as(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenab
             newline_separated: false,
             gzip: false,
             format: FormatMode::Parquet,
+            compression: Compression::None,
         });
     }
     if REFUSED_EXTENSIONS.contains(&last) {
@@ -234,6 +284,7 @@ fn classify_as(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenab
         newline_separated,
         gzip,
         format: FormatMode::Concat,
+        compression: Compression::None,
     };
     match mode {
         FormatMode::Bytes => {
@@ -283,7 +334,13 @@ mod tests {
     use super::*;
 
     fn class_of(extension: &str, newline_separated: bool, gzip: bool) -> FormatClass {
-        FormatClass { extension: extension.into(), newline_separated, gzip, format: FormatMode::Concat }
+        FormatClass {
+            extension: extension.into(),
+            newline_separated,
+            gzip,
+            format: FormatMode::Concat,
+            compression: Compression::None,
+        }
     }
 
     fn auto() -> FormatRules {
@@ -393,5 +450,33 @@ mod tests {
             describe("logs/x.orc", &rules),
             "refused (its extension cannot be concatenated, COMPACTOR_FORMAT=auto)"
         );
+    }
+
+    #[test]
+    fn plain_sources_are_compressed_and_compressed_ones_never_again() {
+        let rules = FormatRules::parse(FormatMode::Auto, "tables/=csv:gzip,trail/=cloudtrail,lines/=ndjson")
+            .unwrap()
+            .with_compression(Compression::Zstd);
+        let class = |key: &str| classify(key, &rules).unwrap();
+        let json = class("logs/a.json");
+        assert_eq!((json.extension.as_str(), json.compression), ("-framed.json.zst", Compression::Zstd));
+        assert!(!json.keeps_source_bytes(), "a compressed source is never copied server-side");
+        assert_eq!(json.separator(), compress::ZSTD_NEWLINE_FRAME);
+        assert_eq!(class("logs/stream-1").extension, "-framed.zst");
+        assert_eq!(class("tables/a.csv").extension, "-framed.csv.gz");
+        assert_eq!(class("tables/a.csv").separator(), GZIP_NEWLINE_MEMBER);
+        assert_eq!(class("lines/a.ndjson").extension, "-framed.ndjson.zst");
+        assert_eq!(class("logs/a.json.gz"), class_of(".json.gz", true, true), "gzip by name goes as it is");
+        assert_eq!(class("logs/a.json.zst").compression, Compression::None, "zstd by name too");
+        assert_eq!(class("trail/a.json.gz").compression, Compression::None, "CloudTrail outputs are gzip already");
+        assert_eq!(
+            describe("logs/a.json", &rules),
+            "concat -framed.json.zst (by name, COMPACTOR_FORMAT=auto, COMPACTOR_COMPRESS=zstd)"
+        );
+        assert_eq!(
+            describe("logs/a.json.gz", &rules),
+            "concat .json.gz (by name, COMPACTOR_FORMAT=auto, COMPACTOR_COMPRESS=zstd; not compressed: already compressed)"
+        );
+        assert_ne!(json, classify("logs/a.json", &FormatRules::uniform(FormatMode::Auto)).unwrap(), "never shared");
     }
 }

@@ -1,5 +1,7 @@
 //! Which format a source gets: a format per source prefix (`COMPACTOR_FORMATS`), the global
-//! default (`COMPACTOR_FORMAT`) for the rest, and `auto` deciding by the key's name.
+//! default (`COMPACTOR_FORMAT`) for the rest, and `auto` deciding by the key's name. Its
+//! compression likewise: a rule's `:zstd` suffix (`logs/=ndjson:zstd`), else
+//! `COMPACTOR_COMPRESS`.
 //!
 //! The choice is a pure function of the key and the rules, so the planner, the seal's window
 //! and ingest all agree on it without storing it per source, and `plan` can say why.
@@ -8,6 +10,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use super::compress::Compression;
 
 /// How the operator wants sources joined. `auto` resolves, per key, to one of the others.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -77,8 +81,11 @@ impl FromStr for FormatMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FormatRules {
     pub default: FormatMode,
-    /// `(prefix, mode)`, longest prefix first, so the first match is the most specific.
-    by_prefix: Vec<(String, FormatMode)>,
+    /// The compression of keys whose rule names none (`COMPACTOR_COMPRESS`).
+    pub compression: Compression,
+    /// `(prefix, mode, compression)`, longest prefix first, so the first match is the most
+    /// specific; a rule without compression takes [`FormatRules::compression`].
+    by_prefix: Vec<(String, FormatMode, Option<Compression>)>,
 }
 
 /// Why a key got its format, for `plan` and logs.
@@ -97,13 +104,23 @@ pub enum FormatReason {
 pub struct FormatChoice {
     pub mode: FormatMode,
     pub reason: FormatReason,
+    /// The compression wanted for the key's outputs (a format that cannot take it, or a source
+    /// already compressed by name, is not compressed: see [`super::classify`]).
+    pub compression: Compression,
+    /// The compression came from the prefix's rule, not from `COMPACTOR_COMPRESS`.
+    pub compression_by_rule: bool,
 }
 
 impl fmt::Display for FormatChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.reason {
-            FormatReason::Prefix { prefix } => write!(f, "COMPACTOR_FORMATS {prefix}={}", self.mode),
-            FormatReason::Default => write!(f, "COMPACTOR_FORMAT={}", self.mode),
+            FormatReason::Prefix { prefix } => write!(f, "COMPACTOR_FORMATS {prefix}={}", self.mode)?,
+            FormatReason::Default => write!(f, "COMPACTOR_FORMAT={}", self.mode)?,
+        }
+        match (self.compression_by_rule, self.compression) {
+            (true, compression) => write!(f, ":{compression}"),
+            (false, Compression::None) => Ok(()),
+            (false, compression) => write!(f, ", COMPACTOR_COMPRESS={compression}"),
         }
     }
 }
@@ -111,13 +128,19 @@ impl fmt::Display for FormatChoice {
 impl FormatRules {
     /// One mode for every key.
     pub fn uniform(mode: FormatMode) -> Self {
-        FormatRules { default: mode, by_prefix: Vec::new() }
+        FormatRules { default: mode, compression: Compression::None, by_prefix: Vec::new() }
+    }
+
+    /// The same rules, `compression` for every key whose rule names none.
+    pub fn with_compression(self, compression: Compression) -> Self {
+        FormatRules { compression, ..self }
     }
 
     /// Parses `COMPACTOR_FORMATS`: comma-separated `prefix=format` pairs (`trail/=cloudtrail,
-    /// tables/=csv`). Errors say which pair is wrong and how to write it.
+    /// tables/=csv`), each format optionally with its compression (`logs/=ndjson:zstd`).
+    /// Errors say which pair is wrong and how to write it.
     pub fn parse(default: FormatMode, by_prefix: &str) -> Result<Self, String> {
-        let mut rules: Vec<(String, FormatMode)> = Vec::new();
+        let mut rules: Vec<(String, FormatMode, Option<Compression>)> = Vec::new();
         for pair in by_prefix.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
             let Some((prefix, mode)) = pair.split_once('=') else {
                 return Err(format!("{pair:?} is not prefix=format (for example trail/=cloudtrail)"));
@@ -128,29 +151,48 @@ impl FormatRules {
                     "{pair:?} has no prefix: set the format of every other key with COMPACTOR_FORMAT instead"
                 ));
             }
+            let (mode, compression) = match mode.split_once(':') {
+                Some((mode, compression)) => (mode, Some(compression.parse::<Compression>()?)),
+                None => (mode, None),
+            };
             let mode: FormatMode = mode.parse()?;
-            if rules.iter().any(|(known, _)| known == prefix) {
+            if rules.iter().any(|(known, _, _)| known == prefix) {
                 return Err(format!("prefix {prefix:?} is given twice: keep one format per prefix"));
             }
-            rules.push((prefix.to_string(), mode));
+            rules.push((prefix.to_string(), mode, compression));
         }
         rules.sort_by(|left, right| right.0.len().cmp(&left.0.len()).then_with(|| left.0.cmp(&right.0)));
-        Ok(FormatRules { default, by_prefix: rules })
+        Ok(FormatRules { default, compression: Compression::None, by_prefix: rules })
     }
 
-    /// The mode of `key`, and why.
+    /// The mode of `key`, its compression, and why.
     pub fn choose(&self, key: &str) -> FormatChoice {
-        match self.by_prefix.iter().find(|(prefix, _)| key.starts_with(prefix.as_str())) {
-            Some((prefix, mode)) => {
-                FormatChoice { mode: *mode, reason: FormatReason::Prefix { prefix: prefix.clone() } }
-            }
-            None => FormatChoice { mode: self.default, reason: FormatReason::Default },
+        match self.by_prefix.iter().find(|(prefix, _, _)| key.starts_with(prefix.as_str())) {
+            Some((prefix, mode, compression)) => FormatChoice {
+                mode: *mode,
+                reason: FormatReason::Prefix { prefix: prefix.clone() },
+                compression: compression.unwrap_or(self.compression),
+                compression_by_rule: compression.is_some(),
+            },
+            None => FormatChoice {
+                mode: self.default,
+                reason: FormatReason::Default,
+                compression: self.compression,
+                compression_by_rule: false,
+            },
         }
     }
 
     /// The rules as `COMPACTOR_FORMATS` text (parses back to the same rules).
     pub fn by_prefix_text(&self) -> String {
-        self.by_prefix.iter().map(|(prefix, mode)| format!("{prefix}={mode}")).collect::<Vec<_>>().join(",")
+        self.by_prefix
+            .iter()
+            .map(|(prefix, mode, compression)| match compression {
+                Some(compression) => format!("{prefix}={mode}:{compression}"),
+                None => format!("{prefix}={mode}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -160,13 +202,31 @@ mod tests {
 
     #[test]
     fn the_longest_matching_prefix_wins_and_other_keys_take_the_default() {
-        let rules = FormatRules::parse(FormatMode::Bytes, " trail/=cloudtrail, trail/raw/=concat ,").unwrap();
+        let rules = FormatRules::parse(FormatMode::Bytes, " trail/=cloudtrail, trail/raw/=concat , lines/=ndjson:zstd")
+            .unwrap();
         assert_eq!(rules.choose("trail/2024/a.json.gz").mode, FormatMode::Cloudtrail);
         assert_eq!(rules.choose("trail/raw/a.json.gz").mode, FormatMode::Concat);
         assert_eq!(rules.choose("logs/a.json").mode, FormatMode::Bytes);
         assert_eq!(rules.choose("logs/a.json").to_string(), "COMPACTOR_FORMAT=bytes");
         assert_eq!(rules.choose("trail/raw/x").to_string(), "COMPACTOR_FORMATS trail/raw/=concat");
         assert_eq!(FormatRules::parse(FormatMode::Auto, &rules.by_prefix_text()).unwrap().by_prefix, rules.by_prefix);
+    }
+
+    #[test]
+    fn a_rule_s_compression_wins_over_compactor_compress() {
+        let rules = FormatRules::parse(FormatMode::Auto, "logs/=ndjson:zstd,raw/=bytes:none,tables/=csv")
+            .unwrap()
+            .with_compression(Compression::Gzip);
+        let choice = rules.choose("logs/a.json");
+        assert_eq!((choice.mode, choice.compression), (FormatMode::Ndjson, Compression::Zstd));
+        assert_eq!(choice.to_string(), "COMPACTOR_FORMATS logs/=ndjson:zstd");
+        assert_eq!(rules.choose("raw/a").compression, Compression::None, "a rule may turn it off");
+        assert_eq!(rules.choose("tables/a.csv").compression, Compression::Gzip, "no suffix: COMPACTOR_COMPRESS");
+        assert_eq!(rules.choose("tables/a.csv").to_string(), "COMPACTOR_FORMATS tables/=csv, COMPACTOR_COMPRESS=gzip");
+        assert_eq!(rules.choose("other/a.csv").to_string(), "COMPACTOR_FORMAT=auto, COMPACTOR_COMPRESS=gzip");
+        assert_eq!(rules.by_prefix_text(), "tables/=csv,logs/=ndjson:zstd,raw/=bytes:none");
+        let error = FormatRules::parse(FormatMode::Auto, "logs/=ndjson:lz4").unwrap_err();
+        assert!(error.contains("zstd, gzip or none"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The writer's formats that change sources' bytes: CloudTrail rewritten to NDJSON, CSV with
-//! one header per output, NDJSON with invalid lines set aside. Copy candidates never reach here ([`crate::domain::format::FormatClass::keeps_source_bytes`]
-//! is false for both), so every source comes read whole.
+//! one header per output, NDJSON with invalid lines set aside, and compressed outputs, each
+//! source a frame. Copy candidates never reach here ([`crate::domain::format::FormatClass::keeps_source_bytes`]
+//! is false for all), so every source comes read whole.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -8,7 +9,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
 use super::{OutputWriter, SourceUnreadable};
-use crate::domain::format::{cloudtrail, csv, ndjson};
+use crate::domain::format::compress::{compress_frame, compressed_by_content};
+use crate::domain::format::{cloudtrail, csv, ndjson, Compression, TextTail};
 use crate::domain::records::ObjectRecord;
 use crate::engine::EngineError;
 use crate::ports::{SeenAtRead, StoreError};
@@ -83,17 +85,15 @@ impl OutputWriter<'_> {
             }
             Some(_) => {}
             None => {
-                self.output_hasher.update(parts.header);
-                self.append(parts.header).await?;
-                self.offset += parts.header.len() as u64;
+                // A compressed output's header is a frame of its own, in no source's range.
+                let header = bytes.slice_ref(parts.header);
+                let (header_length, _) = self.append_text(source, header, 0).await?;
+                self.offset += header_length;
                 self.csv_header = Some(parts.header.to_vec());
             }
         }
-        let rows_sha256 = hex::encode(Sha256::digest(parts.rows));
-        self.output_hasher.update(parts.rows);
-        self.append(parts.rows).await?;
         let last_byte = parts.rows.last().copied();
-        let rows_length = parts.rows.len() as u64;
+        let (rows_length, rows_sha256) = self.append_text(source, bytes.slice_ref(parts.rows), source.size).await?;
         drop(bytes);
         drop(permit);
         // A CSV without a final newline gets one, outside its range, as any line file.
@@ -123,13 +123,91 @@ impl OutputWriter<'_> {
             self.side_file.push(b'\n');
         }
         self.written.invalid_lines += invalid.len() as u64;
-        let kept_sha256 = hex::encode(Sha256::digest(&kept));
-        self.output_hasher.update(&kept);
-        self.append(&kept).await?;
-        let (length, last_byte) = (kept.len() as u64, kept.last().copied());
-        drop(kept);
+        let last_byte = kept.last().copied();
+        let kept = match kept {
+            // Borrowed only when every line stays: the whole source.
+            std::borrow::Cow::Borrowed(_) => bytes.clone(),
+            std::borrow::Cow::Owned(kept) => Bytes::from(kept),
+        };
+        drop(invalid);
+        let (length, kept_sha256) = self.append_text(source, kept, source.size).await?;
         drop(bytes);
         drop(permit);
         self.place(source, length, kept_sha256, Ok(last_byte), seen).await
     }
+}
+
+/// Sources larger than this are compressed off the async threads: a frame of a few MiB takes
+/// milliseconds of CPU, which would stall the other outputs' reads and uploads.
+const COMPRESS_INLINE_MAX_BYTES: usize = 256 * 1024;
+
+impl OutputWriter<'_> {
+    /// Appends `text` (a source's text as its format made it) as the output's compression
+    /// wants: as it is, or as one frame whose length never equals `source_size` (see
+    /// [`compress_frame`]). Returns the length and sha256 of what was appended: the source's
+    /// range.
+    async fn append_text(
+        &mut self,
+        source: &ObjectRecord,
+        text: Bytes,
+        source_size: u64,
+    ) -> Result<(u64, String), EngineError> {
+        let compression = self.planned.class.compression;
+        let appended = if compression == Compression::None {
+            text
+        } else if text.len() <= COMPRESS_INLINE_MAX_BYTES {
+            Bytes::from(compress_frame(compression, &text, source_size).map_err(|error| frame_error(source, error))?)
+        } else {
+            let compressed = tokio::task::spawn_blocking(move || compress_frame(compression, &text, source_size));
+            let frame = compressed
+                .await
+                .map_err(|join_error| {
+                    StoreError::backend(
+                        source.bucket.as_str(),
+                        source.key.as_str(),
+                        format!("compress task failed: {join_error}"),
+                    )
+                })?
+                .map_err(|error| frame_error(source, error))?;
+            Bytes::from(frame)
+        };
+        self.output_hasher.update(&appended);
+        self.append(&appended).await?;
+        Ok((appended.len() as u64, hex::encode(Sha256::digest(&appended))))
+    }
+
+    /// Appends a source of a compressed `concat` or `bytes` output: its bytes as one frame, or
+    /// as they are when their content is compressed already (gzip under a `.json` name): never
+    /// compressed twice. Its range is then as long as the source, which no frame is.
+    pub(super) async fn append_compressed(
+        &mut self,
+        source: &ObjectRecord,
+        bytes: Bytes,
+        seen: &SeenAtRead,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), EngineError> {
+        let (length, sha256, text_end) = match compressed_by_content(&bytes) {
+            Some(kind) => {
+                info!(key = %source.key, kind, output = %self.planned.key, "source is compressed already; it goes in as it is");
+                self.written.already_compressed_sources += 1;
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                self.output_hasher.update(&bytes);
+                self.append(&bytes).await?;
+                // Its text's last byte is not known without decompressing it: no separator.
+                (bytes.len() as u64, sha256, Ok(None))
+            }
+            None => {
+                let mut tail = TextTail::new(&self.planned.class);
+                tail.update(&bytes);
+                let (length, sha256) = self.append_text(source, bytes, source.size).await?;
+                (length, sha256, tail.finish())
+            }
+        };
+        drop(permit);
+        self.place(source, length, sha256, text_end, seen).await
+    }
+}
+
+fn frame_error(source: &ObjectRecord, error: std::io::Error) -> StoreError {
+    StoreError::backend(source.bucket.as_str(), source.key.as_str(), format!("cannot compress it: {error}"))
 }
