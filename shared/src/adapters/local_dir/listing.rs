@@ -116,8 +116,18 @@ impl SortedDirectory {
         // matches, and the next page reads again.
         let stamp = Stamp::of(&fs::metadata(path)?);
         let read_started = SystemTime::now();
+        let narrow = |value: usize| {
+            u32::try_from(value).map_err(|_| {
+                io::Error::other(format!(
+                    "directory {} holds more than 4 GiB of file names: split it into subdirectories to list it",
+                    path.display()
+                ))
+            })
+        };
         let mut names = String::new();
-        let mut spans: Vec<(usize, usize)> = Vec::new();
+        // Narrowed as they are read: a million spans of two `usize`s beside the `u32` ones were
+        // 16 MB more at the peak of a scan.
+        let mut order: Vec<(u32, u32)> = Vec::new();
         for directory_entry in fs::read_dir(path)? {
             let directory_entry = directory_entry?;
             let Ok(file_name) = directory_entry.file_name().into_string() else {
@@ -134,20 +144,11 @@ impl SortedDirectory {
             } else {
                 continue;
             }
-            spans.push((start, names.len() - start));
+            order.push((narrow(start)?, narrow(names.len() - start)?));
         }
-        let narrow = |value: usize| {
-            u32::try_from(value).map_err(|_| {
-                io::Error::other(format!(
-                    "directory {} holds more than 4 GiB of file names: split it into subdirectories to list it",
-                    path.display()
-                ))
-            })
-        };
-        let mut order = spans
-            .into_iter()
-            .map(|(start, length)| Ok((narrow(start)?, narrow(length)?)))
-            .collect::<io::Result<Vec<_>>>()?;
+        // Kept until the listing ends: without the room their growth left.
+        names.shrink_to_fit();
+        order.shrink_to_fit();
         order.sort_unstable_by(|left, right| span(&names, *left).cmp(span(&names, *right)));
         let settled = stamp.modified.is_some_and(|modified| modified + SETTLE <= read_started);
         Ok(SortedDirectory { path: path.to_path_buf(), stamp, settled, names, order })

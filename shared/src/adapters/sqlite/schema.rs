@@ -103,6 +103,26 @@ SELECT bucket, key, partition_path, size, etag, sequencer, event_time_micros, st
        expiry_marked_at_micros
 FROM objects";
 
+/// The index of each column of [`OBJECT_SELECT`] (the test below checks them against its names).
+pub(super) mod object_column {
+    pub const BUCKET: usize = 0;
+    pub const KEY: usize = 1;
+    pub const PARTITION_PATH: usize = 2;
+    pub const SIZE: usize = 3;
+    pub const ETAG: usize = 4;
+    pub const SEQUENCER: usize = 5;
+    pub const EVENT_TIME_MICROS: usize = 6;
+    pub const STATE: usize = 7;
+    pub const NOTE: usize = 8;
+    pub const OUTPUT_KEY: usize = 9;
+    pub const OUTPUT_GENERATION: usize = 10;
+    pub const OUTPUT_OFFSET: usize = 11;
+    pub const OUTPUT_LENGTH: usize = 12;
+    pub const OUTPUT_SHA256: usize = 13;
+    pub const OUTPUT_SEPARATOR_BYTES: usize = 14;
+    pub const EXPIRY_MARKED_AT_MICROS: usize = 15;
+}
+
 pub(super) const OUTPUT_SELECT: &str = "
 SELECT bucket, key, partition_bucket, partition_path, generation, part_number, state, size, sha256, object_count,
        upload_id, created_at_micros, committed_at_micros, expiry_tracked, expiry_through_offset, expiry_through_key,
@@ -118,3 +138,63 @@ ALTER TABLE outputs ADD COLUMN expiry_through_key TEXT;
 ALTER TABLE outputs ADD COLUMN expiry_done INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outputs ADD COLUMN expiry_marked_at_micros INTEGER;
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_column_indexes_name_the_columns_of_object_select() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA_SQL).unwrap();
+        let statement = connection.prepare(OBJECT_SELECT).unwrap();
+        let names = statement.column_names();
+        let expected = [
+            (object_column::BUCKET, "bucket"),
+            (object_column::KEY, "key"),
+            (object_column::PARTITION_PATH, "partition_path"),
+            (object_column::SIZE, "size"),
+            (object_column::ETAG, "etag"),
+            (object_column::SEQUENCER, "sequencer"),
+            (object_column::EVENT_TIME_MICROS, "event_time_micros"),
+            (object_column::STATE, "state"),
+            (object_column::NOTE, "note"),
+            (object_column::OUTPUT_KEY, "output_key"),
+            (object_column::OUTPUT_GENERATION, "output_generation"),
+            (object_column::OUTPUT_OFFSET, "output_offset"),
+            (object_column::OUTPUT_LENGTH, "output_length"),
+            (object_column::OUTPUT_SHA256, "output_sha256"),
+            (object_column::OUTPUT_SEPARATOR_BYTES, "output_separator_bytes"),
+            (object_column::EXPIRY_MARKED_AT_MICROS, "expiry_marked_at_micros"),
+        ];
+        assert_eq!(names.len(), expected.len(), "every column of OBJECT_SELECT has an index: {names:?}");
+        for (index, name) in expected {
+            assert_eq!(names[index], name, "column {index}");
+        }
+    }
+
+    /// The plan SQLite picks for `sql`, one line per step.
+    fn query_plan(connection: &rusqlite::Connection, sql: &str) -> String {
+        let mut statement = connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        // The plan does not depend on the values: NULL for each parameter.
+        let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
+        let steps = statement.query_map(rusqlite::params_from_iter(nulls), |row| row.get::<_, String>(3)).unwrap();
+        steps.collect::<Result<Vec<_>, _>>().unwrap().join("\n")
+    }
+
+    /// Issue 16: each ran once per output (or per 1,000 sources of one), and walking more than
+    /// the output's own rows made the seal of a large partition quadratic.
+    #[test]
+    fn the_seals_per_output_updates_walk_the_outputs_index_not_the_bucket() {
+        use super::super::rows::{MARK_COMPACTED_SQL, MARK_EXPIRY_THROUGH_SQL};
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA_SQL).unwrap();
+        let compacted = query_plan(&connection, MARK_COMPACTED_SQL);
+        assert!(compacted.contains("USING INDEX objects_by_output (bucket=? AND output_key=?)"), "{compacted}");
+        let marked = query_plan(&connection, MARK_EXPIRY_THROUGH_SQL);
+        assert!(
+            marked.contains("USING INDEX objects_by_output (bucket=? AND output_key=? AND (output_offset,key)>(?,?)"),
+            "both cursor positions bound the walk: {marked}"
+        );
+    }
+}
