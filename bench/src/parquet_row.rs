@@ -112,7 +112,12 @@ pub async fn measure(backend: &Backend, endpoints: &Endpoints, partition_bytes: 
     ensure!(output.status.success(), "the Parquet seal child process failed: {}", output.status);
     let mut seal: SealMemory = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("the seal child printed {:?}", String::from_utf8_lossy(&output.stdout)))?;
-    ensure!(seal.objects == written.objects, "the seal compacted {} of {} Parquet files", seal.objects, written.objects);
+    ensure!(
+        seal.objects == written.objects,
+        "the seal compacted {} of {} Parquet files",
+        seal.objects,
+        written.objects
+    );
     seal.partition_bytes = written.bytes;
 
     let verify_started = std::time::Instant::now();

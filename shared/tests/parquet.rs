@@ -59,6 +59,9 @@ struct Deployment {
     config: Config,
     clock: ManualClock,
     plan: Arc<FaultPlan>,
+    /// The store through the fault plan on S3's path, one request per source (each GET and
+    /// PutObjectTagging a call the plan can crash in), rather than as production calls it.
+    per_source: bool,
 }
 
 impl Deployment {
@@ -102,12 +105,14 @@ impl Deployment {
             manifest,
             clock: ManualClock::new(now),
             plan: FaultPlan::new(),
+            per_source: false,
         })
     }
 
     /// The engine, every port call through the fault plan.
     fn compactor(&self) -> Compactor {
-        let store = Arc::new(FaultyStore::new(Arc::clone(&self.store), Arc::clone(&self.plan)));
+        let store = FaultyStore::new(Arc::clone(&self.store), Arc::clone(&self.plan));
+        let store = Arc::new(if self.per_source { store.per_source() } else { store });
         let manifest = Arc::new(FaultyManifest::new(Arc::clone(&self.manifest), Arc::clone(&self.plan)));
         Compactor::new(self.config.clone(), store, manifest, Arc::new(self.clock.clone()))
     }
@@ -213,9 +218,7 @@ on_each_backend!(
 mod cases {
     use super::*;
 
-    pub async fn parquet_sources_merge_by_schema_and_duckdb_finds_their_rows_and_sums_in_the_outputs(
-        backend: Backend,
-    ) {
+    pub async fn parquet_sources_merge_by_schema_and_duckdb_finds_their_rows_and_sums_in_the_outputs(backend: Backend) {
         let Some(deployment) = Deployment::new(backend, |_| {}).await else { return };
         let wide = sources(Schema::Wide, 0..40);
         let narrow = sources(Schema::Narrow, 100..110);
@@ -388,11 +391,13 @@ mod crash {
 
     async fn deployment(backend: Backend, expiry: &str) -> Option<Deployment> {
         let expiry = expiry.to_string();
-        let deployment = Deployment::new(backend, move |raw| {
+        let mut deployment = Deployment::new(backend, move |raw| {
             raw.expiry = Some(expiry.clone());
             raw.lease = Some("5m".into());
         })
         .await?;
+        // On the servers, S3's path: a crash between any two of its requests.
+        deployment.per_source = backend != Backend::Embedded;
         deployment.add(&dataset()).await;
         deployment.plan.heal();
         Some(deployment)
@@ -541,7 +546,8 @@ mod crash {
             assert!(record.expiry_marked_at.is_some(), "{context}: {key} not marked for expiry");
         }
         assert_eq!(committed.len(), 2, "{context}: one output per schema: {committed:?}");
-        let listed = deployment.store.list(&deployment.bucket, &deployment.config.dest_prefix, None, 1000).await.unwrap();
+        let listed =
+            deployment.store.list(&deployment.bucket, &deployment.config.dest_prefix, None, 1000).await.unwrap();
         let mut stored: Vec<String> = listed.objects.into_iter().map(|meta| meta.key).collect();
         stored.sort();
         committed.sort();
