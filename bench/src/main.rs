@@ -7,6 +7,7 @@ mod counting;
 mod dynamodb_units;
 mod embedded;
 mod memory;
+mod parquet_row;
 mod report;
 mod setup;
 mod template;
@@ -35,7 +36,9 @@ use crate::setup::{Backend, Endpoints};
 ///  6. the embedded backend's seal throughput next to `cat` of the same files, on the
 ///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte);
 ///  7. many tiny objects in one partition: scan and seal rates and peak RSS per size, on the
-///     embedded backend and on S3 + SQLite.
+///     embedded backend and on S3 + SQLite;
+///  8. Parquet partitions (feature-store batches), per size on S3 + SQLite: the seal's rates
+///     next to the raw GET ceiling over the same objects, and its peak RSS.
 #[derive(Debug, Parser)]
 #[command(name = "s3-compactor-bench", version, verbatim_doc_comment)]
 struct Args {
@@ -66,8 +69,15 @@ struct Args {
     /// Backends of the many-tiny-objects rows.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded,s3")]
     tiny_backends: Vec<tiny::TinyBackend>,
+    /// Sizes of the Parquet partitions (feature-store batches of ~73 KB), e.g. 100MB,2GB. The
+    /// 2 GB one takes about 20 minutes on a loaded 2-core machine (generating, writing and
+    /// verifying 27,600 files as well as sealing them): run it alone with `parquet`, whose
+    /// default is 100MB,2GB.
+    #[arg(long, value_delimiter = ',', default_value = "100MB")]
+    parquet_partitions: Vec<String>,
     /// A small run (a few hundred objects, 8 MB and 32 MB partitions, 500 and 1,000 tiny
-    /// objects) that checks the benchmark itself works; its numbers mean little.
+    /// objects, one 4 MB Parquet partition) that checks the benchmark itself works; its
+    /// numbers mean little.
     #[arg(long)]
     quick: bool,
     /// Also append the JSON line to this file.
@@ -88,6 +98,15 @@ enum Command {
     /// One step of a tiny-objects row, then its peak RSS as JSON.
     #[command(hide = true)]
     TinyChild(tiny::TinyChildArgs),
+    /// Only step 8: the Parquet rows.
+    Parquet(ParquetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ParquetArgs {
+    /// Partition sizes, e.g. 100MB,2GB.
+    #[arg(long, value_delimiter = ',', default_value = "100MB,2GB")]
+    partitions: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +157,7 @@ async fn main() {
         Some(Command::Memory(memory_args)) => run_memory(&args.endpoints, memory_args).await,
         Some(Command::Tiny(tiny_args)) => run_tiny(&args.endpoints, tiny_args).await,
         Some(Command::TinyChild(child)) => tiny::child(&args.endpoints, child).await,
+        Some(Command::Parquet(parquet_args)) => run_parquet(&args.endpoints, parquet_args).await,
         None => run(args).await,
     };
     if let Err(error) = result {
@@ -153,12 +173,14 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         args.memory_partitions = vec!["8MB".into(), "32MB".into()];
         args.expiry_days = args.expiry_days.min(1);
         args.tiny_objects = vec![500, 1000];
+        args.parquet_partitions = vec!["4MB".into()];
     }
     let memory_partitions = args
         .memory_partitions
         .iter()
         .map(|text| compactor::config::parse_bytes("--memory-partitions", text).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<u64>>>()?;
+    let parquet_partitions = parse_sizes("--parquet-partitions", &args.parquet_partitions)?;
     ensure!(args.days > 0 && args.files_per_day > 0, "--days and --files-per-day must be at least 1");
     ensure!(args.tiny_objects.iter().all(|&count| count > 0), "--tiny-objects sizes must be at least 1");
     let started = Instant::now();
@@ -168,7 +190,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.deployed = Some(backend.deployed);
     let dataset = setup::throughput_dataset(args.days, args.files_per_day);
     eprintln!(
-        "[1/8] throughput dataset: {} objects over {} days, on S3 at {} and DynamoDB at {}",
+        "[1/9] throughput dataset: {} objects over {} days, on S3 at {} and DynamoDB at {}",
         dataset.object_count(),
         args.days,
         args.endpoints.s3_endpoint,
@@ -179,7 +201,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.dataset_objects = written.objects;
     report.dataset_bytes = written.bytes;
 
-    eprintln!("[2/8] raw GET ceiling, then ingest into DynamoDB and seal on S3 + DynamoDB");
+    eprintln!("[2/9] raw GET ceiling, then ingest into DynamoDB and seal on S3 + DynamoDB");
     report.get_ceiling = Some(progress("raw GET ceiling", aws.raw_get_ceiling(&written.events).await?));
     report.ingest_dynamodb =
         Some(progress("ingest into DynamoDB", aws.ingest(&written.events, args.ingest_concurrency).await?));
@@ -194,10 +216,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     hybrid.compactor.ingest(&written.events).await?;
     report.seal_s3_sqlite = Some(progress("seal on S3 + SQLite", hybrid.seal().await?));
 
-    eprintln!("[3/8] list-and-concatenate over the same objects");
+    eprintln!("[3/9] list-and-concatenate over the same objects");
     report.baseline = Some(progress("list-and-concatenate", baseline::list_and_concatenate(&aws, &dataset).await?));
 
-    eprintln!("[4/8] embedded backend: ingest into SQLite, seal, and cat of the same files");
+    eprintln!("[4/9] embedded backend: ingest into SQLite, seal, and cat of the same files");
     let embedded = embedded::run(&dataset).await?;
     report.ingest_sqlite = Some(progress("ingest into SQLite", embedded.ingest));
     report.seal_embedded = Some(progress("seal, embedded", embedded.seal));
@@ -207,13 +229,13 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.seal_embedded_cloudtrail = Some(progress("seal, embedded, CloudTrail", cloudtrail.seal));
     report.cat_cloudtrail = Some(progress("cat, CloudTrail", cloudtrail.cat));
 
-    eprintln!("[5/8] peak RSS of one seal per partition size");
+    eprintln!("[5/9] peak RSS of one seal per partition size");
     for size in memory_partitions {
         let run = memory::MemoryRun { manifest: memory::ManifestBackend::Dynamodb, keep_manifest_in: None };
         report.memory.push(measure_memory(&backend, &args.endpoints, size, &run).await?);
     }
 
-    eprintln!("[6/8] cost under COMPACTOR_EXPIRY=delete and none, {} days of the dataset each", args.expiry_days);
+    eprintln!("[6/9] cost under COMPACTOR_EXPIRY=delete and none, {} days of the dataset each", args.expiry_days);
     let subset = setup::throughput_dataset(args.days.min(args.expiry_days.max(1)), args.files_per_day);
     for mode in ["delete", "none"] {
         let deployment = backend.fresh_deployment_with_expiry(&format!("expiry-{mode}"), mode).await?;
@@ -224,15 +246,20 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         report.expiry_runs.push(report::ExpiryRun { mode: mode.to_string(), ingest, seal });
     }
 
-    eprintln!("[7/8] many tiny objects in one partition");
+    eprintln!("[7/9] many tiny objects in one partition");
     for &kind in &args.tiny_backends {
         for &count in &args.tiny_objects {
             report.tiny.push(tiny::measure(&backend, &args.endpoints, kind, count).await?);
         }
     }
 
+    eprintln!("[8/9] Parquet partitions on S3 + SQLite: GET ceiling, seal, peak RSS");
+    for &size in &parquet_partitions {
+        report.parquet.push(parquet_row::measure(&backend, &args.endpoints, size).await?);
+    }
+
     report.seconds = started.elapsed().as_secs_f64();
-    eprintln!("[8/8] done in {:.0} s\n", report.seconds);
+    eprintln!("[9/9] done in {:.0} s\n", report.seconds);
     print!("{}", report.table());
     let line = report.json_line()?;
     println!("{line}");
@@ -276,6 +303,26 @@ async fn run_memory(endpoints: &Endpoints, args: MemoryArgs) -> anyhow::Result<(
         let measured = measure_memory(&backend, endpoints, partition_bytes, &run).await?;
         println!("{}", serde_json::to_string(&measured)?);
     }
+    Ok(())
+}
+
+fn parse_sizes(option: &'static str, texts: &[String]) -> anyhow::Result<Vec<u64>> {
+    texts.iter().map(|text| compactor::config::parse_bytes(option, text).map_err(anyhow::Error::from)).collect()
+}
+
+/// The `parquet` command: step 8 alone, one JSON line per partition, then its table.
+async fn run_parquet(endpoints: &Endpoints, args: ParquetArgs) -> anyhow::Result<()> {
+    let sizes = parse_sizes("--partitions", &args.partitions)?;
+    let backend = Backend::connect(endpoints).await?;
+    let mut report = Report::default();
+    for size in sizes {
+        let row = parquet_row::measure(&backend, endpoints, size).await?;
+        println!("{}", serde_json::to_string(&row)?);
+        report.parquet.push(row);
+    }
+    let mut table = String::new();
+    report.parquet_table(&mut table);
+    print!("{table}");
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::memory::SealMemory;
+use crate::parquet_row::ParquetRow;
 use crate::setup::Measured;
 use crate::template::Deployed;
 use crate::tiny::TinyRow;
@@ -58,6 +59,8 @@ pub struct Report {
     pub expiry_runs: Vec<ExpiryRun>,
     /// The many-tiny-objects rows.
     pub tiny: Vec<TinyRow>,
+    /// The Parquet rows, one per partition size.
+    pub parquet: Vec<ParquetRow>,
     pub deployed: Option<Deployed>,
     pub seconds: f64,
 }
@@ -222,6 +225,7 @@ impl Report {
 
         self.cost_table(&mut out);
         self.tiny_table(&mut out);
+        self.parquet_table(&mut out);
         let lists = self.steady_state_lists();
         let _ = writeln!(
             out,
@@ -382,6 +386,55 @@ impl Report {
         }
     }
 
+    /// The Parquet rows: the seal next to the GET ceiling over the same objects, and peak RSS.
+    pub fn parquet_table(&self, out: &mut String) {
+        if self.parquet.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<34} {:>8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7}",
+            "Parquet, one partition (S3+SQLite)",
+            "objects",
+            "MB",
+            "GET obj/s",
+            "GET MB/s",
+            "seal obj/s",
+            "seal MB/s",
+            "ratio",
+            "seal MiB",
+            "outputs"
+        );
+        for row in &self.parquet {
+            let _ = writeln!(
+                out,
+                "{:<34} {:>8} {:>8.1} {:>10.0} {:>8.1} {:>10.0} {:>8.1} {:>6.2}x {:>8.1} {:>7}",
+                format!("{:.0} MB of feature-store batches", row.partition_bytes as f64 / 1e6),
+                row.objects,
+                row.partition_bytes as f64 / 1e6,
+                row.get_ceiling.objects_per_second(),
+                row.get_ceiling.megabytes_per_second(),
+                row.seal_objects_per_second(),
+                row.seal_megabytes_per_second(),
+                row.ceiling_ratio(),
+                row.peak_rss_mib(),
+                row.outputs
+            );
+        }
+        let smallest = self.parquet.iter().min_by_key(|row| row.partition_bytes);
+        let largest = self.parquet.iter().max_by_key(|row| row.partition_bytes);
+        if let (Some(smallest), Some(largest)) = (smallest, largest) {
+            if largest.partition_bytes > smallest.partition_bytes {
+                let growth = largest.seal.peak_rss_bytes as f64 / smallest.seal.peak_rss_bytes.max(1) as f64;
+                let _ = writeln!(
+                    out,
+                    "Parquet seal peak RSS largest/smallest {growth:.2}x (target <= 1.10: {}); every output verified",
+                    verdict(growth <= 1.10)
+                );
+            }
+        }
+    }
+
     /// One line of JSON with the headline numbers and every phase's raw measurements.
     pub fn json_line(&self) -> anyhow::Result<String> {
         let objects = self.dataset_objects;
@@ -409,6 +462,15 @@ impl Report {
                 "peak_rss_mib": memory.peak_rss_bytes as f64 / MIB,
             })).collect::<Vec<_>>(),
             "peak_rss_growth": self.memory_growth(),
+            "parquet": self.parquet.iter().map(|row| json!({
+                "partition_bytes": row.partition_bytes,
+                "objects": row.objects,
+                "get_ceiling_objects_per_s": row.get_ceiling.objects_per_second(),
+                "seal_objects_per_s": row.seal_objects_per_second(),
+                "seal_mb_per_s": row.seal_megabytes_per_second(),
+                "seal_to_get_ceiling": row.ceiling_ratio(),
+                "peak_rss_mib": row.peak_rss_mib(),
+            })).collect::<Vec<_>>(),
             "steady_state_lists": self.steady_state_lists(),
             "request_usd_per_million_objects": ours.cost_usd() * 1e6 / objects.max(1) as f64,
             "usd_per_million_objects_by_expiry": self.usd_per_million_by_mode().into_iter().collect::<std::collections::BTreeMap<_, _>>(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use parquet::file::metadata::{FooterTail, KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::schema::types::Type;
 
+use super::chunks::OffsetBytes;
 use crate::ports::{GetOptions, ObjectStore, StoreError};
 
 /// The magic a Parquet file starts and ends with.
@@ -70,6 +71,19 @@ pub async fn read_footer(
     size: u64,
     etag: Option<&str>,
 ) -> Result<Result<ParquetFooter, BadParquet>, StoreError> {
+    Ok(read_footer_and_tail(store, bucket, key, size, etag).await?.map(|(footer, _)| footer))
+}
+
+/// As [`read_footer`], with the bytes of the first read (the file's last
+/// [`FIRST_READ_BYTES`], the whole of a small file): the seal copies column chunks that lie
+/// in them from there, without another GET.
+pub async fn read_footer_and_tail(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    etag: Option<&str>,
+) -> Result<Result<(ParquetFooter, OffsetBytes), BadParquet>, StoreError> {
     let minimum = MAGIC.len() as u64 + TAIL_BYTES;
     if size < minimum {
         return Ok(Err(BadParquet(format!("{size} bytes is too short for a Parquet file ({minimum} at least)"))));
@@ -89,7 +103,7 @@ pub async fn read_footer(
     if first == 0 && &tail[..MAGIC.len()] != MAGIC {
         return Ok(Err(BadParquet("does not start with the Parquet magic PAR1".into())));
     }
-    Ok(parse_footer(&footer, footer_start))
+    Ok(parse_footer(&footer, footer_start).map(|footer| (footer, OffsetBytes { start: first, bytes: tail })))
 }
 
 /// The footer's length from the file's last 8 bytes, checked against the file's size.
