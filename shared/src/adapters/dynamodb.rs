@@ -82,7 +82,8 @@
 //! single-item writes, queries) and `optimistically`, the
 //! one read-decide-conditional-write loop; `ingest` records objects and removals and flags their
 //! partition; `partitions` derives counts and releases; `outputs` and `placements` hold the
-//! output lifecycle and the placement chunks; `table` creates the table; `manifest` implements
+//! output lifecycle and the placement chunks; `placed_versions` reads a window's object items by
+//! key range for the placement check; `table` creates the table; `manifest` implements
 //! the port on top of them.
 //!
 //! # How it differs from SQLite
