@@ -1,6 +1,7 @@
 //! Ingest: object items, and the partition flag that the race with release needs.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 
@@ -73,21 +74,32 @@ impl DynamoDbManifest {
     /// at a time: DynamoDB has no batch conditional write), then each partition that needs it
     /// flagged once, not once per object. Flagging after all the object writes keeps the order
     /// the race with release needs (module doc): each partition's flag read comes after every
-    /// object write of that partition. When some object writes fail, the partitions of the
-    /// others are still flagged before the call fails, so a failed batch leaves no written
-    /// object unflagged (a retried one is flagged by its replay, as after a crash between the
-    /// two writes).
+    /// object write of that partition. Once a write fails no new one starts (a throttled table
+    /// is not pressed further), and the partitions of the objects written by then are still
+    /// flagged before the call fails, so a failed batch leaves no written object unflagged (a
+    /// retried one is flagged by its replay, as after a crash between the two writes).
     pub(super) async fn record_object_items(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
+        let failed = AtomicBool::new(false);
+        let failed = &failed;
         // Owned objects: a stream of borrowed ones trips the `Send` bound async_trait puts on the caller.
-        let written: Vec<Result<(IngestOutcome, bool), ManifestError>> = stream::iter(objects.to_vec())
-            .map(|object| async move { self.write_object_item(&object).await })
+        let written: Vec<Option<Result<(IngestOutcome, bool), ManifestError>>> = stream::iter(objects.to_vec())
+            .map(|object| async move {
+                if failed.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let written = self.write_object_item(&object).await;
+                if written.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                Some(written)
+            })
             .buffered(CONCURRENT_REQUESTS)
             .collect()
             .await;
         // One object per partition to flag (any of them: they build the same partition item).
         let mut to_flag: BTreeMap<(String, String), NewObject> = BTreeMap::new();
         for (object, written) in objects.iter().zip(&written) {
-            if matches!(written, Ok((_, true))) {
+            if matches!(written, Some(Ok((_, true)))) {
                 to_flag.entry((object.bucket.clone(), object.partition.path.clone())).or_insert_with(|| object.clone());
             }
         }
@@ -96,7 +108,20 @@ impl DynamoDbManifest {
             .buffer_unordered(CONCURRENT_REQUESTS)
             .try_collect::<Vec<()>>()
             .await?;
-        written.into_iter().map(|written| written.map(|(outcome, _)| outcome)).collect()
+        let mut outcomes = Vec::with_capacity(written.len());
+        for written in written {
+            match written {
+                Some(Ok((outcome, _))) => outcomes.push(outcome),
+                Some(Err(error)) => return Err(error),
+                // Not attempted: only after another write failed.
+                None => {}
+            }
+        }
+        // A write is skipped only after another failed, whose error returned above: never here.
+        if outcomes.len() < objects.len() {
+            return Err(DynamoDbManifestError::Contended { what: "a batch of object writes".to_owned() }.into());
+        }
+        Ok(outcomes)
     }
 
     /// Writes one object item; answers the outcome and whether the partition must then be
