@@ -929,6 +929,52 @@ mod tests {
         assert!((22..30).contains(&reads), "{reads} GetItems: {operations:?}");
     }
 
+    /// Fails every request whose body names `key`: a write (or read) the table refuses.
+    #[derive(Debug, Clone)]
+    struct RefuseRequestsNaming(&'static str);
+
+    impl Intercept for RefuseRequestsNaming {
+        fn name(&self) -> &'static str {
+            "RefuseRequestsNaming"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &BeforeTransmitInterceptorContextRef<'_>,
+            _runtime_components: &RuntimeComponents,
+            _cfg: &mut ConfigBag,
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let body = context.request().body().bytes().unwrap_or_default();
+            if String::from_utf8_lossy(body).contains(self.0) {
+                return Err(format!("the test refuses requests naming {}", self.0).into());
+            }
+            Ok(())
+        }
+    }
+
+    /// A batch in which one object write fails fails as a whole (the ingest handler then tells
+    /// which message), but the object written beside it is flagged in its partition first.
+    #[tokio::test]
+    async fn a_batch_whose_write_fails_still_flags_the_partitions_of_the_objects_it_wrote() {
+        use crate::testkit::manifest_conformance::SOURCE_BUCKET;
+
+        let Some(endpoint) = servers::dynamodb_endpoint() else { return };
+        let config =
+            servers::dynamodb_test_config(&endpoint).await.interceptor(RefuseRequestsNaming("refused.json")).build();
+        let (manifest, table) = new_table(Client::from_conf(config), &endpoint).await;
+        let (day_14, day_15) = (day_partition("logs", 14), day_partition("logs", 15));
+        let batch = [new_object(&day_14, "a.json", "10", 10), new_object(&day_15, "refused.json", "10", 10)];
+        manifest.record_objects(&batch).await.expect_err("one write is refused");
+
+        let reader =
+            DynamoDbManifest::new(servers::dynamodb_test_client(&endpoint).await, table.table(), test_layout());
+        let written = reader.object(SOURCE_BUCKET, &batch[0].key).await.unwrap().expect("the other object is written");
+        assert_eq!(written.state, ObjectState::Pending);
+        assert_eq!(reader.object(SOURCE_BUCKET, &batch[1].key).await.unwrap(), None);
+        let closed = reader.closed_partition_keys(at("2024-01-20T00:00:00Z"), 10).await.unwrap();
+        assert_eq!(closed, [partition_key_of(&day_14)], "the written object's partition is flagged, and only it");
+    }
+
     /// `record_placements` reads a window by range Queries per shard (by key where a shard's
     /// range is mostly other items, or holds one key of the window) and decides as reads by key
     /// did: exactly the sources no longer pending as the placed version are superseded.
