@@ -7,10 +7,12 @@
 //!
 //! **An SQS batch is one engine call.** Every message is decoded first, then all their events
 //! go to [`Compactor::ingest_all_decoded`] together, so the manifest sees one batch (one SQLite
-//! transaction; DynamoDB requests side by side) instead of one call per message. If that call
+//! transaction; on DynamoDB the object writes side by side, then one read of each partition's
+//! flag per batch instead of one per object) instead of one call per message. If that call
 //! fails, each message is ingested again on its own to tell which ones fail: only those are
 //! reported in `batchItemFailures` (every record is idempotent, so the messages recorded
-//! twice on that path change nothing). A malformed message is a failure from the start.
+//! twice on that path change nothing; they count as stale the second time). A malformed
+//! message is a failure from the start.
 //!
 //! A failed SQS message returns to the queue, and after the queue's `maxReceiveCount` moves
 //! to the dead-letter queue, where it waits for a person — never dropped. A malformed direct or

@@ -185,3 +185,55 @@ async fn when_the_manifest_fails_every_message_with_events_is_handed_back_and_no
     assert_eq!(response(&outcome), json!({ "batchItemFailures": [] }));
     assert_eq!(outcome.report.recorded, 2);
 }
+
+/// A batch where one message is malformed and one object's write fails (after the batch's
+/// other writes went through, as DynamoDB's side-by-side writes do): exactly those two ids come
+/// back, every other object is in the manifest once, as its event said, and SQS's redelivery of
+/// the failed one records it.
+#[tokio::test]
+async fn a_malformed_message_and_a_failed_write_are_the_only_ids_handed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let compactor = compactor_with(&dir, plan.clone());
+    let (ingest, lines) = function(&compactor);
+    let refused_key = "app/2024/01/14/refused.json";
+    plan.refuse_records_of([refused_key]);
+    let good = [("a", "app/2024/01/14/a.json", "01"), ("b", "app/2024/01/15/b.json", "03")];
+    let batch = json!({ "Records": [
+        sqs_message(good[0].0, &s3_notification(good[0].1, good[0].2)),
+        sqs_message("malformed", "{\"Records\": [{\"eventName\": "),
+        sqs_message("refused", &s3_notification(refused_key, "02")),
+        sqs_message(good[1].0, &s3_notification(good[1].1, good[1].2)),
+    ]});
+    let outcome = ingest.handle(batch.clone()).await.unwrap();
+    assert_eq!(
+        response(&outcome),
+        json!({ "batchItemFailures": [{ "itemIdentifier": "malformed" }, { "itemIdentifier": "refused" }] })
+    );
+    assert_eq!(lines.records()[0][metric::MESSAGES_FAILED], 2);
+    // The batch's own attempt recorded the good ones; the one-by-one pass that found the failed
+    // message saw them again as replays: recorded or stale, never twice recorded.
+    assert_eq!(outcome.report.recorded + outcome.report.stale, 2, "{:?}", outcome.report);
+    for (_, key, sequencer) in good {
+        let record = compactor.manifest().object("fixture-logs", key).await.unwrap().expect("recorded");
+        assert_eq!((record.state, record.sequencer.as_str()), (ObjectState::Pending, sequencer), "{key}");
+    }
+    assert_eq!(compactor.manifest().object("fixture-logs", refused_key).await.unwrap(), None);
+
+    // SQS redelivers the two failed messages once the manifest takes the write again.
+    plan.heal();
+    let retry = json!({ "Records": [
+        sqs_message("malformed", "{\"Records\": [{\"eventName\": "),
+        sqs_message("refused", &s3_notification(refused_key, "02")),
+    ]});
+    let outcome = ingest.handle(retry).await.unwrap();
+    assert_eq!(response(&outcome), json!({ "batchItemFailures": [{ "itemIdentifier": "malformed" }] }));
+    assert_eq!((outcome.report.recorded, outcome.report.stale), (1, 0));
+    let record = compactor.manifest().object("fixture-logs", refused_key).await.unwrap().expect("recorded on retry");
+    assert_eq!((record.state, record.sequencer.as_str()), (ObjectState::Pending, "02"));
+
+    // A redelivery of the whole first batch changes nothing: every object is already there.
+    let replay = ingest.handle(batch).await.unwrap();
+    assert_eq!(response(&replay), json!({ "batchItemFailures": [{ "itemIdentifier": "malformed" }] }));
+    assert_eq!((replay.report.recorded, replay.report.stale), (0, 3));
+}

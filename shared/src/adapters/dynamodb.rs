@@ -82,7 +82,8 @@
 //! single-item writes, queries) and `optimistically`, the
 //! one read-decide-conditional-write loop; `ingest` records objects and removals and flags their
 //! partition; `partitions` derives counts and releases; `outputs` and `placements` hold the
-//! output lifecycle and the placement chunks; `table` creates the table; `manifest` implements
+//! output lifecycle and the placement chunks; `placed_versions` reads a window's object items by
+//! key range for the placement check; `table` creates the table; `manifest` implements
 //! the port on top of them.
 //!
 //! # How it differs from SQLite
@@ -150,18 +151,20 @@
 //! `open` partition has no lock holder, so any release that could seal it belongs to a later
 //! `acquire`, whose count comes after the object write and sees it. That read costs one read
 //! unit instead of a write unit (a failed conditional write would still cost a write unit and
-//! count against the item's 1,000 writes/s); the alternative, one partition write per partition
-//! per SQS batch, needs the ingest engine to batch and is not done here.
+//! count against the item's 1,000 writes/s). `record_objects` (one SQS batch, one call) writes
+//! all its object items first, then reads each partition's flag once: one read per partition
+//! per batch instead of per object, still after every object write of that partition.
 //!
 //! # Costs per operation (items under 1 KB; a transaction costs double)
 //! | call | reads (RCU) | writes (WCU) |
 //! |---|---|---|
-//! | `record_object` | 2 strongly consistent GetItems (object, partition) | 1 Put; + 1 Update when the partition is new, sealed or sealing |
+//! | `record_object` | 1 strongly consistent GetItem (partition); + 1 (object) when the key is known | 1 Put; + 1 Update when the partition is new, sealed or sealing |
+//! | `record_objects` (n) | 1 per partition of the batch; + 1 per known key | n Puts; + 1 Update per partition new, sealed or sealing |
 //! | `record_removal` | 1 | 1 |
 //! | `acquire`, `renew` | 0 (+ 1 for the schema item, on a manifest value's first `acquire`) | 1 |
 //! | `release` | 1 + all object items of the partition (counting) | 1 |
 //! | `objects` (one page of n) | about n, over 16 Queries | 0 |
-//! | `record_placements` (n) | 1 + n (strongly consistent, in `BatchGetItem`s of 100) | the chunk items' size: about 0.2 per source |
+//! | `record_placements` (n) | 1 + per shard the window's range (strongly consistent Queries, 4 KB a unit: about n / 13 + 16 for n object items of ~300 bytes; by key where a range is mostly other items) | the chunk items' size: about 0.2 per source |
 //! | `begin_output`, `commit_output`, `abandon_output`, `mark_missing` | 2 to 3 | 4 to 6 (a transaction of 2 or 3 items) |
 //! | `mark_compacted` (n sources) | the output items, and the chunks (about n / 20) | n in n / 25 `BatchExecuteStatement`s, + 1 on the output item (0 once done) |
 //! | `mark_expiry` (n keys) | 0 | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks); the seal calls it for exceptions only (changed, gone, tag limit), or for every source with a record TTL |
@@ -203,6 +206,7 @@ mod items;
 mod manifest;
 mod outputs;
 mod partitions;
+mod placed_versions;
 mod placements;
 mod requests;
 mod table;
@@ -871,6 +875,172 @@ mod tests {
         assert_eq!((released.state, released.pending_objects), (PartitionState::Open, 1));
         let closed = manifest.closed_partitions(now, 10).await.unwrap();
         assert_eq!(closed.into_iter().map(|record| record.key).collect::<Vec<_>>(), [key]);
+    }
+
+    /// `record_objects` (an SQS batch) writes every object item, then reads each partition's
+    /// flag once, not once per object; a batch that lands in a sealed partition reopens it.
+    #[tokio::test]
+    async fn a_batch_reads_each_partition_flag_once_and_reopens_a_sealed_one() {
+        let Some(endpoint) = servers::dynamodb_endpoint() else { return };
+        let log = OperationLog::default();
+        let config = servers::dynamodb_test_config(&endpoint).await.interceptor(log.clone()).build();
+        let (manifest, _table) = new_table(Client::from_conf(config), &endpoint).await;
+        let (day_14, day_15) = (day_partition("logs", 14), day_partition("logs", 15));
+        let batch = |name: &str| -> Vec<NewObject> {
+            (0..20)
+                .map(|index| {
+                    let partition = if index % 2 == 0 { &day_14 } else { &day_15 };
+                    new_object(partition, &format!("{name}-{index:02}.json"), "10", 10)
+                })
+                .collect()
+        };
+        log.take();
+        let outcomes = manifest.record_objects(&batch("first")).await.unwrap();
+        assert!(outcomes.iter().all(|outcome| *outcome == IngestOutcome::Recorded), "{outcomes:?}");
+        let operations = log.take();
+        assert_eq!(count_of(&operations, "GetItem"), 2, "one flag read per partition: {operations:?}");
+        assert_eq!(count_of(&operations, "PutItem"), 20 + 2, "the objects, then the two new partitions");
+
+        // Day 14 sealed with nothing pending; the next batch reopens it with one flag write.
+        let key_14 = partition_key_of(&day_14);
+        let now = at("2024-01-20T00:00:00Z");
+        let lease = manifest.acquire(&key_14, "seal-1", now, Duration::minutes(15)).await.unwrap();
+        for object in manifest.objects(&key_14, &ObjectQuery::in_state(ObjectState::Pending)).await.unwrap() {
+            manifest.mark_missing(&lease, &object.key, &object.sequencer, "cleared for the test").await.unwrap();
+        }
+        assert_eq!(manifest.release(&lease, now).await.unwrap().state, PartitionState::Sealed);
+        log.take();
+        manifest.record_objects(&batch("second")).await.unwrap();
+        let operations = log.take();
+        assert_eq!(count_of(&operations, "GetItem"), 2, "{operations:?}");
+        assert_eq!(count_of(&operations, "UpdateItem"), 1, "only the sealed partition is written: {operations:?}");
+        let reopened = manifest.partition(&key_14).await.unwrap().unwrap();
+        assert_eq!((reopened.state, reopened.pending_objects), (PartitionState::Open, 10));
+        let closed = manifest.closed_partition_keys(now, 10).await.unwrap();
+        assert_eq!(closed.len(), 2, "both partitions are in the pending index: {closed:?}");
+
+        // A replay of the batch changes nothing and reads each flag once again.
+        let replayed = manifest.record_objects(&batch("second")).await.unwrap();
+        assert!(replayed.iter().all(|outcome| *outcome == IngestOutcome::Stale), "{replayed:?}");
+        let operations = log.take();
+        // Each item is read as a replay, then each flag once: 22 (a flag read per object would
+        // make 40; the SDK's retries of a slow emulator's answers may add a few).
+        let reads = count_of(&operations, "GetItem");
+        assert!((22..30).contains(&reads), "{reads} GetItems: {operations:?}");
+    }
+
+    /// Fails every request whose body names `key`: a write (or read) the table refuses.
+    #[derive(Debug, Clone)]
+    struct RefuseRequestsNaming(&'static str);
+
+    impl Intercept for RefuseRequestsNaming {
+        fn name(&self) -> &'static str {
+            "RefuseRequestsNaming"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &BeforeTransmitInterceptorContextRef<'_>,
+            _runtime_components: &RuntimeComponents,
+            _cfg: &mut ConfigBag,
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let body = context.request().body().bytes().unwrap_or_default();
+            if String::from_utf8_lossy(body).contains(self.0) {
+                return Err(format!("the test refuses requests naming {}", self.0).into());
+            }
+            Ok(())
+        }
+    }
+
+    /// A batch in which one object write fails fails as a whole (the ingest handler then tells
+    /// which message), but the object written beside it is flagged in its partition first.
+    #[tokio::test]
+    async fn a_batch_whose_write_fails_still_flags_the_partitions_of_the_objects_it_wrote() {
+        use crate::testkit::manifest_conformance::SOURCE_BUCKET;
+
+        let Some(endpoint) = servers::dynamodb_endpoint() else { return };
+        let config =
+            servers::dynamodb_test_config(&endpoint).await.interceptor(RefuseRequestsNaming("refused.json")).build();
+        let (manifest, table) = new_table(Client::from_conf(config), &endpoint).await;
+        let (day_14, day_15) = (day_partition("logs", 14), day_partition("logs", 15));
+        let batch = [new_object(&day_14, "a.json", "10", 10), new_object(&day_15, "refused.json", "10", 10)];
+        manifest.record_objects(&batch).await.expect_err("one write is refused");
+
+        let reader =
+            DynamoDbManifest::new(servers::dynamodb_test_client(&endpoint).await, table.table(), test_layout());
+        let written = reader.object(SOURCE_BUCKET, &batch[0].key).await.unwrap().expect("the other object is written");
+        assert_eq!(written.state, ObjectState::Pending);
+        assert_eq!(reader.object(SOURCE_BUCKET, &batch[1].key).await.unwrap(), None);
+        let closed = reader.closed_partition_keys(at("2024-01-20T00:00:00Z"), 10).await.unwrap();
+        assert_eq!(closed, [partition_key_of(&day_14)], "the written object's partition is flagged, and only it");
+    }
+
+    /// `record_placements` reads a window by range Queries per shard (by key where a shard's
+    /// range is mostly other items, or holds one key of the window) and decides as reads by key
+    /// did: exactly the sources no longer pending as the placed version are superseded.
+    #[tokio::test]
+    async fn placements_read_by_key_range_find_exactly_the_superseded_sources() {
+        let Some(endpoint) = servers::dynamodb_endpoint() else { return };
+        let log = OperationLog::default();
+        let config = servers::dynamodb_test_config(&endpoint).await.interceptor(log.clone()).build();
+        let (manifest, _table) = new_table(Client::from_conf(config), &endpoint).await;
+        let partition = day_partition("dense", 14);
+        let objects: Vec<NewObject> =
+            (0..600).map(|index| new_object(&partition, &format!("{index:04}.json"), "10", 10)).collect();
+        for batch in objects.chunks(100) {
+            manifest.record_objects(batch).await.unwrap();
+        }
+        let shard_keys = |shard: u32| -> Vec<&NewObject> {
+            objects.iter().filter(|object| object_shard(&object.key) == shard).collect()
+        };
+        // A dense range: a shard's first and last key, ~37 of its items between them.
+        let dense = shard_keys(0);
+        let dense = [dense[0], dense[dense.len() - 1]];
+        // A sparse one: six neighbours on one shard. A lone key on a third shard.
+        let sparse: Vec<&NewObject> = shard_keys(1).into_iter().skip(10).take(6).collect();
+        let lone = shard_keys(2)[5];
+        let mut window: Vec<&NewObject> = dense.iter().copied().chain(sparse.iter().copied()).collect();
+        window.push(lone);
+        window.sort_by(|one, other| one.key.cmp(&other.key));
+
+        let key = partition_key_of(&partition);
+        let now = at("2024-01-20T00:00:00Z");
+        let lease = manifest.acquire(&key, "seal-1", now, Duration::minutes(15)).await.unwrap();
+        // While the window is written: newer versions of one dense key, one sparse key and the
+        // lone one; another sparse key removed.
+        for object in [dense[1], sparse[2], lone] {
+            let newer = NewObject { sequencer: "20".to_owned(), ..object.clone() };
+            assert_eq!(manifest.record_object(&newer).await.unwrap(), IngestOutcome::Updated);
+        }
+        let removal = crate::testkit::manifest_conformance::removal_of(sparse[4], "20");
+        assert_eq!(manifest.record_removal(&removal).await.unwrap(), IngestOutcome::Removed);
+        let placements: Vec<SourcePlacement> = window
+            .iter()
+            .enumerate()
+            .map(|(index, object)| SourcePlacement {
+                key: object.key.clone(),
+                sequencer: object.sequencer.clone(),
+                etag: object.etag.clone(),
+                size: object.size,
+                placement: Placement {
+                    output_key: "compacted/out.json".to_owned(),
+                    generation: lease.generation,
+                    offset: 10 * index as u64,
+                    length: 10,
+                    sha256: "0".repeat(64),
+                    separator_bytes: 0,
+                },
+            })
+            .collect();
+        log.take();
+        let superseded = manifest.record_placements(&lease, "compacted/out.json", &placements).await.unwrap();
+        let mut expected: Vec<String> =
+            [dense[1], sparse[2], sparse[4], lone].iter().map(|object| object.key.clone()).collect();
+        expected.sort();
+        assert_eq!(superseded, expected);
+        let operations = log.take();
+        assert_eq!(count_of(&operations, "Query"), 2 + 1, "one page for the sparse range, two for the dense one");
+        assert_eq!(count_of(&operations, "BatchGetItem"), 1, "the lone key and the dense range's rest: {operations:?}");
     }
 
     /// The same race with real concurrency, many times: whatever the interleaving, a pending

@@ -8,6 +8,7 @@
 //!
 //! [`FaultPlan::refuse_deletes_of`] makes `delete_many` answer an error for some keys only (the
 //! rest of the batch goes through), as S3's DeleteObjects does when it cannot delete a key.
+//! [`FaultPlan::refuse_records_of`] does the same to the manifest's recording of some objects.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +42,7 @@ pub struct FaultPlan {
     crashed_in: Mutex<Option<String>>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
     refused_deletes: Mutex<BTreeSet<String>>,
+    refused_records: Mutex<BTreeSet<String>>,
 }
 
 impl Default for FaultPlan {
@@ -53,6 +55,7 @@ impl Default for FaultPlan {
             crashed_in: Mutex::new(None),
             counts: Mutex::new(BTreeMap::new()),
             refused_deletes: Mutex::new(BTreeSet::new()),
+            refused_records: Mutex::new(BTreeSet::new()),
         }
     }
 }
@@ -84,9 +87,21 @@ impl FaultPlan {
         self.refused_deletes.lock().expect("fault plan mutex poisoned").contains(key)
     }
 
-    /// A new process: no crash planned, no refused deletes, counters from zero.
+    /// From now on (until [`FaultPlan::heal`]), recording an object with one of these keys
+    /// fails. A batch (`record_objects`) that holds one records the others first, then fails,
+    /// as DynamoDB's side-by-side writes do when one of them fails.
+    pub fn refuse_records_of(&self, keys: impl IntoIterator<Item = impl Into<String>>) {
+        self.refused_records.lock().expect("fault plan mutex poisoned").extend(keys.into_iter().map(Into::into));
+    }
+
+    fn record_is_refused(&self, key: &str) -> bool {
+        self.refused_records.lock().expect("fault plan mutex poisoned").contains(key)
+    }
+
+    /// A new process: no crash planned, no refused deletes or records, counters from zero.
     pub fn heal(&self) {
         self.refused_deletes.lock().expect("fault plan mutex poisoned").clear();
+        self.refused_records.lock().expect("fault plan mutex poisoned").clear();
         self.crash_at.store(0, Ordering::SeqCst);
         self.crashed.store(false, Ordering::SeqCst);
         self.calls.store(0, Ordering::SeqCst);
@@ -180,6 +195,10 @@ fn manifest_crash() -> ManifestError {
     ManifestError::backend("fault", "injected crash")
 }
 
+fn record_refused(key: &str) -> ManifestError {
+    ManifestError::backend("fault", format!("injected refusal to record {key}"))
+}
+
 macro_rules! faulty_manifest_call {
     ($self:ident, $operation:literal, $call:expr) => {{
         match $self.plan.verdict($operation) {
@@ -200,11 +219,21 @@ impl Manifest for FaultyManifest {
     }
 
     async fn record_object(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
+        if self.plan.record_is_refused(&object.key) {
+            return Err(record_refused(&object.key));
+        }
         faulty_manifest_call!(self, "manifest.record_object", self.inner.record_object(object))
     }
 
     async fn record_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
-        faulty_manifest_call!(self, "manifest.record_objects", self.inner.record_objects(objects))
+        let refused = objects.iter().find(|object| self.plan.record_is_refused(&object.key));
+        let Some(refused) = refused else {
+            return faulty_manifest_call!(self, "manifest.record_objects", self.inner.record_objects(objects));
+        };
+        let others: Vec<NewObject> =
+            objects.iter().filter(|object| !self.plan.record_is_refused(&object.key)).cloned().collect();
+        faulty_manifest_call!(self, "manifest.record_objects", self.inner.record_objects(&others))?;
+        Err(record_refused(&refused.key))
     }
 
     async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError> {

@@ -1,5 +1,8 @@
 //! Ingest: object items, and the partition flag that the race with release needs.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
 
 impl DynamoDbManifest {
@@ -58,12 +61,76 @@ impl DynamoDbManifest {
         .await
     }
 
+    /// Records one object and flags its partition: [`Self::record_object_items`] of one.
     pub(super) async fn record_object_item(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
+        let (outcome, flag) = self.write_object_item(object).await?;
+        if flag {
+            self.flag_partition_pending(object).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Records a batch of objects: every object item first (side by side, [`CONCURRENT_REQUESTS`]
+    /// at a time: DynamoDB has no batch conditional write), then each partition that needs it
+    /// flagged once, not once per object. Flagging after all the object writes keeps the order
+    /// the race with release needs (module doc): each partition's flag read comes after every
+    /// object write of that partition. Once a write fails no new one starts (a throttled table
+    /// is not pressed further), and the partitions of the objects written by then are still
+    /// flagged before the call fails, so a failed batch leaves no written object unflagged (a
+    /// retried one is flagged by its replay, as after a crash between the two writes).
+    pub(super) async fn record_object_items(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
+        let failed = AtomicBool::new(false);
+        let failed = &failed;
+        // Owned objects: a stream of borrowed ones trips the `Send` bound async_trait puts on the caller.
+        let written: Vec<Option<Result<(IngestOutcome, bool), ManifestError>>> = stream::iter(objects.to_vec())
+            .map(|object| async move {
+                if failed.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let written = self.write_object_item(&object).await;
+                if written.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                Some(written)
+            })
+            .buffered(CONCURRENT_REQUESTS)
+            .collect()
+            .await;
+        // One object per partition to flag (any of them: they build the same partition item).
+        let mut to_flag: BTreeMap<(String, String), NewObject> = BTreeMap::new();
+        for (object, written) in objects.iter().zip(&written) {
+            if matches!(written, Some(Ok((_, true)))) {
+                to_flag.entry((object.bucket.clone(), object.partition.path.clone())).or_insert_with(|| object.clone());
+            }
+        }
+        stream::iter(to_flag.into_values())
+            .map(|object| async move { self.flag_partition_pending(&object).await })
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let mut outcomes = Vec::with_capacity(written.len());
+        for written in written {
+            match written {
+                Some(Ok((outcome, _))) => outcomes.push(outcome),
+                Some(Err(error)) => return Err(error),
+                // Not attempted: only after another write failed.
+                None => {}
+            }
+        }
+        // A write is skipped only after another failed, whose error returned above: never here.
+        if outcomes.len() < objects.len() {
+            return Err(DynamoDbManifestError::Contended { what: "a batch of object writes".to_owned() }.into());
+        }
+        Ok(outcomes)
+    }
+
+    /// Writes one object item; answers the outcome and whether the partition must then be
+    /// flagged pending (the object is pending as recorded or as replayed).
+    async fn write_object_item(&self, object: &NewObject) -> Result<(IngestOutcome, bool), ManifestError> {
         // Most events announce a key the manifest has never seen: try the create first, and read
         // the recorded item only when it exists (a replay, an overwrite). One request, not two.
         if self.conditional_put(new_object_item(object), "attribute_not_exists(#pk)", HashMap::new()).await? {
-            self.flag_partition_pending(object).await?;
-            return Ok(IngestOutcome::Recorded);
+            return Ok((IngestOutcome::Recorded, true));
         }
         let item_key = key_of(object_item_pk(&object.bucket, &object.partition.path, &object.key), object.key.clone());
         let item_key = &item_key;
@@ -121,10 +188,7 @@ impl DynamoDbManifest {
                         if order != sequencer::VersionOrder::Newer {
                             // A replay of a pending object still makes sure its partition is flagged:
                             // the first delivery may have crashed between the two writes.
-                            if recorded_state == ObjectState::Pending {
-                                self.flag_partition_pending(object).await?;
-                            }
-                            return Ok(Attempt::Done(IngestOutcome::Stale));
+                            return Ok(Attempt::Done((IngestOutcome::Stale, recorded_state == ObjectState::Pending)));
                         }
                         let condition = "#sequencer = :recorded_sequencer";
                         let written = self
@@ -140,8 +204,7 @@ impl DynamoDbManifest {
                         IngestOutcome::Updated
                     }
                 };
-                self.flag_partition_pending(object).await?;
-                Ok(Attempt::Done(outcome))
+                Ok(Attempt::Done((outcome, true)))
             },
         )
         .await

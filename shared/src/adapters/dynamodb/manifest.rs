@@ -68,14 +68,9 @@ impl Manifest for DynamoDbManifest {
         self.record_object_item(object).await
     }
 
-    /// Side by side, [`CONCURRENT_REQUESTS`] at a time: DynamoDB has no batch conditional write.
+    /// The object items side by side, then one flag per partition (see `record_object_items`).
     async fn record_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
-        // Owned objects: a stream of borrowed ones trips the `Send` bound async_trait puts on this.
-        stream::iter(objects.to_vec())
-            .map(|object| async move { self.record_object(&object).await })
-            .buffered(CONCURRENT_REQUESTS)
-            .try_collect()
-            .await
+        self.record_object_items(objects).await
     }
 
     async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError> {

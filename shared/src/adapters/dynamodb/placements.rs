@@ -3,8 +3,8 @@
 //! Why: writing each placement onto its object item cost, per source, a transactional update
 //! (2 write units) plus the [`SOURCES_INDEX`](super::SOURCES_INDEX) copy (1 more), and
 //! `mark_compacted` then found the sources through that eventually consistent index. Now
-//! `record_placements` reads the planned objects (one strongly consistent `BatchGetItem` per
-//! 100, to answer which were superseded) and writes the placements as chunk items, one
+//! `record_placements` reads the planned objects (strongly consistent range Queries of each
+//! shard, see `placed_versions`, to answer which were superseded) and writes the placements as chunk items, one
 //! `PutItem` per [`CHUNK_MAX_BYTES`] of them; `mark_compacted` reads the committed output's
 //! chunks back (a strongly consistent Query: no index lag) and turns each source `compacted`
 //! with its placement in one conditional update, which no index copies.
@@ -187,7 +187,7 @@ fn holds_placed_version(item: Option<&Item>, sequencer: &str) -> bool {
 impl DynamoDbManifest {
     /// Strongly consistent reads of object items by key, [`KEYS_PER_BATCH_GET`] per request,
     /// unprocessed keys asked again. Keyed by object key; absent items are missing.
-    async fn object_items(
+    pub(super) async fn object_items(
         &self,
         partition: &PartitionKey,
         keys: &[&str],
@@ -247,7 +247,7 @@ impl DynamoDbManifest {
         // Offset, then key: sources at one offset (empty ones and the next) page by key.
         in_order.sort_by(|one, other| (one.placement.offset, &one.key).cmp(&(other.placement.offset, &other.key)));
         let keys: Vec<&str> = in_order.iter().map(|source| source.key.as_str()).collect();
-        let items = self.object_items(partition, &keys, Some("#sk, #state, #sequencer")).await?;
+        let items = self.placed_version_items(partition, &keys).await?;
         let superseded = |source: &SourcePlacement| !holds_placed_version(items.get(&source.key), &source.sequencer);
         let chunks = encode_chunks(&in_order, superseded);
         stream::iter(chunks)
