@@ -230,6 +230,34 @@ impl<'de, F: FnMut(&serde_json::Value) -> std::io::Result<()>> Visitor<'de> for 
     }
 }
 
+/// True when `key` is named as CloudTrail names its log files, which is how `auto` knows them
+/// before reading a byte (planning only sees keys): a `.json.gz` file under
+/// `AWSLogs/<account>/CloudTrail/` (or `CloudTrail-Insight/`; an organization trail puts its
+/// `o-…` id before the account), or a file named `<account>_CloudTrail_…json.gz` wherever it
+/// lies. Digest files (`CloudTrail-Digest/`, `_CloudTrail-Digest_`) are not log files and do not
+/// match. The content is still checked when the seal rewrites it (see [`to_ndjson_member`]).
+pub fn named_as_cloudtrail(key: &str) -> bool {
+    let (directories, file_name) = key.rsplit_once('/').unwrap_or(("", key));
+    if !file_name.to_ascii_lowercase().ends_with(".json.gz") {
+        return false;
+    }
+    let is_account = |segment: &str| segment.len() == 12 && segment.bytes().all(|byte| byte.is_ascii_digit());
+    let is_log_directory = |segment: &str| segment == "CloudTrail" || segment == "CloudTrail-Insight";
+    let by_name = file_name.split_once('_').is_some_and(|(account, rest)| {
+        is_account(account) && (rest.starts_with("CloudTrail_") || rest.starts_with("CloudTrail-Insight_"))
+    });
+    let segments: Vec<&str> = directories.split('/').collect();
+    let by_layout = segments.iter().enumerate().filter(|(_, segment)| **segment == "AWSLogs").any(|(index, _)| {
+        let mut rest = segments[index + 1..].iter().copied();
+        let mut next = rest.next();
+        if next.is_some_and(|segment| segment.starts_with("o-")) {
+            next = rest.next();
+        }
+        next.is_some_and(is_account) && rest.next().is_some_and(is_log_directory)
+    });
+    by_name || by_layout
+}
+
 /// Inflates gzip bytes whole (tests, restore of small ranges).
 pub fn inflate(gzip: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut text = Vec::new();
@@ -287,6 +315,31 @@ mod tests {
         let empty = to_ndjson_member(&gzip(br#"{"Records":[]}"#)).unwrap();
         assert_eq!(empty.records, 0);
         assert_eq!(inflate(&ndjson_to_document(&empty.bytes).unwrap()).unwrap(), br#"{"Records":[]}"#);
+    }
+
+    #[test]
+    fn cloudtrail_log_files_are_known_by_their_layout_or_their_name() {
+        for key in [
+            "AWSLogs/123456789012/CloudTrail/eu-west-1/2024/01/14/123456789012_CloudTrail_eu-west-1_20240114T0005Z_a.json.gz",
+            "trail/AWSLogs/o-a1b2c3d4e5/123456789012/CloudTrail/us-east-1/2024/01/14/x.json.gz",
+            "AWSLogs/123456789012/CloudTrail-Insight/us-east-1/2024/01/14/x.JSON.GZ",
+            "moved/2024/01/14/123456789012_CloudTrail_eu-west-1_20240114T0005Z_a.json.gz",
+        ] {
+            assert!(named_as_cloudtrail(key), "{key}");
+        }
+        for key in [
+            "AWSLogs/123456789012/CloudTrail-Digest/eu-west-1/2024/01/14/123456789012_CloudTrail-Digest_eu-west-1_x.json.gz",
+            "AWSLogs/123456789012/CloudTrail/eu-west-1/2024/01/14/x.json",
+            "AWSLogs/123456789012/CloudTrail/eu-west-1/2024/01/14/x.log.gz",
+            "AWSLogs/123456789012/elasticloadbalancing/us-east-1/2024/01/14/x.json.gz",
+            "AWSLogs/12345/CloudTrail/eu-west-1/2024/01/14/x.json.gz",
+            "logs/CloudTrail/2024/01/14/x.json.gz",
+            "logs/2024/01/14/12345678901_CloudTrail_x.json.gz",
+            "AWSLogs",
+            "",
+        ] {
+            assert!(!named_as_cloudtrail(key), "{key}");
+        }
     }
 
     #[test]
