@@ -19,7 +19,7 @@
 use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
 
-use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 /// The gzip level of NDJSON members: flate2's default (6), the usual trade of CPU for size.
@@ -188,8 +188,9 @@ impl<'de, F: FnMut(&serde_json::Value) -> std::io::Result<()>> Visitor<'de> for 
         let mut seen = false;
         while let Some(key) = map.next_key::<String>()? {
             if key != "Records" {
-                // Dropping it would lose data: such a file stays where it is.
-                let _: IgnoredAny = map.next_value()?;
+                // Dropping it would lose data: such a file stays where it is. Refused at once,
+                // without parsing its value: under `auto`, this is how a file that only lies
+                // where CloudTrail writes is found out, and it may be large.
                 return Err(A::Error::custom(format!("unexpected key {key:?} beside \"Records\"")));
             }
             if seen {
@@ -353,6 +354,8 @@ mod tests {
         assert!(refused(br#"{"Records":{}}"#).contains("not a CloudTrail document"));
         assert!(refused(br#"{"digest":"x","Records":[]}"#).contains("unexpected key \"digest\""));
         assert!(refused(br#"{"other":1}"#).contains("unexpected key"));
+        let unfinished_value = refused(br#"{"other":[1,2,"#);
+        assert!(unfinished_value.contains("unexpected key"), "refused before its value is parsed: {unfinished_value}");
         assert!(refused(br#"{}"#).contains("without \"Records\""));
         assert!(refused(br#"{"Records":[]} {"Records":[]}"#).contains("data after the document"));
         assert!(refused(br#"[1,2]"#).contains("not a CloudTrail document"));
