@@ -239,7 +239,10 @@ impl<'de, F: FnMut(&serde_json::Value) -> std::io::Result<()>> Visitor<'de> for 
 /// match. The content is still checked when the seal rewrites it (see [`to_ndjson_member`]).
 pub fn named_as_cloudtrail(key: &str) -> bool {
     let (directories, file_name) = key.rsplit_once('/').unwrap_or(("", key));
-    if !file_name.to_ascii_lowercase().ends_with(".json.gz") {
+    // Without allocating: `auto` asks this of every key it classifies, plain ones included.
+    let suffix = b".json.gz";
+    let name = file_name.as_bytes();
+    if name.len() < suffix.len() || !name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix) {
         return false;
     }
     let is_account = |segment: &str| segment.len() == 12 && segment.bytes().all(|byte| byte.is_ascii_digit());
