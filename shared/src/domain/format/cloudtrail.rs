@@ -17,7 +17,7 @@
 //! compactly, one per line. Verify compares it between an original and its NDJSON range.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
@@ -44,14 +44,22 @@ pub struct NdjsonMember {
 
 /// Rewrites one gzip `{"Records":[...]}` document as a gzip member of NDJSON.
 pub fn to_ndjson_member(source: &[u8]) -> Result<NdjsonMember, NotCloudtrail> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(MEMBER_LEVEL));
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(MEMBER_LEVEL));
+    // Buffered: serde_json writes a record token by token, and flate2 zeroes its 32 KiB output
+    // buffer on every write it is given; unbuffered, that memset was half the seal's CPU.
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, encoder);
     let records = each_record(source, |record| {
-        serde_json::to_writer(&mut encoder, record)?;
-        encoder.write_all(b"\n")
+        serde_json::to_writer(&mut writer, record)?;
+        writer.write_all(b"\n")
     })?;
-    let bytes = encoder.finish().map_err(|error| NotCloudtrail(format!("cannot compress its records: {error}")))?;
+    let compress_error = |error: std::io::Error| NotCloudtrail(format!("cannot compress its records: {error}"));
+    let encoder = writer.into_inner().map_err(|error| compress_error(error.into_error()))?;
+    let bytes = encoder.finish().map_err(compress_error)?;
     Ok(NdjsonMember { bytes, records })
 }
+
+/// The buffer between serde_json and the gzip encoder (see [`to_ndjson_member`]).
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The record count and whitespace-independent digest of a gzip `{"Records":[...]}` document.
 pub fn document_digest(source: &[u8]) -> Result<RecordsDigest, NotCloudtrail> {
