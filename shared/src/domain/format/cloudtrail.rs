@@ -3,7 +3,7 @@
 //! A source is read as a stream: gzip is inflated as the JSON parser asks for bytes, and the
 //! `Records` array is visited one element at a time, each written out as one compact line and
 //! dropped before the next is parsed. So memory holds the source's compressed bytes (the seal
-//! has them anyway), one record and the compressed member being built, never the whole array
+//! has them anyway), one record, a 64 KiB write buffer and the compressed member being built, never the whole array
 //! nor the source's text (CloudTrail files reach tens of MB uncompressed).
 //!
 //! Each source becomes one gzip member of its own: concatenated members are one gzip stream
