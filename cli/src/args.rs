@@ -132,7 +132,7 @@ pub struct ConfigArgs {
     /// that lack one; gzip as members), bytes (no separators), cloudtrail (gzip
     /// {"Records":[...]} documents to gzip NDJSON, one event a line), csv (one header per
     /// output), ndjson (lines that are not JSON set aside in a side file) or parquet (merged by
-    /// column chunks); `plan` shows each key's format and why. E.g. --format ndjson
+    /// column chunks); plan shows each key's format and why. E.g. --format ndjson
     /// [default: auto].
     #[arg(
         long,
