@@ -10,6 +10,8 @@ use anyhow::{ensure, Context};
 use compactor::adapters::local_dir::LocalDir;
 use compactor::adapters::sqlite::SqliteManifest;
 use compactor::clock::SystemClock;
+use compactor::config::Config;
+use compactor::domain::format::{FormatMode, FormatRules};
 use compactor::engine::seal::SealOptions;
 use compactor::engine::Compactor;
 use test_data::DatasetSpec;
@@ -24,13 +26,15 @@ pub struct EmbeddedRun {
 
 const BUCKET: &str = "bench-embedded";
 
-pub async fn run(dataset: &DatasetSpec) -> anyhow::Result<EmbeddedRun> {
+/// Ingests and seals `dataset` with every key in `format`.
+pub async fn run(dataset: &DatasetSpec, format: FormatMode) -> anyhow::Result<EmbeddedRun> {
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
     let buckets = dir.path().join("buckets");
     std::fs::create_dir_all(buckets.join(BUCKET))?;
     let store = LocalDir::open(&buckets)?;
     let manifest = SqliteManifest::open(dir.path().join("manifest.sqlite"))?;
-    let compactor = Compactor::new(bench_config(BUCKET)?, Arc::new(store), Arc::new(manifest), Arc::new(SystemClock));
+    let config = Config { formats: FormatRules::uniform(format), ..bench_config(BUCKET)? };
+    let compactor = Compactor::new(config, Arc::new(store), Arc::new(manifest), Arc::new(SystemClock));
 
     let spec = DatasetSpec { bucket: BUCKET.to_string(), ..dataset.clone() };
     let written = test_data::write_to_store(&spec, compactor.store().as_ref(), 16, |_, _| {}).await?;

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use clap::{Parser, Subcommand};
+use compactor::domain::format::FormatMode;
 
 use crate::report::Report;
 use crate::setup::{Backend, Endpoints};
@@ -220,12 +221,14 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     report.baseline = Some(progress("list-and-concatenate", baseline::list_and_concatenate(&aws, &dataset).await?));
 
     eprintln!("[4/9] embedded backend: ingest into SQLite, seal, and cat of the same files");
-    let embedded = embedded::run(&dataset).await?;
+    let embedded = embedded::run(&dataset, FormatMode::Auto).await?;
     report.ingest_sqlite = Some(progress("ingest into SQLite", embedded.ingest));
     report.seal_embedded = Some(progress("seal, embedded", embedded.seal));
     report.cat = Some(progress("cat", embedded.cat));
     // Gzip sources cost more: each is inflated to find whether its text ends with a newline.
-    let cloudtrail = embedded::run(&setup::cloudtrail_dataset(args.days, args.files_per_day)).await?;
+    // `concat` by name: `auto` would rewrite these CloudTrail files to NDJSON instead.
+    let cloudtrail_dataset = setup::cloudtrail_dataset(args.days, args.files_per_day);
+    let cloudtrail = embedded::run(&cloudtrail_dataset, FormatMode::Concat).await?;
     report.seal_embedded_cloudtrail = Some(progress("seal, embedded, CloudTrail", cloudtrail.seal));
     report.cat_cloudtrail = Some(progress("cat, CloudTrail", cloudtrail.cat));
 

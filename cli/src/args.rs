@@ -126,11 +126,14 @@ pub struct ConfigArgs {
     /// Larger objects are not compacted (skipped as too_large) [default: 64MiB].
     #[arg(long, global = true, env = "COMPACTOR_SMALL_OBJECT_MAX_BYTES", value_name = "SIZE")]
     pub small_object_max_bytes: Option<String>,
-    /// Format of keys no --formats rule matches: auto (by name), concat (newline between line
-    /// files that lack one; gzip as members), bytes (no separators), cloudtrail (gzip
-    /// {"Records":[...]} documents to gzip NDJSON), csv (one header per output), ndjson (lines
-    /// that are not JSON set aside in a side file) or parquet (merged by column chunks; auto
-    /// picks it for .parquet keys) [default: auto].
+    /// Format of keys no --formats rule matches: auto (by the key: parquet for .parquet,
+    /// cloudtrail for CloudTrail log files, i.e. .json.gz under AWSLogs/<account>/CloudTrail/ or
+    /// named <account>_CloudTrail_…, concat for the rest), concat (newline between line files
+    /// that lack one; gzip as members), bytes (no separators), cloudtrail (gzip
+    /// {"Records":[...]} documents to gzip NDJSON, one event a line), csv (one header per
+    /// output), ndjson (lines that are not JSON set aside in a side file) or parquet (merged by
+    /// column chunks); plan shows each key's format and why. E.g. --format ndjson
+    /// [default: auto].
     #[arg(
         long,
         global = true,
@@ -138,14 +141,15 @@ pub struct ConfigArgs {
         value_name = "auto|concat|bytes|cloudtrail|csv|ndjson|parquet"
     )]
     pub format: Option<String>,
-    /// A format per source prefix, e.g. AWSLogs/=cloudtrail,raw/=bytes, optionally with its
-    /// compression, e.g. logs/=ndjson:zstd; the longest matching prefix wins [default: none].
+    /// A format per source prefix, e.g. trail/=cloudtrail,raw/=bytes, optionally with its
+    /// compression, e.g. logs/=ndjson:zstd; the longest matching prefix wins, other keys take
+    /// --format [default: none].
     #[arg(long, global = true, env = "COMPACTOR_FORMATS", value_name = "PREFIX=FORMAT[:COMPRESS],...")]
     pub formats: Option<String>,
     /// Compress plain-text sources (concat, bytes, csv, ndjson): each source becomes a zstd
     /// frame (gzip member) of its own, so its byte range stays exact and restore is one ranged
     /// GET; outputs end in .zst (.gz); sources compressed already (by name or content) go as
-    /// they are. A --formats rule's own :zstd wins [default: none].
+    /// they are. A --formats rule's own :zstd wins. E.g. --compress zstd [default: none].
     #[arg(long, global = true, env = "COMPACTOR_COMPRESS", value_name = "zstd|gzip|none")]
     pub compress: Option<String>,
     /// What happens to compacted sources: tag, delete or none [default: tag].

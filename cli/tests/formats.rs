@@ -109,12 +109,13 @@ fn gzip_members(bytes: &[u8]) -> usize {
 
 /// Issue 13: CloudTrail files are one `{"Records":[...]}` document each, gzip, without a final
 /// newline. Concatenated as they were, a day's output inflated to 700 documents on one line and
-/// DuckDB stopped with "Malformed JSON"; with a newline member after each, it reads one document
-/// per line, in outputs of more than 1,000 gzip members (readers have under-counted those).
+/// DuckDB stopped with "Malformed JSON"; under `concat`, with a newline member after each, it
+/// reads one document per line, in outputs of more than 1,000 gzip members (readers have
+/// under-counted those). (`auto` rewrites them: see the test after the next.)
 #[test]
 fn duckdb_reads_every_cloudtrail_record_of_outputs_with_more_than_a_thousand_gzip_members() {
     let Some(duckdb) = duckdb() else { return };
-    let sealed = seal_dataset(&spec(DatasetKind::CloudTrail, 2, 700), "AWSLogs/", &[]);
+    let sealed = seal_dataset(&spec(DatasetKind::CloudTrail, 2, 700), "AWSLogs/", &["--format", "concat"]);
     assert_eq!(sealed.outputs.len(), 2, "one output a day: {:?}", sealed.outputs);
     for output in &sealed.outputs {
         assert!(output.to_string_lossy().ends_with(".json.gz"), "{output:?}");
@@ -167,6 +168,36 @@ fn duckdb_counts_every_cloudtrail_event_as_one_ndjson_line_in_outputs_of_more_th
         ))
         .unwrap();
     assert_eq!(events_named, in_sources, "each line is an event with its fields");
+}
+
+/// Issue 13: under `auto` (no format given), CloudTrail log files are known by their key
+/// (`AWSLogs/<account>/CloudTrail/…`, as test-data and the service write them), `plan` says
+/// so, and they come out as `cloudtrail` makes them: gzip NDJSON, one event a line, which
+/// DuckDB counts as many events in as the sources' `Records` hold.
+#[test]
+fn under_auto_cloudtrail_log_files_come_out_as_ndjson_that_duckdb_counts_event_by_event() {
+    let Some(duckdb) = duckdb() else { return };
+    let sealed = seal_dataset(&spec(DatasetKind::CloudTrail, 2, 150), "AWSLogs/", &[]);
+    assert!(
+        sealed.plan.contains(
+            "cloudtrail .ndjson.gz (a CloudTrail log file by its key, content checked at seal, COMPACTOR_FORMAT=auto)"
+        ),
+        "plan shows the format and why:\n{}",
+        sealed.plan
+    );
+    assert_eq!(sealed.outputs.len(), 2, "one output a day: {:?}", sealed.outputs);
+    for output in &sealed.outputs {
+        assert!(output.to_string_lossy().ends_with(".ndjson.gz"), "{output:?}");
+        assert_eq!(gzip_members(&std::fs::read(output).unwrap()), 150, "one member a source: {output:?}");
+    }
+    let in_sources = duckdb
+        .count(&format!(
+            "select sum(len(Records)) from read_json({}, format = 'newline_delimited', columns = {{Records: 'JSON[]'}})",
+            sql_list(&sealed.sources)
+        ))
+        .unwrap_or_else(|error| panic!("DuckDB could not read the CloudTrail sources: {error}"));
+    assert!(in_sources > 300, "{in_sources}");
+    assert_eq!(json_lines(&duckdb, &sealed.outputs), in_sources, "one line an event");
 }
 
 /// Issue 13: `demo --format F` seals and verifies in each format built; under `cloudtrail`,

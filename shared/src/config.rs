@@ -15,8 +15,8 @@
 //! | `COMPACTOR_TARGET_OUTPUT_BYTES` | output size the planner packs towards | `128MiB` |
 //! | `COMPACTOR_PART_BYTES` | multipart part size (5 MiB to 5 GiB) | `8MiB` |
 //! | `COMPACTOR_SMALL_OBJECT_MAX_BYTES` | larger objects are skipped (`too_large`) | `64MiB` |
-//! | `COMPACTOR_FORMAT` | the format of keys no `COMPACTOR_FORMATS` rule matches: `auto` (by name), `concat` (newline-safe concatenation), `bytes` (no separators), `cloudtrail` (gzip `{"Records":[...]}` to gzip NDJSON), `csv` (one header per output) or `ndjson` (lines that are not JSON set aside) | `auto` |
-//! | `COMPACTOR_FORMATS` | a format per source prefix, `prefix=format` pairs separated by commas (`AWSLogs/=cloudtrail,raw/=bytes`), a format optionally with its compression (`logs/=ndjson:zstd`); the longest matching prefix wins | (none) |
+//! | `COMPACTOR_FORMAT` | the format of keys no `COMPACTOR_FORMATS` rule matches: `auto` (by the key: `parquet` for `.parquet`, `cloudtrail` for CloudTrail's log files, `.json.gz` under `AWSLogs/<account>/CloudTrail/` or named `<account>_CloudTrail_…`, `concat` for the rest), `concat` (newline-safe concatenation), `bytes` (no separators), `cloudtrail` (gzip `{"Records":[...]}` to gzip NDJSON), `csv` (one header per output), `ndjson` (lines that are not JSON set aside) or `parquet` (merged by column chunks) | `auto` |
+//! | `COMPACTOR_FORMATS` | a format per source prefix, `prefix=format` pairs separated by commas (`trail/=cloudtrail,raw/=bytes`), a format optionally with its compression (`logs/=ndjson:zstd`); the longest matching prefix wins | (none) |
 //! | `COMPACTOR_COMPRESS` | `zstd`, `gzip` or `none`: plain-text sources of `concat`, `bytes`, `csv` and `ndjson` become a zstd frame (gzip member) each, in outputs ending `.zst` (`.gz`); sources compressed already never are; a `COMPACTOR_FORMATS` rule's own `:zstd` wins | `none` |
 //! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
 //! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |

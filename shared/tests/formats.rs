@@ -257,6 +257,88 @@ async fn cloudtrail_sources_become_one_ndjson_member_each_and_verify_by_their_re
     assert_eq!((verify.originals_compared, verify.records_compared), (4, 8), "{verify:?}");
 }
 
+/// Issue 13: under `auto` (the default), CloudTrail log files, known by their key
+/// (`AWSLogs/<account>/CloudTrail/…json.gz`), are rewritten as `cloudtrail` rewrites them, into
+/// a `.ndjson.gz` output of their own; a truncated one, and a file under that layout whose
+/// content is not a CloudTrail document, are left as they are, recorded missing with the
+/// reason and counted, as `cloudtrail` leaves them; a `.json.gz` anywhere else is joined by
+/// `concat` as before, with its newline member.
+#[tokio::test]
+async fn auto_rewrites_cloudtrail_log_files_known_by_their_key_and_joins_other_gzip_json_as_before() {
+    let embedded = Embedded::new(|_| {});
+    let trail_partition = "AWSLogs/123456789012/CloudTrail/eu-west-1/2024/01/14/";
+    let key = |name: &str| format!("{trail_partition}123456789012_CloudTrail_eu-west-1_20240114T1000Z_{name}.json.gz");
+    let truncated = cloudtrail_file("cut", 3);
+    let sources = vec![
+        (key("a"), cloudtrail_file("a", 2)),
+        (key("b"), cloudtrail_file("b", 3)),
+        (key("c truncated"), truncated[..truncated.len() - 6].to_vec()),
+        (key("d lines"), gzip(b"{\"a\":1}\n{\"a\":2}\n")),
+        ("logs/2024/01/14/x.json.gz".to_string(), gzip(b"{\"n\":1}")),
+    ];
+    embedded.add(&sources).await;
+    let plan = embedded.compactor.plan(None).await.unwrap();
+    let formats: Vec<&str> =
+        plan.partitions.iter().flat_map(|partition| &partition.outputs).map(|output| output.format.as_str()).collect();
+    assert!(formats.contains(&"concat .json.gz (by name, COMPACTOR_FORMAT=auto)"), "{formats:?}");
+    assert!(
+        formats.contains(
+            &"cloudtrail .ndjson.gz (a CloudTrail log file by its key, content checked at seal, COMPACTOR_FORMAT=auto)"
+        ),
+        "{formats:?}"
+    );
+
+    let report = embedded.compactor.seal_closed(&SealOptions::default()).await.unwrap();
+    assert_eq!(report.objects_compacted, 3, "{report:?}");
+    assert_eq!(report.objects_not_in_format, 2, "{report:?}");
+    assert_eq!(report.records_rewritten, 2 + 3, "{report:?}");
+
+    let (output_key, output) = embedded.only_output(trail_partition).await;
+    assert!(output_key.ends_with(".ndjson.gz"), "{output_key}");
+    let text = gunzip(&output);
+    assert_eq!(text.lines().count(), 5, "one event a line: {text}");
+    for (name, reason) in [("c truncated", "truncated"), ("d lines", "not a CloudTrail document")] {
+        let record = embedded.manifest.object(BUCKET, &key(name)).await.unwrap().unwrap();
+        assert_eq!(record.state.as_str(), "missing", "{record:?}");
+        assert!(record.note.as_deref().unwrap_or("").contains(reason), "{record:?}");
+        let untouched = embedded.store.get(BUCKET, &key(name), GetOptions::default()).await.unwrap();
+        let original = &sources.iter().find(|(source_key, _)| *source_key == key(name)).unwrap().1;
+        assert_eq!(&untouched.bytes().await.unwrap()[..], &original[..], "{name} stays as it was");
+    }
+    let (_, document) = embedded.compactor.restore_as_source(&key("b")).await.unwrap();
+    let digest = compactor::domain::format::cloudtrail::document_digest;
+    assert_eq!(digest(&document).unwrap(), digest(&sources[1].1).unwrap());
+
+    let (logs_key, logs_output) = embedded.only_output("logs/2024/01/14/").await;
+    assert!(logs_key.ends_with(".json.gz") && !logs_key.ends_with(".ndjson.gz"), "{logs_key}");
+    assert_eq!(&logs_output[..], &[&sources[4].1[..], &GZIP_NEWLINE_MEMBER[..]].concat()[..], "concat as before");
+    let verify = embedded.compactor.verify(None, true, |_| {}).await.unwrap();
+    assert!(verify.all_verified(), "{verify:?}");
+    assert_eq!((verify.originals_compared, verify.records_compared), (3, 5), "{verify:?}");
+}
+
+/// A CloudTrail file sealed by `concat` (before `auto` knew CloudTrail) keeps its original
+/// bytes in a `.json.gz` output: under `auto` now, `restore_as_source` gives them back as they
+/// are instead of reading them as NDJSON.
+#[tokio::test]
+async fn a_cloudtrail_file_sealed_by_concat_restores_as_it_was_under_auto() {
+    let embedded = Embedded::new(|raw| raw.format = Some("concat".into()));
+    let key = "AWSLogs/123456789012/CloudTrail/eu-west-1/2024/01/14/x.json.gz".to_string();
+    let body = cloudtrail_file("x", 2);
+    embedded.add(&[(key.clone(), body.clone())]).await;
+    let report = embedded.compactor.seal_closed(&SealOptions::default()).await.unwrap();
+    assert_eq!(report.objects_compacted, 1, "{report:?}");
+    let raw = RawConfig { source_bucket: Some(BUCKET.into()), grace: Some("1h".into()), ..Default::default() };
+    let under_auto = Compactor::new(
+        raw.validate().unwrap(),
+        Arc::clone(&embedded.store),
+        Arc::clone(&embedded.manifest),
+        Arc::new(ManualClock::new(Utc::now())),
+    );
+    let (_, restored) = under_auto.restore_as_source(&key).await.unwrap();
+    assert_eq!(&restored[..], &body[..]);
+}
+
 /// Issue 13: under `csv`, each output has one header, the first bytes of the output and in no
 /// source's range; a source whose header differs (other columns, a BOM) waits for an output of
 /// its own, which the seal's next pass writes; a CSV without a final newline gets one outside its range; restore

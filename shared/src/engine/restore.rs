@@ -164,7 +164,13 @@ impl Compactor {
     /// records in the same order, written compactly; not the original's bytes).
     pub async fn restore_as_source(&self, key: &str) -> Result<(ObjectRecord, Bytes), EngineError> {
         let (object, bytes) = self.restore_bytes(key).await?;
-        let rewritten = classify(key, &self.config.formats).is_ok_and(|class| class.format == FormatMode::Cloudtrail);
+        // The output's extension as well as today's configuration: a CloudTrail file sealed
+        // by `concat` (before `auto` knew CloudTrail, or under another rule then) has its
+        // original bytes in a `.json.gz` output, and is given back as it is.
+        let in_ndjson_output =
+            object.placement.as_ref().is_some_and(|placement| placement.output_key.ends_with(".ndjson.gz"));
+        let rewritten = in_ndjson_output
+            && classify(key, &self.config.formats).is_ok_and(|class| class.format == FormatMode::Cloudtrail);
         if !rewritten {
             return Ok((object, bytes));
         }

@@ -24,7 +24,9 @@
 //! source a zstd frame or gzip member of its own ([`compress`]); sources already compressed
 //! (by name or by content) never are.
 //!
-//! Which format a key gets is chosen per source prefix ([`FormatRules`]). Sources of different
+//! Which format a key gets is chosen per source prefix ([`FormatRules`]); `auto` picks by the
+//! key alone (`parquet` for `.parquet`, `cloudtrail` for CloudTrail's own log file keys), so
+//! planning, which reads no source, and the seal agree on it. Sources of different
 //! classes never share an output: each class gets outputs of its own, with a file extension
 //! that says what is inside.
 
@@ -227,7 +229,7 @@ pub fn describe(key: &str, rules: &FormatRules) -> String {
     let choice = rules.choose(key);
     match classify(key, rules) {
         Ok(class) if choice.compression != Compression::None && class.compression == Compression::None => {
-            let why = if choice.mode == FormatMode::Auto { "by name, " } else { "" };
+            let why = if choice.mode == FormatMode::Auto { auto_reason(&class) } else { "" };
             format!(
                 "{} {} ({why}{choice}; not compressed: {})",
                 class.format,
@@ -240,10 +242,18 @@ pub fn describe(key: &str, rules: &FormatRules) -> String {
             )
         }
         Ok(class) if choice.mode == FormatMode::Auto => {
-            format!("{} {} (by name, {choice})", class.format, shown_extension(&class))
+            format!("{} {} ({}{choice})", class.format, shown_extension(&class), auto_reason(&class))
         }
         Ok(class) => format!("{} {} ({choice})", class.format, shown_extension(&class)),
         Err(NotConcatenable) => format!("refused (its extension cannot be concatenated, {choice})"),
+    }
+}
+
+/// How `auto` chose `class`, for `plan`.
+fn auto_reason(class: &FormatClass) -> &'static str {
+    match class.format {
+        FormatMode::Cloudtrail => "a CloudTrail log file by its key, content checked at seal, ",
+        _ => "by name, ",
     }
 }
 
@@ -291,7 +301,13 @@ fn classify_as(key: &str, mode: FormatMode) -> Result<FormatClass, NotConcatenab
             return Ok(FormatClass { format: FormatMode::Bytes, ..class(String::new(), false, false) });
         }
         // Each source's records become gzip NDJSON lines: one extension for every output.
+        // `auto` knows CloudTrail log files by their key alone, as planning never reads a
+        // source: the seal's rewrite checks the content, and leaves a file that is not a
+        // document where it is (see the README's formats section for why not `concat`).
         FormatMode::Cloudtrail => {
+            return Ok(FormatClass { format: FormatMode::Cloudtrail, ..class(".ndjson.gz".into(), false, true) });
+        }
+        FormatMode::Auto if cloudtrail::named_as_cloudtrail(key) => {
             return Ok(FormatClass { format: FormatMode::Cloudtrail, ..class(".ndjson.gz".into(), false, true) });
         }
         // Plain CSV only: a gzip CSV's header cannot be left out of its range without
@@ -450,6 +466,26 @@ mod tests {
             describe("logs/x.orc", &rules),
             "refused (its extension cannot be concatenated, COMPACTOR_FORMAT=auto)"
         );
+    }
+
+    #[test]
+    fn auto_makes_cloudtrail_log_files_cloudtrail_and_leaves_other_gzip_json_as_concat() {
+        let trail_key = "AWSLogs/123456789012/CloudTrail/eu-west-1/2024/01/14/123456789012_CloudTrail_x.json.gz";
+        let trail = classify(trail_key, &auto()).unwrap();
+        assert_eq!(trail, classify(trail_key, &FormatRules::uniform(FormatMode::Cloudtrail)).unwrap());
+        assert_eq!(classify("logs/2024/01/14/x.json.gz", &auto()).unwrap(), class_of(".json.gz", true, true));
+        assert_eq!(
+            classify(trail_key, &FormatRules::uniform(FormatMode::Concat)).unwrap(),
+            class_of(".json.gz", true, true),
+            "only auto guesses: an explicit format is kept"
+        );
+        assert_eq!(
+            describe(trail_key, &auto()),
+            "cloudtrail .ndjson.gz (a CloudTrail log file by its key, content checked at seal, COMPACTOR_FORMAT=auto)"
+        );
+        let zstd = auto().with_compression(Compression::Zstd);
+        assert_eq!(classify(trail_key, &zstd).unwrap(), trail, "CloudTrail outputs are gzip already");
+        assert!(describe(trail_key, &zstd).contains("by its key"), "{}", describe(trail_key, &zstd));
     }
 
     #[test]

@@ -17,8 +17,10 @@ use super::compress::Compression;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatMode {
-    /// Decide per key from its name (the default): `parquet` for `.parquet` keys, `concat` for
-    /// every other key that is not refused.
+    /// Decide per key from its name (the default): `parquet` for `.parquet` keys, `cloudtrail`
+    /// for CloudTrail log files (`.json.gz` under `AWSLogs/<account>/CloudTrail/`, see
+    /// [`super::cloudtrail::named_as_cloudtrail`]), `concat` for every other key that is not
+    /// refused.
     #[default]
     Auto,
     /// Byte concatenation, newline-safe for line files and for gzip sources (see the module
