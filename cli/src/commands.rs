@@ -207,14 +207,20 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
         }
         if let Some(placement) = &object.placement {
             println!("output      s3://{}/{}", config.dest_bucket, placement.output_key);
-            println!(
-                "byte range  {}..{} (Range: bytes={}-{})",
-                placement.offset,
-                placement.offset + placement.length,
-                placement.offset,
-                (placement.offset + placement.length).saturating_sub(1)
-            );
-            println!("sha256      {}", placement.sha256);
+            if placement.output_key.to_ascii_lowercase().ends_with(compactor::domain::format::ROWS_PARQUET_EXTENSION) {
+                // A rewritten Parquet source shares row groups with others: it is rows, not bytes.
+                println!("rows        {} rows from row {} of the output", placement.length, placement.offset);
+                println!("digest      {} (sha256 of its decoded values)", placement.sha256);
+            } else {
+                println!(
+                    "byte range  {}..{} (Range: bytes={}-{})",
+                    placement.offset,
+                    placement.offset + placement.length,
+                    placement.offset,
+                    (placement.offset + placement.length).saturating_sub(1)
+                );
+                println!("sha256      {}", placement.sha256);
+            }
             if placement.separator_bytes > 0 {
                 println!("separator   {} byte(s) inserted after it (not part of its range)", placement.separator_bytes);
             }
