@@ -246,6 +246,9 @@ mod cases {
         assert!(large_bytes.len() > 1 << 20, "a row group over 1 MiB: {} bytes", large_bytes.len());
         // Between wide-019 and wide-020 in key order: the open row group closes before it.
         wide.push((large, format!("{PARTITION}wide-020-large.parquet"), large_bytes));
+        // A batch of no rows (a file without row groups) is placed as no rows, not refused.
+        let no_rows = FileSpec { rows: 0, first_row_group_rows: 0, ..FileSpec::from_seed(901, Schema::Wide) };
+        wide.push((no_rows, format!("{PARTITION}wide-005-no-rows.parquet"), file_bytes(&no_rows).unwrap()));
         let narrow = sources(Schema::Narrow, 100..110);
         let mut files: Vec<(String, Vec<u8>)> =
             wide.iter().chain(&narrow).map(|(_, key, bytes)| (key.clone(), bytes.clone())).collect();
@@ -253,7 +256,7 @@ mod cases {
         deployment.add(&files).await;
 
         let report = deployment.compactor().seal_closed(&Default::default()).await.unwrap();
-        assert_eq!((report.objects_compacted, report.objects_missing), (51, 3), "{report:?}");
+        assert_eq!((report.objects_compacted, report.objects_missing), (52, 3), "{report:?}");
         let outputs = deployment.committed_outputs().await;
         assert_eq!(outputs.len(), 2, "one output per schema: {outputs:?}");
         assert!(outputs.iter().all(|output| output.key.ends_with("-rows.parquet")), "{outputs:?}");
@@ -281,14 +284,14 @@ mod cases {
 
         let verify = deployment.compactor().verify(None, true, |_| {}).await.unwrap();
         assert!(verify.all_verified(), "{verify:?}");
-        assert_eq!((verify.sources_checked, verify.sources_ok, verify.originals_ok), (51, 51, 51));
+        assert_eq!((verify.sources_checked, verify.sources_ok, verify.originals_ok), (52, 52, 52));
         let without_originals = deployment.compactor().verify(None, false, |_| {}).await.unwrap();
         assert!(without_originals.all_verified(), "{without_originals:?}");
-        assert_eq!((without_originals.sources_ok, without_originals.originals_compared), (51, 0));
+        assert_eq!((without_originals.sources_ok, without_originals.originals_compared), (52, 0));
 
         // Restore: a rewritten source and the copied one, each a standalone file of its rows.
         let mut restored_paths = Vec::new();
-        for key in [&wide[7].1, &wide[40].1] {
+        for key in [&wide[7].1, &wide[40].1, &wide[41].1] {
             let (_, restored) = deployment.compactor().restore_bytes(key).await.unwrap();
             assert_eq!(&restored[..4], b"PAR1");
             let restored_path = deployment.dir.path().join(format!("restored-{}", restored_paths.len()));

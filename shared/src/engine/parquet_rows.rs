@@ -76,7 +76,8 @@ impl Compactor {
         for source in sources {
             let Some(placement) = source.placement.as_ref() else { continue };
             let rows = placement.offset..placement.offset.saturating_add(placement.length);
-            let failure = if rows.start < previous_end {
+            // A source of no rows sits at its neighbour's first row and overlaps nothing.
+            let failure = if !rows.is_empty() && rows.start < previous_end {
                 Some(format!("{}: the rows of {} overlap another source's", output.key, source.key))
             } else if rows.end > total_rows {
                 Some(format!(

@@ -215,7 +215,7 @@ impl RowGroupBuilder {
             let column = by_physical_type!(
                 descriptor.physical_type(),
                 decode_column,
-                (groups, index, reader, digest.column(index))
+                (groups, index, reader, descriptor.clone(), digest.column(index))
             )?;
             decoded.push(column);
             digest.end_column(index);
@@ -261,13 +261,16 @@ fn typed_reader<T: DataType>(
         .ok_or_else(|| ParquetError::General(format!("column {index} is not of its schema's physical type")))
 }
 
+/// Where a batch of decoded values goes: values, definition levels, repetition levels.
+type BatchSink<'a, T> = dyn FnMut(&[<T as DataType>::T], &[i16], &[i16]) -> ParquetResult<()> + 'a;
+
 /// Reads up to `records` records (fewer at the chunk's end), hashing them and handing each
 /// batch to `sink`. Returns the records read.
 fn pass<T: DataType>(
     reader: &mut ColumnReaderImpl<T>,
     records: u64,
     hashers: &mut ColumnHashers,
-    sink: &mut dyn FnMut(&[T::T], &[i16], &[i16]) -> ParquetResult<()>,
+    sink: &mut BatchSink<'_, T>,
 ) -> ParquetResult<u64>
 where
     T::T: AsBytes,
@@ -329,15 +332,13 @@ fn decode_column<T: DataType>(
     groups: &[RowGroupMetaData],
     index: usize,
     reader: &Arc<OffsetBytes>,
+    descriptor: ColumnDescPtr,
     hashers: &mut ColumnHashers,
 ) -> ParquetResult<Box<dyn DecodedColumn>>
 where
     T::T: AsBytes,
 {
-    let descriptor = groups.first().map(|group| group.column(index).column_descr_ptr());
-    let Some(descriptor) = descriptor else {
-        return Err(ParquetError::General("no row group to decode".into()));
-    };
+    // A file without row groups (a batch of no rows) decodes to no values.
     let mut decoded = Decoded::<T> { values: Vec::new(), definitions: Vec::new(), repetitions: Vec::new(), descriptor };
     for group in groups {
         let mut typed = typed_reader::<T>(group, index, reader)?;
@@ -380,14 +381,14 @@ fn digest_segments_typed<T: DataType>(
     index: usize,
     reader: &Arc<OffsetBytes>,
     segments: &mut [Segment<'_>],
-    mut writer: Option<&mut ColumnWriter<'_>>,
+    writer: Option<&mut ColumnWriter<'_>>,
 ) -> ParquetResult<()>
 where
     T::T: AsBytes,
 {
     let descriptor = group.column(index).column_descr_ptr();
     let mut typed = typed_reader::<T>(group, index, reader)?;
-    let mut typed_writer = match writer.as_deref_mut() {
+    let mut typed_writer = match writer {
         Some(writer) => Some(T::get_column_writer_mut(writer).ok_or_else(|| {
             ParquetError::General(format!("column {} has another physical type in the output", descriptor.path()))
         })?),
@@ -469,6 +470,34 @@ pub fn standalone_rows(
     }
     group_writer.close()?;
     Ok((writer.into_inner()?, digest.finish()))
+}
+
+/// A whole Parquet file in memory (a restored file, a small original, an output): its rows,
+/// its row groups and the digest of its rows, which two files share exactly when they hold the
+/// same rows and values, however those are split into row groups.
+pub fn file_rows(file: &Bytes) -> Result<(u64, usize, String), String> {
+    let size = file.len() as u64;
+    let tail = file.len().checked_sub(8).ok_or("too short for a Parquet file")?;
+    let length = super::footer::footer_length(&file[tail..], size).map_err(|bad| bad.0)?;
+    let footer_start = size - 8 - length;
+    let footer = super::footer::parse_footer(&file[footer_start as usize..tail], footer_start).map_err(|bad| bad.0)?;
+    let reader = Arc::new(OffsetBytes { start: 0, bytes: file.clone() });
+    let columns = footer.metadata.file_metadata().schema_descr().num_columns();
+    let mut digest = RowsDigest::new(columns);
+    for group in footer.metadata.row_groups() {
+        let rows = group.num_rows().max(0) as u64;
+        for column in 0..columns {
+            let mut segment = [Segment { start: 0, rows, digest: &mut digest, records: 0 }];
+            digest_segments(group, column, &reader, &mut segment, None).map_err(|error| error.to_string())?;
+            if segment[0].records != rows {
+                return Err(format!(
+                    "column {column} decodes to {} rows, its row group has {rows}",
+                    segment[0].records
+                ));
+            }
+        }
+    }
+    Ok((footer.rows(), footer.metadata.num_row_groups(), digest.finish()))
 }
 
 #[cfg(test)]
