@@ -299,6 +299,30 @@ mod cases {
             restored_paths.push((key.clone(), restored_path));
         }
 
+        if backend == Backend::Embedded {
+            // A digest that is not the rows': verify says which source, restore refuses.
+            let tampered = &wide[9].1;
+            let sqlite = rusqlite::Connection::open(deployment.dir.path().join("manifest.sqlite")).unwrap();
+            let changed = sqlite
+                .execute("UPDATE objects SET output_sha256 = ?1 WHERE key = ?2", (&"0".repeat(64), tampered))
+                .unwrap();
+            assert_eq!(changed, 1);
+            drop(sqlite);
+            let verify = deployment.compactor().verify(None, false, |_| {}).await.unwrap();
+            assert!(!verify.all_verified());
+            assert_eq!(verify.sources_ok, 51, "{verify:?}");
+            assert!(
+                verify.failures.iter().any(|failure| failure.contains(tampered.as_str()) && failure.contains("digest")),
+                "{:?}",
+                verify.failures
+            );
+            let restored = deployment.compactor().restore_bytes(tampered).await;
+            assert!(
+                matches!(&restored, Err(compactor::engine::EngineError::Mismatch(reason)) if reason.contains("digest")),
+                "{restored:?}"
+            );
+        }
+
         let Some(_) = duckdb() else { return };
         for (key, restored_path) in &restored_paths {
             assert_eq!(
