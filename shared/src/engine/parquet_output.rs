@@ -41,8 +41,9 @@
 //! `missing` with the reason, before anything of it is written, and left as it is.
 //!
 //! Memory, on top of copy mode's: the open row group's encoded pages (about the target, plus
-//! each column writer's page in progress, at most 1 MiB a column by the crate's page-size
-//! limit) and one source decoded (its values, at most about its uncompressed size).
+//! each column writer's page in progress and dictionary, at most 1 MiB each a column by the
+//! crate's default limits) and one source decoded (its values, at most about its uncompressed
+//! size).
 
 use std::ops::Range;
 use std::sync::Arc;
