@@ -246,7 +246,10 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
         println!("size        {}", output.size.map(|size| format!("{size} bytes")).unwrap_or_else(|| "-".into()));
         println!("sha256      {}", output.sha256.as_deref().unwrap_or("-"));
         println!("objects     {}", output.object_count);
-        let mut table = Table::new(&["offset", "length", "sha256", "key"]);
+        // A rewritten Parquet output's placements are rows (first row, row count, digest).
+        let rows = output.key.to_ascii_lowercase().ends_with(compactor::domain::format::ROWS_PARQUET_EXTENSION);
+        let headers = if rows { ["first row", "rows", "digest", "key"] } else { ["offset", "length", "sha256", "key"] };
+        let mut table = Table::new(&headers);
         for source in &audit.sources {
             if let Some(placement) = &source.placement {
                 table.row(vec![

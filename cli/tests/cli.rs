@@ -383,4 +383,8 @@ fn the_parquet_demo_with_rewritten_row_groups_verifies_and_restore_gives_back_th
     let (original_rows, _, original_digest) = compactor::parquet::rows::file_rows(&original).unwrap();
     assert!(original_rows > 0);
     assert_eq!((restored_rows, restored_digest), (original_rows, original_digest), "same rows and values");
+    let audit = s3_compactor(&[&common[..], &["audit", "--object", key]].concat(), work.path());
+    let audit_text = text(&audit.stdout);
+    assert!(audit_text.contains(&format!("rows        {original_rows} rows from row ")), "{audit_text}");
+    assert!(!audit_text.contains("byte range"), "a rewritten source is rows, not bytes: {audit_text}");
 }
