@@ -108,6 +108,9 @@ struct ParquetArgs {
     /// Partition sizes, e.g. 100MB,2GB.
     #[arg(long, value_delimiter = ',', default_value = "100MB,2GB")]
     partitions: Vec<String>,
+    /// Row-group modes, each size sealed in each: copy (the default's), rewrite.
+    #[arg(long, value_delimiter = ',', default_value = "copy,rewrite")]
+    row_groups: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -258,7 +261,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
 
     eprintln!("[8/9] Parquet partitions on S3 + SQLite: GET ceiling, seal, peak RSS");
     for &size in &parquet_partitions {
-        report.parquet.push(parquet_row::measure(&backend, &args.endpoints, size).await?);
+        report.parquet.push(parquet_row::measure(&backend, &args.endpoints, size, Default::default()).await?);
     }
 
     report.seconds = started.elapsed().as_secs_f64();
@@ -318,10 +321,14 @@ async fn run_parquet(endpoints: &Endpoints, args: ParquetArgs) -> anyhow::Result
     let sizes = parse_sizes("--partitions", &args.partitions)?;
     let backend = Backend::connect(endpoints).await?;
     let mut report = Report::default();
+    let modes: Vec<compactor::domain::format::ParquetRowGroups> =
+        args.row_groups.iter().map(|text| text.parse().map_err(anyhow::Error::msg)).collect::<anyhow::Result<_>>()?;
     for size in sizes {
-        let row = parquet_row::measure(&backend, endpoints, size).await?;
-        println!("{}", serde_json::to_string(&row)?);
-        report.parquet.push(row);
+        for &mode in &modes {
+            let row = parquet_row::measure(&backend, endpoints, size, mode).await?;
+            println!("{}", serde_json::to_string(&row)?);
+            report.parquet.push(row);
+        }
     }
     let mut table = String::new();
     report.parquet_table(&mut table);

@@ -21,6 +21,9 @@ pub struct SealChildArgs {
     /// The SQLite manifest file, instead of a DynamoDB table.
     #[arg(long)]
     sqlite_manifest: Option<PathBuf>,
+    /// `COMPACTOR_PARQUET_ROW_GROUPS` of the seal (`copy` or `rewrite`; the default's unset).
+    #[arg(long)]
+    parquet_row_groups: Option<String>,
 }
 
 /// Where the measured partition's manifest lives.
@@ -135,7 +138,14 @@ pub async fn measure(
 pub async fn seal_child(endpoints: &Endpoints, args: SealChildArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(endpoints).await?;
     let deployment = match (&args.sqlite_manifest, &args.table) {
-        (Some(manifest_path), _) => backend.sqlite_deployment(&args.bucket, manifest_path)?,
+        (Some(manifest_path), _) => {
+            let raw = compactor::config::RawConfig {
+                source_bucket: Some(args.bucket.clone()),
+                parquet_row_groups: args.parquet_row_groups.clone(),
+                ..Default::default()
+            };
+            backend.sqlite_deployment_with(&args.bucket, manifest_path, raw.validate()?)?
+        }
         (None, Some(table)) => backend.deployment(&args.bucket, table, false).await?,
         (None, None) => anyhow::bail!("seal-child needs --table or --sqlite-manifest"),
     };

@@ -2,7 +2,10 @@
 //! `parquet` kind: 37 columns, 1 to 500 rows a file, Snappy or Zstd) per size, on S3 with an
 //! SQLite manifest. For each size, in the same run: the server's raw GET ceiling over the same
 //! objects, then the seal in a child process (objects/s, MB/s, and its peak RSS, `VmHWM`),
-//! then `verify` of every output.
+//! then `verify` of every output. Each size in each row-group mode asked for: `copy` (the
+//! default: column chunks copied, one output row group per source row group) and `rewrite`
+//! (small row groups decoded and re-encoded into large ones); the row shows the outputs' row
+//! groups next to the sources'.
 //!
 //! The manifest is SQLite, not the DynamoDB server: on the local emulator (one request at a
 //! time) a 2 GB partition's seal would measure the emulator, and the seal's S3 path, which is
@@ -10,6 +13,7 @@
 
 use anyhow::{ensure, Context};
 use chrono::NaiveDate;
+use compactor::domain::format::ParquetRowGroups;
 use serde::Serialize;
 use test_data::{DatasetKind, DatasetSpec};
 
@@ -33,6 +37,11 @@ pub struct ParquetRow {
     /// Outputs written (and verified: column chunk hashes, each chunk decoded to its rows).
     pub outputs: u64,
     pub verify_seconds: f64,
+    /// `copy` or `rewrite`.
+    pub row_groups: ParquetRowGroups,
+    /// Row groups in the sources (each holds one or two), and in the outputs.
+    pub source_row_groups: u64,
+    pub output_row_groups: u64,
 }
 
 impl ParquetRow {
@@ -73,8 +82,15 @@ pub fn dataset(partition_bytes: u64) -> anyhow::Result<DatasetSpec> {
 }
 
 /// Writes, ingests, measures and verifies one Parquet partition of about `partition_bytes`.
-pub async fn measure(backend: &Backend, endpoints: &Endpoints, partition_bytes: u64) -> anyhow::Result<ParquetRow> {
+pub async fn measure(
+    backend: &Backend,
+    endpoints: &Endpoints,
+    partition_bytes: u64,
+    row_groups: ParquetRowGroups,
+) -> anyhow::Result<ParquetRow> {
     let spec = dataset(partition_bytes)?;
+    // Row groups of the sources, from the generator's specs (the files are not read again).
+    let source_row_groups: u64 = test_data::objects(&spec).map(|object| source_row_groups_of(&object.body)).sum();
     let started = std::time::Instant::now();
     let bucket = backend.fresh_bucket(&format!("parquet-{}mb", partition_bytes / 1_000_000)).await?;
     let manifest_dir = tempfile::tempdir()?;
@@ -103,7 +119,7 @@ pub async fn measure(backend: &Backend, endpoints: &Endpoints, partition_bytes: 
 
     let output = tokio::process::Command::new(std::env::current_exe()?)
         .args(["--s3-endpoint", &endpoints.s3_endpoint, "--dynamodb-endpoint", &endpoints.dynamodb_endpoint])
-        .args(["seal-child", "--bucket", &bucket, "--sqlite-manifest"])
+        .args(["seal-child", "--bucket", &bucket, "--parquet-row-groups", row_groups.as_str(), "--sqlite-manifest"])
         .arg(&manifest_path)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -121,7 +137,8 @@ pub async fn measure(backend: &Backend, endpoints: &Endpoints, partition_bytes: 
     seal.partition_bytes = written.bytes;
 
     let verify_started = std::time::Instant::now();
-    let verified = backend.sqlite_deployment(&bucket, &manifest_path)?.verify().await?;
+    let deployment = backend.sqlite_deployment(&bucket, &manifest_path)?;
+    let verified = deployment.verify().await?;
     ensure!(verified.all_verified(), "the Parquet outputs did not verify: {:?}", verified.failures);
     ensure!(
         verified.sources_checked == written.objects,
@@ -129,23 +146,59 @@ pub async fn measure(backend: &Backend, endpoints: &Endpoints, partition_bytes: 
         verified.sources_checked,
         written.objects
     );
+    let verify_seconds = verify_started.elapsed().as_secs_f64();
+    let output_row_groups = output_row_groups(&deployment.compactor).await?;
     let row = ParquetRow {
         partition_bytes: written.bytes,
         objects: written.objects,
         get_ceiling,
         seal,
         outputs: verified.outputs_ok,
-        verify_seconds: verify_started.elapsed().as_secs_f64(),
+        verify_seconds,
+        row_groups,
+        source_row_groups,
+        output_row_groups,
     };
     eprintln!(
-        "      seal: {:.0} objects/s, {:.1} MB/s ({:.2}x the GET ceiling), peak RSS {:.1} MiB, {} outputs verified",
+        "      seal ({}): {:.0} objects/s, {:.1} MB/s ({:.2}x the GET ceiling), peak RSS {:.1} MiB, {} outputs \
+         verified, {} row groups from the sources' {}",
+        row.row_groups,
         row.seal_objects_per_second(),
         row.seal_megabytes_per_second(),
         row.ceiling_ratio(),
         row.peak_rss_mib(),
-        row.outputs
+        row.outputs,
+        row.output_row_groups,
+        row.source_row_groups
     );
     Ok(row)
+}
+
+/// Row groups of a generated file, from its footer.
+fn source_row_groups_of(body: &[u8]) -> u64 {
+    let size = body.len() as u64;
+    let parsed = body.len().checked_sub(8).and_then(|tail| {
+        let length = compactor::parquet::footer::footer_length(&body[tail..], size).ok()?;
+        let start = size - 8 - length;
+        compactor::parquet::footer::parse_footer(&body[start as usize..tail], start).ok()
+    });
+    parsed.map_or(0, |footer| footer.metadata.num_row_groups() as u64)
+}
+
+/// Row groups in every committed output, from their footers (ranged GETs).
+async fn output_row_groups(compactor: &compactor::engine::Compactor) -> anyhow::Result<u64> {
+    let mut row_groups = 0u64;
+    for partition in compactor.audit_partitions().await? {
+        for output in compactor.audit_partition_outputs(&partition.key, None).await? {
+            let size = output.size.unwrap_or(0);
+            let footer =
+                compactor::parquet::read_footer(compactor.store().as_ref(), &output.bucket, &output.key, size, None)
+                    .await?
+                    .map_err(|bad| anyhow::anyhow!("{}: {}", output.key, bad.0))?;
+            row_groups += footer.metadata.num_row_groups() as u64;
+        }
+    }
+    Ok(row_groups)
 }
 
 #[cfg(test)]

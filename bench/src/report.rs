@@ -393,8 +393,9 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n{:<34} {:>8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7}",
+            "\n{:<34} {:>7} {:>8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7} {:>13}",
             "Parquet, one partition (S3+SQLite)",
+            "groups",
             "objects",
             "MB",
             "GET obj/s",
@@ -403,13 +404,15 @@ impl Report {
             "seal MB/s",
             "ratio",
             "seal MiB",
-            "outputs"
+            "outputs",
+            "row groups"
         );
         for row in &self.parquet {
             let _ = writeln!(
                 out,
-                "{:<34} {:>8} {:>8.1} {:>10.0} {:>8.1} {:>10.0} {:>8.1} {:>6.2}x {:>8.1} {:>7}",
+                "{:<34} {:>7} {:>8} {:>8.1} {:>10.0} {:>8.1} {:>10.0} {:>8.1} {:>6.2}x {:>8.1} {:>7} {:>13}",
                 format!("{:.0} MB of feature-store batches", row.partition_bytes as f64 / 1e6),
+                row.row_groups.as_str(),
                 row.objects,
                 row.partition_bytes as f64 / 1e6,
                 row.get_ceiling.objects_per_second(),
@@ -418,11 +421,14 @@ impl Report {
                 row.seal_megabytes_per_second(),
                 row.ceiling_ratio(),
                 row.peak_rss_mib(),
-                row.outputs
+                row.outputs,
+                format!("{} of {}", row.output_row_groups, row.source_row_groups)
             );
         }
-        let smallest = self.parquet.iter().min_by_key(|row| row.partition_bytes);
-        let largest = self.parquet.iter().max_by_key(|row| row.partition_bytes);
+        // Memory growth with the partition, in copy mode (the default's).
+        let copying = || self.parquet.iter().filter(|row| row.row_groups == Default::default());
+        let smallest = copying().min_by_key(|row| row.partition_bytes);
+        let largest = copying().max_by_key(|row| row.partition_bytes);
         if let (Some(smallest), Some(largest)) = (smallest, largest) {
             if largest.partition_bytes > smallest.partition_bytes {
                 let growth = largest.seal.peak_rss_bytes as f64 / smallest.seal.peak_rss_bytes.max(1) as f64;
@@ -470,6 +476,9 @@ impl Report {
                 "seal_mb_per_s": row.seal_megabytes_per_second(),
                 "seal_to_get_ceiling": row.ceiling_ratio(),
                 "peak_rss_mib": row.peak_rss_mib(),
+                "row_groups": row.row_groups,
+                "output_row_groups": row.output_row_groups,
+                "source_row_groups": row.source_row_groups,
             })).collect::<Vec<_>>(),
             "steady_state_lists": self.steady_state_lists(),
             "request_usd_per_million_objects": ours.cost_usd() * 1e6 / objects.max(1) as f64,

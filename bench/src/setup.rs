@@ -212,12 +212,22 @@ impl Backend {
     /// The default configuration on `bucket` with the manifest in SQLite at `manifest_path`:
     /// the seal's S3 path exactly as with DynamoDB, without the emulator's own speed.
     pub fn sqlite_deployment(&self, bucket: &str, manifest_path: &std::path::Path) -> anyhow::Result<Deployment> {
+        self.sqlite_deployment_with(bucket, manifest_path, bench_config(bucket)?)
+    }
+
+    /// As [`Backend::sqlite_deployment`], under `config`.
+    pub fn sqlite_deployment_with(
+        &self,
+        bucket: &str,
+        manifest_path: &std::path::Path,
+        config: Config,
+    ) -> anyhow::Result<Deployment> {
         let manifest = compactor::adapters::sqlite::SqliteManifest::open(manifest_path)?;
         let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3::new(self.s3.clone(), S3Options::default()));
         Ok(Deployment {
             bucket: bucket.to_string(),
             table: String::new(),
-            compactor: Compactor::new(bench_config(bucket)?, store, Arc::new(manifest), Arc::new(SystemClock)),
+            compactor: Compactor::new(config, store, Arc::new(manifest), Arc::new(SystemClock)),
             s3: self.s3.clone(),
             counter: self.counter.clone(),
             deployed: self.deployed,

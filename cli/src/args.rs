@@ -142,9 +142,10 @@ pub struct ConfigArgs {
     )]
     pub format: Option<String>,
     /// A format per source prefix, e.g. trail/=cloudtrail,raw/=bytes, optionally with its
-    /// compression, e.g. logs/=ndjson:zstd; the longest matching prefix wins, other keys take
+    /// compression, e.g. logs/=ndjson:zstd, a parquet one with what becomes of its row groups,
+    /// e.g. tables/=parquet:rewrite; the longest matching prefix wins, other keys take
     /// --format [default: none].
-    #[arg(long, global = true, env = "COMPACTOR_FORMATS", value_name = "PREFIX=FORMAT[:COMPRESS],...")]
+    #[arg(long, global = true, env = "COMPACTOR_FORMATS", value_name = "PREFIX=FORMAT[:COMPRESS|:ROW_GROUPS],...")]
     pub formats: Option<String>,
     /// Compress plain-text sources (concat, bytes, csv, ndjson): each source becomes a zstd
     /// frame (gzip member) of its own, so its byte range stays exact and restore is one ranged
@@ -152,6 +153,12 @@ pub struct ConfigArgs {
     /// they are. A --formats rule's own :zstd wins. E.g. --compress zstd [default: none].
     #[arg(long, global = true, env = "COMPACTOR_COMPRESS", value_name = "zstd|gzip|none")]
     pub compress: Option<String>,
+    /// Parquet sources' row groups: copy (each source row group an output row group, column
+    /// chunks copied without decoding) or rewrite (row groups under 1 MiB decoded and
+    /// re-encoded into ~64 MiB ones; outputs end in -rows.parquet). A --formats rule's own
+    /// parquet:rewrite wins [default: copy].
+    #[arg(long, global = true, env = "COMPACTOR_PARQUET_ROW_GROUPS", value_name = "copy|rewrite")]
+    pub parquet_row_groups: Option<String>,
     /// What happens to compacted sources: tag, delete or none [default: tag].
     #[arg(long, global = true, env = "COMPACTOR_EXPIRY", value_name = "tag|delete|none")]
     pub expiry: Option<String>,
@@ -200,6 +207,7 @@ impl ConfigArgs {
             format: self.format.clone(),
             formats: self.formats.clone(),
             compress: self.compress.clone(),
+            parquet_row_groups: self.parquet_row_groups.clone(),
             expiry: self.expiry.clone(),
             expiry_tag: self.expiry_tag.clone(),
             record_ttl: self.record_ttl.clone(),

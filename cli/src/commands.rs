@@ -207,14 +207,20 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
         }
         if let Some(placement) = &object.placement {
             println!("output      s3://{}/{}", config.dest_bucket, placement.output_key);
-            println!(
-                "byte range  {}..{} (Range: bytes={}-{})",
-                placement.offset,
-                placement.offset + placement.length,
-                placement.offset,
-                (placement.offset + placement.length).saturating_sub(1)
-            );
-            println!("sha256      {}", placement.sha256);
+            if placement.output_key.to_ascii_lowercase().ends_with(compactor::domain::format::ROWS_PARQUET_EXTENSION) {
+                // A rewritten Parquet source shares row groups with others: it is rows, not bytes.
+                println!("rows        {} rows from row {} of the output", placement.length, placement.offset);
+                println!("digest      {} (sha256 of its decoded values)", placement.sha256);
+            } else {
+                println!(
+                    "byte range  {}..{} (Range: bytes={}-{})",
+                    placement.offset,
+                    placement.offset + placement.length,
+                    placement.offset,
+                    (placement.offset + placement.length).saturating_sub(1)
+                );
+                println!("sha256      {}", placement.sha256);
+            }
             if placement.separator_bytes > 0 {
                 println!("separator   {} byte(s) inserted after it (not part of its range)", placement.separator_bytes);
             }
@@ -240,7 +246,10 @@ async fn audit(global: &GlobalArgs, args: AuditArgs) -> CliResult {
         println!("size        {}", output.size.map(|size| format!("{size} bytes")).unwrap_or_else(|| "-".into()));
         println!("sha256      {}", output.sha256.as_deref().unwrap_or("-"));
         println!("objects     {}", output.object_count);
-        let mut table = Table::new(&["offset", "length", "sha256", "key"]);
+        // A rewritten Parquet output's placements are rows (first row, row count, digest).
+        let rows = output.key.to_ascii_lowercase().ends_with(compactor::domain::format::ROWS_PARQUET_EXTENSION);
+        let headers = if rows { ["first row", "rows", "digest", "key"] } else { ["offset", "length", "sha256", "key"] };
+        let mut table = Table::new(&headers);
         for source in &audit.sources {
             if let Some(placement) = &source.placement {
                 table.row(vec![

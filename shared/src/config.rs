@@ -18,6 +18,7 @@
 //! | `COMPACTOR_FORMAT` | the format of keys no `COMPACTOR_FORMATS` rule matches: `auto` (by the key: `parquet` for `.parquet`, `cloudtrail` for CloudTrail's log files, `.json.gz` under `AWSLogs/<account>/CloudTrail/` or named `<account>_CloudTrail_…`, `concat` for the rest), `concat` (newline-safe concatenation), `bytes` (no separators), `cloudtrail` (gzip `{"Records":[...]}` to gzip NDJSON), `csv` (one header per output), `ndjson` (lines that are not JSON set aside) or `parquet` (merged by column chunks) | `auto` |
 //! | `COMPACTOR_FORMATS` | a format per source prefix, `prefix=format` pairs separated by commas (`trail/=cloudtrail,raw/=bytes`), a format optionally with its compression (`logs/=ndjson:zstd`); the longest matching prefix wins | (none) |
 //! | `COMPACTOR_COMPRESS` | `zstd`, `gzip` or `none`: plain-text sources of `concat`, `bytes`, `csv` and `ndjson` become a zstd frame (gzip member) each, in outputs ending `.zst` (`.gz`); sources compressed already never are; a `COMPACTOR_FORMATS` rule's own `:zstd` wins | `none` |
+//! | `COMPACTOR_PARQUET_ROW_GROUPS` | `copy` or `rewrite`: Parquet sources' row groups copied as they are, or small ones (under 1 MiB) decoded and re-encoded into row groups of about 64 MiB (outputs ending `-rows.parquet`); a `COMPACTOR_FORMATS` rule's own `parquet:rewrite` wins | `copy` |
 //! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
 //! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |
 //! | `COMPACTOR_RECORD_TTL` | DynamoDB only: delete a source's record this long after the source was marked for expiry (`400d`; `30d` to `3650d`); SQLite ignores it | unset: records are kept (the audit trail) |
@@ -176,6 +177,7 @@ pub struct RawConfig {
     pub format: Option<String>,
     pub formats: Option<String>,
     pub compress: Option<String>,
+    pub parquet_row_groups: Option<String>,
     pub expiry: Option<String>,
     pub expiry_tag: Option<String>,
     pub record_ttl: Option<String>,
@@ -206,6 +208,7 @@ impl RawConfig {
             format: read("COMPACTOR_FORMAT"),
             formats: read("COMPACTOR_FORMATS"),
             compress: read("COMPACTOR_COMPRESS"),
+            parquet_row_groups: read("COMPACTOR_PARQUET_ROW_GROUPS"),
             expiry: read("COMPACTOR_EXPIRY"),
             expiry_tag: read("COMPACTOR_EXPIRY_TAG"),
             record_ttl: read("COMPACTOR_RECORD_TTL"),
@@ -307,6 +310,12 @@ impl RawConfig {
             None => formats,
             Some(text) => formats
                 .with_compression(text.parse().map_err(|reason: String| invalid("COMPACTOR_COMPRESS", text, &reason))?),
+        };
+        let formats = match self.parquet_row_groups.as_deref() {
+            None => formats,
+            Some(text) => formats.with_row_groups(
+                text.parse().map_err(|reason: String| invalid("COMPACTOR_PARQUET_ROW_GROUPS", text, &reason))?,
+            ),
         };
         let expiry = match self.expiry.as_deref() {
             None => ExpiryMode::default(),
@@ -686,6 +695,11 @@ mod tests {
         assert_eq!(error.name(), "COMPACTOR_FORMAT");
         let config = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COMPRESS", "zstd")]).unwrap();
         assert_eq!(config.formats.choose("a/x.json").compression, crate::domain::format::Compression::Zstd);
+        let rewrite =
+            from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_PARQUET_ROW_GROUPS", "rewrite")]).unwrap();
+        assert_eq!(rewrite.formats.choose("a/x.parquet").row_groups, crate::domain::format::ParquetRowGroups::Rewrite);
+        let bad = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_PARQUET_ROW_GROUPS", "merge")]).unwrap_err();
+        assert_eq!(bad.name(), "COMPACTOR_PARQUET_ROW_GROUPS");
         let error = from(&[("COMPACTOR_SOURCE_BUCKET", "logs"), ("COMPACTOR_COMPRESS", "lz4")]).unwrap_err();
         assert_eq!(error.name(), "COMPACTOR_COMPRESS");
         assert!(error.to_string().contains("use zstd, gzip or none"), "{error}");

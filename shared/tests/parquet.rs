@@ -215,8 +215,152 @@ on_each_backend!(
     a_multipart_output_with_large_sources_holds_every_row_on_s3_and_dynamodb
 );
 
+on_each_backend!(
+    #[tokio::test]
+    rewritten_row_groups_are_few_and_duckdb_finds_the_sources_rows_and_sums_in_them,
+    rewritten_row_groups_are_few_and_duckdb_finds_the_sources_rows_and_sums_in_them_on_s3_and_dynamodb
+);
+
+/// The row groups of a Parquet file on disk.
+fn row_groups_in(path: &std::path::Path) -> usize {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let bytes = Bytes::from(std::fs::read(path).unwrap());
+    SerializedFileReader::new(bytes).unwrap().metadata().num_row_groups()
+}
+
 mod cases {
     use super::*;
+
+    /// `COMPACTOR_PARQUET_ROW_GROUPS=rewrite`: the small row groups of 40 (and 10) sources
+    /// become one row group per output, a source with a large row group is copied as it is
+    /// between them, and DuckDB finds every source's rows and column sums in the outputs;
+    /// placements are rows, verify (with and without originals) and restore agree.
+    pub async fn rewritten_row_groups_are_few_and_duckdb_finds_the_sources_rows_and_sums_in_them(backend: Backend) {
+        let Some(deployment) = Deployment::new(backend, |raw| raw.parquet_row_groups = Some("rewrite".into())).await
+        else {
+            return;
+        };
+        let mut wide = sources(Schema::Wide, 0..40);
+        let large = FileSpec { rows: 20_000, first_row_group_rows: 20_000, ..FileSpec::from_seed(900, Schema::Wide) };
+        let large_bytes = file_bytes(&large).unwrap();
+        assert!(large_bytes.len() > 1 << 20, "a row group over 1 MiB: {} bytes", large_bytes.len());
+        // Between wide-019 and wide-020 in key order: the open row group closes before it.
+        wide.push((large, format!("{PARTITION}wide-020-large.parquet"), large_bytes));
+        // A batch of no rows (a file without row groups) is placed as no rows, not refused.
+        let no_rows = FileSpec { rows: 0, first_row_group_rows: 0, ..FileSpec::from_seed(901, Schema::Wide) };
+        wide.push((no_rows, format!("{PARTITION}wide-005-no-rows.parquet"), file_bytes(&no_rows).unwrap()));
+        let narrow = sources(Schema::Narrow, 100..110);
+        let mut files: Vec<(String, Vec<u8>)> =
+            wide.iter().chain(&narrow).map(|(_, key, bytes)| (key.clone(), bytes.clone())).collect();
+        files.extend(bad_files(&wide[3].2));
+        deployment.add(&files).await;
+
+        let report = deployment.compactor().seal_closed(&Default::default()).await.unwrap();
+        assert_eq!((report.objects_compacted, report.objects_missing), (52, 3), "{report:?}");
+        let outputs = deployment.committed_outputs().await;
+        assert_eq!(outputs.len(), 2, "one output per schema: {outputs:?}");
+        assert!(outputs.iter().all(|output| output.key.ends_with("-rows.parquet")), "{outputs:?}");
+
+        // Placements are rows: each output's sources cover its rows, in order, without gaps.
+        let partition = PartitionKey::new(&deployment.bucket, PARTITION);
+        let records = deployment.manifest.objects(&partition, &ObjectQuery::all()).await.unwrap();
+        let rows_of: HashMap<&str, u64> =
+            wide.iter().chain(&narrow).map(|(spec, key, _)| (key.as_str(), u64::from(spec.rows))).collect();
+        for output in &outputs {
+            let mut placed: Vec<(u64, u64, &str)> = records
+                .iter()
+                .filter_map(|record| {
+                    let placement = record.placement.as_ref().filter(|placement| placement.output_key == output.key)?;
+                    Some((placement.offset, placement.length, record.key.as_str()))
+                })
+                .collect();
+            placed.sort();
+            let mut next_row = 0;
+            for (first_row, rows, key) in placed {
+                assert_eq!((first_row, rows), (next_row, rows_of[key]), "{key} in {}", output.key);
+                next_row += rows;
+            }
+        }
+
+        let verify = deployment.compactor().verify(None, true, |_| {}).await.unwrap();
+        assert!(verify.all_verified(), "{verify:?}");
+        assert_eq!((verify.sources_checked, verify.sources_ok, verify.originals_ok), (52, 52, 52));
+        let without_originals = deployment.compactor().verify(None, false, |_| {}).await.unwrap();
+        assert!(without_originals.all_verified(), "{without_originals:?}");
+        assert_eq!((without_originals.sources_ok, without_originals.originals_compared), (52, 0));
+
+        // Restore: a rewritten source and the copied one, each a standalone file of its rows.
+        let mut restored_paths = Vec::new();
+        for key in [&wide[7].1, &wide[40].1, &wide[41].1] {
+            let (_, restored) = deployment.compactor().restore_bytes(key).await.unwrap();
+            assert_eq!(&restored[..4], b"PAR1");
+            let restored_path = deployment.dir.path().join(format!("restored-{}", restored_paths.len()));
+            std::fs::write(&restored_path, &restored).unwrap();
+            restored_paths.push((key.clone(), restored_path));
+        }
+
+        if backend == Backend::Embedded {
+            // A digest that is not the rows': verify says which source, restore refuses.
+            let tampered = &wide[9].1;
+            let sqlite = rusqlite::Connection::open(deployment.dir.path().join("manifest.sqlite")).unwrap();
+            let changed = sqlite
+                .execute("UPDATE objects SET output_sha256 = ?1 WHERE key = ?2", (&"0".repeat(64), tampered))
+                .unwrap();
+            assert_eq!(changed, 1);
+            drop(sqlite);
+            let verify = deployment.compactor().verify(None, false, |_| {}).await.unwrap();
+            assert!(!verify.all_verified());
+            assert_eq!(verify.sources_ok, 51, "{verify:?}");
+            assert!(
+                verify.failures.iter().any(|failure| failure.contains(tampered.as_str()) && failure.contains("digest")),
+                "{:?}",
+                verify.failures
+            );
+            let restored = deployment.compactor().restore_bytes(tampered).await;
+            assert!(
+                matches!(&restored, Err(compactor::engine::EngineError::Mismatch(reason)) if reason.contains("digest")),
+                "{restored:?}"
+            );
+        }
+
+        let Some(_) = duckdb() else { return };
+        for (key, restored_path) in &restored_paths {
+            assert_eq!(
+                duckdb_sums(std::slice::from_ref(restored_path), 24),
+                duckdb_sums(&[deployment.local_path(key)], 24),
+                "restored rows of {key}"
+            );
+        }
+        for (schema_sources, float_columns, row_groups) in [(&wide, 24, 3), (&narrow, 8, 1)] {
+            let source_paths: Vec<PathBuf> =
+                schema_sources.iter().map(|(_, key, _)| deployment.local_path(key)).collect();
+            let first_key = &schema_sources[0].1;
+            let output = outputs
+                .iter()
+                .find(|output| {
+                    records.iter().any(|record| {
+                        &record.key == first_key
+                            && record.placement.as_ref().is_some_and(|placement| placement.output_key == output.key)
+                    })
+                })
+                .expect("the schema's output");
+            let output_path = deployment.download(&output.key).await;
+            assert_eq!(
+                duckdb_sums(std::slice::from_ref(&output_path), float_columns),
+                duckdb_sums(&source_paths, float_columns),
+                "rows and column sums of {}",
+                output.key
+            );
+            let source_row_groups: usize = source_paths.iter().map(|path| row_groups_in(path)).sum();
+            assert!(source_row_groups >= schema_sources.len(), "{source_row_groups}");
+            assert_eq!(
+                row_groups_in(&output_path),
+                row_groups,
+                "{} row groups from the sources' {source_row_groups}",
+                output.key
+            );
+        }
+    }
 
     pub async fn parquet_sources_merge_by_schema_and_duckdb_finds_their_rows_and_sums_in_the_outputs(backend: Backend) {
         let Some(deployment) = Deployment::new(backend, |_| {}).await else { return };
@@ -361,6 +505,20 @@ async fn a_crash_at_any_step_of_a_parquet_seal_in_delete_mode_is_finished_by_the
     crash::at_every_call(Backend::Embedded, &[CrashMode::AfterCall], "delete", 1).await;
 }
 
+/// The same crash matrix with the row groups rewritten (`COMPACTOR_PARQUET_ROW_GROUPS=rewrite`):
+/// placements are rows, recorded before the output commits, so nothing changes for safety.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_of_a_parquet_seal_with_rewritten_row_groups_is_finished_by_the_next_run() {
+    crash::at_every_call_rewriting(Backend::Embedded, &[CrashMode::BeforeCall, CrashMode::AfterCall], "tag", 1).await;
+}
+
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_of_a_parquet_seal_with_rewritten_row_groups_is_finished_by_the_next_run_on_s3_and_dynamodb(
+) {
+    crash::at_every_call_rewriting(Backend::Aws, &[CrashMode::AfterCall], "tag", 4).await;
+}
+
 /// On the servers every call is a real request, and each crash a fresh bucket and table: the
 /// nastier mode only (`AfterCall`: the request took effect and its answer was lost), four
 /// crashes at a time.
@@ -389,11 +547,12 @@ mod crash {
 
     const GOOD_SOURCES: u64 = 6;
 
-    async fn deployment(backend: Backend, expiry: &str) -> Option<Deployment> {
+    async fn deployment(backend: Backend, expiry: &str, rewrite: bool) -> Option<Deployment> {
         let expiry = expiry.to_string();
         let mut deployment = Deployment::new(backend, move |raw| {
             raw.expiry = Some(expiry.clone());
             raw.lease = Some("5m".into());
+            raw.parquet_row_groups = rewrite.then(|| "rewrite".into());
         })
         .await?;
         // On the servers, S3's path: a crash between any two of its requests.
@@ -404,8 +563,16 @@ mod crash {
     }
 
     pub async fn at_every_call(backend: Backend, modes: &[CrashMode], expiry: &str, concurrent: usize) {
+        at_every_call_of(backend, modes, expiry, concurrent, false).await
+    }
+
+    pub async fn at_every_call_rewriting(backend: Backend, modes: &[CrashMode], expiry: &str, concurrent: usize) {
+        at_every_call_of(backend, modes, expiry, concurrent, true).await
+    }
+
+    async fn at_every_call_of(backend: Backend, modes: &[CrashMode], expiry: &str, concurrent: usize, rewrite: bool) {
         let started = std::time::Instant::now();
-        let Some(clean) = deployment(backend, expiry).await else { return };
+        let Some(clean) = deployment(backend, expiry, rewrite).await else { return };
         let report = clean.compactor().seal_closed(&Default::default()).await.unwrap();
         assert_eq!((report.objects_compacted, report.objects_missing), (GOOD_SOURCES, 3), "{report:?}");
         let calls = clean.plan.calls();
@@ -415,7 +582,7 @@ mod crash {
         let points: Vec<(CrashMode, u64)> =
             modes.iter().flat_map(|&mode| (1..=calls).map(move |crash_at| (mode, crash_at))).collect();
         let outcomes: Vec<Option<String>> = futures::stream::iter(points)
-            .map(|(mode, crash_at)| crash_once(backend, expiry, mode, crash_at))
+            .map(|(mode, crash_at)| crash_once(backend, expiry, rewrite, mode, crash_at))
             .buffer_unordered(concurrent)
             .collect()
             .await;
@@ -443,7 +610,7 @@ mod crash {
             assert!(sites.contains_key(operation), "no crash in {operation}: crashes hit {sites:?}");
         }
         let line = format!(
-            "Parquet {backend:?} {expiry}: {} crashes in {calls} calls a seal, {:.1?}: {sites:?}\n",
+            "Parquet {backend:?} {expiry} rewrite={rewrite}: {} crashes in {calls} calls a seal, {:.1?}: {sites:?}\n",
             sites.values().sum::<u64>(),
             started.elapsed()
         );
@@ -452,8 +619,14 @@ mod crash {
 
     /// One crash at call `crash_at` on a fresh deployment, then the rerun and the checks; the
     /// operation it crashed in, or `None` when the seal made fewer calls.
-    async fn crash_once(backend: Backend, expiry: &str, mode: CrashMode, crash_at: u64) -> Option<String> {
-        let deployment = deployment(backend, expiry).await?;
+    async fn crash_once(
+        backend: Backend,
+        expiry: &str,
+        rewrite: bool,
+        mode: CrashMode,
+        crash_at: u64,
+    ) -> Option<String> {
+        let deployment = deployment(backend, expiry, rewrite).await?;
         deployment.plan.crash_at(crash_at, mode);
         let _ = deployment.compactor().seal_closed(&Default::default()).await;
         let crashed_in = deployment.plan.crashed_in()?;
@@ -485,7 +658,8 @@ mod crash {
         tagged || deployment.store.head(&deployment.bucket, key).await.is_err()
     }
 
-    /// A source is marked only if its output is committed, stored, and holds its column chunks;
+    /// A source is marked only if its output is committed, stored, and holds its column chunks
+    /// (in a rewritten output: its rows, restored and checked against their digest);
     /// a bad file is never marked.
     async fn assert_safe(deployment: &Deployment, context: &str) {
         for (key, _) in dataset() {
@@ -498,6 +672,12 @@ mod crash {
             let placement = record.placement.as_ref().expect("a compacted source has a placement");
             let output = deployment.manifest.output(&deployment.bucket, &placement.output_key).await.unwrap();
             assert_eq!(output.map(|output| output.state), Some(OutputState::Committed), "{context}: {key}");
+            if placement.output_key.ends_with("-rows.parquet") {
+                // Rows, not bytes: restore reads them and checks the digest of their values.
+                let restored = deployment.compactor().restore_bytes(&key).await;
+                assert!(restored.is_ok(), "{context}: the rows of {key} cannot be restored: {restored:?}");
+                continue;
+            }
             let range = placement.offset..placement.offset + placement.length;
             let chunks = deployment
                 .store

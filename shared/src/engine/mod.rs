@@ -19,6 +19,8 @@ pub mod ingest;
 mod parquet_checks;
 #[cfg(feature = "parquet")]
 mod parquet_output;
+#[cfg(feature = "parquet")]
+mod parquet_rows;
 pub mod plan;
 pub mod restore;
 pub mod seal;

@@ -173,6 +173,9 @@ impl Compactor {
     /// its range read and checked against the recorded sha256, its row groups written after a
     /// new header, under a footer of their own.
     pub(crate) async fn restore_parquet(&self, key: &str, placement: &Placement) -> Result<Bytes, EngineError> {
+        if super::parquet_rows::is_rows_output(&placement.output_key) {
+            return self.restore_parquet_rows(key, placement).await;
+        }
         let output = self.manifest.output(&self.config.dest_bucket, &placement.output_key).await?.ok_or_else(|| {
             EngineError::InvalidInput(format!("output {} is not in the manifest", placement.output_key))
         })?;

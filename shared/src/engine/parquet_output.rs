@@ -27,6 +27,23 @@
 //! benchmark's 1,379 feature-store batches, more as the writer's structs in memory). That is
 //! the part that grows with an output, and it is bounded by the target size over the smallest
 //! source (the README's Parquet rows).
+//!
+//! # Rewrite mode (`COMPACTOR_PARQUET_ROW_GROUPS=rewrite`, outputs `-rows.parquet`)
+//! A source whose row groups are all under [`SMALL_ROW_GROUP_BYTES`] and whose uncompressed
+//! size is at most [`MAX_DECODED_SOURCE_BYTES`] is decoded whole and its rows written into the
+//! output's open row group ([`crate::parquet::rows::RowGroupBuilder`]), which closes once the
+//! source row groups in it reach [`ROW_GROUP_TARGET_BYTES`] of compressed chunks, and only
+//! between sources, so that a rewritten source's rows lie in one output row group. Any other
+//! source closes the open group and is copied as in copy mode. Either way its placement means
+//! rows: `offset` is the output's row index of its first row, `length` its row count, and
+//! `sha256` the digest of its decoded values ([`crate::parquet::rows::RowsDigest`]; a copied
+//! source's chunks are decoded once for it). A source whose pages do not decode is recorded
+//! `missing` with the reason, before anything of it is written, and left as it is.
+//!
+//! Memory, on top of copy mode's: the open row group's encoded pages (about the target, plus
+//! each column writer's page in progress and dictionary, at most 1 MiB each a column by the
+//! crate's default limits) and one source decoded (its values, at most about its uncompressed
+//! size).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -46,15 +63,23 @@ use crate::domain::records::{ObjectRecord, Placement};
 use crate::parquet::chunks::output_properties;
 use crate::parquet::footer::read_footer_and_tail;
 use crate::parquet::footer::read_range;
+use crate::parquet::rows::{rewrite_properties, RowGroupBuilder, RowsDigest, Segment};
 use crate::parquet::{append_row_group, BadParquet, OffsetBytes, ParquetFooter, SchemaKey};
 use crate::ports::{ObjectStore, PutOptions, SourcePlacement, StoreError};
 
 /// Sources whose column chunks total at most this are read whole, ahead of the writer.
 pub(crate) const PREFETCH_MAX_BYTES: u64 = 256 * 1024;
+/// Rewrite mode: row groups under this (compressed) are small enough to be worth rewriting.
+pub(crate) const SMALL_ROW_GROUP_BYTES: u64 = 1024 * 1024;
+/// Rewrite mode: a source whose footer says it is larger than this uncompressed is copied,
+/// not decoded, so that one source decoded stays bounded whatever its footer claims per page.
+pub(crate) const MAX_DECODED_SOURCE_BYTES: u64 = 16 * 1024 * 1024;
+/// Rewrite mode: the open row group closes once the source chunks rewritten into it reach this.
+pub(crate) const ROW_GROUP_TARGET_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What `created_by` says in outputs.
 pub(crate) fn created_by() -> String {
-    format!("s3-compactor {} (column chunks copied as they are)", env!("CARGO_PKG_VERSION"))
+    format!("s3-compactor {}", env!("CARGO_PKG_VERSION"))
 }
 
 /// A source read ahead.
@@ -70,6 +95,9 @@ struct OpenFile {
     /// The first source's column descriptors, which every appended chunk's metadata is put on.
     descriptors: Arc<SchemaDescriptor>,
     writer: SerializedFileWriter<Vec<u8>>,
+    /// Rewrite mode: the row group being filled, and the rows closed into the file before it.
+    open_group: Option<RowGroupBuilder>,
+    rows_closed: u64,
 }
 
 /// One Parquet output, its sources appended a window at a time.
@@ -90,6 +118,8 @@ pub(crate) struct ParquetOutput<'a> {
     pub(crate) written: WrittenOutput,
     /// Sources placed so far (their placements may have been taken away already).
     placed: u64,
+    /// Small row groups are rewritten and placements are rows (an output `-rows.parquet`).
+    rewrite: bool,
 }
 
 impl<'a> ParquetOutput<'a> {
@@ -113,6 +143,7 @@ impl<'a> ParquetOutput<'a> {
             uploads: PartUploads::new(store, target.bucket, &planned.key, target.upload_id, config.upload_concurrency),
             written: WrittenOutput::default(),
             placed: 0,
+            rewrite: planned.class.rewrites_row_groups(),
         }
     }
 
@@ -155,13 +186,17 @@ impl<'a> ParquetOutput<'a> {
             let writer = SerializedFileWriter::new(Vec::new(), Arc::clone(&schema.schema), properties)
                 .map_err(|error| parquet_failure(self.key, error))?;
             let descriptors = footer.metadata.file_metadata().schema_descr_ptr();
-            self.file = Some(OpenFile { schema: schema.clone(), descriptors, writer });
+            self.file =
+                Some(OpenFile { schema: schema.clone(), descriptors, writer, open_group: None, rows_closed: 0 });
             self.drain(None).await?;
         }
         if self.file.as_ref().is_some_and(|file| file.schema != schema) {
             info!(key = %source.key, output = %self.key, "Parquet source has another schema than its output's; left pending for an output of its own");
             self.written.deferred_sources += 1;
             return Ok(());
+        }
+        if self.rewrite {
+            return self.append_source_rows(source, footer, data).await;
         }
         let start = self.offset;
         let mut source_hasher = Sha256::new();
@@ -206,6 +241,152 @@ impl<'a> ParquetOutput<'a> {
             size: source.size,
         });
         Ok(())
+    }
+
+    /// Rewrite mode: the source's rows into the open row group when its row groups are small,
+    /// else its row groups copied after closing the open one; its placement is rows.
+    async fn append_source_rows(
+        &mut self,
+        source: &ObjectRecord,
+        footer: ParquetFooter,
+        data: Option<OffsetBytes>,
+    ) -> Result<(), EngineError> {
+        let groups = footer.metadata.row_groups();
+        let small = groups.iter().all(|group| (group.compressed_size().max(0) as u64) < SMALL_ROW_GROUP_BYTES)
+            && groups.iter().map(|group| group.total_byte_size().max(0) as u64).sum::<u64>()
+                <= MAX_DECODED_SOURCE_BYTES;
+        let (first_row, rows, digest) = if small {
+            // Small: its chunks are few (under 1 MiB a row group, 16 MiB uncompressed in all).
+            let data = match data {
+                Some(data) => data,
+                None => {
+                    let span = footer
+                        .row_group_bytes
+                        .iter()
+                        .cloned()
+                        .reduce(|one, other| one.start.min(other.start)..one.end.max(other.end));
+                    match self.read_chunks(source, span.unwrap_or(0..0)).await? {
+                        Ok(data) => data,
+                        Err(note) => {
+                            self.record_missing(source, note);
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            let file = self.file.as_mut().expect("opened by append_source");
+            let first_row = file.rows_closed + file.open_group.as_ref().map_or(0, |group| group.rows);
+            let group = file.open_group.get_or_insert_with(|| {
+                RowGroupBuilder::new(Arc::clone(&file.descriptors), &rewrite_properties(&created_by()))
+            });
+            match group.append_source(groups, &Arc::new(data)) {
+                Ok((rows, digest)) => (first_row, rows, digest),
+                Err(error) => {
+                    self.record_missing(source, undecodable_note(error));
+                    return Ok(());
+                }
+            }
+        } else {
+            self.close_open_group().await?;
+            match self.copy_source_rows(source, &footer, data).await? {
+                Some(copied) => copied,
+                None => return Ok(()),
+            }
+        };
+        self.placed += 1;
+        debug!(key = %source.key, rows, first_row, rewritten = small, "Parquet source appended as rows");
+        self.written.placements.push(SourcePlacement {
+            key: source.key.clone(),
+            sequencer: source.sequencer.clone(),
+            placement: Placement {
+                output_key: self.key.to_string(),
+                generation: self.generation,
+                offset: first_row,
+                length: rows,
+                sha256: digest,
+                separator_bytes: 0,
+            },
+            etag: source.etag.clone(),
+            size: source.size,
+        });
+        let full = self
+            .file
+            .as_ref()
+            .and_then(|file| file.open_group.as_ref())
+            .is_some_and(|group| group.source_bytes >= ROW_GROUP_TARGET_BYTES);
+        if full {
+            self.close_open_group().await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrite mode: a large source's row groups copied as they are, each decoded once before
+    /// it is written for the digest of its rows. `None` when it was recorded missing.
+    async fn copy_source_rows(
+        &mut self,
+        source: &ObjectRecord,
+        footer: &ParquetFooter,
+        data: Option<OffsetBytes>,
+    ) -> Result<Option<(u64, u64, String)>, EngineError> {
+        let columns = footer.metadata.file_metadata().schema_descr().num_columns();
+        let mut digest = RowsDigest::new(columns);
+        let first_row = self.file.as_ref().map_or(0, |file| file.rows_closed);
+        let mut rows = 0u64;
+        for (index, group) in footer.metadata.row_groups().iter().enumerate() {
+            let reader = match &data {
+                Some(data) => data.clone(),
+                None => match self.read_chunks(source, footer.row_group_bytes[index].clone()).await? {
+                    Ok(reader) => reader,
+                    Err(note) if index == 0 => {
+                        self.record_missing(source, note);
+                        return Ok(None);
+                    }
+                    Err(note) => {
+                        return Err(StoreError::backend(self.bucket, self.key, format!("{}: {note}", source.key)).into())
+                    }
+                },
+            };
+            let reader = Arc::new(reader);
+            let group_rows = group.num_rows().max(0) as u64;
+            for column in 0..columns {
+                let mut segment = [Segment { start: 0, rows: group_rows, digest: &mut digest, records: 0 }];
+                let decoded = crate::parquet::rows::digest_segments(group, column, &reader, &mut segment, None)
+                    .map_err(undecodable_note)
+                    .and_then(|()| match segment[0].records {
+                        records if records == group_rows => Ok(()),
+                        records => {
+                            Err(format!("a column chunk decodes to {records} rows, its row group has {group_rows}"))
+                        }
+                    });
+                match decoded {
+                    Ok(()) => {}
+                    Err(note) if index == 0 => {
+                        self.record_missing(source, note);
+                        return Ok(None);
+                    }
+                    // Earlier row groups are in the output: the output fails and is abandoned.
+                    Err(note) => {
+                        return Err(StoreError::backend(self.bucket, self.key, format!("{}: {note}", source.key)).into())
+                    }
+                }
+            }
+            let file = self.file.as_mut().expect("opened by append_source");
+            append_row_group(&mut file.writer, &file.descriptors, group, &reader)
+                .map_err(|error| parquet_failure(&source.key, error))?;
+            file.rows_closed += group_rows;
+            rows += group_rows;
+            self.drain(None).await?;
+        }
+        Ok(Some((first_row, rows, digest.finish())))
+    }
+
+    /// Rewrite mode: writes the open row group into the file, if there is one.
+    async fn close_open_group(&mut self) -> Result<(), EngineError> {
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
+        let Some(group) = file.open_group.take() else { return Ok(()) };
+        file.rows_closed += group.rows;
+        group.close_into(&mut file.writer).map_err(|error| parquet_failure(self.key, error))?;
+        self.drain(None).await
     }
 
     /// One row group's column chunks of a large source, at its turn.
@@ -260,6 +441,9 @@ impl<'a> ParquetOutput<'a> {
 
     /// Writes the footer and completes the output; nothing is written when no source was.
     pub(crate) async fn finish(mut self) -> Result<WrittenOutput, EngineError> {
+        if self.placed > 0 {
+            self.close_open_group().await?;
+        }
         let Some(file) = self.file.take().filter(|_| self.placed > 0) else {
             // Every source missing or left pending: nothing is written (the seal aborts the
             // upload, and only the 4-byte header can have reached the part buffer).
@@ -323,6 +507,11 @@ fn unreadable_note(error: StoreError) -> Result<String, StoreError> {
         StoreError::PreconditionFailed { .. } => Ok("object was overwritten since ingest (its ETag changed)".into()),
         other => Err(other),
     }
+}
+
+/// The note of a source whose pages do not decode (rewrite mode decodes every source).
+fn undecodable_note(error: parquet::errors::ParquetError) -> String {
+    format!("not a Parquet file the seal can rewrite, left as it is: its pages do not decode: {error}")
 }
 
 fn parquet_failure(what: &str, error: parquet::errors::ParquetError) -> EngineError {

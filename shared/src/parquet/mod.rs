@@ -13,6 +13,8 @@
 //!   source's byte range holds (the manifest records that range; the rest is derived from the
 //!   output's footer).
 //! - [`values`]: decoding a column chunk into a digest of its values, for `verify`.
+//! - [`rows`]: the opt-in rewrite of small row groups into larger ones (decode and re-encode),
+//!   and the digest of a source's rows that its placement then holds instead of a byte range's.
 //!
 //! Sources merge only when their schemas are equal (the same Parquet schema, columns in the
 //! same order, and the same Arrow schema when the writer stored one): a row group can only
@@ -20,6 +22,7 @@
 
 pub mod chunks;
 pub mod footer;
+pub mod rows;
 pub mod values;
 
 pub use chunks::{append_row_group, rows_in_range, standalone_file, OffsetBytes, SourceRows};

@@ -39,7 +39,7 @@ pub mod ndjson;
 mod select;
 
 pub use compress::Compression;
-pub use select::{FormatChoice, FormatMode, FormatReason, FormatRules};
+pub use select::{FormatChoice, FormatMode, FormatReason, FormatRules, ParquetRowGroups};
 
 /// What a source is, as far as joining goes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -85,6 +85,12 @@ impl FormatClass {
     /// Parquet sources: merged by their column chunks, not concatenated (see `crate::parquet`).
     pub fn is_parquet(&self) -> bool {
         self.format == FormatMode::Parquet
+    }
+
+    /// Parquet sources whose small row groups are rewritten into large ones: their outputs'
+    /// placements are rows, not bytes (see [`ROWS_PARQUET_EXTENSION`]).
+    pub fn rewrites_row_groups(&self) -> bool {
+        self.is_parquet() && self.extension == ROWS_PARQUET_EXTENSION
     }
 
     /// The bytes that go after a source whose text lacks a final newline (see
@@ -194,13 +200,21 @@ const LINE_EXTENSIONS: &[&str] = &["json", "ndjson", "jsonl", "csv", "tsv", "log
 const GZIP_EXTENSIONS: &[&str] = &["gz", "gzip"];
 /// The extension of Parquet outputs, and the class that says a source is Parquet.
 pub const PARQUET_EXTENSION: &str = ".parquet";
+/// The extension of Parquet outputs whose row groups were rewritten: their key, not the
+/// configuration (which may have changed since their seal), tells verify and restore that a
+/// placement is a source's rows (first row, row count, digest of its values).
+pub const ROWS_PARQUET_EXTENSION: &str = "-rows.parquet";
 const REFUSED_EXTENSIONS: &[&str] = &["parquet", "orc", "avro", "zip", "7z", "tar", "jar"];
 
 /// The class of a key under `rules`, or [`NotConcatenable`] for formats that byte
 /// concatenation would break.
 pub fn classify(key: &str, rules: &FormatRules) -> Result<FormatClass, NotConcatenable> {
     let choice = rules.choose(key);
-    Ok(compressed_as(key, classify_as(key, choice.mode)?, choice.compression))
+    let class = compressed_as(key, classify_as(key, choice.mode)?, choice.compression);
+    if class.is_parquet() && choice.row_groups == ParquetRowGroups::Rewrite {
+        return Ok(FormatClass { extension: ROWS_PARQUET_EXTENSION.into(), ..class });
+    }
+    Ok(class)
 }
 
 /// `class` with its sources compressed as `compression` asks, when they can be: plain sources
@@ -380,6 +394,9 @@ mod tests {
             assert_eq!((parquet.extension.as_str(), parquet.format), (".parquet", FormatMode::Parquet));
             let by_rule = classify("a/part-0001", &FormatRules::uniform(FormatMode::Parquet)).unwrap();
             assert_eq!(by_rule, parquet, "a parquet rule takes keys without the extension too");
+            let rewrite = classify("a/x.parquet", &auto().with_row_groups(ParquetRowGroups::Rewrite)).unwrap();
+            assert!(rewrite.rewrites_row_groups() && !parquet.rewrites_row_groups());
+            assert_eq!(rewrite.extension, "-rows.parquet", "rows outputs are told apart by their key");
         } else {
             assert_eq!(classify("a/x.parquet", &auto()), Err(NotConcatenable));
         }

@@ -1,7 +1,8 @@
 //! Which format a source gets: a format per source prefix (`COMPACTOR_FORMATS`), the global
 //! default (`COMPACTOR_FORMAT`) for the rest, and `auto` deciding by the key's name. Its
 //! compression likewise: a rule's `:zstd` suffix (`logs/=ndjson:zstd`), else
-//! `COMPACTOR_COMPRESS`.
+//! `COMPACTOR_COMPRESS`. A Parquet rule's suffix is instead what becomes of its row groups
+//! (`tables/=parquet:rewrite`), else `COMPACTOR_PARQUET_ROW_GROUPS`.
 //!
 //! The choice is a pure function of the key and the rules, so the planner, the seal's window
 //! and ingest all agree on it without storing it per source, and `plan` can say why.
@@ -79,15 +80,68 @@ impl FromStr for FormatMode {
     }
 }
 
+/// What becomes of Parquet sources' row groups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParquetRowGroups {
+    /// Each source row group is an output row group, its column chunks copied without
+    /// decoding (the default: the seal costs I/O, not CPU, and each source keeps a byte range).
+    #[default]
+    Copy,
+    /// Small row groups are decoded and re-encoded into large ones (see `crate::parquet::rows`).
+    Rewrite,
+}
+
+impl ParquetRowGroups {
+    pub const NAMES: &'static str = "copy or rewrite";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParquetRowGroups::Copy => "copy",
+            ParquetRowGroups::Rewrite => "rewrite",
+        }
+    }
+}
+
+impl fmt::Display for ParquetRowGroups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ParquetRowGroups {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "copy" => Ok(ParquetRowGroups::Copy),
+            "rewrite" => Ok(ParquetRowGroups::Rewrite),
+            other => Err(format!("Parquet row groups {other:?} is not known: use {}", ParquetRowGroups::NAMES)),
+        }
+    }
+}
+
+/// A prefix's rule: its mode, and its suffix if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PrefixRule {
+    prefix: String,
+    mode: FormatMode,
+    compression: Option<Compression>,
+    row_groups: Option<ParquetRowGroups>,
+}
+
 /// The format of every source: per prefix where one matches (the longest), else the default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FormatRules {
     pub default: FormatMode,
     /// The compression of keys whose rule names none (`COMPACTOR_COMPRESS`).
     pub compression: Compression,
-    /// `(prefix, mode, compression)`, longest prefix first, so the first match is the most
-    /// specific; a rule without compression takes [`FormatRules::compression`].
-    by_prefix: Vec<(String, FormatMode, Option<Compression>)>,
+    /// What becomes of the row groups of Parquet keys whose rule says nothing
+    /// (`COMPACTOR_PARQUET_ROW_GROUPS`).
+    pub row_groups: ParquetRowGroups,
+    /// Longest prefix first, so the first match is the most specific; a rule without
+    /// compression takes [`FormatRules::compression`], one without row groups
+    /// [`FormatRules::row_groups`].
+    by_prefix: Vec<PrefixRule>,
 }
 
 /// Why a key got its format, for `plan` and logs.
@@ -111,6 +165,10 @@ pub struct FormatChoice {
     pub compression: Compression,
     /// The compression came from the prefix's rule, not from `COMPACTOR_COMPRESS`.
     pub compression_by_rule: bool,
+    /// What becomes of its row groups, if it is Parquet.
+    pub row_groups: ParquetRowGroups,
+    /// The row groups came from the prefix's rule (`parquet:rewrite`).
+    pub row_groups_by_rule: bool,
 }
 
 impl fmt::Display for FormatChoice {
@@ -120,9 +178,15 @@ impl fmt::Display for FormatChoice {
             FormatReason::Default => write!(f, "COMPACTOR_FORMAT={}", self.mode)?,
         }
         match (self.compression_by_rule, self.compression) {
-            (true, compression) => write!(f, ":{compression}"),
-            (false, Compression::None) => Ok(()),
-            (false, compression) => write!(f, ", COMPACTOR_COMPRESS={compression}"),
+            (true, compression) => write!(f, ":{compression}")?,
+            (false, Compression::None) => {}
+            (false, compression) => write!(f, ", COMPACTOR_COMPRESS={compression}")?,
+        }
+        let parquet = matches!(self.mode, FormatMode::Parquet | FormatMode::Auto);
+        match (self.row_groups_by_rule, self.row_groups) {
+            (true, row_groups) => write!(f, ":{row_groups}"),
+            (false, ParquetRowGroups::Rewrite) if parquet => write!(f, ", COMPACTOR_PARQUET_ROW_GROUPS=rewrite"),
+            (false, _) => Ok(()),
         }
     }
 }
@@ -130,7 +194,12 @@ impl fmt::Display for FormatChoice {
 impl FormatRules {
     /// One mode for every key.
     pub fn uniform(mode: FormatMode) -> Self {
-        FormatRules { default: mode, compression: Compression::None, by_prefix: Vec::new() }
+        FormatRules {
+            default: mode,
+            compression: Compression::None,
+            row_groups: ParquetRowGroups::Copy,
+            by_prefix: Vec::new(),
+        }
     }
 
     /// The same rules, `compression` for every key whose rule names none.
@@ -138,11 +207,17 @@ impl FormatRules {
         FormatRules { compression, ..self }
     }
 
+    /// The same rules, `row_groups` for every Parquet key whose rule names none.
+    pub fn with_row_groups(self, row_groups: ParquetRowGroups) -> Self {
+        FormatRules { row_groups, ..self }
+    }
+
     /// Parses `COMPACTOR_FORMATS`: comma-separated `prefix=format` pairs (`trail/=cloudtrail,
-    /// tables/=csv`), each format optionally with its compression (`logs/=ndjson:zstd`).
+    /// tables/=csv`), each format optionally with its compression (`logs/=ndjson:zstd`), or
+    /// for `parquet` what becomes of its row groups (`tables/=parquet:rewrite`).
     /// Errors say which pair is wrong and how to write it.
     pub fn parse(default: FormatMode, by_prefix: &str) -> Result<Self, String> {
-        let mut rules: Vec<(String, FormatMode, Option<Compression>)> = Vec::new();
+        let mut rules: Vec<PrefixRule> = Vec::new();
         for pair in by_prefix.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
             let Some((prefix, mode)) = pair.split_once('=') else {
                 return Err(format!("{pair:?} is not prefix=format (for example trail/=cloudtrail)"));
@@ -153,34 +228,51 @@ impl FormatRules {
                     "{pair:?} has no prefix: set the format of every other key with COMPACTOR_FORMAT instead"
                 ));
             }
-            let (mode, compression) = match mode.split_once(':') {
-                Some((mode, compression)) => (mode, Some(compression.parse::<Compression>()?)),
+            let (mode, suffix) = match mode.split_once(':') {
+                Some((mode, suffix)) => (mode, Some(suffix)),
                 None => (mode, None),
             };
             let mode: FormatMode = mode.parse()?;
-            if rules.iter().any(|(known, _, _)| known == prefix) {
+            // Parquet compresses its own pages: its suffix says what becomes of its row groups.
+            let (compression, row_groups) = match suffix {
+                Some(suffix) if mode == FormatMode::Parquet => (None, Some(suffix.parse::<ParquetRowGroups>()?)),
+                Some(suffix) => (Some(suffix.parse::<Compression>()?), None),
+                None => (None, None),
+            };
+            if rules.iter().any(|known| known.prefix == prefix) {
                 return Err(format!("prefix {prefix:?} is given twice: keep one format per prefix"));
             }
-            rules.push((prefix.to_string(), mode, compression));
+            rules.push(PrefixRule { prefix: prefix.to_string(), mode, compression, row_groups });
         }
-        rules.sort_by(|left, right| right.0.len().cmp(&left.0.len()).then_with(|| left.0.cmp(&right.0)));
-        Ok(FormatRules { default, compression: Compression::None, by_prefix: rules })
+        rules.sort_by(|left, right| {
+            right.prefix.len().cmp(&left.prefix.len()).then_with(|| left.prefix.cmp(&right.prefix))
+        });
+        Ok(FormatRules {
+            default,
+            compression: Compression::None,
+            row_groups: ParquetRowGroups::Copy,
+            by_prefix: rules,
+        })
     }
 
     /// The mode of `key`, its compression, and why.
     pub fn choose(&self, key: &str) -> FormatChoice {
-        match self.by_prefix.iter().find(|(prefix, _, _)| key.starts_with(prefix.as_str())) {
-            Some((prefix, mode, compression)) => FormatChoice {
-                mode: *mode,
-                reason: FormatReason::Prefix { prefix: prefix.clone() },
-                compression: compression.unwrap_or(self.compression),
-                compression_by_rule: compression.is_some(),
+        match self.by_prefix.iter().find(|rule| key.starts_with(rule.prefix.as_str())) {
+            Some(rule) => FormatChoice {
+                mode: rule.mode,
+                reason: FormatReason::Prefix { prefix: rule.prefix.clone() },
+                compression: rule.compression.unwrap_or(self.compression),
+                compression_by_rule: rule.compression.is_some(),
+                row_groups: rule.row_groups.unwrap_or(self.row_groups),
+                row_groups_by_rule: rule.row_groups.is_some(),
             },
             None => FormatChoice {
                 mode: self.default,
                 reason: FormatReason::Default,
                 compression: self.compression,
                 compression_by_rule: false,
+                row_groups: self.row_groups,
+                row_groups_by_rule: false,
             },
         }
     }
@@ -189,9 +281,10 @@ impl FormatRules {
     pub fn by_prefix_text(&self) -> String {
         self.by_prefix
             .iter()
-            .map(|(prefix, mode, compression)| match compression {
-                Some(compression) => format!("{prefix}={mode}:{compression}"),
-                None => format!("{prefix}={mode}"),
+            .map(|rule| match (rule.compression, rule.row_groups) {
+                (Some(compression), _) => format!("{}={}:{compression}", rule.prefix, rule.mode),
+                (None, Some(row_groups)) => format!("{}={}:{row_groups}", rule.prefix, rule.mode),
+                (None, None) => format!("{}={}", rule.prefix, rule.mode),
             })
             .collect::<Vec<_>>()
             .join(",")
@@ -229,6 +322,26 @@ mod tests {
         assert_eq!(rules.by_prefix_text(), "tables/=csv,logs/=ndjson:zstd,raw/=bytes:none");
         let error = FormatRules::parse(FormatMode::Auto, "logs/=ndjson:lz4").unwrap_err();
         assert!(error.contains("zstd, gzip or none"), "{error}");
+    }
+
+    #[test]
+    fn a_parquet_rule_s_suffix_says_what_becomes_of_its_row_groups() {
+        let rules = FormatRules::parse(FormatMode::Auto, "tables/=parquet:rewrite,raw/=parquet,logs/=ndjson:zstd")
+            .unwrap()
+            .with_row_groups(ParquetRowGroups::Copy);
+        let rewrite = rules.choose("tables/a.parquet");
+        assert_eq!((rewrite.row_groups, rewrite.compression), (ParquetRowGroups::Rewrite, Compression::None));
+        assert_eq!(rewrite.to_string(), "COMPACTOR_FORMATS tables/=parquet:rewrite");
+        assert_eq!(rules.choose("raw/a.parquet").row_groups, ParquetRowGroups::Copy);
+        let global = rules.clone().with_row_groups(ParquetRowGroups::Rewrite);
+        assert_eq!(global.choose("raw/a.parquet").row_groups, ParquetRowGroups::Rewrite);
+        assert_eq!(
+            global.choose("x/a.parquet").to_string(),
+            "COMPACTOR_FORMAT=auto, COMPACTOR_PARQUET_ROW_GROUPS=rewrite"
+        );
+        assert_eq!(FormatRules::parse(FormatMode::Auto, &rules.by_prefix_text()).unwrap().by_prefix, rules.by_prefix);
+        let error = FormatRules::parse(FormatMode::Auto, "t/=parquet:zstd").unwrap_err();
+        assert!(error.contains("copy or rewrite"), "{error}");
     }
 
     #[test]
