@@ -41,10 +41,10 @@
 //! - **No TTL.** Nothing is ever deleted by the database itself: `COMPACTOR_RECORD_TTL` is
 //!   ignored here and every record is kept. A purge job would need a scheduler this backend
 //!   does not have, and its records are the demo's and the tests' audit trail.
-//! - **Expiry marks are copied onto the rows.** `advance_expiry` moves the output's cursor and,
-//!   in the same transaction, sets `expiry_marked_at` on the rows it passed (one UPDATE):
-//!   local writes cost nothing on a bill, and the rows then read as they always did. DynamoDB
-//!   derives the mark from the cursor instead.
+//! - **Expiry marks are derived from the cursor**, as on DynamoDB: `advance_expiry` writes the
+//!   output's cursor only, and a compacted row without a mark of its own reads its output's
+//!   (`OBJECT_SELECT`). Copying the mark onto each row it passed was, with the placement and
+//!   `compacted`, one of three writes of every source's row in a seal (issue 16).
 //! - **Schema versions.** A file of schema 1 (before expiry cursors) is migrated in place when
 //!   opened: its outputs gain the cursor columns, and keep no cursor, so their sources keep
 //!   marks of their own. A file of a newer schema than this build knows is refused, saying so.
