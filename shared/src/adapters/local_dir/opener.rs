@@ -1,6 +1,6 @@
 //! Opening the objects of one batch (`get_many`, `add_tag_many`) for reading.
 //!
-//! A profile of the seal of 100,000 tiny objects (issue 16) put a tenth of its time in opening
+//! A profile of the seal of 100,000 tiny objects (issue 16) put a sixth of its time in opening
 //! them, twice each (the read, then the tag after the commit): a `stat` of the bucket's
 //! directory for every object, and the kernel walking the whole path (root, bucket, every
 //! segment of the key) for every open. A batch checks its bucket once, and opens each file with
