@@ -41,10 +41,10 @@
 //! - **No TTL.** Nothing is ever deleted by the database itself: `COMPACTOR_RECORD_TTL` is
 //!   ignored here and every record is kept. A purge job would need a scheduler this backend
 //!   does not have, and its records are the demo's and the tests' audit trail.
-//! - **Expiry marks are copied onto the rows.** `advance_expiry` moves the output's cursor and,
-//!   in the same transaction, sets `expiry_marked_at` on the rows it passed (one UPDATE):
-//!   local writes cost nothing on a bill, and the rows then read as they always did. DynamoDB
-//!   derives the mark from the cursor instead.
+//! - **Expiry marks are derived from the cursor**, as on DynamoDB: `advance_expiry` writes the
+//!   output's cursor only, and a compacted row without a mark of its own reads its output's
+//!   (`OBJECT_SELECT`). Copying the mark onto each row it passed was, with the placement and
+//!   `compacted`, one of three writes of every source's row in a seal (issue 16).
 //! - **Schema versions.** A file of schema 1 (before expiry cursors) is migrated in place when
 //!   opened: its outputs gain the cursor columns, and keep no cursor, so their sources keep
 //!   marks of their own. A file of a newer schema than this build knows is refused, saying so.
@@ -298,7 +298,10 @@ impl SqliteManifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::manifest_conformance::{at, day_partition, key_of, new_object};
+    use crate::testkit::manifest_conformance::{
+        at, day_partition, key_of, lease_for, new_object, output_record, placements_end_to_end,
+        seal_pending_into_one_output, OUTPUT_BUCKET,
+    };
 
     async fn new_in_memory_manifest() -> (Arc<dyn Manifest>, ()) {
         (Arc::new(SqliteManifest::in_memory().expect("open an in-memory manifest")), ())
@@ -506,5 +509,71 @@ mod tests {
         let message = manifest.record_object(&object).await.expect_err("u64::MAX does not fit").to_string();
         assert!(message.contains("does not fit"), "{message}");
         assert_eq!(manifest.partition(&key_of(&day_partition("logs", 14))).await.unwrap(), None, "rolled back");
+    }
+
+    /// Issue 16: a placement is one UPDATE conditional on the planned sequencer as written. A
+    /// version spelled otherwise (case, trailing zeros) is still the planned one and is placed;
+    /// a newer one is not.
+    #[tokio::test]
+    async fn a_placement_applies_to_the_planned_version_however_its_sequencer_is_spelled() {
+        let manifest = SqliteManifest::in_memory().unwrap();
+        let partition = day_partition("logs", 14);
+        let same = new_object(&partition, "same.json", "00ab10", 10);
+        let newer = new_object(&partition, "newer.json", "0010", 10);
+        for object in [&same, &newer] {
+            manifest.record_object(object).await.unwrap();
+        }
+        let now = at("2024-01-16T00:00:00Z");
+        let lease = manifest.acquire(&key_of(&partition), "seal", now, lease_for()).await.unwrap();
+        let output = output_record(&lease, 1, 2, now);
+        manifest.begin_output(&lease, &output).await.unwrap();
+        let pending =
+            manifest.objects(&key_of(&partition), &ObjectQuery::in_state(ObjectState::Pending)).await.unwrap();
+        let mut placements = placements_end_to_end(&output, &pending);
+        for placement in &mut placements {
+            placement.sequencer = if placement.key == same.key { "00AB1" } else { "000F" }.to_owned();
+        }
+        let superseded = manifest.record_placements(&lease, &output.key, &placements).await.unwrap();
+        assert_eq!(superseded, vec![newer.key.clone()], "only the older planned version is superseded");
+        let placed = manifest.object(&same.bucket, &same.key).await.unwrap().unwrap();
+        assert_eq!(placed.placement.map(|placement| placement.output_key), Some(output.key.clone()));
+        let left = manifest.object(&newer.bucket, &newer.key).await.unwrap().unwrap();
+        assert_eq!(left.placement, None, "the newer version's record keeps no placement");
+    }
+
+    /// Issue 16: moving a cursor writes the output's row only; each source's record reads the
+    /// mark through it (before, the mark was copied onto every row the cursor passed).
+    #[tokio::test]
+    async fn a_cursors_mark_is_read_through_each_source_not_written_on_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("manifest.sqlite");
+        let manifest = SqliteManifest::open(&path).unwrap();
+        let partition = day_partition("logs", 14);
+        let objects: Vec<NewObject> =
+            ["a.json", "b.json", "c.json"].iter().map(|name| new_object(&partition, name, "10", 10)).collect();
+        for object in &objects {
+            manifest.record_object(object).await.unwrap();
+        }
+        let now = at("2024-01-16T00:00:00Z");
+        let lease = manifest.acquire(&key_of(&partition), "seal", now, lease_for()).await.unwrap();
+        let output = seal_pending_into_one_output(&manifest, &lease, 1, now).await;
+        let placed = manifest.output_placements(OUTPUT_BUCKET, &output.key, None, 10).await.unwrap();
+        let through_b = (placed[1].placement.offset, placed[1].key.as_str());
+        let mark = now + Duration::minutes(1);
+        manifest.advance_expiry(OUTPUT_BUCKET, &output.key, through_b, false, mark).await.unwrap();
+
+        let marks: Vec<Option<DateTime<Utc>>> = futures::future::join_all(
+            objects.iter().map(|object| async { manifest.object(&object.bucket, &object.key).await.unwrap() }),
+        )
+        .await
+        .into_iter()
+        .map(|record| record.unwrap().expiry_marked_at)
+        .collect();
+        assert_eq!(marks, [Some(mark), Some(mark), None], "a and b passed by the cursor, c not yet");
+        let rows_written: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM objects WHERE expiry_marked_at_micros IS NOT NULL", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows_written, 0, "no source row was written by the cursor's move");
     }
 }

@@ -203,7 +203,7 @@ fn sha256_hex(text: &str) -> String {
 
 /// The output a seal under `lease` writes as part `part_number`, keyed the way the engine keys
 /// it: from partition, generation and part number.
-fn output_record(lease: &Lease, part_number: u32, object_count: u64, created_at: DateTime<Utc>) -> OutputRecord {
+pub fn output_record(lease: &Lease, part_number: u32, object_count: u64, created_at: DateTime<Utc>) -> OutputRecord {
     OutputRecord {
         bucket: OUTPUT_BUCKET.to_owned(),
         key: format!("compacted/{}gen-{:06}-part-{part_number:04}.json", lease.partition.path, lease.generation),
@@ -222,7 +222,7 @@ fn output_record(lease: &Lease, part_number: u32, object_count: u64, created_at:
 }
 
 /// Placements of `objects` laid end to end in `output`, in the given order.
-fn placements_end_to_end(output: &OutputRecord, objects: &[ObjectRecord]) -> Vec<SourcePlacement> {
+pub fn placements_end_to_end(output: &OutputRecord, objects: &[ObjectRecord]) -> Vec<SourcePlacement> {
     let mut offset = 0;
     objects
         .iter()

@@ -74,6 +74,7 @@
 
 mod listing;
 mod multipart;
+mod opener;
 mod reads;
 mod store;
 mod tagging;
@@ -81,6 +82,7 @@ mod tagging;
 mod tests;
 mod writes;
 
+use self::opener::ObjectOpener;
 use self::store::run_blocking;
 use self::tagging::extended_attributes;
 use self::writes::{stamp_modified_time, StagedFile};

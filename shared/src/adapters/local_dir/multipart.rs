@@ -117,7 +117,8 @@ impl LocalDir {
         validate_part_number(bucket, key, part_number)?;
         self.existing_upload_directory(bucket, key, upload_id)?;
         let get_options = GetOptions { range, if_match: source_if_match.map(str::to_owned) };
-        let (source_file, _, source_range) = self.open_for_get(source_bucket, source_key, &get_options)?;
+        let (source_file, _, source_range) =
+            self.open_for_get(&mut ObjectOpener::single(self, source_bucket), source_key, &get_options)?;
         let (staged_file, mut file) = StagedFile::create(&self.staging_directory(), bucket, key)?;
         let expected_num_bytes = source_range.end - source_range.start;
         // `io::copy` between files uses copy_file_range on Linux: no bytes pass through us.

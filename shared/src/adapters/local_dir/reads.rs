@@ -42,11 +42,12 @@ impl LocalDir {
 
     pub(super) fn open_for_get(
         &self,
-        bucket: &str,
+        opener: &mut ObjectOpener<'_>,
         key: &str,
         options: &GetOptions,
     ) -> Result<(File, ObjectMeta, Range<u64>), StoreError> {
-        let (mut file, metadata) = self.open_object(bucket, key)?;
+        let bucket = opener.bucket();
+        let (mut file, metadata) = opener.open(key)?;
         let meta = object_meta(key, &metadata);
         if let Some(expected_etag) = &options.if_match {
             if !etags_match(expected_etag, meta.etag.as_deref()) {
@@ -66,11 +67,12 @@ impl LocalDir {
     /// `fgetxattr`), so that the seal takes S3's one-request tag path on this store too.
     pub(super) fn open_and_read_small(
         &self,
-        bucket: &str,
+        opener: &mut ObjectOpener<'_>,
         key: &str,
         options: &GetOptions,
     ) -> Result<OpenedObject, StoreError> {
-        let (mut file, meta, range) = self.open_for_get(bucket, key, options)?;
+        let bucket = opener.bucket();
+        let (mut file, meta, range) = self.open_for_get(opener, key, options)?;
         let tag_count = self.tags_of_open_object(&file, bucket, key)?.len();
         let seen = SeenAtRead { tag_count: Some(tag_count as u32), version_id: None };
         let body = match usize::try_from(range.end - range.start) {

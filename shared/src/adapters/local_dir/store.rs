@@ -47,8 +47,10 @@ impl ObjectStore for LocalDir {
 
     async fn get(&self, bucket: &str, key: &str, options: GetOptions) -> Result<GetResult, StoreError> {
         let (store, owned_bucket, owned_key) = (self.clone(), bucket.to_owned(), key.to_owned());
-        let opened =
-            run_blocking(bucket, key, move || store.open_and_read_small(&owned_bucket, &owned_key, &options)).await?;
+        let opened = run_blocking(bucket, key, move || {
+            store.open_and_read_small(&mut ObjectOpener::single(&store, &owned_bucket), &owned_key, &options)
+        })
+        .await?;
         Ok(opened.into_get_result(bucket, key))
     }
 
@@ -60,9 +62,10 @@ impl ObjectStore for LocalDir {
         let (store, owned_bucket, owned_requests) = (self.clone(), bucket.to_owned(), requests.to_vec());
         let keys: Vec<&str> = requests.iter().map(|request| request.key.as_str()).collect();
         let opened = run_blocking_batch(bucket, &keys, move || {
+            let mut opener = ObjectOpener::batch(&store, &owned_bucket);
             owned_requests
                 .iter()
-                .map(|request| store.open_and_read_small(&owned_bucket, &request.key, &request.options))
+                .map(|request| store.open_and_read_small(&mut opener, &request.key, &request.options))
                 .collect()
         })
         .await;

@@ -296,3 +296,49 @@ fn local_dir_is_send_sync_and_cheap_to_clone() {
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync_clone::<LocalDir>();
 }
+
+/// Issue 16: a batch opens each file from its directory's descriptor; it must answer every key
+/// as a single open does, across directories, for gone keys and prefixes, and when a directory
+/// is replaced in the middle of the batch.
+#[tokio::test]
+async fn a_batch_opens_each_object_as_a_single_open_does() {
+    let (store, bucket, _guard) = local_dir_with_fresh_bucket();
+    for (key, body) in [("top", "t"), ("d/a", "a"), ("d/b", "b"), ("e/f/c", "c")] {
+        store.put(&bucket, key, Bytes::from(body), PutOptions::default()).await.expect("put");
+    }
+    let mut opener = ObjectOpener::batch(&store, &bucket);
+    let mut read = |key: &str| -> Result<String, StoreError> {
+        let (mut file, metadata) = opener.open(key)?;
+        let (_, single_metadata) = store.open_object(&bucket, key).expect("a single open finds it too");
+        assert_eq!(etag_of(&metadata), etag_of(&single_metadata), "{key}: the metadata of the file opened");
+        let mut body = String::new();
+        file.read_to_string(&mut body).expect("read");
+        Ok(body)
+    };
+    assert_eq!(read("d/a").expect("d/a"), "a");
+    assert_eq!(read("d/b").expect("d/b"), "b", "from the directory kept open");
+    assert_eq!(read("top").expect("top"), "t", "the bucket's own directory");
+    assert_eq!(read("e/f/c").expect("e/f/c"), "c", "a deeper one");
+    for absent in ["d/none", "none/a", "e/f", "top/a", "e"] {
+        assert!(matches!(read(absent), Err(StoreError::NotFound { .. })), "{absent}: not found, as a single open says");
+    }
+    assert!(matches!(read("d//a"), Err(StoreError::InvalidRequest { .. })), "keys are checked as before");
+
+    // The directory of the open descriptor replaced by another with the same key in it.
+    let mut opener = ObjectOpener::batch(&store, &bucket);
+    assert!(opener.open("d/a").is_ok());
+    store.delete(&bucket, "d/a").await.expect("delete");
+    store.delete(&bucket, "d/b").await.expect("delete");
+    let directory = store.root.join(&bucket).join("d");
+    if directory.exists() {
+        fs::remove_dir(&directory).expect("remove the emptied directory");
+    }
+    store.put(&bucket, "d/b", Bytes::from_static(b"new"), PutOptions::default()).await.expect("put again");
+    let (mut file, _) = opener.open("d/b").expect("found through the whole path");
+    let mut body = String::new();
+    file.read_to_string(&mut body).expect("read");
+    assert_eq!(body, "new");
+
+    let mut no_bucket = ObjectOpener::batch(&store, "no-such-bucket");
+    assert!(matches!(no_bucket.open("d/a"), Err(StoreError::NoSuchBucket { .. })));
+}

@@ -306,6 +306,16 @@ pub(super) fn output_sources_sql() -> String {
     )
 }
 
+/// [`output_sources_sql`] for the placement columns only (`output_placements`), with the same
+/// parameters: key, sequencer, etag, size, then the placement's.
+pub(super) const OUTPUT_PLACEMENTS_SQL: &str = "
+SELECT key, sequencer, etag, size, output_key, output_generation, output_offset, output_length, output_sha256,
+       output_separator_bytes
+FROM objects
+WHERE bucket = ?1 AND output_key = ?2 AND partition_path = ?3 AND (output_offset, key) > (?4, ?6)
+ORDER BY output_offset, key
+LIMIT ?5";
+
 /// Turns an output's placed pending sources compacted: `?1` the partition's bucket, `?2` its
 /// path, `?3` the output key. The index is named: left to itself (no statistics), SQLite's
 /// planner walks every row of the bucket by primary key, once per output, however few are the
@@ -313,15 +323,6 @@ pub(super) fn output_sources_sql() -> String {
 pub(super) const MARK_COMPACTED_SQL: &str = "
 UPDATE objects INDEXED BY objects_by_output SET state = 'compacted'
 WHERE bucket = ?1 AND partition_path = ?2 AND state = 'pending' AND output_key = ?3";
-
-/// Copies an output's expiry mark `?6` onto its compacted sources after (offset, key)
-/// (`?7`, `?8`) through (`?4`, `?5`): `?1` the partition's bucket, `?2` its path, `?3` the output
-/// key. Row values make both bounds one walk of `objects_by_output`.
-pub(super) const MARK_EXPIRY_THROUGH_SQL: &str = "
-UPDATE objects SET expiry_marked_at_micros = ?6
-WHERE bucket = ?1 AND partition_path = ?2 AND output_key = ?3 AND state = 'compacted'
-  AND expiry_marked_at_micros IS NULL
-  AND (output_offset, key) > (?7, ?8) AND (output_offset, key) <= (?4, ?5)";
 
 pub(super) fn limit_integer(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
