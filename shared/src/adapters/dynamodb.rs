@@ -933,9 +933,13 @@ mod tests {
     /// `DeleteItem`, one per statement of a `BatchExecuteStatement` (the seal's are all
     /// single-item updates), and one per written item of a `TransactWriteItems` (its
     /// `ConditionCheck`s write nothing). Items here are under 1 KB, so each is one write unit
-    /// (two inside a transaction); reads are not recorded.
+    /// (two inside a transaction); reads are not recorded. A request sent again with the same
+    /// body is the SDK retrying a slow emulator's answer, and counts once.
     #[derive(Debug, Clone, Default)]
-    struct ItemWriteLog(Arc<Mutex<Vec<(String, usize)>>>);
+    struct ItemWriteLog(Arc<Mutex<Vec<WriteRequest>>>);
+
+    /// A write request as sent: its operation, its body, and the items it writes.
+    type WriteRequest = (String, Vec<u8>, usize);
 
     impl Intercept for ItemWriteLog {
         fn name(&self) -> &'static str {
@@ -950,8 +954,8 @@ mod tests {
         ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let target = context.request().headers().get("x-amz-target").unwrap_or("?");
             let operation = target.rsplit('.').next().unwrap_or(target).to_owned();
-            let body: serde_json::Value =
-                serde_json::from_slice(context.request().body().bytes().unwrap_or_default()).unwrap_or_default();
+            let bytes = context.request().body().bytes().unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
             let listed = |name: &str| body.get(name).and_then(serde_json::Value::as_array).map(Vec::as_slice);
             let items = match operation.as_str() {
                 "PutItem" | "UpdateItem" | "DeleteItem" => 1,
@@ -963,7 +967,7 @@ mod tests {
                     .count(),
                 _ => return Ok(()),
             };
-            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((operation, items));
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((operation, bytes.to_vec(), items));
             Ok(())
         }
     }
@@ -973,8 +977,11 @@ mod tests {
         fn take(&self) -> HashMap<String, usize> {
             let writes = std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
             let mut items = HashMap::new();
-            for (operation, count) in writes {
-                *items.entry(operation).or_default() += count;
+            let mut bodies = std::collections::HashSet::new();
+            for (operation, body, count) in writes {
+                if bodies.insert(body) {
+                    *items.entry(operation).or_default() += count;
+                }
             }
             items
         }
