@@ -929,6 +929,101 @@ mod tests {
         assert!((22..30).contains(&reads), "{reads} GetItems: {operations:?}");
     }
 
+    /// Records the items each write request writes: one per `PutItem`, `UpdateItem` and
+    /// `DeleteItem`, one per statement of a `BatchExecuteStatement` (the seal's are all
+    /// single-item updates), and one per written item of a `TransactWriteItems` (its
+    /// `ConditionCheck`s write nothing). Items here are under 1 KB, so each is one write unit
+    /// (two inside a transaction); reads are not recorded. A request sent again with the same
+    /// body is the SDK retrying a slow emulator's answer, and counts once.
+    #[derive(Debug, Clone, Default)]
+    struct ItemWriteLog(Arc<Mutex<Vec<WriteRequest>>>);
+
+    /// A write request as sent: its operation, its body, and the items it writes.
+    type WriteRequest = (String, Vec<u8>, usize);
+
+    impl Intercept for ItemWriteLog {
+        fn name(&self) -> &'static str {
+            "ItemWriteLog"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &BeforeTransmitInterceptorContextRef<'_>,
+            _runtime_components: &RuntimeComponents,
+            _cfg: &mut ConfigBag,
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let target = context.request().headers().get("x-amz-target").unwrap_or("?");
+            let operation = target.rsplit('.').next().unwrap_or(target).to_owned();
+            let bytes = context.request().body().bytes().unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+            let listed = |name: &str| body.get(name).and_then(serde_json::Value::as_array).map(Vec::as_slice);
+            let items = match operation.as_str() {
+                "PutItem" | "UpdateItem" | "DeleteItem" => 1,
+                "BatchExecuteStatement" => listed("Statements").unwrap_or_default().len(),
+                "TransactWriteItems" => listed("TransactItems")
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|item| item.get("ConditionCheck").is_none())
+                    .count(),
+                _ => return Ok(()),
+            };
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((operation, bytes.to_vec(), items));
+            Ok(())
+        }
+    }
+
+    impl ItemWriteLog {
+        /// Items written since the last call, by operation.
+        fn take(&self) -> HashMap<String, usize> {
+            let writes = std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let mut items = HashMap::new();
+            let mut bodies = std::collections::HashSet::new();
+            for (operation, body, count) in writes {
+                if bodies.insert(body) {
+                    *items.entry(operation).or_default() += count;
+                }
+            }
+            items
+        }
+    }
+
+    /// What the seal writes to DynamoDB per source, pinned so that no per-source write comes
+    /// back (or is added) silently. Sealing n sources into one output writes, per source,
+    /// exactly one item: `mark_compacted`'s `compacted` flip, 25 to a `BatchExecuteStatement`.
+    /// Everything else (the output's items, its placement chunks, the commit) is the same count
+    /// at 60 and at 120 sources. Deriving `compacted` from the committed placement chunks
+    /// (`domain::derived`; see the README's cost section) would take the flips to zero: this
+    /// test then says so.
+    #[tokio::test]
+    async fn a_seal_writes_one_item_per_source_the_compacted_flip_and_nothing_else_per_source() {
+        use crate::testkit::manifest_conformance::{lease_for, seal_pending_into_one_output};
+
+        let Some(endpoint) = servers::dynamodb_endpoint() else { return };
+        let log = ItemWriteLog::default();
+        let config = servers::dynamodb_test_config(&endpoint).await.interceptor(log.clone()).build();
+        let (manifest, _table) = new_table(Client::from_conf(config), &endpoint).await;
+        let now = at("2024-01-20T00:00:00Z");
+        let mut per_count = Vec::new();
+        for (day, sources) in [(14, 60_usize), (15, 120)] {
+            let partition = day_partition("cost", day);
+            let objects: Vec<NewObject> =
+                (0..sources).map(|index| new_object(&partition, &format!("{index:04}.json"), "10", 300)).collect();
+            for batch in objects.chunks(100) {
+                manifest.record_objects(batch).await.unwrap();
+            }
+            let lease = manifest.acquire(&partition_key_of(&partition), "seal-1", now, lease_for()).await.unwrap();
+            log.take();
+            seal_pending_into_one_output(&manifest, &lease, 1, now).await;
+            let written = log.take();
+            let flips = written.get("BatchExecuteStatement").copied().unwrap_or(0);
+            assert_eq!(flips, sources, "one compacted flip per source: {written:?}");
+            let others: usize = written.values().sum::<usize>() - flips;
+            per_count.push(others);
+        }
+        assert_eq!(per_count[0], per_count[1], "nothing but the flip grows with the sources: {per_count:?}");
+        assert!(per_count[0] <= 8, "an output's own items and one chunk: {per_count:?}");
+    }
+
     /// Fails every request whose body names `key`: a write (or read) the table refuses.
     #[derive(Debug, Clone)]
     struct RefuseRequestsNaming(&'static str);

@@ -76,6 +76,7 @@ use rusqlite::{
     params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row, ToSql, Transaction, TransactionBehavior,
 };
 
+use crate::domain::derived;
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{
     ExpiryCursor, ObjectRecord, ObjectState, OutputRecord, OutputState, PartitionRecord, Placement,

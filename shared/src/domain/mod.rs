@@ -4,12 +4,14 @@
 //! - [`partition`]: a partition's identity, period and closing time.
 //! - [`format`]: how sources are joined (bytes, lines, gzip members) and which are refused.
 //! - [`records`]: the manifest's three kinds of record and their states.
+//! - [`derived`]: what an output's commit makes of its sources' states (the rule both backends share).
 //! - [`plan`]: bin-packing a partition's pending objects into outputs.
 //! - [`ranges`]: the same plan as key ranges, so a seal holds a window of an output's sources.
 //! - [`sequencer`]: ordering S3 events for one key.
 //! - [`cost`]: request counts and their price.
 
 pub mod cost;
+pub mod derived;
 pub mod format;
 pub mod layout;
 pub mod partition;

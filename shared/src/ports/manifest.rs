@@ -252,7 +252,9 @@ pub trait Manifest: Send + Sync + fmt::Debug {
     /// The objects placed in an output, by offset then key, one page: those after
     /// `start_after`, the (offset, key) of the previous page's last source. The key breaks ties:
     /// an empty source shares its offset with the source after it, so paging by offset alone
-    /// would skip one.
+    /// would skip one. Of a committed output, a source still pending as the placed version is
+    /// `compacted` ([`derived_state`](crate::domain::derived::derived_state)), whether or not
+    /// `mark_compacted` has written it on its record yet.
     async fn output_sources(
         &self,
         output_bucket: &str,

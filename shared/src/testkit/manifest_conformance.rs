@@ -79,6 +79,7 @@ macro_rules! manifest_conformance_tests {
             begin_output_again_updates_a_writing_output,
             commit_output_is_idempotent_and_never_revives_an_abandoned_output,
             mark_compacted_needs_a_committed_output,
+            an_outputs_commit_makes_its_sources_compacted_before_mark_compacted,
             mark_missing_only_marks_the_planned_pending_version,
             mark_expiry_keeps_the_first_time,
             an_expiry_cursor_marks_an_outputs_sources_up_to_where_it_stopped,
@@ -1087,6 +1088,51 @@ pub async fn mark_compacted_needs_a_committed_output(manifest: &dyn Manifest) {
         assert_eq!(record.placement.map(|placement| placement.output_key), Some(output.key.clone()));
     }
     assert_not_found(manifest.mark_compacted(&key, "compacted/unknown.json").await, "an unknown output");
+}
+
+/// The commit is what compacts an output's sources (`domain::derived`): the output's source
+/// list says so from the commit on, before `mark_compacted` writes it on each record (a crash
+/// between the two leaves exactly that), and never of a version newer than the one placed.
+pub async fn an_outputs_commit_makes_its_sources_compacted_before_mark_compacted(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let [a, b] = ["a.json", "b.json"].map(|name| new_object(&partition, name, "10", 10));
+    for object in [&a, &b] {
+        manifest.record_object(object).await.unwrap();
+    }
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    let planned = pending_objects(manifest, &key).await;
+    let output = output_record(&lease, 1, 2, now);
+    manifest.begin_output(&lease, &output).await.unwrap();
+    manifest.record_placements(&lease, &output.key, &placements_end_to_end(&output, &planned)).await.unwrap();
+    let states = |sources: Vec<ObjectRecord>| -> Vec<(String, ObjectState)> {
+        sources.into_iter().map(|source| (source.key, source.state)).collect()
+    };
+    for source in manifest.output_sources(OUTPUT_BUCKET, &output.key, None, 10).await.unwrap() {
+        assert_ne!(source.state, ObjectState::Compacted, "{}: an output being written compacts nothing", source.key);
+    }
+
+    manifest.commit_output(&lease, OUTPUT_BUCKET, &output.key, 20, &sha256_hex("out"), 2, now).await.unwrap();
+    let sources = manifest.output_sources(OUTPUT_BUCKET, &output.key, None, 10).await.unwrap();
+    assert!(
+        sources
+            .iter()
+            .all(|source| source.placement.as_ref().map(|placement| &placement.output_key) == Some(&output.key)),
+        "{sources:?}"
+    );
+    assert_eq!(
+        states(sources),
+        [(a.key.clone(), ObjectState::Compacted), (b.key.clone(), ObjectState::Compacted)],
+        "committed, not yet marked"
+    );
+
+    // A newer version of b after the commit is pending, whatever the output holds of the old one.
+    manifest.record_object(&new_object(&partition, "b.json", "20", 12)).await.unwrap();
+    let sources = manifest.output_sources(OUTPUT_BUCKET, &output.key, None, 10).await.unwrap();
+    assert_eq!(states(sources), [(a.key.clone(), ObjectState::Compacted)], "b's newer version was never placed");
+    assert_eq!(manifest.mark_compacted(&key, &output.key).await.unwrap(), 1, "only a is still the placed version");
+    assert_eq!(object_record(manifest, &b).await.state, ObjectState::Pending);
 }
 
 pub async fn mark_missing_only_marks_the_planned_pending_version(manifest: &dyn Manifest) {

@@ -59,7 +59,9 @@ impl DynamoDbManifest {
             return Ok(Vec::new());
         };
         if self.has_chunks(&output.partition, &output.key).await? {
-            let mut sources = self.sources_from_chunks(&output.partition, &output.key, start_after, limit).await?;
+            let committed = output.state == OutputState::Committed;
+            let mut sources =
+                self.sources_from_chunks(&output.partition, &output.key, committed, start_after, limit).await?;
             for source in &mut sources {
                 source.expiry_marked_at = source_expiry_mark(source, Some(&output));
             }

@@ -30,6 +30,7 @@ use super::{
     key_of, number_value, object_from_item, object_item_pk, string_value, values, DynamoDbManifest,
     DynamoDbManifestError, Item, ItemReader, CONCURRENT_REQUESTS, OPTIMISTIC_ATTEMPTS,
 };
+use crate::domain::derived::{self, Version};
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{ObjectRecord, ObjectState, Placement};
 use crate::ports::manifest::{ManifestError, SourcePlacement};
@@ -173,15 +174,17 @@ fn decode_chunk(text: &str, output_key: &str, generation: u64) -> Result<Vec<Sou
     Ok(entries.into_iter().map(|entry| entry.into_placement(output_key, generation)).collect())
 }
 
-/// Whether an object item still holds the version a placement names, pending: only then may
-/// the placement apply (the same rule the per-item transaction used to check).
-fn holds_placed_version(item: Option<&Item>, sequencer: &str) -> bool {
+/// Whether the object item of `key` still holds the version a placement names, pending: only
+/// then may the placement apply ([`derived::holds_placed_version`], the rule the commit applies).
+fn holds_placed_version(item: Option<&Item>, key: &str, sequencer: &str) -> bool {
     let Some(item) = item else { return false };
     let text = |name: &str| match item.get(name) {
         Some(AttributeValue::S(text)) => Some(text.as_str()),
         _ => None,
     };
-    text("state") == Some(ObjectState::Pending.as_str()) && text("sequencer") == Some(sequencer)
+    let Some(state) = text("state").and_then(|state| state.parse::<ObjectState>().ok()) else { return false };
+    let recorded = Version { key, sequencer: text("sequencer").unwrap_or_default() };
+    derived::holds_placed_version(state, recorded, Version { key, sequencer })
 }
 
 impl DynamoDbManifest {
@@ -248,7 +251,8 @@ impl DynamoDbManifest {
         in_order.sort_by(|one, other| (one.placement.offset, &one.key).cmp(&(other.placement.offset, &other.key)));
         let keys: Vec<&str> = in_order.iter().map(|source| source.key.as_str()).collect();
         let items = self.placed_version_items(partition, &keys).await?;
-        let superseded = |source: &SourcePlacement| !holds_placed_version(items.get(&source.key), &source.sequencer);
+        let superseded =
+            |source: &SourcePlacement| !holds_placed_version(items.get(&source.key), &source.key, &source.sequencer);
         let chunks = encode_chunks(&in_order, superseded);
         stream::iter(chunks)
             .map(|chunk| async move {
@@ -490,11 +494,14 @@ impl DynamoDbManifest {
     /// `output_sources` of an output that has chunks: placements by (offset, key) after
     /// `start_after`, each with its object item (read for its state), at most `limit`.
     /// A source whose item now holds another version that was never placed here is left out,
-    /// as the index left it out.
+    /// as the index left it out. Of a `committed` output, a source still pending as the placed
+    /// version reads compacted ([`derived::derived_state`]): the commit decided it, whether or
+    /// not `mark_compacted` has written it on the item yet.
     pub(super) async fn sources_from_chunks(
         &self,
         partition: &PartitionKey,
         output_key: &str,
+        committed: bool,
         start_after: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, ManifestError> {
@@ -526,6 +533,12 @@ impl DynamoDbManifest {
                     if record.sequencer != source.sequencer && !placed_here {
                         continue;
                     }
+                    let recorded = Version { key: &record.key, sequencer: &record.sequencer };
+                    let placed = Version { key: &source.key, sequencer: &source.sequencer };
+                    record.state = derived::derived_state(
+                        record.state,
+                        committed && derived::holds_placed_version(record.state, recorded, placed),
+                    );
                     record.placement = Some(source.placement.clone());
                     sources.push(record);
                     if sources.len() == limit {
@@ -667,9 +680,10 @@ mod tests {
                 ("sequencer".to_owned(), string_value(sequencer)),
             ])
         };
-        assert!(holds_placed_version(Some(&item("pending", "0055")), "0055"));
-        assert!(!holds_placed_version(Some(&item("pending", "0056")), "0055"), "a newer version");
-        assert!(!holds_placed_version(Some(&item("removed", "0055")), "0055"), "removed");
-        assert!(!holds_placed_version(None, "0055"), "gone");
+        assert!(holds_placed_version(Some(&item("pending", "0055")), "a.json", "0055"));
+        assert!(!holds_placed_version(Some(&item("pending", "0056")), "a.json", "0055"), "a newer version");
+        assert!(!holds_placed_version(Some(&item("removed", "0055")), "a.json", "0055"), "removed");
+        assert!(!holds_placed_version(Some(&item("bogus", "0055")), "a.json", "0055"), "an unknown state");
+        assert!(!holds_placed_version(None, "a.json", "0055"), "gone");
     }
 }

@@ -278,7 +278,14 @@ impl Manifest for SqliteManifest {
                 ],
                 object_from_row,
             );
-            rows.and_then(|rows| rows.collect()).map_err(sqlite_error)
+            let mut sources: Vec<ObjectRecord> = rows.and_then(|rows| rows.collect()).map_err(sqlite_error)?;
+            // A row's placement is its own version's: once the output is committed, a row still
+            // pending (before `mark_compacted`, e.g. after a crash between the two) is compacted.
+            let committed = output.state == OutputState::Committed;
+            for source in &mut sources {
+                source.state = derived::derived_state(source.state, committed);
+            }
+            Ok(sources)
         })
         .await
     }
