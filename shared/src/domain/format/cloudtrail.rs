@@ -13,8 +13,9 @@
 //! A source that is not such a document (truncated gzip, invalid JSON, a key besides `Records`,
 //! trailing data) is refused as a whole with the reason: it is left where it is, untouched.
 //!
-//! [`records_digest`] hashes records independently of whitespace: each record re-serialised
-//! compactly, one per line. Verify compares it between an original and its NDJSON range.
+//! [`document_digest`] and [`ndjson_digest`] hash records independently of whitespace: each
+//! record re-serialised compactly, one per line. Verify compares the two digests between an
+//! original and its NDJSON range.
 
 use std::fmt;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
