@@ -36,20 +36,23 @@
 //! if larger) plus `upload_concurrency + 1` parts, whatever the partition's size. Each part is
 //! one allocation of exactly `part_bytes` (see [`OutputWriter::append`] for why that matters).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, warn};
 
 mod formats;
+mod parts;
+mod reads;
+
+pub(crate) use parts::PartUploads;
+use reads::{
+    batches_in_flight, check_body_length, hash_body, open_source, read_batches, read_sources, unreadable_from,
+    AbortOnDrop, SourceRead, SourceUnreadable,
+};
 
 use super::seen::SeenSources;
 use super::EngineError;
@@ -57,9 +60,7 @@ use crate::config::{Config, ExpiryMode, MAX_PART_BYTES, MIN_PART_BYTES};
 use crate::domain::format::{Compression, FormatClass, FormatMode, TextTail, UnreadableGzip, MAX_SEPARATOR_BYTES};
 use crate::domain::plan::PlannedOutput;
 use crate::domain::records::{ObjectRecord, Placement};
-use crate::ports::{
-    CompletedPart, GetOptions, GetRequest, GetResult, ObjectStore, PutOptions, SeenAtRead, SourcePlacement, StoreError,
-};
+use crate::ports::{GetResult, ObjectStore, PutOptions, SeenAtRead, SourcePlacement, StoreError};
 
 /// A source the writer could not read as recorded: it is gone, or its bytes changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,84 +140,6 @@ fn copy_candidate(source: &ObjectRecord, class: &FormatClass, config: &Config, m
 /// at least 5 MiB in every part but the last, and an empty buffer needs no part.
 fn at_part_boundary(buffered_bytes: u64) -> bool {
     buffered_bytes == 0 || buffered_bytes >= MIN_PART_BYTES
-}
-
-/// How the writer gets a source's bytes.
-enum SourceRead {
-    /// Read whole ahead of the writer. The last source of a batch holds the batch's share of
-    /// the read-ahead budget until its bytes are in the part buffer.
-    Prefetched { result: Result<(Bytes, SeenAtRead), SourceUnreadable>, permit: Option<OwnedSemaphorePermit> },
-    /// A copy candidate: read by the writer at its turn, never ahead, holding no permits.
-    AtTurn,
-}
-
-/// Sources read together, consecutive in plan order.
-struct ReadBatch {
-    sources: Vec<ObjectRecord>,
-    /// One copy candidate, read by the writer at its turn.
-    at_turn: bool,
-}
-
-/// Sources larger than this are read on their own.
-const BATCHED_SOURCE_MAX_BYTES: u64 = 256 * 1024;
-/// Bytes of sources in one batch at most.
-const BATCH_MAX_BYTES: u64 = 2 * 1024 * 1024;
-
-/// Groups consecutive small sources of one bucket into batches of up to `batch_size`; a copy
-/// candidate or a larger source is a batch of its own. With `batch_size` 1, one source each.
-fn read_batches(
-    sources: &[ObjectRecord],
-    batch_size: usize,
-    is_copy_candidate: impl Fn(&ObjectRecord) -> bool,
-) -> Vec<ReadBatch> {
-    let mut batches: Vec<ReadBatch> = Vec::new();
-    let mut batch_bytes = 0;
-    for source in sources {
-        let at_turn = is_copy_candidate(source);
-        let joins_last = !at_turn
-            && source.size <= BATCHED_SOURCE_MAX_BYTES
-            && batches.last().is_some_and(|last| {
-                !last.at_turn
-                    && last.sources.len() < batch_size
-                    && last.sources[0].size <= BATCHED_SOURCE_MAX_BYTES
-                    && last.sources[0].bucket == source.bucket
-                    && batch_bytes + source.size <= BATCH_MAX_BYTES
-            });
-        match batches.last_mut() {
-            Some(last) if joins_last => {
-                last.sources.push(source.clone());
-                batch_bytes += source.size;
-            }
-            _ => {
-                batches.push(ReadBatch { sources: vec![source.clone()], at_turn });
-                batch_bytes = source.size;
-            }
-        }
-    }
-    batches
-}
-
-/// Batches read at once: a few, so reading goes on while the writer works on one, and never
-/// more than `read_concurrency` (on S3 a batch is one GET, and that is the GETs in flight).
-fn batches_in_flight(read_concurrency: usize, batch_size: usize) -> usize {
-    read_concurrency.div_ceil(batch_size).max(4).min(read_concurrency)
-}
-
-/// Aborts its task when dropped: a failed output stops its reads instead of finishing them
-/// in the background.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> Future for AbortOnDrop<T> {
-    type Output = Result<T, JoinError>;
-    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(context)
-    }
 }
 
 /// One output written a window of sources at a time, so that the seal holds a window of an
@@ -397,14 +320,6 @@ struct OutputWriter<'a> {
     csv_header: Option<Vec<u8>>,
     /// The side file's lines so far (`ndjson`): one per invalid line set aside.
     side_file: Vec<u8>,
-}
-
-/// A source read by the writer only to hash it, its bytes dropped.
-struct HashedSource {
-    source_sha256: String,
-    text_end: Result<Option<u8>, UnreadableGzip>,
-    /// The output's hasher with the source's bytes added: adopted only if the copy succeeds.
-    output_hasher: Sha256,
 }
 
 impl<'a> OutputWriter<'a> {
@@ -654,7 +569,7 @@ impl<'a> OutputWriter<'a> {
         }
         let output_bytes = buffer.freeze();
         if multipart {
-            if !output_bytes.is_empty() || uploads.next_part_number == 1 {
+            if !output_bytes.is_empty() || uploads.parts_started() == 0 {
                 uploads.upload(output_bytes).await?;
             }
             uploads.complete().await?;
@@ -676,257 +591,11 @@ impl<'a> OutputWriter<'a> {
     }
 }
 
-/// Reads a source's body only to hash it: each chunk goes into the source's hasher and into a
-/// copy of the output's, then is dropped.
-async fn hash_body(
-    source: &ObjectRecord,
-    class: &FormatClass,
-    mut body: GetResult,
-    mut output_hasher: Sha256,
-) -> Result<HashedSource, StoreError> {
-    let mut source_hasher = Sha256::new();
-    let mut hashed_bytes = 0u64;
-    let mut tail = TextTail::new(class);
-    while let Some(chunk) = body.body.next().await {
-        let chunk = chunk?;
-        source_hasher.update(&chunk);
-        tail.update(&chunk);
-        output_hasher.update(&chunk);
-        hashed_bytes += chunk.len() as u64;
-    }
-    check_body_length(source, hashed_bytes)?;
-    Ok(HashedSource { source_sha256: hex::encode(source_hasher.finalize()), text_end: tail.finish(), output_hasher })
-}
-
-/// A body that ends short or long of the size its response announced (and the record holds)
-/// was cut or garbled on the way: a store failure, not a changed source.
-fn check_body_length(source: &ObjectRecord, read_bytes: u64) -> Result<(), StoreError> {
-    if read_bytes == source.size {
-        return Ok(());
-    }
-    Err(StoreError::backend(
-        source.bucket.as_str(),
-        source.key.as_str(),
-        format!("the body held {read_bytes} bytes where its response announced {}; retry the seal", source.size),
-    ))
-}
-
-/// A source that cannot be read as recorded; the message goes into the record's note.
-struct SourceUnreadable(String);
-
-/// The errors that mean the source is not the recorded version any more; any other is the
-/// store's and fails the output.
-fn unreadable_from(error: StoreError) -> Result<SourceUnreadable, StoreError> {
-    match error {
-        StoreError::NotFound { .. } => Ok(SourceUnreadable("object no longer exists".into())),
-        StoreError::PreconditionFailed { .. } => {
-            Ok(SourceUnreadable("object was overwritten since ingest (its ETag changed)".into()))
-        }
-        other => Err(other),
-    }
-}
-
-/// Opens a source's GET, only as the version the manifest recorded (by ETag when there is
-/// one, by size always). A source that is gone or changed is `Ok(Err(..))`; any other failure
-/// (throttling, network) is not the source's fault and fails the output: the next run retries.
-async fn open_source(
-    store: &dyn ObjectStore,
-    source: &ObjectRecord,
-) -> Result<Result<GetResult, SourceUnreadable>, StoreError> {
-    checked_open(source, store.get(&source.bucket, &source.key, get_options(source)).await)
-}
-
-/// The whole object, only as the version the manifest recorded.
-fn get_options(source: &ObjectRecord) -> GetOptions {
-    GetOptions { range: None, if_match: source.etag.clone() }
-}
-
-/// A GET's answer for `source`, as [`open_source`] returns it.
-fn checked_open(
-    source: &ObjectRecord,
-    answer: Result<GetResult, StoreError>,
-) -> Result<Result<GetResult, SourceUnreadable>, StoreError> {
-    match answer {
-        Ok(result) if result.meta.size == source.size => Ok(Ok(result)),
-        Ok(result) => Ok(Err(size_changed(source, result.meta.size))),
-        Err(error) => unreadable_from(error).map(Err),
-    }
-}
-
-fn size_changed(source: &ObjectRecord, found_bytes: u64) -> SourceUnreadable {
-    SourceUnreadable(format!("size changed since ingest: recorded {} bytes, found {found_bytes}", source.size))
-}
-
-/// Reads a whole source, as [`open_source`] opens it.
-async fn read_source(
-    store: &dyn ObjectStore,
-    source: &ObjectRecord,
-) -> Result<Result<(Bytes, SeenAtRead), SourceUnreadable>, StoreError> {
-    match open_source(store, source).await? {
-        Ok(body) => read_body(source, body).await,
-        Err(unreadable) => Ok(Err(unreadable)),
-    }
-}
-
-/// An opened source's bytes, whole; a body that ends early or late is a changed source.
-async fn read_body(
-    source: &ObjectRecord,
-    mut body: GetResult,
-) -> Result<Result<(Bytes, SeenAtRead), SourceUnreadable>, StoreError> {
-    let seen = std::mem::take(&mut body.seen);
-    match body.bytes().await {
-        Ok(bytes) if bytes.len() as u64 == source.size => Ok(Ok((bytes, seen))),
-        Ok(bytes) => Ok(Err(size_changed(source, bytes.len() as u64))),
-        Err(error) => unreadable_from(error).map(Err),
-    }
-}
-
-/// Reads a batch of sources whole, each as [`read_source`] reads it: one source by `get`,
-/// several (of one bucket) by one `get_many`.
-async fn read_sources(
-    store: &dyn ObjectStore,
-    sources: &[ObjectRecord],
-) -> Result<Vec<Result<(Bytes, SeenAtRead), SourceUnreadable>>, StoreError> {
-    if let [source] = sources {
-        return Ok(vec![read_source(store, source).await?]);
-    }
-    let requests: Vec<GetRequest> =
-        sources.iter().map(|source| GetRequest { key: source.key.clone(), options: get_options(source) }).collect();
-    let answers = store.get_many(&sources[0].bucket, &requests).await;
-    let mut results = Vec::with_capacity(sources.len());
-    for (source, answer) in sources.iter().zip(answers) {
-        results.push(match checked_open(source, answer)? {
-            Ok(body) => read_body(source, body).await?,
-            Err(unreadable) => Err(unreadable),
-        });
-    }
-    Ok(results)
-}
-
-/// Parts in flight for one multipart upload, at most `limit` uploads at a time.
-pub(crate) struct PartUploads<'a> {
-    store: &'a Arc<dyn ObjectStore>,
-    bucket: &'a str,
-    key: &'a str,
-    upload_id: Option<&'a str>,
-    limit: usize,
-    next_part_number: u32,
-    /// The size of the part numbered last, to check S3's 5 MiB minimum for all parts but the
-    /// last: a server without the check (the local directory) would let a violation through.
-    last_part_bytes: Option<u64>,
-    in_flight: FuturesUnordered<JoinHandle<Result<CompletedPart, StoreError>>>,
-    completed: Vec<CompletedPart>,
-}
-
-impl<'a> PartUploads<'a> {
-    pub(crate) fn new(
-        store: &'a Arc<dyn ObjectStore>,
-        bucket: &'a str,
-        key: &'a str,
-        upload_id: Option<&'a str>,
-        limit: usize,
-    ) -> Self {
-        Self {
-            store,
-            bucket,
-            key,
-            upload_id,
-            limit: limit.max(1),
-            next_part_number: 1,
-            last_part_bytes: None,
-            in_flight: FuturesUnordered::new(),
-            completed: Vec::new(),
-        }
-    }
-
-    fn upload_id(&self) -> &'a str {
-        self.upload_id.expect("parts are only uploaded for multipart outputs")
-    }
-
-    /// Takes the next part number for a part of `part_bytes`.
-    fn take_part_number(&mut self, part_bytes: u64) -> u32 {
-        debug_assert!(
-            self.last_part_bytes.is_none_or(|last_part_bytes| last_part_bytes >= MIN_PART_BYTES),
-            "part {} follows a part of {:?} bytes: every part but the last must be at least 5 MiB",
-            self.next_part_number,
-            self.last_part_bytes
-        );
-        self.last_part_bytes = Some(part_bytes);
-        self.next_part_number += 1;
-        self.next_part_number - 1
-    }
-
-    /// Parts numbered so far.
-    pub(crate) fn parts_started(&self) -> u32 {
-        self.next_part_number - 1
-    }
-
-    pub(crate) async fn upload(&mut self, part: Bytes) -> Result<(), EngineError> {
-        while self.in_flight.len() >= self.limit {
-            self.finish_one().await?;
-        }
-        let upload_id = self.upload_id().to_string();
-        let part_number = self.take_part_number(part.len() as u64);
-        let store = Arc::clone(self.store);
-        let (bucket, key) = (self.bucket.to_string(), self.key.to_string());
-        self.in_flight
-            .push(tokio::spawn(async move { store.upload_part(&bucket, &key, &upload_id, part_number, part).await }));
-        Ok(())
-    }
-
-    /// Makes the next part a server-side copy of the whole of `source`, as the version
-    /// `source_etag`. The part number is taken only when the copy succeeds: a failed copy
-    /// creates no part, and the next part gets the number.
-    async fn copy(&mut self, source: &ObjectRecord, source_etag: &str) -> Result<(), StoreError> {
-        let part_number = self.next_part_number;
-        let part = self
-            .store
-            .upload_part_copy(
-                self.bucket,
-                self.key,
-                self.upload_id(),
-                part_number,
-                &source.bucket,
-                &source.key,
-                None,
-                Some(source_etag),
-            )
-            .await?;
-        debug_assert_eq!(part.part_number, part_number);
-        self.take_part_number(source.size);
-        self.completed.push(part);
-        Ok(())
-    }
-
-    async fn finish_one(&mut self) -> Result<(), EngineError> {
-        if let Some(joined) = self.in_flight.next().await {
-            let part = joined.map_err(|join_error| {
-                StoreError::backend(self.bucket, self.key, format!("part upload task failed: {join_error}"))
-            })??;
-            self.completed.push(part);
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn complete(mut self) -> Result<(), EngineError> {
-        while !self.in_flight.is_empty() {
-            self.finish_one().await?;
-        }
-        self.completed.sort_by_key(|part| part.part_number);
-        debug_assert!(
-            self.completed.iter().enumerate().all(|(index, part)| part.part_number as usize == index + 1),
-            "parts are numbered 1, 2, 3, … without gaps"
-        );
-        let upload_id = self.upload_id();
-        self.store.complete_multipart(self.bucket, self.key, upload_id, &self.completed).await?;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
 
+    use super::reads::BATCH_MAX_BYTES;
     use super::*;
     use crate::config::RawConfig;
     use crate::domain::format::FormatMode;
