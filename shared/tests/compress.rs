@@ -4,81 +4,17 @@
 //! back byte for byte, verify passes with and without the originals, and sources compressed
 //! already (by name or by content) go in as they are.
 
-use std::io::{Read, Write};
-use std::sync::Arc;
+use std::io::Read;
 
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use compactor::adapters::local_dir::LocalDir;
-use compactor::adapters::sqlite::SqliteManifest;
-use compactor::clock::ManualClock;
-use compactor::config::RawConfig;
 use compactor::domain::format::compress::{decompress_frames, framed_compression};
 use compactor::domain::format::Compression;
-use compactor::domain::partition::PartitionKey;
-use compactor::domain::records::OutputState;
 use compactor::engine::seal::SealOptions;
-use compactor::engine::Compactor;
-use compactor::event::{ObjectEvent, ObjectEventKind};
-use compactor::ports::{GetOptions, Manifest, ObjectStore, PutOptions};
 
-const BUCKET: &str = "src";
+mod common;
 
-struct Embedded {
-    _dir: tempfile::TempDir,
-    store: Arc<dyn ObjectStore>,
-    manifest: Arc<dyn Manifest>,
-    compactor: Compactor,
-}
+use common::{gzip, Embedded, BUCKET};
 
 impl Embedded {
-    fn new(adjust: impl Fn(&mut RawConfig)) -> Embedded {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("buckets").join(BUCKET)).unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalDir::open(dir.path().join("buckets")).unwrap());
-        let manifest: Arc<dyn Manifest> = Arc::new(SqliteManifest::open(dir.path().join("manifest.sqlite")).unwrap());
-        let mut raw = RawConfig { source_bucket: Some(BUCKET.into()), grace: Some("1h".into()), ..Default::default() };
-        adjust(&mut raw);
-        let now = DateTime::parse_from_rfc3339("2024-01-20T00:00:00Z").unwrap().with_timezone(&Utc);
-        let compactor = Compactor::new(
-            raw.validate().unwrap(),
-            Arc::clone(&store),
-            Arc::clone(&manifest),
-            Arc::new(ManualClock::new(now)),
-        );
-        Embedded { _dir: dir, store, manifest, compactor }
-    }
-
-    async fn add(&self, sources: &[(String, Vec<u8>)]) {
-        let mut events = Vec::new();
-        for (index, (key, body)) in sources.iter().enumerate() {
-            let meta = self.store.put(BUCKET, key, Bytes::from(body.clone()), PutOptions::default()).await.unwrap();
-            events.push(ObjectEvent {
-                kind: ObjectEventKind::Created { size: meta.size, etag: meta.etag },
-                bucket: BUCKET.into(),
-                key: key.clone(),
-                sequencer: format!("{:016X}", index + 1),
-                event_time: DateTime::parse_from_rfc3339("2024-01-14T10:00:00Z").unwrap().with_timezone(&Utc),
-                event_name: "ObjectCreated:Put".into(),
-            });
-        }
-        self.compactor.ingest(&events).await.unwrap();
-    }
-
-    /// The committed outputs of `partition`, key and bytes, in key order.
-    async fn outputs(&self, partition: &str) -> Vec<(String, Bytes)> {
-        let mut outputs =
-            self.manifest.outputs(&PartitionKey::new(BUCKET, partition), Some(OutputState::Committed)).await.unwrap();
-        outputs.sort_by(|left, right| left.key.cmp(&right.key));
-        let mut read = Vec::new();
-        for output in outputs {
-            let bytes =
-                self.store.get(BUCKET, &output.key, GetOptions::default()).await.unwrap().bytes().await.unwrap();
-            read.push((output.key, bytes));
-        }
-        read
-    }
-
     /// Every source restores byte for byte, and verify passes with and without the originals.
     async fn assert_restores_and_verifies(&self, sources: &[(String, Vec<u8>)]) {
         for (key, body) in sources {
@@ -92,12 +28,6 @@ impl Embedded {
         assert!(against_sources.all_verified(), "{against_sources:?}");
         assert_eq!(against_sources.originals_ok, sources.len() as u64, "{against_sources:?}");
     }
-}
-
-fn gzip(text: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(text).unwrap();
-    encoder.finish().unwrap()
 }
 
 fn decompress(compression: Compression, bytes: &[u8]) -> Vec<u8> {

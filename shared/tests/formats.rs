@@ -2,13 +2,10 @@
 //! a final newline are followed by a gzip member holding `\n`, outside their range, whether
 //! they were read whole, streamed or copied server-side; unreadable gzip goes in as it is.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use compactor::adapters::local_dir::LocalDir;
-use compactor::adapters::sqlite::SqliteManifest;
+use chrono::Utc;
 use compactor::clock::ManualClock;
 use compactor::config::RawConfig;
 use compactor::domain::format::GZIP_NEWLINE_MEMBER;
@@ -16,70 +13,11 @@ use compactor::domain::partition::PartitionKey;
 use compactor::domain::records::OutputState;
 use compactor::engine::seal::SealOptions;
 use compactor::engine::Compactor;
-use compactor::event::{ObjectEvent, ObjectEventKind};
-use compactor::ports::{GetOptions, Manifest, ObjectStore, PutOptions};
+use compactor::ports::GetOptions;
 
-const BUCKET: &str = "src";
+mod common;
 
-/// The embedded backend in a temporary directory, with a clock past the test partitions.
-struct Embedded {
-    _dir: tempfile::TempDir,
-    store: Arc<dyn ObjectStore>,
-    manifest: Arc<dyn Manifest>,
-    compactor: Compactor,
-}
-
-impl Embedded {
-    fn new(adjust: impl Fn(&mut RawConfig)) -> Embedded {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("buckets").join(BUCKET)).unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalDir::open(dir.path().join("buckets")).unwrap());
-        let manifest: Arc<dyn Manifest> = Arc::new(SqliteManifest::open(dir.path().join("manifest.sqlite")).unwrap());
-        let mut raw = RawConfig { source_bucket: Some(BUCKET.into()), grace: Some("1h".into()), ..Default::default() };
-        adjust(&mut raw);
-        let now = DateTime::parse_from_rfc3339("2024-01-20T00:00:00Z").unwrap().with_timezone(&Utc);
-        let compactor = Compactor::new(
-            raw.validate().unwrap(),
-            Arc::clone(&store),
-            Arc::clone(&manifest),
-            Arc::new(ManualClock::new(now)),
-        );
-        Embedded { _dir: dir, store, manifest, compactor }
-    }
-
-    /// PUTs the sources and ingests one event each.
-    async fn add(&self, sources: &[(String, Vec<u8>)]) {
-        let mut events = Vec::new();
-        for (index, (key, body)) in sources.iter().enumerate() {
-            let meta = self.store.put(BUCKET, key, Bytes::from(body.clone()), PutOptions::default()).await.unwrap();
-            events.push(ObjectEvent {
-                kind: ObjectEventKind::Created { size: meta.size, etag: meta.etag },
-                bucket: BUCKET.into(),
-                key: key.clone(),
-                sequencer: format!("{:016X}", index + 1),
-                event_time: DateTime::parse_from_rfc3339("2024-01-14T10:00:00Z").unwrap().with_timezone(&Utc),
-                event_name: "ObjectCreated:Put".into(),
-            });
-        }
-        self.compactor.ingest(&events).await.unwrap();
-    }
-
-    /// The one committed output of `partition`: its key and bytes.
-    async fn only_output(&self, partition: &str) -> (String, Bytes) {
-        let outputs =
-            self.manifest.outputs(&PartitionKey::new(BUCKET, partition), Some(OutputState::Committed)).await.unwrap();
-        assert_eq!(outputs.len(), 1, "{outputs:?}");
-        let bytes =
-            self.store.get(BUCKET, &outputs[0].key, GetOptions::default()).await.unwrap().bytes().await.unwrap();
-        (outputs[0].key.clone(), bytes)
-    }
-}
-
-fn gzip(text: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(text).unwrap();
-    encoder.finish().unwrap()
-}
+use common::{gzip, Embedded, BUCKET};
 
 fn gunzip(bytes: &[u8]) -> String {
     let mut text = String::new();
