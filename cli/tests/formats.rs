@@ -280,20 +280,7 @@ fn duckdb_counts_as_many_csv_rows_in_one_header_outputs_as_in_the_sources() {
     };
     let (sources, outputs) = (plain(&sealed.sources), plain(&sealed.outputs));
     assert!(sources.len() > 40 && !outputs.is_empty(), "{} sources, {outputs:?}", sources.len());
-    let rows = |files: &[PathBuf]| {
-        let sql = format!(
-            "select count(*) from read_csv({}, header = true, union_by_name = true) where session_id is not null",
-            sql_list(files)
-        );
-        duckdb.count(&sql).unwrap_or_else(|error| panic!("DuckDB could not read the CSV files: {error}"))
-    };
-    let all_rows = |files: &[PathBuf]| {
-        duckdb.count(&format!("select count(*) from read_csv({}, header = true)", sql_list(files))).unwrap()
-    };
-    let in_sources = rows(&sources);
-    assert!(in_sources > 40 * 10, "{in_sources}");
-    assert_eq!(all_rows(&outputs), in_sources, "every row, and no header read as a row");
-    assert_eq!(rows(&outputs), in_sources);
+    assert_csv_rows_read_once(&duckdb, &sources, &outputs);
 }
 
 /// Issue 13: a wrong format rule is refused before anything runs, with a message that names
@@ -358,6 +345,25 @@ fn duckdb_counts_as_many_json_lines_in_zstd_and_gzip_outputs_as_in_the_sources()
     }
 }
 
+/// DuckDB reads as many data rows in the outputs as in the sources (over 400 of them), and
+/// no header as a row: an output holds one header whatever its number of sources.
+fn assert_csv_rows_read_once(duckdb: &DuckDb, sources: &[PathBuf], outputs: &[PathBuf]) {
+    let rows = |files: &[PathBuf]| {
+        let sql = format!(
+            "select count(*) from read_csv({}, header = true, union_by_name = true) where session_id is not null",
+            sql_list(files)
+        );
+        duckdb.count(&sql).unwrap_or_else(|error| panic!("DuckDB could not read the CSV files: {error}"))
+    };
+    let all_rows = |files: &[PathBuf]| {
+        duckdb.count(&format!("select count(*) from read_csv({}, header = true)", sql_list(files))).unwrap()
+    };
+    let in_sources = rows(sources);
+    assert!(in_sources > 40 * 10, "{in_sources}");
+    assert_eq!(all_rows(outputs), in_sources, "every row, and no header read as a row");
+    assert_eq!(rows(outputs), in_sources);
+}
+
 fn total_bytes(files: &[PathBuf]) -> u64 {
     files.iter().map(|path| std::fs::metadata(path).unwrap().len()).sum()
 }
@@ -378,20 +384,7 @@ fn duckdb_counts_as_many_csv_rows_in_zstd_outputs_as_in_the_sources() {
     };
     let (sources, outputs) = (ending(&sealed.sources, ".csv"), ending(&sealed.outputs, "-framed.csv.zst"));
     assert!(sources.len() > 40 && !outputs.is_empty(), "{} sources, {:?}", sources.len(), sealed.outputs);
-    let rows = |files: &[PathBuf]| {
-        let sql = format!(
-            "select count(*) from read_csv({}, header = true, union_by_name = true) where session_id is not null",
-            sql_list(files)
-        );
-        duckdb.count(&sql).unwrap_or_else(|error| panic!("DuckDB could not read the CSV files: {error}"))
-    };
-    let all_rows = |files: &[PathBuf]| {
-        duckdb.count(&format!("select count(*) from read_csv({}, header = true)", sql_list(files))).unwrap()
-    };
-    let in_sources = rows(&sources);
-    assert!(in_sources > 40 * 10, "{in_sources}");
-    assert_eq!(all_rows(&outputs), in_sources, "every row, and no header read as a row");
-    assert_eq!(rows(&outputs), in_sources);
+    assert_csv_rows_read_once(&duckdb, &sources, &outputs);
 }
 
 /// Issue 13: `demo --compress zstd` (with `--format`) seals, verifies against the sources and

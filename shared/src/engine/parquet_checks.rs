@@ -111,37 +111,10 @@ impl Compactor {
         output_digests: &[ChunkDigest],
         report: &mut VerifyReport,
     ) -> Result<(), EngineError> {
-        let skipped = |report: &mut VerifyReport| {
-            if report.originals_skipped_keys.len() < NAMED_SKIPS {
-                report.originals_skipped_keys.push(source.key.clone());
-            }
-        };
-        let etag = source.etag.as_deref();
-        let store = self.store.as_ref();
-        let original = match read_footer(store, &source.bucket, &source.key, source.size, etag).await {
-            Ok(Ok(footer)) => footer,
-            Ok(Err(BadParquet(reason))) => {
-                report.originals_compared += 1;
-                report.fail(format!("{}: the original is not readable Parquet any more: {reason}", source.key));
-                return Ok(());
-            }
-            Err(StoreError::NotFound { .. }) => {
-                report.originals_gone += 1;
-                skipped(report);
-                return Ok(());
-            }
-            Err(StoreError::PreconditionFailed { .. }) => {
-                report.originals_changed += 1;
-                skipped(report);
-                return Ok(());
-            }
-            Err(error) => return Err(error.into()),
-        };
-        report.originals_compared += 1;
-        if original.rows() != rows {
-            report.fail(format!("{}: the original has {} rows, its output {rows}", source.key, original.rows()));
+        let Some(original) = self.original_footer(source, rows, report).await? else {
             return Ok(());
-        }
+        };
+        let (store, etag) = (self.store.as_ref(), source.etag.as_deref());
         let mut original_digests = Vec::with_capacity(output_digests.len());
         for (group, span) in original.metadata.row_groups().iter().zip(&original.row_group_bytes) {
             let start = span.start;
@@ -167,6 +140,49 @@ impl Compactor {
             report.fail(format!("{}: the original's decoded values differ from its rows in the output", source.key));
         }
         Ok(())
+    }
+
+    /// The footer of a Parquet source's original, for `verify --against-sources`, once it is
+    /// known to hold the `rows` its output does. `None` when the comparison ends there, counted
+    /// in `report`: the original is gone or changed (skipped), no longer Parquet, or of another
+    /// row count (failed).
+    pub(super) async fn original_footer(
+        &self,
+        source: &ObjectRecord,
+        rows: u64,
+        report: &mut VerifyReport,
+    ) -> Result<Option<ParquetFooter>, EngineError> {
+        let skipped = |report: &mut VerifyReport| {
+            if report.originals_skipped_keys.len() < NAMED_SKIPS {
+                report.originals_skipped_keys.push(source.key.clone());
+            }
+        };
+        let etag = source.etag.as_deref();
+        let original = match read_footer(self.store.as_ref(), &source.bucket, &source.key, source.size, etag).await {
+            Ok(Ok(footer)) => footer,
+            Ok(Err(BadParquet(reason))) => {
+                report.originals_compared += 1;
+                report.fail(format!("{}: the original is not readable Parquet any more: {reason}", source.key));
+                return Ok(None);
+            }
+            Err(StoreError::NotFound { .. }) => {
+                report.originals_gone += 1;
+                skipped(report);
+                return Ok(None);
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {
+                report.originals_changed += 1;
+                skipped(report);
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        report.originals_compared += 1;
+        if original.rows() != rows {
+            report.fail(format!("{}: the original has {} rows, its output {rows}", source.key, original.rows()));
+            return Ok(None);
+        }
+        Ok(Some(original))
     }
 
     /// A standalone Parquet file of a compacted source's rows, out of its Parquet output:

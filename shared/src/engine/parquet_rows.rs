@@ -16,13 +16,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parquet::file::metadata::RowGroupMetaData;
 
-use super::verify::{VerifyReport, NAMED_SKIPS};
+use super::verify::VerifyReport;
 use super::{Compactor, EngineError};
 use crate::domain::format::ROWS_PARQUET_EXTENSION;
 use crate::domain::records::{ObjectRecord, OutputRecord, Placement};
 use crate::parquet::footer::read_range;
 use crate::parquet::rows::{digest_segments, standalone_rows, RowsDigest, Segment};
-use crate::parquet::{read_footer, BadParquet, OffsetBytes, ParquetFooter};
+use crate::parquet::{OffsetBytes, ParquetFooter};
 use crate::ports::StoreError;
 
 /// Whether an output's placements are rows (its key says so, as its class gave it).
@@ -197,36 +197,10 @@ impl Compactor {
         recorded: &str,
         report: &mut VerifyReport,
     ) -> Result<(), EngineError> {
-        let skipped = |report: &mut VerifyReport| {
-            if report.originals_skipped_keys.len() < NAMED_SKIPS {
-                report.originals_skipped_keys.push(source.key.clone());
-            }
+        let Some(original) = self.original_footer(source, rows, report).await? else {
+            return Ok(());
         };
         let (store, etag) = (self.store.as_ref(), source.etag.as_deref());
-        let original = match read_footer(store, &source.bucket, &source.key, source.size, etag).await {
-            Ok(Ok(footer)) => footer,
-            Ok(Err(BadParquet(reason))) => {
-                report.originals_compared += 1;
-                report.fail(format!("{}: the original is not readable Parquet any more: {reason}", source.key));
-                return Ok(());
-            }
-            Err(StoreError::NotFound { .. }) => {
-                report.originals_gone += 1;
-                skipped(report);
-                return Ok(());
-            }
-            Err(StoreError::PreconditionFailed { .. }) => {
-                report.originals_changed += 1;
-                skipped(report);
-                return Ok(());
-            }
-            Err(error) => return Err(error.into()),
-        };
-        report.originals_compared += 1;
-        if original.rows() != rows {
-            report.fail(format!("{}: the original has {} rows, its output {rows}", source.key, original.rows()));
-            return Ok(());
-        }
         let columns = original.metadata.file_metadata().schema_descr().num_columns();
         let mut digest = RowsDigest::new(columns);
         for ((group_rows, group), span) in row_group_rows(&original).into_iter().zip(&original.row_group_bytes) {
