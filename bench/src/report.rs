@@ -13,17 +13,22 @@ use crate::template::Deployed;
 use crate::tiny::TinyRow;
 
 /// Ingest and seal of one deployment with one expiry mode (`COMPACTOR_EXPIRY`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ExpiryRun {
     pub mode: String,
     pub ingest: Measured,
     pub seal: Measured,
+    /// The "Object Deleted" events of the compacted sources, back through ingest (tag and
+    /// delete modes; `none` deletes nothing).
+    pub removal: Option<Measured>,
 }
 
 impl ExpiryRun {
-    /// Everything billed per million objects: delivery, ingest, seal and expiry.
+    /// Everything billed per million objects: delivery, ingest, seal, expiry and the removal
+    /// events expiry sends back.
     fn usd_per_million(&self) -> f64 {
-        (self.ingest.cost_usd() + self.seal.cost_usd()) * 1e6 / self.ingest.objects.max(1) as f64
+        let removal = self.removal.as_ref().map_or(0.0, Measured::cost_usd);
+        (self.ingest.cost_usd() + self.seal.cost_usd() + removal) * 1e6 / self.ingest.objects.max(1) as f64
     }
 }
 
@@ -43,6 +48,8 @@ pub struct Report {
     pub get_ceiling: Option<Measured>,
     pub ingest_dynamodb: Option<Measured>,
     pub seal_aws: Option<Measured>,
+    /// The main run's sources' "Object Deleted" events (tag mode: the lifecycle rule's).
+    pub removal_dynamodb: Option<Measured>,
     /// The same seal with an SQLite manifest: the S3 path without the DynamoDB server.
     pub seal_s3_sqlite: Option<Measured>,
     pub verified_outputs: u64,
@@ -124,12 +131,17 @@ impl Report {
     }
 
     /// The main run (tag mode) and the other modes' runs, as the cost table shows them.
-    fn by_expiry_mode(&self) -> Vec<(&str, &Measured, &Measured)> {
+    fn by_expiry_mode(&self) -> Vec<ExpiryRun> {
         let main = match (&self.ingest_dynamodb, &self.seal_aws) {
-            (Some(ingest), Some(seal)) => Some(("tag", ingest, seal)),
+            (Some(ingest), Some(seal)) => Some(ExpiryRun {
+                mode: "tag".into(),
+                ingest: ingest.clone(),
+                seal: seal.clone(),
+                removal: self.removal_dynamodb.clone(),
+            }),
             _ => None,
         };
-        main.into_iter().chain(self.expiry_runs.iter().map(|run| (run.mode.as_str(), &run.ingest, &run.seal))).collect()
+        main.into_iter().chain(self.expiry_runs.iter().cloned()).collect()
     }
 
     fn s3_tables_usd_per_million(&self) -> f64 {
@@ -137,13 +149,7 @@ impl Report {
     }
 
     fn usd_per_million_by_mode(&self) -> Vec<(String, f64)> {
-        self.by_expiry_mode()
-            .into_iter()
-            .map(|(mode, ingest, seal)| {
-                let run = ExpiryRun { mode: mode.to_string(), ingest: ingest.clone(), seal: seal.clone() };
-                (run.mode.clone(), run.usd_per_million())
-            })
-            .collect()
+        self.by_expiry_mode().into_iter().map(|run| (run.mode.clone(), run.usd_per_million())).collect()
     }
 
     fn steady_state_lists(&self) -> u64 {
@@ -258,8 +264,14 @@ impl Report {
                 ..Column::of(ingest)
             });
         }
-        for (mode, _, seal) in self.by_expiry_mode() {
-            columns.push(Column { name: format!("seal:{mode}"), ..Column::of(seal) });
+        let runs = self.by_expiry_mode();
+        for run in &runs {
+            columns.push(Column { name: format!("seal:{}", run.mode), ..Column::of(&run.seal) });
+        }
+        for run in &runs {
+            if let Some(removal) = &run.removal {
+                columns.push(Column { name: format!("removal:{}", run.mode), ..Column::of(removal) });
+            }
         }
         if let Some(baseline) = &self.baseline {
             columns.push(Column { name: "list+concat".into(), ..Column::of(baseline) });
@@ -328,6 +340,12 @@ impl Report {
                 "Lambda at the template's sizes: ingest-fn {} MB, {} events an invocation; seal-fn {} MB",
                 deployed.ingest_memory_mb, deployed.ingest_batch_size, deployed.seal_memory_mb
             );
+            if !deployed.ingests_lifecycle_expirations {
+                let _ = writeln!(
+                    out,
+                    "Tag mode's removal events: none; the template's rule keeps a lifecycle rule's deletions out of ingest"
+                );
+            }
         }
     }
 

@@ -12,10 +12,11 @@ use compactor::adapters::s3::{AmazonS3, S3Options};
 use compactor::clock::SystemClock;
 use compactor::config::{Config, RawConfig};
 use compactor::domain::cost::{self, RequestCounts};
+use compactor::engine::ingest::IngestReport;
 use compactor::engine::seal::SealOptions;
 use compactor::engine::verify::VerifyReport;
 use compactor::engine::Compactor;
-use compactor::event::ObjectEvent;
+use compactor::event::{ObjectEvent, ObjectEventKind};
 use compactor::ports::{GetOptions, ObjectStore};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -324,31 +325,62 @@ impl Deployment {
     /// `BatchSize`, `concurrency` of them at once (Lambda invocations side by side). Each
     /// call's duration is its invocation's billed time.
     pub async fn ingest(&self, events: &[ObjectEvent], concurrency: usize) -> anyhow::Result<Measured> {
+        let (measured, report) = self.ingest_batches(events, concurrency).await?;
+        anyhow::ensure!(report.skipped_total() == 0, "the benchmark's events were skipped: {report:?}");
+        Ok(measured)
+    }
+
+    /// Records the "Object Deleted" event of every source of `created`, as ingest-fn receives
+    /// them once compacted sources go: the seal's own deletes in delete mode, the lifecycle
+    /// rule's expirations of tagged sources in tag mode. EventBridge delivers both (the
+    /// template's rule takes every "Object Deleted"), each becomes an SQS message, and ingest
+    /// reads each source's item to find it compacted, and ignores it. This is a cost of every
+    /// compacted object, paid after the seal. Every event must be ignored: a removal that took
+    /// a compacted source out of the manifest would be a bug.
+    pub async fn removals(&self, created: &[ObjectEvent], concurrency: usize) -> anyhow::Result<Measured> {
+        let events: Vec<ObjectEvent> = created.iter().map(removal_of).collect();
+        let (mut measured, report) = self.ingest_batches(&events, concurrency).await?;
+        anyhow::ensure!(
+            report.removal_ignored == events.len() as u64,
+            "every removal of a compacted source is ignored, but: {report:?}"
+        );
+        measured.objects = created.len() as u64;
+        measured.bytes = event_bytes(created);
+        Ok(measured)
+    }
+
+    /// `events` through the engine as ingest-fn hands them over: one call per SQS batch, with
+    /// the billed time, the invocations and the SQS requests of their delivery.
+    async fn ingest_batches(
+        &self,
+        events: &[ObjectEvent],
+        concurrency: usize,
+    ) -> anyhow::Result<(Measured, IngestReport)> {
         let compactor = &self.compactor;
         let bytes = event_bytes(events);
         let batch_size = usize::try_from(self.deployed.ingest_batch_size).unwrap_or(usize::MAX).max(1);
-        let (handler_seconds, mut measured) = self
+        let ((handler_seconds, report), mut measured) = self
             .measure(async {
-                let handler_seconds = futures::stream::iter(events.chunks(batch_size))
+                let totals = futures::stream::iter(events.chunks(batch_size))
                     .map(|batch| async move {
                         let started = Instant::now();
                         let report = compactor.ingest(batch).await?;
                         Ok::<_, anyhow::Error>((report, started.elapsed()))
                     })
                     .buffer_unordered(concurrency.max(1))
-                    .try_fold(0.0, |total, (report, duration)| async move {
-                        anyhow::ensure!(report.skipped_total() == 0, "the benchmark's events were skipped: {report:?}");
-                        Ok(total + billed_seconds(duration))
+                    .try_fold((0.0, IngestReport::default()), |(seconds, mut total), (report, duration)| async move {
+                        total.merge(&report);
+                        Ok((seconds + billed_seconds(duration), total))
                     })
                     .await?;
-                Ok((handler_seconds, events.len() as u64, bytes))
+                Ok((totals, events.len() as u64, bytes))
             })
             .await?;
         measured.invocations = events.len().div_ceil(batch_size) as u64;
         measured.handler_seconds = handler_seconds;
         measured.memory_mb = self.deployed.ingest_memory_mb;
         measured.sqs_requests = sqs_delivery_requests(events, batch_size);
-        Ok(measured)
+        Ok((measured, report))
     }
 
     /// Seals every closed partition, as one scheduled seal-fn run does: one invocation, billed
@@ -397,13 +429,24 @@ pub fn sqs_delivery_requests(events: &[ObjectEvent], batch_size: usize) -> u64 {
     sends + receives_and_deletes
 }
 
+/// The "Object Deleted" event that follows `created` once its object is deleted: a later
+/// sequencer for the same key (S3 pads the shorter with zeros before comparing).
+fn removal_of(created: &ObjectEvent) -> ObjectEvent {
+    ObjectEvent {
+        kind: ObjectEventKind::Removed,
+        sequencer: format!("{}1", created.sequencer),
+        event_name: "ObjectRemoved:Delete".into(),
+        ..created.clone()
+    }
+}
+
 /// The bytes `events` announce.
 pub fn event_bytes(events: &[ObjectEvent]) -> u64 {
     events
         .iter()
         .map(|event| match event.kind {
-            compactor::event::ObjectEventKind::Created { size, .. } => size,
-            compactor::event::ObjectEventKind::Removed => 0,
+            ObjectEventKind::Created { size, .. } => size,
+            ObjectEventKind::Removed => 0,
         })
         .sum()
 }

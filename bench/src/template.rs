@@ -1,5 +1,6 @@
 //! What the benchmark reads from the SAM template, so the cost it reports is that of the
-//! deployment as templated: each function's memory size and the ingest queue's batch size.
+//! deployment as templated: each function's memory size, the ingest queue's batch size, and
+//! whether the object events rule lets a lifecycle rule's deletions reach ingest.
 
 use anyhow::Context;
 
@@ -12,6 +13,9 @@ pub struct Deployed {
     pub seal_memory_mb: u64,
     /// Events per ingest-fn invocation at most (the SQS event source's `BatchSize`).
     pub ingest_batch_size: u64,
+    /// Whether a lifecycle rule's deletions ("Object Deleted", reason "Lifecycle Expiration")
+    /// reach ingest: in tag mode, one event for every compacted source.
+    pub ingests_lifecycle_expirations: bool,
 }
 
 impl Deployed {
@@ -20,6 +24,7 @@ impl Deployed {
             ingest_memory_mb: property(TEMPLATE, "IngestFunction", "MemorySize")?,
             seal_memory_mb: property(TEMPLATE, "SealFunction", "MemorySize")?,
             ingest_batch_size: property(TEMPLATE, "IngestFunction", "BatchSize")?,
+            ingests_lifecycle_expirations: !drops_lifecycle_expirations(TEMPLATE)?,
         })
     }
 }
@@ -37,6 +42,18 @@ fn property(template: &str, resource: &str, name: &str) -> anyhow::Result<u64> {
     value.parse().with_context(|| format!("sam/template.yaml: {resource}'s {name} is {value:?}, not a number"))
 }
 
+/// Whether the `ObjectEventsRule` resource's pattern keeps out the events of a lifecycle rule's
+/// deletions (a `reason:` line with `anything-but` naming `Lifecycle Expiration`).
+fn drops_lifecycle_expirations(template: &str) -> anyhow::Result<bool> {
+    let header = "  ObjectEventsRule:";
+    let mut lines = template.lines().skip_while(|line| line.trim_end() != header);
+    lines.next().context("sam/template.yaml has no resource ObjectEventsRule")?;
+    Ok(lines.take_while(|line| line.trim().is_empty() || line.starts_with("   ")).any(|line| {
+        let line = line.trim();
+        line.starts_with("reason:") && line.contains("anything-but") && line.contains("Lifecycle Expiration")
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +63,18 @@ mod tests {
         let deployed = Deployed::from_template().expect("the template parses");
         assert!(deployed.ingest_memory_mb >= 128 && deployed.seal_memory_mb >= 128, "{deployed:?}");
         assert!((1..=10_000).contains(&deployed.ingest_batch_size), "{deployed:?}");
+    }
+
+    #[test]
+    fn the_template_keeps_lifecycle_expirations_out_of_ingest() {
+        assert!(!Deployed::from_template().unwrap().ingests_lifecycle_expirations);
+        let rule = |reason: &str| format!("Resources:\n  ObjectEventsRule:\n    Properties:\n{reason}  Next:\n");
+        assert!(
+            drops_lifecycle_expirations(&rule("      reason: [{ anything-but: [Lifecycle Expiration] }]\n")).unwrap()
+        );
+        assert!(!drops_lifecycle_expirations(&rule("      reason: [DeleteObject, Lifecycle Expiration]\n")).unwrap());
+        assert!(!drops_lifecycle_expirations(&rule("")).unwrap());
+        assert!(drops_lifecycle_expirations("Resources:\n  Other:\n").is_err());
     }
 
     #[test]
