@@ -466,6 +466,19 @@ fn fan_out_is_bounded_and_the_schedule_never_retries() {
     assert_eq!(key_filter, json!([{ "anything-but": { "prefix": "compacted/" } }]));
 }
 
+/// Issue 12: a lifecycle rule's deletions (in tag mode, one for every compacted source) never
+/// cost an SQS message; creations and other deletions still reach ingest.
+#[test]
+fn the_rule_keeps_a_lifecycle_rules_deletions_out_of_ingest() {
+    let resolved = Resolved::new();
+    let pattern =
+        resolved.resolve(field(resolved.resource("ObjectEventsRule"), &["Properties", "EventPattern"])).unwrap();
+    let detail_types = serde_json::to_value(field(&pattern, &["detail-type"])).unwrap();
+    assert_eq!(detail_types, json!(["Object Created", "Object Deleted"]));
+    let reason_filter = serde_json::to_value(field(&pattern, &["detail", "reason"])).unwrap();
+    assert_eq!(reason_filter, json!([{ "anything-but": ["Lifecycle Expiration"] }]));
+}
+
 fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
 }
