@@ -106,12 +106,17 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ParquetArgs {
-    /// Partition sizes, e.g. 100MB,2GB.
-    #[arg(long, value_delimiter = ',', default_value = "100MB,2GB")]
+    /// Partition sizes. Peak RSS is compared between the partitions that fill an output (at
+    /// the default 128 MiB target, 500MB and up): 100MB writes one smaller output.
+    #[arg(long, value_delimiter = ',', default_value = "100MB,500MB,2GB")]
     partitions: Vec<String>,
     /// Row-group modes, each size sealed in each: copy (the default's), rewrite.
     #[arg(long, value_delimiter = ',', default_value = "copy,rewrite")]
     row_groups: Vec<String>,
+    /// Keep each ingested manifest in this directory (and the bucket's objects), to seal the
+    /// same partition again with `seal-child --sqlite-manifest`, e.g. under a heap profiler.
+    #[arg(long)]
+    keep_manifest_in: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -279,7 +284,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
 
     eprintln!("[8/9] Parquet partitions on S3 + SQLite: GET ceiling, seal, peak RSS");
     for &size in &parquet_partitions {
-        report.parquet.push(parquet_row::measure(&backend, &args.endpoints, size, Default::default()).await?);
+        report.parquet.push(parquet_row::measure(&backend, &args.endpoints, size, Default::default(), None).await?);
     }
 
     report.seconds = started.elapsed().as_secs_f64();
@@ -343,7 +348,7 @@ async fn run_parquet(endpoints: &Endpoints, args: ParquetArgs) -> anyhow::Result
         args.row_groups.iter().map(|text| text.parse().map_err(anyhow::Error::msg)).collect::<anyhow::Result<_>>()?;
     for size in sizes {
         for &mode in &modes {
-            let row = parquet_row::measure(&backend, endpoints, size, mode).await?;
+            let row = parquet_row::measure(&backend, endpoints, size, mode, args.keep_manifest_in.as_deref()).await?;
             println!("{}", serde_json::to_string(&row)?);
             report.parquet.push(row);
         }

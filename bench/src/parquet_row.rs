@@ -87,6 +87,7 @@ pub async fn measure(
     endpoints: &Endpoints,
     partition_bytes: u64,
     row_groups: ParquetRowGroups,
+    keep_manifest_in: Option<&std::path::Path>,
 ) -> anyhow::Result<ParquetRow> {
     let spec = dataset(partition_bytes)?;
     // Row groups of the sources, from the generator's specs (the files are not read again).
@@ -109,8 +110,14 @@ pub async fn measure(
         ensure!(ingest.skipped_total() == 0, "the Parquet files were skipped at ingest: {ingest:?}");
         (written, get_ceiling)
         // Dropped here: closing the manifest checkpoints its write-ahead log into the file, so
-        // the child sees every ingested object.
+        // the child (and the copy below) sees every ingested object.
     };
+    if let Some(keep_dir) = keep_manifest_in {
+        let kept = keep_dir.join(format!("{bucket}.sqlite"));
+        std::fs::copy(&manifest_path, &kept)
+            .with_context(|| format!("cannot copy the manifest to {}", kept.display()))?;
+        eprintln!("      manifest kept at {} (bucket {bucket})", kept.display());
+    }
     eprintln!(
         "      raw GET ceiling: {:.0} objects/s, {:.1} MB/s",
         get_ceiling.objects_per_second(),
