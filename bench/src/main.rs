@@ -157,6 +157,7 @@ fn progress(phase: &str, measured: setup::Measured) -> setup::Measured {
 
 #[tokio::main]
 async fn main() {
+    compactor::allocator::return_freed_parts_to_the_system();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

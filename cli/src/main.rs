@@ -96,6 +96,7 @@ fn exit_quietly_on_broken_pipe() {
 }
 
 fn main() -> ExitCode {
+    compactor::allocator::return_freed_parts_to_the_system();
     exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     init_logging(&cli.global.log_level, cli.global.log_format);

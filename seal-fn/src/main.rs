@@ -19,6 +19,7 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    compactor::allocator::return_freed_parts_to_the_system();
     compactor::aws::init_lambda_logging();
     let config = FunctionConfig::from_lookup(|name| std::env::var(name).ok())
         .map_err(|error| format!("configuration: {error}"))?;

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod adapters;
+pub mod allocator;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod clock;
