@@ -449,31 +449,34 @@ impl Report {
                 format!("{} of {}", row.output_row_groups, row.source_row_groups)
             );
         }
-        // Memory growth with the partition, in copy mode (the default's). Only partitions that
-        // fill an output (two outputs or more) are compared: an output's footer holds every row
-        // group's metadata until it closes, so a partition smaller than the target writes a
-        // smaller footer and its peak is not the seal's plateau, which a full output sets.
-        let filling = || self.parquet.iter().filter(|row| row.row_groups == Default::default() && row.outputs >= 2);
-        let smallest = filling().min_by_key(|row| row.partition_bytes);
-        let largest = filling().max_by_key(|row| row.partition_bytes);
-        match (smallest, largest) {
-            (Some(smallest), Some(largest)) if largest.partition_bytes > smallest.partition_bytes => {
-                let growth = largest.seal.peak_rss_bytes as f64 / smallest.seal.peak_rss_bytes.max(1) as f64;
-                let _ = writeln!(
-                    out,
-                    "Parquet seal peak RSS {:.0} MB/{:.0} MB partitions, both filling outputs: {growth:.2}x (target <= \
-                     1.10: {}); every output verified",
-                    largest.partition_bytes as f64 / 1e6,
-                    smallest.partition_bytes as f64 / 1e6,
-                    verdict(growth <= 1.10)
-                );
-            }
-            _ => {
-                let _ = writeln!(
-                    out,
-                    "Parquet seal peak RSS: no two partitions that fill an output to compare (e.g. --partitions \
-                     100MB,500MB,2GB); every output verified"
-                );
+        // Memory growth with the partition, per row-group mode. Only partitions that fill an
+        // output (two outputs or more) are compared: an output's footer holds every row group's
+        // metadata until it closes, so a partition smaller than the target writes a smaller
+        // footer and its peak is not the seal's plateau, which a full output sets.
+        let modes: std::collections::BTreeSet<_> = self.parquet.iter().map(|row| row.row_groups).collect();
+        for mode in modes {
+            let filling = || self.parquet.iter().filter(|row| row.row_groups == mode && row.outputs >= 2);
+            let smallest = filling().min_by_key(|row| row.partition_bytes);
+            let largest = filling().max_by_key(|row| row.partition_bytes);
+            match (smallest, largest) {
+                (Some(smallest), Some(largest)) if largest.partition_bytes > smallest.partition_bytes => {
+                    let growth = largest.seal.peak_rss_bytes as f64 / smallest.seal.peak_rss_bytes.max(1) as f64;
+                    let _ = writeln!(
+                        out,
+                        "Parquet seal peak RSS ({mode}) {:.0} MB/{:.0} MB partitions, both filling outputs: \
+                         {growth:.2}x (target <= 1.10: {}); every output verified",
+                        largest.partition_bytes as f64 / 1e6,
+                        smallest.partition_bytes as f64 / 1e6,
+                        verdict(growth <= 1.10)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "Parquet seal peak RSS ({mode}): no two partitions that fill an output to compare (e.g. \
+                         --partitions 100MB,500MB,2GB); every output verified"
+                    );
+                }
             }
         }
         // What that plateau is made of: the footer of a full output, its row groups' metadata.
