@@ -201,6 +201,7 @@ use crate::ports::manifest::{
     HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 
+mod derived;
 mod ingest;
 mod items;
 mod manifest;
@@ -988,14 +989,13 @@ mod tests {
     }
 
     /// What the seal writes to DynamoDB per source, pinned so that no per-source write comes
-    /// back (or is added) silently. Sealing n sources into one output writes, per source,
-    /// exactly one item: `mark_compacted`'s `compacted` flip, 25 to a `BatchExecuteStatement`.
-    /// Everything else (the output's items, its placement chunks, the commit) is the same count
-    /// at 60 and at 120 sources. Deriving `compacted` from the committed placement chunks
-    /// (`domain::derived`; see the README's cost section) would take the flips to zero: this
-    /// test then says so.
+    /// back (or is added) silently: none. A source's `compacted` state is derived from its
+    /// committed output's placement chunks (`derived`), so sealing n sources into one output
+    /// writes the output's items, its placement chunk, the chunk directory and the commit:
+    /// the same few items at 60 and at 120 sources, and no `BatchExecuteStatement` (the flips
+    /// `mark_compacted` used to send, 25 to a request).
     #[tokio::test]
-    async fn a_seal_writes_one_item_per_source_the_compacted_flip_and_nothing_else_per_source() {
+    async fn a_seal_writes_no_item_per_source() {
         use crate::testkit::manifest_conformance::{lease_for, seal_pending_into_one_output};
 
         let Some(endpoint) = servers::dynamodb_endpoint() else { return };
@@ -1013,15 +1013,20 @@ mod tests {
             }
             let lease = manifest.acquire(&partition_key_of(&partition), "seal-1", now, lease_for()).await.unwrap();
             log.take();
-            seal_pending_into_one_output(&manifest, &lease, 1, now).await;
+            let output = seal_pending_into_one_output(&manifest, &lease, 1, now).await;
             let written = log.take();
-            let flips = written.get("BatchExecuteStatement").copied().unwrap_or(0);
-            assert_eq!(flips, sources, "one compacted flip per source: {written:?}");
-            let others: usize = written.values().sum::<usize>() - flips;
-            per_count.push(others);
+            assert_eq!(written.get("BatchExecuteStatement"), None, "no flip per source: {written:?}");
+            per_count.push(written.values().sum::<usize>());
+            // And yet every source reads compacted, through its output's placements.
+            let record = manifest.partition(&partition_key_of(&partition)).await.unwrap().unwrap();
+            assert_eq!((record.pending_objects, record.compacted_objects), (0, sources as u64));
+            let compacted = manifest.objects(&lease.partition, &ObjectQuery::in_state(ObjectState::Compacted)).await;
+            assert!(compacted.unwrap().iter().all(|source| {
+                source.placement.as_ref().is_some_and(|placement| placement.output_key == output.key)
+            }));
         }
-        assert_eq!(per_count[0], per_count[1], "nothing but the flip grows with the sources: {per_count:?}");
-        assert!(per_count[0] <= 8, "an output's own items and one chunk: {per_count:?}");
+        assert_eq!(per_count[0], per_count[1], "nothing grows with the sources: {per_count:?}");
+        assert!(per_count[0] <= 8, "an output's own items, one chunk and its directory: {per_count:?}");
     }
 
     /// Fails every request whose body names `key`: a write (or read) the table refuses.
@@ -1134,7 +1139,11 @@ mod tests {
         expected.sort();
         assert_eq!(superseded, expected);
         let operations = log.take();
-        assert_eq!(count_of(&operations, "Query"), 2 + 1, "one page for the sparse range, two for the dense one");
+        assert_eq!(
+            count_of(&operations, "Query"),
+            2 + 1 + 1,
+            "one page for the sparse range, two for the dense one, and the output item for its chunk directory"
+        );
         assert_eq!(count_of(&operations, "BatchGetItem"), 1, "the lone key and the dense range's rest: {operations:?}");
     }
 

@@ -80,6 +80,10 @@ macro_rules! manifest_conformance_tests {
             commit_output_is_idempotent_and_never_revives_an_abandoned_output,
             mark_compacted_needs_a_committed_output,
             an_outputs_commit_makes_its_sources_compacted_before_mark_compacted,
+            a_removal_of_a_compacted_source_changes_nothing_unless_it_is_of_a_newer_version,
+            object_reads_a_source_compacted_from_its_outputs_commit,
+            a_reopened_partitions_second_seal_scans_only_its_late_objects,
+            an_event_confirming_a_scanned_compacted_source_keeps_it_compacted,
             mark_missing_only_marks_the_planned_pending_version,
             mark_expiry_keeps_the_first_time,
             an_expiry_cursor_marks_an_outputs_sources_up_to_where_it_stopped,
@@ -129,14 +133,20 @@ pub struct Capabilities {
     /// object removed): DynamoDB answers from its index without counting; SQLite counts, as
     /// `closed_partitions` does, and leaves them out.
     pub lists_partitions_without_work: bool,
+    /// A committed output's sources read compacted everywhere from the commit on, because the
+    /// state is derived from its placements (`domain::derived`), not flipped per source:
+    /// DynamoDB. Then `mark_compacted` writes nothing per source and answers how many sources
+    /// the output committed. SQLite flips them in `mark_compacted` (free there): its counts
+    /// and pending scans show them pending until then, and it answers how many it flipped.
+    pub derives_compacted_at_commit: bool,
 }
 
 impl Capabilities {
     /// The flags of the backend behind `manifest`, by its name.
     pub fn of(manifest: &dyn Manifest) -> Self {
         match manifest.name() {
-            "sqlite" => Capabilities { lists_partitions_without_work: false },
-            "dynamodb" => Capabilities { lists_partitions_without_work: true },
+            "sqlite" => Capabilities { lists_partitions_without_work: false, derives_compacted_at_commit: false },
+            "dynamodb" => Capabilities { lists_partitions_without_work: true, derives_compacted_at_commit: true },
             other => panic!("the conformance suite does not know backend {other:?}: add its flags to Capabilities::of"),
         }
     }
@@ -1131,8 +1141,170 @@ pub async fn an_outputs_commit_makes_its_sources_compacted_before_mark_compacted
     manifest.record_object(&new_object(&partition, "b.json", "20", 12)).await.unwrap();
     let sources = manifest.output_sources(OUTPUT_BUCKET, &output.key, None, 10).await.unwrap();
     assert_eq!(states(sources), [(a.key.clone(), ObjectState::Compacted)], "b's newer version was never placed");
-    assert_eq!(manifest.mark_compacted(&key, &output.key).await.unwrap(), 1, "only a is still the placed version");
+    let marked = manifest.mark_compacted(&key, &output.key).await.unwrap();
+    if Capabilities::of(manifest).derives_compacted_at_commit {
+        assert_eq!(marked, 2, "how many the output committed: nothing is written per source");
+    } else {
+        assert_eq!(marked, 1, "only a is still the placed version");
+    }
+    assert_eq!(object_record(manifest, &a).await.state, ObjectState::Compacted);
     assert_eq!(object_record(manifest, &b).await.state, ObjectState::Pending);
+}
+
+/// A compacted source's removal (its own expiry, or a user's delete) changes nothing: its bytes
+/// are safe in the output. On a backend that derives the state from the committed placements,
+/// the source's record was never rewritten after ingest, and the removal must still see it
+/// compacted. A removal of a newer version, which no output holds, takes it out of the plan.
+pub async fn a_removal_of_a_compacted_source_changes_nothing_unless_it_is_of_a_newer_version(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let [a, b, c] = ["a.json", "b.json", "c.json"].map(|name| new_object(&partition, name, "10", 10));
+    for object in [&a, &b, &c] {
+        manifest.record_object(object).await.unwrap();
+    }
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    let output = seal_pending_into_one_output(manifest, &lease, 1, now).await;
+
+    assert_eq!(manifest.record_removal(&removal_of(&a, "20")).await.unwrap(), IngestOutcome::RemovalIgnored);
+    let a_record = object_record(manifest, &a).await;
+    assert_eq!(a_record.state, ObjectState::Compacted, "a removal of a compacted source changes nothing");
+    assert_eq!(a_record.placement.map(|placement| placement.output_key), Some(output.key.clone()));
+
+    // A newer version of b after the seal, then its removal: no output holds it.
+    let newer_b = new_object(&partition, "b.json", "20", 11);
+    assert_eq!(manifest.record_object(&newer_b).await.unwrap(), IngestOutcome::Updated);
+    assert_eq!(manifest.record_removal(&removal_of(&newer_b, "30")).await.unwrap(), IngestOutcome::Removed);
+    assert_eq!(object_record(manifest, &b).await.state, ObjectState::Removed);
+    assert!(pending_objects(manifest, &key).await.is_empty(), "nothing left to compact");
+    let record = partition_record(manifest, &key).await;
+    assert_eq!((record.pending_objects, record.compacted_objects), (0, 2), "a and c compacted, b removed");
+}
+
+/// `object` (the audit, `restore`) reads a source compacted, with its placement, once its
+/// output committed: from the commit on where the state is derived (a crash before
+/// `mark_compacted` leaves exactly that), from `mark_compacted` on where it is flipped.
+pub async fn object_reads_a_source_compacted_from_its_outputs_commit(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let objects: Vec<NewObject> =
+        (0..30).map(|index| new_object(&partition, &format!("{index:03}.json"), "10", 10)).collect();
+    manifest.record_objects(&objects).await.unwrap();
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    let planned = pending_objects(manifest, &key).await;
+    let output = output_record(&lease, 1, 30, now);
+    manifest.begin_output(&lease, &output).await.unwrap();
+    let placements = placements_end_to_end(&output, &planned);
+    // Two windows, as a seal places a large output.
+    for window in placements.chunks(20) {
+        assert!(manifest.record_placements(&lease, &output.key, window).await.unwrap().is_empty());
+    }
+    manifest.commit_output(&lease, OUTPUT_BUCKET, &output.key, 300, &sha256_hex("out"), 30, now).await.unwrap();
+    // The crash: no mark_compacted yet.
+    let derives = Capabilities::of(manifest).derives_compacted_at_commit;
+    for (object, placed) in objects.iter().zip(&placements).step_by(7) {
+        let record = object_record(manifest, object).await;
+        if derives {
+            assert_eq!(record.state, ObjectState::Compacted, "{}: the commit decided", object.key);
+            assert_eq!(record.placement.as_ref(), Some(&placed.placement), "{}", object.key);
+        } else {
+            assert_eq!(record.state, ObjectState::Pending, "{}: flipped by mark_compacted", object.key);
+        }
+    }
+    let pending = pending_objects(manifest, &key).await.len();
+    assert_eq!(pending, if derives { 0 } else { 30 }, "the pending scan agrees with object()");
+
+    manifest.mark_compacted(&key, &output.key).await.unwrap();
+    for (object, placed) in objects.iter().zip(&placements) {
+        let record = object_record(manifest, object).await;
+        assert_eq!(record.state, ObjectState::Compacted, "{}", object.key);
+        assert_eq!(record.placement.as_ref(), Some(&placed.placement), "{}", object.key);
+    }
+    let compacted = manifest.objects(&key, &ObjectQuery::in_state(ObjectState::Compacted)).await.unwrap();
+    assert_eq!(compacted.len(), 30);
+    assert!(compacted
+        .iter()
+        .zip(&placements)
+        .all(|(record, placed)| record.placement.as_ref() == Some(&placed.placement)));
+}
+
+/// A partition reopened by late objects: its second seal's pending scan finds exactly the late
+/// objects (and newer versions of compacted ones), wherever their keys fall among the first
+/// seal's sources and from wherever the scan starts, and the counts agree.
+pub async fn a_reopened_partitions_second_seal_scans_only_its_late_objects(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let first: Vec<NewObject> =
+        (0..40).map(|index| new_object(&partition, &format!("{:03}.json", 2 * index), "10", 10)).collect();
+    manifest.record_objects(&first).await.unwrap();
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    let first_output = seal_pending_into_one_output(manifest, &lease, 1, now).await;
+    assert_eq!(manifest.release(&lease, now).await.unwrap().state, PartitionState::Sealed);
+
+    // Late: odd keys between the first seal's, a newer version of one of its sources.
+    let mut late: Vec<NewObject> =
+        (0..5).map(|index| new_object(&partition, &format!("{:03}.json", 16 * index + 1), "20", 10)).collect();
+    late.push(new_object(&partition, "040.json", "20", 12));
+    manifest.record_objects(&late).await.unwrap();
+    late.sort_by(|one, other| one.key.cmp(&other.key));
+    let late_keys: Vec<String> = late.iter().map(|object| object.key.clone()).collect();
+    let record = partition_record(manifest, &key).await;
+    assert_eq!(record.state, PartitionState::Open);
+    assert_eq!((record.pending_objects, record.compacted_objects), (6, 39), "040's older version is no more");
+
+    let later = now + Duration::hours(1);
+    let lease = manifest.acquire(&key, "seal-2", later, lease_for()).await.unwrap();
+    let scanned: Vec<String> = pending_objects(manifest, &key).await.into_iter().map(|object| object.key).collect();
+    assert_eq!(scanned, late_keys, "the first seal's sources are compacted");
+    let start_after = format!("{}010.json", partition.path);
+    let query =
+        ObjectQuery { start_after: Some(start_after.clone()), limit: 2, ..ObjectQuery::in_state(ObjectState::Pending) };
+    let page: Vec<String> =
+        manifest.objects(&key, &query).await.unwrap().into_iter().map(|object| object.key).collect();
+    let expected: Vec<String> = late_keys.iter().filter(|key| **key > start_after).take(2).cloned().collect();
+    assert_eq!(page, expected, "a page from the middle, as a window reads");
+
+    let second_output = seal_pending_into_one_output(manifest, &lease, 1, later).await;
+    let record = manifest.release(&lease, later).await.unwrap();
+    assert_eq!((record.state, record.pending_objects, record.compacted_objects), (PartitionState::Sealed, 0, 45));
+    let newer =
+        object_record(manifest, &late[late_keys.iter().position(|key| key.ends_with("040.json")).unwrap()]).await;
+    assert_eq!(newer.placement.map(|placement| placement.output_key), Some(second_output.key.clone()));
+    let older = object_record(manifest, &first[0]).await;
+    assert_eq!(older.placement.map(|placement| placement.output_key), Some(first_output.key.clone()));
+}
+
+/// A source a backfill scan recorded, compacted, then confirmed by its event (same ETag, a real
+/// sequencer) stays compacted: the output holds it, whatever sequencer the record now orders
+/// later events by.
+pub async fn an_event_confirming_a_scanned_compacted_source_keeps_it_compacted(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let listed_at = partition.period.start + Duration::hours(2);
+    let scanned = NewObject {
+        sequencer: scan_sequencer(listed_at, Some("etag-e1")),
+        etag: Some("etag-e1".to_owned()),
+        event_time: listed_at,
+        ..new_object(&partition, "a.json", "10", 10)
+    };
+    manifest.record_object(&scanned).await.unwrap();
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    let output = seal_pending_into_one_output(manifest, &lease, 1, now).await;
+    manifest.release(&lease, now).await.unwrap();
+
+    let event = NewObject {
+        sequencer: "0055AED6DCD90281E5".to_owned(),
+        event_time: listed_at - Duration::minutes(30),
+        ..scanned.clone()
+    };
+    manifest.record_object(&event).await.unwrap();
+    let record = object_record(manifest, &scanned).await;
+    assert_eq!(record.state, ObjectState::Compacted, "never compacted twice");
+    assert_eq!(record.placement.map(|placement| placement.output_key), Some(output.key));
+    assert!(pending_objects(manifest, &key).await.is_empty());
 }
 
 pub async fn mark_missing_only_marks_the_planned_pending_version(manifest: &dyn Manifest) {
@@ -1361,7 +1533,12 @@ pub async fn partition_counts_follow_objects_and_outputs(manifest: &dyn Manifest
     manifest.record_placements(&lease, &output.key, &placements_end_to_end(&output, &planned)).await.unwrap();
     assert_eq!(counts(partition_record(manifest, &key).await), (3, 600, 0, 0, 0), "placements alone change nothing");
     manifest.commit_output(&lease, OUTPUT_BUCKET, &output.key, 300, &sha256_hex("out"), 2, now).await.unwrap();
-    assert_eq!(counts(partition_record(manifest, &key).await), (3, 600, 0, 0, 1), "the committed output counts");
+    let committed = counts(partition_record(manifest, &key).await);
+    if Capabilities::of(manifest).derives_compacted_at_commit {
+        assert_eq!(committed, (1, 300, 2, 300, 1), "the commit compacts its sources");
+    } else {
+        assert_eq!(committed, (3, 600, 0, 0, 1), "the committed output counts; mark_compacted flips its sources");
+    }
     manifest.mark_compacted(&key, &output.key).await.unwrap();
     assert_eq!(counts(partition_record(manifest, &key).await), (1, 300, 2, 300, 1));
 

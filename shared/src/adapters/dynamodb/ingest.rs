@@ -167,17 +167,47 @@ impl DynamoDbManifest {
                         );
                         if order == sequencer::VersionOrder::ConfirmsScanned {
                             // The same bytes: whatever was decided about them stands; only later
-                            // events must now be ordered by this one's sequencer.
+                            // events must now be ordered by this one's sequencer. A committed
+                            // output that placed the scanned version names its sequencer, not
+                            // this one: what it decided (`derived`) is written down with the
+                            // new sequencer, or the version would read pending again.
+                            let mut record = object_from_item(&recorded, &self.table)?;
+                            self.derive_record(&mut record).await?;
+                            let mut update = "SET #sequencer = :sequencer, #event_time = :event_time".to_owned();
+                            let mut expression_values = values([
+                                (":sequencer", string_value(&object.sequencer)),
+                                (":event_time", time_value(object.event_time)),
+                                (":recorded_sequencer", string_value(&recorded_sequencer)),
+                            ]);
+                            if let (ObjectState::Pending, Some(placement)) = (recorded_state, &record.placement) {
+                                if record.state == ObjectState::Compacted {
+                                    update.push_str(
+                                        ", #state = :compacted, #output_key = :output_key, \
+                                         #output_generation = :generation, #output_offset = :offset, \
+                                         #output_length = :length, #output_sha256 = :sha256, \
+                                         #output_separator_bytes = :separator_bytes, \
+                                         #expiry_by_output = :by_output",
+                                    );
+                                    expression_values.extend(values([
+                                        (":compacted", string_value(ObjectState::Compacted.as_str())),
+                                        (":output_key", string_value(&placement.output_key)),
+                                        (":generation", number_value(placement.generation)),
+                                        (":offset", number_value(placement.offset)),
+                                        (":length", number_value(placement.length)),
+                                        (":sha256", string_value(&placement.sha256)),
+                                        (":separator_bytes", number_value(placement.separator_bytes)),
+                                        // Every output with a chunk directory keeps an expiry
+                                        // cursor: as `mark_compacted`'s flip wrote for them.
+                                        (":by_output", AttributeValue::Bool(true)),
+                                    ]));
+                                }
+                            }
                             let confirmed = self
                                 .conditional_update(
                                     item_key.clone(),
-                                    "SET #sequencer = :sequencer, #event_time = :event_time",
+                                    &update,
                                     "#sequencer = :recorded_sequencer",
-                                    values([
-                                        (":sequencer", string_value(&object.sequencer)),
-                                        (":event_time", time_value(object.event_time)),
-                                        (":recorded_sequencer", string_value(&recorded_sequencer)),
-                                    ]),
+                                    expression_values,
                                     false,
                                 )
                                 .await?;
@@ -228,6 +258,14 @@ impl DynamoDbManifest {
                 if reader.state::<ObjectState>("state")? != ObjectState::Pending
                     || !sequencer::supersedes(&removal.sequencer, &recorded_sequencer)
                 {
+                    return Ok(Attempt::Done(IngestOutcome::RemovalIgnored));
+                }
+                // Stored pending, but a committed output may hold this version: then it is
+                // compacted (`derived`), its bytes safe, and the removal changes nothing. The
+                // rare path this makes dearer: see "Costs per operation" in the module doc.
+                let mut record = object_from_item(&recorded, &self.table)?;
+                self.derive_record(&mut record).await?;
+                if record.state != ObjectState::Pending {
                     return Ok(Attempt::Done(IngestOutcome::RemovalIgnored));
                 }
                 // The sequencer and event time move with the state, so a replayed creation of the

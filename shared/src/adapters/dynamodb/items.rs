@@ -242,6 +242,23 @@ pub(super) struct PartitionCounts {
     pub(super) committed_outputs: u64,
 }
 
+impl PartitionCounts {
+    /// Counts one object in `state` of `size` bytes (only pending and compacted ones count).
+    pub(super) fn add(&mut self, state: ObjectState, size: u64) {
+        match state {
+            ObjectState::Pending => {
+                self.pending_objects += 1;
+                self.pending_bytes += size;
+            }
+            ObjectState::Compacted => {
+                self.compacted_objects += 1;
+                self.compacted_bytes += size;
+            }
+            ObjectState::Missing | ObjectState::Removed => {}
+        }
+    }
+}
+
 pub(super) fn object_from_item(item: &Item, table: &str) -> Result<ObjectRecord, ManifestError> {
     let reader = ItemReader::new(item, table);
     let placement = match reader.optional_string("output_key")? {

@@ -10,38 +10,65 @@ struct ShardCursor {
     exhausted: bool,
 }
 
-impl ShardCursor {
-    /// Fetches this shard's next non-empty page (a filter may empty some pages).
-    async fn refill(
-        &mut self,
-        manifest: &DynamoDbManifest,
-        query: &ObjectQuery,
-        page_size: i32,
-    ) -> Result<(), ManifestError> {
+/// What an `objects` Query asks the server for: the stored states that may answer the query
+/// once derived (a stored `pending` record may be derived `compacted`), as a filter.
+struct StoredFilter {
+    key_condition: &'static str,
+    filter: Option<String>,
+    expression_values: HashMap<String, AttributeValue>,
+}
+
+impl StoredFilter {
+    fn of(query: &ObjectQuery) -> Self {
         let key_condition = if query.start_after.is_some() { "#pk = :pk AND #sk > :start_after" } else { "#pk = :pk" };
         let mut filters = Vec::new();
-        let mut expression_values = values([(":pk", string_value(&self.shard_pk))]);
+        let mut expression_values = HashMap::new();
         if let Some(start_after) = &query.start_after {
             expression_values.insert(":start_after".to_owned(), string_value(start_after));
         }
-        if let Some(state) = query.state {
-            filters.push("#state = :state");
-            expression_values.insert(":state".to_owned(), string_value(state.as_str()));
-        }
         if query.expiry_unmarked {
+            // Only flipped records: a derived one's output keeps an expiry cursor (every output
+            // placed with a chunk directory does), so it never awaits a mark of its own.
             filters.push(
                 "#state = :compacted AND attribute_not_exists(#expiry_marked_at) \
                  AND attribute_not_exists(#expiry_by_output)",
             );
             expression_values.insert(":compacted".to_owned(), string_value(ObjectState::Compacted.as_str()));
+        } else if query.state == Some(ObjectState::Compacted) {
+            filters.push("(#state = :state OR #state = :pending)");
+            expression_values.insert(":state".to_owned(), string_value(ObjectState::Compacted.as_str()));
+            expression_values.insert(":pending".to_owned(), string_value(ObjectState::Pending.as_str()));
+        } else if let Some(state) = query.state {
+            filters.push("#state = :state");
+            expression_values.insert(":state".to_owned(), string_value(state.as_str()));
         }
         let filter = (!filters.is_empty()).then(|| filters.join(" AND "));
+        StoredFilter { key_condition, filter, expression_values }
+    }
+}
+
+/// Whether the answer to `query` may hold records whose state is derived: stored `pending`
+/// ones, unless only other stored states are asked for.
+fn derives(query: &ObjectQuery) -> bool {
+    !query.expiry_unmarked && matches!(query.state, None | Some(ObjectState::Pending | ObjectState::Compacted))
+}
+
+impl ShardCursor {
+    /// Fetches this shard's next non-empty page (a filter may empty some pages).
+    async fn refill(
+        &mut self,
+        manifest: &DynamoDbManifest,
+        stored: &StoredFilter,
+        page_size: i32,
+    ) -> Result<(), ManifestError> {
+        let mut expression_values = stored.expression_values.clone();
+        expression_values.insert(":pk".to_owned(), string_value(&self.shard_pk));
         while self.buffer.is_empty() && !self.exhausted {
             let page = manifest
                 .query_page(
                     None,
-                    key_condition,
-                    filter.as_deref(),
+                    stored.key_condition,
+                    stored.filter.as_deref(),
                     expression_values.clone(),
                     true,
                     self.next_start_key.take(),
@@ -55,6 +82,63 @@ impl ShardCursor {
             self.exhausted = self.next_start_key.is_none();
         }
         Ok(())
+    }
+}
+
+/// A partition's object items in key order, merged from its shards' key-ordered Queries, a
+/// batch at a time: each shard is read a page at a time, only when its buffer runs dry.
+pub(super) struct ShardMerge {
+    cursors: Vec<ShardCursor>,
+    stored: StoredFilter,
+    page_size: i32,
+}
+
+impl ShardMerge {
+    fn new(partition: &PartitionKey, stored: StoredFilter, page_size: i32) -> Self {
+        let cursors = (0..OBJECT_SHARDS)
+            .map(|shard| ShardCursor {
+                shard_pk: object_shard_pk(&partition.bucket, &partition.path, shard),
+                buffer: VecDeque::new(),
+                next_start_key: None,
+                exhausted: false,
+            })
+            .collect();
+        ShardMerge { cursors, stored, page_size }
+    }
+
+    /// Every stored record of `partition` that `query`'s stored filter lets through, `batch`
+    /// records at a time.
+    pub(super) fn scan(partition: &PartitionKey, query: &ObjectQuery, batch: usize) -> Self {
+        Self::new(partition, StoredFilter::of(query), limit_i32((batch / OBJECT_SHARDS as usize + 1).clamp(8, 1000)))
+    }
+
+    /// The next records in key order, at most `limit`; fewer only at the end.
+    pub(super) async fn next_batch(
+        &mut self,
+        manifest: &DynamoDbManifest,
+        limit: usize,
+    ) -> Result<Vec<ObjectRecord>, ManifestError> {
+        let mut batch = Vec::new();
+        while batch.len() < limit {
+            let (stored, page_size) = (&self.stored, self.page_size);
+            futures::future::try_join_all(
+                self.cursors
+                    .iter_mut()
+                    .filter(|cursor| cursor.buffer.is_empty() && !cursor.exhausted)
+                    .map(|cursor| cursor.refill(manifest, stored, page_size)),
+            )
+            .await?;
+            let next = self
+                .cursors
+                .iter_mut()
+                .filter(|cursor| !cursor.buffer.is_empty())
+                .min_by(|left, right| left.buffer[0].key.cmp(&right.buffer[0].key));
+            match next.and_then(|cursor| cursor.buffer.pop_front()) {
+                Some(object) => batch.push(object),
+                None => break,
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -264,37 +348,23 @@ impl Manifest for DynamoDbManifest {
     }
 
     /// Queries every shard and merges their key-ordered answers, fetching from a shard only
-    /// when its buffer runs dry, so a page of n costs about n items read, not 16 n.
+    /// when its buffer runs dry, so a page of n costs about n items read, not 16 n. Stored
+    /// `pending` records are derived a batch at a time against the committed outputs' chunks
+    /// that hold their keys (`derived`), then filtered on the state asked for.
     async fn objects(&self, partition: &PartitionKey, query: &ObjectQuery) -> Result<Vec<ObjectRecord>, ManifestError> {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let page_size = limit_i32((query.limit / OBJECT_SHARDS as usize + 1).clamp(8, 1000));
-        let mut cursors: Vec<ShardCursor> = (0..OBJECT_SHARDS)
-            .map(|shard| ShardCursor {
-                shard_pk: object_shard_pk(&partition.bucket, &partition.path, shard),
-                buffer: VecDeque::new(),
-                next_start_key: None,
-                exhausted: false,
-            })
-            .collect();
+        let outputs = if derives(query) { self.deriving_outputs(partition).await? } else { Vec::new() };
+        let mut merge = ShardMerge::scan(partition, query, query.limit);
         let mut page = Vec::new();
         while page.len() < query.limit {
-            futures::future::try_join_all(
-                cursors
-                    .iter_mut()
-                    .filter(|cursor| cursor.buffer.is_empty() && !cursor.exhausted)
-                    .map(|cursor| cursor.refill(self, query, page_size)),
-            )
-            .await?;
-            let next = cursors
-                .iter_mut()
-                .filter(|cursor| !cursor.buffer.is_empty())
-                .min_by(|left, right| left.buffer[0].key.cmp(&right.buffer[0].key));
-            match next.and_then(|cursor| cursor.buffer.pop_front()) {
-                Some(object) => page.push(object),
-                None => break,
+            let mut batch = merge.next_batch(self, query.limit - page.len()).await?;
+            if batch.is_empty() {
+                break;
             }
+            self.derive_records(partition, &outputs, &mut batch).await?;
+            page.extend(batch.into_iter().filter(|record| query.state.is_none_or(|state| record.state == state)));
         }
         Ok(page)
     }
@@ -307,6 +377,8 @@ impl Manifest for DynamoDbManifest {
         let Some(mut record) = item.map(|item| object_from_item(&item, &self.table)).transpose()? else {
             return Ok(None);
         };
+        // Stored pending: compacted if a committed output placed this version (`derived`).
+        self.derive_record(&mut record).await?;
         // A source of an output with an expiry cursor has no mark of its own: the cursor says.
         if record.state == ObjectState::Compacted && record.expiry_marked_at.is_none() {
             if let Some(placement) = &record.placement {

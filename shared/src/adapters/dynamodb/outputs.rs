@@ -255,6 +255,14 @@ impl DynamoDbManifest {
         if output_item.contains_key(placements::SOURCES_COMPACTED) {
             return Ok(0);
         }
+        if output_item.contains_key(derived::PLACED_CHUNKS) {
+            // The commit made its sources compacted (`derived`): no write per source. The
+            // first call after the commit answers how many it committed, as the flips did;
+            // the mark on the output item makes the later ones (recoveries) answer 0.
+            let committed = output_from_item(&output_item, &self.table)?.object_count;
+            self.mark_sources_compacted(&output_item).await?;
+            return Ok(committed);
+        }
         if self.has_chunks(partition, output_key).await? {
             let tracks_expiry = output_from_item(&output_item, &self.table)?.expiry.is_some();
             let changed = self.compact_from_chunks(partition, output_key, tracks_expiry).await?;
@@ -304,6 +312,11 @@ impl DynamoDbManifest {
         Ok(changed.into_iter().filter(|changed| *changed).count() as u64)
     }
 
+    /// Each key's item is read first (strongly consistent, by key): a source of an output
+    /// whose sources are derived is stored `pending`, and only the derivation (`derived`) tells
+    /// it from a pending version, which must never be marked. Such a source is written
+    /// `compacted` with its placement in the same write as its mark, so no reader derives it
+    /// again.
     pub(super) async fn mark_expiry_items(
         &self,
         bucket: &str,
@@ -311,41 +324,87 @@ impl DynamoDbManifest {
         at: DateTime<Utc>,
     ) -> Result<(), ManifestError> {
         // Keys outside the layout have no record to mark; a batch must not name an item twice.
-        let keys: std::collections::BTreeSet<&String> = keys.iter().collect();
-        let item_keys: Vec<Item> = keys
-            .into_iter()
-            .filter_map(|key| {
-                let partition = self.layout.partition_of(key).ok()?;
-                Some(key_of(object_item_pk(bucket, &partition.path, key), key.clone()))
-            })
-            .collect();
+        let mut by_partition: std::collections::BTreeMap<String, std::collections::BTreeSet<&str>> = Default::default();
+        for key in keys {
+            if let Ok(partition) = self.layout.partition_of(key) {
+                by_partition.entry(partition.path).or_default().insert(key);
+            }
+        }
         // Only the first mark counts: it is when the source was tagged (or deleted). A failed
         // condition (not compacted, already marked, unknown) changes nothing, so a pending item
         // never gets an expiry time. One conditional update per key, 25 to a request.
         let expires_at = self
             .record_ttl
             .map(|record_ttl| at.checked_add_signed(record_ttl).unwrap_or(DateTime::<Utc>::MAX_UTC).timestamp());
-        let statement = format!(
-            "UPDATE \"{}\" SET \"expiry_marked_at\" = ?{} WHERE \"pk\" = ? AND \"sk\" = ? AND \"state\" = ? \
+        let ttl = if expires_at.is_some() { " SET \"expires_at\" = ?" } else { "" };
+        let flipped = format!(
+            "UPDATE \"{}\" SET \"expiry_marked_at\" = ?{ttl} WHERE \"pk\" = ? AND \"sk\" = ? AND \"state\" = ? \
              AND \"expiry_marked_at\" IS MISSING",
             self.table,
-            if expires_at.is_some() { " SET \"expires_at\" = ?" } else { "" },
         );
-        let statements = item_keys
-            .into_iter()
-            .map(|mut item_key| {
+        let derived = format!(
+            "UPDATE \"{}\" SET \"expiry_marked_at\" = ?{ttl} SET \"state\" = ? SET \"output_key\" = ? \
+             SET \"output_generation\" = ? SET \"output_offset\" = ? SET \"output_length\" = ? \
+             SET \"output_sha256\" = ? SET \"output_separator_bytes\" = ? WHERE \"pk\" = ? AND \"sk\" = ? \
+             AND \"state\" = ? AND \"sequencer\" = ? AND \"expiry_marked_at\" IS MISSING",
+            self.table,
+        );
+        let mut statements = Vec::new();
+        for (path, keys) in by_partition {
+            let partition = PartitionKey::new(bucket, path);
+            let keys: Vec<&str> = keys.into_iter().collect();
+            let mut records = Vec::new();
+            for item in self.object_items(&partition, &keys, None).await?.values() {
+                let record = object_from_item(item, &self.table)?;
+                if record.expiry_marked_at.is_none()
+                    && matches!(record.state, ObjectState::Pending | ObjectState::Compacted)
+                {
+                    records.push(record);
+                }
+            }
+            let stored: Vec<ObjectState> = records.iter().map(|record| record.state).collect();
+            if stored.contains(&ObjectState::Pending) {
+                let outputs = self.deriving_outputs(&partition).await?;
+                self.derive_records(&partition, &outputs, &mut records).await?;
+            }
+            for (record, stored) in records.into_iter().zip(stored) {
+                let item_key = object_item_pk(bucket, &partition.path, &record.key);
                 let mut parameters = vec![time_value(at)];
                 parameters.extend(expires_at.map(number_value));
-                parameters.extend(item_key.remove("pk"));
-                parameters.extend(item_key.remove("sk"));
-                parameters.push(string_value(ObjectState::Compacted.as_str()));
-                BatchStatementRequest::builder()
-                    .statement(&statement)
-                    .set_parameters(Some(parameters))
-                    .build()
-                    .map_err(|error| DynamoDbManifestError::Build(error).into())
-            })
-            .collect::<Result<Vec<_>, ManifestError>>()?;
+                let statement = match (stored, record.state, &record.placement) {
+                    (ObjectState::Compacted, _, _) => {
+                        parameters.extend([string_value(item_key), string_value(&record.key)]);
+                        parameters.push(string_value(ObjectState::Compacted.as_str()));
+                        &flipped
+                    }
+                    (ObjectState::Pending, ObjectState::Compacted, Some(placement)) => {
+                        parameters.extend([
+                            string_value(ObjectState::Compacted.as_str()),
+                            string_value(&placement.output_key),
+                            number_value(placement.generation),
+                            number_value(placement.offset),
+                            number_value(placement.length),
+                            string_value(&placement.sha256),
+                            number_value(placement.separator_bytes),
+                            string_value(item_key),
+                            string_value(&record.key),
+                            string_value(ObjectState::Pending.as_str()),
+                            string_value(&record.sequencer),
+                        ]);
+                        &derived
+                    }
+                    // Pending as derived too: not compacted, never marked.
+                    _ => continue,
+                };
+                statements.push(
+                    BatchStatementRequest::builder()
+                        .statement(statement)
+                        .set_parameters(Some(parameters))
+                        .build()
+                        .map_err(DynamoDbManifestError::Build)?,
+                );
+            }
+        }
         self.conditional_statements(statements).await?;
         Ok(())
     }

@@ -10,14 +10,33 @@ pub(super) struct ReleaseCount {
 
 impl DynamoDbManifest {
     /// A partition's pending and compacted counts and bytes, summed over its shards, and its
-    /// committed outputs. Reads every object item of the partition: see the module doc.
+    /// committed outputs. Reads every object item of the partition: see the module doc. With
+    /// outputs whose sources are derived (`derived`), the shards are read merged in key order
+    /// and derived a batch at a time, which also reads the chunks holding stored-pending keys.
     pub(super) async fn counts(&self, key: &PartitionKey) -> Result<PartitionCounts, ManifestError> {
+        let output_items = self.output_items(key).await?;
+        let committed_outputs = committed_outputs_of(&output_items, &self.table)?;
+        let deriving = derived::deriving_outputs(&output_items, &self.table)?;
+        let mut counts = PartitionCounts { committed_outputs, ..PartitionCounts::default() };
+        if !deriving.is_empty() {
+            let query = ObjectQuery { state: None, ..ObjectQuery::in_state(ObjectState::Pending) };
+            let mut merge = manifest::ShardMerge::scan(key, &query, DERIVE_BATCH);
+            loop {
+                let mut batch = merge.next_batch(self, DERIVE_BATCH).await?;
+                if batch.is_empty() {
+                    return Ok(counts);
+                }
+                self.derive_records(key, &deriving, &mut batch).await?;
+                for record in batch {
+                    counts.add(record.state, record.size);
+                }
+            }
+        }
         let shard_counts = stream::iter(0..OBJECT_SHARDS)
             .map(|shard| self.count_shard(object_shard_pk(&key.bucket, &key.path, shard)))
             .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect::<Vec<_>>();
-        let (shard_counts, committed_outputs) = futures::try_join!(shard_counts, self.count_committed_outputs(key))?;
-        let mut counts = PartitionCounts { committed_outputs, ..PartitionCounts::default() };
+            .try_collect::<Vec<_>>()
+            .await?;
         for shard in shard_counts {
             counts.pending_objects += shard.pending_objects;
             counts.pending_bytes += shard.pending_bytes;
@@ -46,18 +65,7 @@ impl DynamoDbManifest {
                 .map_err(|error| self.request_error("Query", error.into()))?;
             for item in page.items() {
                 let reader = ItemReader::new(item, &self.table);
-                let size: u64 = reader.number("size")?;
-                match reader.state::<ObjectState>("state")? {
-                    ObjectState::Pending => {
-                        counts.pending_objects += 1;
-                        counts.pending_bytes += size;
-                    }
-                    ObjectState::Compacted => {
-                        counts.compacted_objects += 1;
-                        counts.compacted_bytes += size;
-                    }
-                    ObjectState::Missing | ObjectState::Removed => {}
-                }
+                counts.add(reader.state("state")?, reader.number("size")?);
             }
             start_key = page.last_evaluated_key;
             if start_key.is_none() {
@@ -66,8 +74,22 @@ impl DynamoDbManifest {
         }
     }
 
-    /// Pending objects of a partition, counted by the server (`Select = COUNT`).
+    /// Pending objects of a partition, counted by the server (`Select = COUNT`); with outputs
+    /// whose sources are derived, stored-pending records read in key order and derived.
     pub(super) async fn count_pending(&self, key: &PartitionKey) -> Result<u64, ManifestError> {
+        let deriving = self.deriving_outputs(key).await?;
+        if !deriving.is_empty() {
+            let mut merge = manifest::ShardMerge::scan(key, &ObjectQuery::in_state(ObjectState::Pending), DERIVE_BATCH);
+            let mut pending = 0;
+            loop {
+                let mut batch = merge.next_batch(self, DERIVE_BATCH).await?;
+                if batch.is_empty() {
+                    return Ok(pending);
+                }
+                self.derive_records(key, &deriving, &mut batch).await?;
+                pending += batch.iter().filter(|record| record.state == ObjectState::Pending).count() as u64;
+            }
+        }
         let per_shard = stream::iter(0..OBJECT_SHARDS)
             .map(|shard| async move {
                 let shard_pk = object_shard_pk(&key.bucket, &key.path, shard);
@@ -115,17 +137,23 @@ impl DynamoDbManifest {
         )
         .await
     }
+}
 
-    pub(super) async fn count_committed_outputs(&self, key: &PartitionKey) -> Result<u64, ManifestError> {
-        let mut committed = 0;
-        for item in self.output_items(key).await? {
-            if ItemReader::new(&item, &self.table).state::<OutputState>("state")? == OutputState::Committed {
-                committed += 1;
-            }
+/// Records counted and derived per batch of a merged scan: a page of each shard's Query.
+const DERIVE_BATCH: usize = 1000;
+
+/// How many of a partition's output items are committed.
+fn committed_outputs_of(items: &[Item], table: &str) -> Result<u64, ManifestError> {
+    let mut committed = 0;
+    for item in items {
+        if ItemReader::new(item, table).state::<OutputState>("state")? == OutputState::Committed {
+            committed += 1;
         }
-        Ok(committed)
     }
+    Ok(committed)
+}
 
+impl DynamoDbManifest {
     /// Closed partitions flagged in [`PENDING_INDEX`] and not under a live lease, earliest
     /// close first, at most `limit`. Each is read back from its item, since the index lags the
     /// table. With `counted`, each comes with its record and only those with work are kept (a

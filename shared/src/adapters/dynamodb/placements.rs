@@ -26,6 +26,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementErrorCodeEnum, Batch
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::derived::ChunkKeys;
 use super::{
     key_of, number_value, object_from_item, object_item_pk, string_value, values, DynamoDbManifest,
     DynamoDbManifestError, Item, ItemReader, CONCURRENT_REQUESTS, OPTIMISTIC_ATTEMPTS,
@@ -137,6 +138,9 @@ pub(super) struct EncodedChunk {
     pub first_offset: u64,
     pub first_key: String,
     pub placements: String,
+    /// The least and greatest key the chunk holds (none when every placement was skipped):
+    /// its entry in the output's chunk directory (`derived`).
+    pub held_keys: Option<(String, String)>,
 }
 
 /// Splits placements (in offset order) into chunks of at most [`CHUNK_MAX_BYTES`] encoded,
@@ -147,29 +151,47 @@ pub(super) fn encode_chunks(
     skipped: impl Fn(&SourcePlacement) -> bool,
 ) -> Vec<EncodedChunk> {
     let mut chunks = Vec::new();
-    let mut current: Option<(u64, String, Vec<String>, usize)> = None;
+    let mut current: Option<(EncodedChunk, Vec<String>, usize)> = None;
     for source in placements {
         let encoded = serde_json::to_string(&Entry::of(source)).expect("a placement always encodes");
-        let fits = current.as_ref().is_some_and(|(_, _, _, bytes)| bytes + encoded.len() < CHUNK_MAX_BYTES);
+        let fits = current.as_ref().is_some_and(|(_, _, bytes)| bytes + encoded.len() < CHUNK_MAX_BYTES);
         if !fits {
             chunks.extend(current.take().map(finish_chunk));
-            current = Some((source.placement.offset, source.key.clone(), Vec::new(), 2));
+            let chunk = EncodedChunk {
+                first_offset: source.placement.offset,
+                first_key: source.key.clone(),
+                placements: String::new(),
+                held_keys: None,
+            };
+            current = Some((chunk, Vec::new(), 2));
         }
-        let (_, _, entries, bytes) = current.as_mut().expect("a chunk is open");
+        let (chunk, entries, bytes) = current.as_mut().expect("a chunk is open");
         *bytes += encoded.len() + 1;
         if !skipped(source) {
             entries.push(encoded);
+            let key = &source.key;
+            chunk.held_keys = Some(match chunk.held_keys.take() {
+                None => (key.clone(), key.clone()),
+                Some((least, greatest)) => (
+                    if *key < least { key.clone() } else { least },
+                    if *key > greatest { key.clone() } else { greatest },
+                ),
+            });
         }
     }
     chunks.extend(current.map(finish_chunk));
     chunks
 }
 
-fn finish_chunk((first_offset, first_key, entries, _): (u64, String, Vec<String>, usize)) -> EncodedChunk {
-    EncodedChunk { first_offset, first_key, placements: format!("[{}]", entries.join(",")) }
+fn finish_chunk((chunk, entries, _): (EncodedChunk, Vec<String>, usize)) -> EncodedChunk {
+    EncodedChunk { placements: format!("[{}]", entries.join(",")), ..chunk }
 }
 
-fn decode_chunk(text: &str, output_key: &str, generation: u64) -> Result<Vec<SourcePlacement>, serde_json::Error> {
+pub(super) fn decode_chunk(
+    text: &str,
+    output_key: &str,
+    generation: u64,
+) -> Result<Vec<SourcePlacement>, serde_json::Error> {
     let entries: Vec<Entry> = serde_json::from_str(text)?;
     Ok(entries.into_iter().map(|entry| entry.into_placement(output_key, generation)).collect())
 }
@@ -254,6 +276,13 @@ impl DynamoDbManifest {
         let superseded =
             |source: &SourcePlacement| !holds_placed_version(items.get(&source.key), &source.key, &source.sequencer);
         let chunks = encode_chunks(&in_order, superseded);
+        let directory: Vec<ChunkKeys> = chunks
+            .iter()
+            .filter_map(|chunk| {
+                let (least, greatest) = chunk.held_keys.clone()?;
+                Some(ChunkKeys(chunk_sk(chunk.first_offset, &chunk.first_key), least, greatest))
+            })
+            .collect();
         stream::iter(chunks)
             .map(|chunk| async move {
                 let mut item = key_of(chunk_pk(partition, output_key), chunk_sk(chunk.first_offset, &chunk.first_key));
@@ -271,6 +300,9 @@ impl DynamoDbManifest {
             .buffer_unordered(CONCURRENT_REQUESTS)
             .try_collect::<Vec<()>>()
             .await?;
+        // After the chunks, so a directory never names a chunk that is not there; before the
+        // commit, which is what makes the output's sources compacted.
+        self.record_chunk_directory(partition, output_key, generation, directory).await?;
         Ok(placements.iter().filter(|source| superseded(source)).map(|source| source.key.clone()).collect())
     }
 
