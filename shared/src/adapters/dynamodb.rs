@@ -27,8 +27,8 @@
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
 //! | partition | `P#{bucket}#{path}` | `#PARTITION` | `bucket`, `path`, `period_start`, `period_end`, `closes_at`, `state`, `generation`, `lock_owner`?, `lease_expires_at`?, `sealed_at`?, `ingest_counter`; `gsi1pk`/`gsi1sk` while it may have pending objects; `gsi3pk`/`gsi3sk` always |
-//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once compacted: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`, and `expiry_by_output` when its output keeps an expiry cursor; `gsi2pk`, `gsi2sk` only on items placed by versions before placement chunks |
-//! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`?; the expiry cursor, from the commit on: `expiry_done` (Boolean), `expiry_through_offset`?, `expiry_through_key`?, `expiry_marked_at`? |
+//! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once flipped `compacted`: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`, and `expiry_by_output` when its output keeps an expiry cursor. A source of an output with `placed_chunks` is not flipped: its item stays as ingest wrote it (`pending`) and reads compacted (see "Derived state" below), unless a write it needs anyway (its own expiry mark, a scanned version's confirmation) records it; `gsi2pk`, `gsi2sk` only on items placed by versions before placement chunks |
+//! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`?, `placed_chunks`? (the directory of its placement chunks, JSON `[[chunk sk, first key, last key], ...]`, written by `record_placements`; absent on outputs placed before it, whose sources are flipped); the expiry cursor, from the commit on: `expiry_done` (Boolean), `expiry_through_offset`?, `expiry_through_key`?, `expiry_marked_at`? |
 //! | placement chunk | `PL#{bucket}#{len(path)}#{path}{output key}` | first offset, 20 digits | `generation`, `placements` (JSON, up to 300 KB): see the `placements` module |
 //! | output pointer | `OUTKEY#{bucket}#{key}` | `#` | `target_pk`, `target_sk`: where the output item is |
 //! | schema | `#SCHEMA` | `#` | `version`: [`SCHEMA_VERSION`], written by `create_table` (`init`); absent on tables made before it (schema 1) |
@@ -54,6 +54,21 @@
 //! item. Outputs committed before the cursor existed have no `expiry_done`: their sources carry
 //! their own marks as before, and the seal's recovery finishes them so.
 //!
+//! **Derived state (the `derived` module).** An output's commit makes its sources compacted
+//! ([`crate::domain::derived`]): a record still `pending` whose (key, sequencer) a committed
+//! output's placement names is compacted. Outputs placed by this version are never flipped per
+//! source; `record_placements` writes, beside the chunks, the output item's `placed_chunks`
+//! directory (each chunk's sort key and key range), and every reader of a source's state
+//! derives it: `objects` (the seal's pending scan, a batch of the shards' merged items at a
+//! time), `partition`'s and `release`'s counts (the same merge over the whole partition, once
+//! it has such outputs), `object`, `record_removal` (a compacted source's removal is ignored),
+//! `mark_expiry` and the confirmation of a scanned version (both write the flip along with the
+//! write they make anyway). Each reads the partition's output items once and only the chunks
+//! whose key range holds a stored-pending record it derives, one chunk at a time: a first
+//! seal's scan reads none, a reopened partition's the earlier outputs' chunks that overlap its
+//! pages. Outputs without the directory (placed by earlier versions) keep `mark_compacted`'s
+//! flip, so tables written before need no migration.
+//!
 //! **Record expiry (optional, off by default).** The table's time to live is enabled on
 //! [`RECORD_EXPIRY_ATTRIBUTE`] (`expires_at`, epoch **seconds**, as DynamoDB's TTL wants), but
 //! no item carries that attribute unless [`DynamoDbManifest::with_record_ttl`] is given a
@@ -77,7 +92,8 @@
 //! recorded objects from those calls: re-ingest (a backfill) into a fresh table instead.
 //!
 //! # The code
-//! `items` turns records into items and back (keys, attribute values, typed reads);
+//! `items` turns records into items and back (keys, attribute values, typed reads); `derived`
+//! derives sources' states from committed outputs' chunk directories;
 //! `requests` holds the requests every call builds on (error classification, the lease fence,
 //! single-item writes, queries) and `optimistically`, the
 //! one read-decide-conditional-write loop; `ingest` records objects and removals and flags their
@@ -87,8 +103,10 @@
 //! the port on top of them.
 //!
 //! # How it differs from SQLite
-//! - **Batched conditional updates.** The seal's per-source writes (`mark_compacted`,
-//!   `mark_expiry`) are single-item conditional PartiQL `UPDATE`s sent 25 to a
+//! - **No write per source for compaction.** SQLite flips each source `compacted` (free
+//!   there); here the state is derived (above). The remaining per-source writes (`mark_expiry`
+//!   for the exceptions or with a record TTL, and `mark_compacted` for outputs placed before
+//!   chunk directories) are single-item conditional PartiQL `UPDATE`s sent 25 to a
 //!   `BatchExecuteStatement`: the same write units as `UpdateItem`, a 25th of the requests (the
 //!   seal's role needs `dynamodb:PartiQLUpdate`; see `sam/template.yaml`).
 //! - **Conditional writes instead of transactions.** Every read-then-write reads the item, decides
@@ -108,7 +126,7 @@
 //! - **Indexes are eventually consistent.** `closed_partitions`, `partitions` and
 //!   `output_sources` read global secondary indexes, which lag writes by a fraction of a
 //!   second; `acquire` and the other writes re-check the item itself, so a stale answer only
-//!   delays a seal. `mark_compacted` and `output_sources` read an output's placement chunks, on
+//!   delays a seal. Derivation, `mark_compacted` and `output_sources` read an output's placement chunks, on
 //!   the base table, strongly consistent; only outputs placed before chunks existed go through
 //!   [`SOURCES_INDEX`], where a source placed a moment before may be missed, stays pending with
 //!   its placement, and the next seal's recovery (which calls `mark_compacted` for every
@@ -129,7 +147,12 @@
 //! - `begin_output` on a `committed` output changes nothing and succeeds; on an `abandoned`
 //!   one it fails with `InvalidOutputState`.
 //! - `mark_compacted` on an output that is not committed returns `Ok(0)`; on an unknown one
-//!   `NotFound`. `abandon_output` on an abandoned output succeeds.
+//!   `NotFound`. On a committed output with a chunk directory it writes nothing per source and
+//!   answers, the first time, the object count its commit recorded (a version newer than the
+//!   placed one that arrived since is counted, though it reads pending), then 0.
+//!   `abandon_output` on an abandoned output succeeds.
+//! - A committed output's sources read compacted from the commit on, not from `mark_compacted`
+//!   on (the conformance suite's `derives_compacted_at_commit`).
 //! - A removal moves the record's sequencer and event time to the removal's, so a replayed
 //!   creation of the removed version stays stale; its placement, if any, stays for the audit.
 //! - `sealed_at` is the time of the last seal; a reopened partition keeps it.
@@ -160,17 +183,18 @@
 //! |---|---|---|
 //! | `record_object` | 1 strongly consistent GetItem (partition); + 1 (object) when the key is known | 1 Put; + 1 Update when the partition is new, sealed or sealing |
 //! | `record_objects` (n) | 1 per partition of the batch; + 1 per known key | n Puts; + 1 Update per partition new, sealed or sealing |
-//! | `record_removal` | 1 | 1 |
+//! | `record_removal` | 1; when the item is pending and the removal newer: + the partition's output items (1 Query) + each chunk whose key range holds the key (up to 75 per 300 KB chunk). Rare once the template routes no removal events: see the README | 1 (0 when the source is compacted) |
 //! | `acquire`, `renew` | 0 (+ 1 for the schema item, on a manifest value's first `acquire`) | 1 |
-//! | `release` | 1 + all object items of the partition (counting) | 1 |
-//! | `objects` (one page of n) | about n, over 16 Queries | 0 |
-//! | `record_placements` (n) | 1 + per shard the window's range (strongly consistent Queries, 4 KB a unit: about n / 13 + 16 for n object items of ~300 bytes; by key where a range is mostly other items) | the chunk items' size: about 0.2 per source |
+//! | `release` | 1 + all object items of the partition (counting) + the output items, and with derived outputs the chunks holding stored-pending keys (about 0.05 per source they hold) | 1 |
+//! | `objects` (one page of n) | about n, over 16 Queries, + the output items, + the chunks of committed outputs whose key range holds a stored-pending key of the page (none on a first seal) | 0 |
+//! | `record_placements` (n) | 1 + per shard the window's range (strongly consistent Queries, 4 KB a unit: about n / 13 + 16 for n object items of ~300 bytes; by key where a range is mostly other items) + the output items of its generation (the directory) | the chunk items' size: about 0.2 per source, + the output item (its directory) |
 //! | `begin_output`, `commit_output`, `abandon_output`, `mark_missing` | 2 to 3 | 4 to 6 (a transaction of 2 or 3 items) |
-//! | `mark_compacted` (n sources) | the output items, and the chunks (about n / 20) | n in n / 25 `BatchExecuteStatement`s, + 1 on the output item (0 once done) |
-//! | `mark_expiry` (n keys) | 0 | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks); the seal calls it for exceptions only (changed, gone, tag limit), or for every source with a record TTL |
+//! | `mark_compacted` (n sources) | the output items | 1 on the output item (0 once done); for outputs placed before chunk directories, + the chunks (about n / 20) read and n written in n / 25 `BatchExecuteStatement`s |
+//! | `mark_expiry` (n keys) | n (the items, by key) + the output items and the chunks holding derived ones | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks); the seal calls it for exceptions only (changed, gone, tag limit), or for every source with a record TTL |
 //! | `output_placements` (a page of n) | the chunks holding them (about n / 20, strongly consistent) + 1 Query to find the first | 0 |
 //! | `advance_expiry` | 2 (the output's pointer and item) | 1 (the output item), per page of sources marked |
-//! | `partition`, `partitions`, `closed_partitions` | all object and output items of each partition returned | 0 |
+//! | `partition`, `partitions`, `closed_partitions` | all object and output items of each partition returned, and with derived outputs the chunks holding stored-pending keys | 0 |
+//! | `object` | 1, + when stored pending the output items and the chunk holding the key (up to 75 per 300 KB chunk) | 0 |
 //! | `closed_partition_keys` | the index Query (keys and lease attributes) + 1 per partition returned | 0 |
 
 use std::collections::{HashMap, VecDeque};
@@ -361,6 +385,8 @@ pub struct DynamoDbManifest {
     record_ttl: Option<Duration>,
     /// The table's schema, checked once, by the first seal call (see [`SCHEMA_VERSION`]).
     schema_checked: std::sync::Arc<tokio::sync::OnceCell<()>>,
+    /// Committed outputs' chunks read lately, for derivation (see `derived`).
+    chunk_cache: std::sync::Arc<derived::ChunkCache>,
 }
 
 impl fmt::Debug for DynamoDbManifest {
@@ -378,7 +404,14 @@ impl DynamoDbManifest {
     /// A manifest on `table`, whose source keys follow `layout` (see the module doc: changing
     /// the layout after ingest needs a re-ingest).
     pub fn new(client: Client, table: impl Into<String>, layout: Layout) -> Self {
-        Self { client, table: table.into(), layout, record_ttl: None, schema_checked: Default::default() }
+        Self {
+            client,
+            table: table.into(),
+            layout,
+            record_ttl: None,
+            schema_checked: Default::default(),
+            chunk_cache: Default::default(),
+        }
     }
 
     /// Lets DynamoDB delete a source's object item `record_ttl` after the source was marked for

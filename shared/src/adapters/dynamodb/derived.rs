@@ -82,6 +82,53 @@ pub(super) fn deriving_outputs(items: &[Item], table: &str) -> Result<Vec<Derivi
     Ok(outputs)
 }
 
+/// How many bytes of encoded placements [`ChunkCache`] keeps at most.
+const CHUNK_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The chunks of committed outputs read lately, least recently used dropped first, at most
+/// [`CHUNK_CACHE_BYTES`] of them. Why: the seal's pending scan reads a chunk that spans two of
+/// its pages twice, and removal events (a user's own deletes, when routed to ingest) come in
+/// bursts in about key order, each needing the chunk that holds its key. A committed output's
+/// chunks never change (only its own seal, under a lease of its generation, writes them, and it
+/// never writes them once the output commits), so a kept chunk is never stale; only chunks of
+/// committed outputs are read through it. Which outputs are committed is read each time.
+#[derive(Default)]
+pub(super) struct ChunkCache {
+    entries: std::sync::Mutex<std::collections::VecDeque<CachedChunk>>,
+}
+
+struct CachedChunk {
+    pk: String,
+    sk: String,
+    bytes: usize,
+    placements: std::sync::Arc<Vec<SourcePlacement>>,
+}
+
+impl ChunkCache {
+    fn get(&self, pk: &str, sk: &str) -> Option<std::sync::Arc<Vec<SourcePlacement>>> {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = entries.iter().position(|entry| entry.pk == pk && entry.sk == sk)?;
+        let entry = entries.remove(index)?;
+        let placements = std::sync::Arc::clone(&entry.placements);
+        entries.push_back(entry);
+        Some(placements)
+    }
+
+    fn insert(&self, pk: String, sk: String, bytes: usize, placements: std::sync::Arc<Vec<SourcePlacement>>) {
+        if bytes > CHUNK_CACHE_BYTES {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.retain(|entry| !(entry.pk == pk && entry.sk == sk));
+        let mut held: usize = entries.iter().map(|entry| entry.bytes).sum();
+        while held + bytes > CHUNK_CACHE_BYTES {
+            let Some(oldest) = entries.pop_front() else { break };
+            held -= oldest.bytes;
+        }
+        entries.push_back(CachedChunk { pk, sk, bytes, placements });
+    }
+}
+
 impl DynamoDbManifest {
     /// The partition's committed outputs whose sources are derived: one Query of its output
     /// items (strongly consistent).
@@ -112,14 +159,14 @@ impl DynamoDbManifest {
         }
         for output in outputs {
             for chunk in output.chunks.iter().filter(|chunk| chunk.holds_any(&pending)) {
-                for placed in self.chunk_placements(partition, &output.key, &chunk.0).await? {
+                for placed in self.chunk_placements(partition, &output.key, &chunk.0).await?.iter() {
                     let Some(&index) = pending.get(&placed.key) else { continue };
                     let record = &mut records[index];
                     let recorded = Version { key: &record.key, sequencer: &record.sequencer };
                     let placed_version = Version { key: &placed.key, sequencer: &placed.sequencer };
                     if derived::holds_placed_version(record.state, recorded, placed_version) {
                         record.state = derived::derived_state(record.state, true);
-                        record.placement = Some(placed.placement);
+                        record.placement = Some(placed.placement.clone());
                     }
                 }
             }
@@ -127,21 +174,29 @@ impl DynamoDbManifest {
         Ok(())
     }
 
-    /// The placements of one chunk item, by its sort key (strongly consistent); none if it is
-    /// gone.
+    /// The placements of one chunk item of a committed output, by its sort key (strongly
+    /// consistent, or kept from an earlier read: see [`ChunkCache`]); none if it is gone.
     async fn chunk_placements(
         &self,
         partition: &PartitionKey,
         output_key: &str,
         sort_key: &str,
-    ) -> Result<Vec<SourcePlacement>, ManifestError> {
-        let Some(item) = self.get_item(key_of(chunk_pk(partition, output_key), sort_key)).await? else {
-            return Ok(Vec::new());
+    ) -> Result<std::sync::Arc<Vec<SourcePlacement>>, ManifestError> {
+        let pk = chunk_pk(partition, output_key);
+        if let Some(placements) = self.chunk_cache.get(&pk, sort_key) {
+            return Ok(placements);
+        }
+        let Some(item) = self.get_item(key_of(pk.clone(), sort_key)).await? else {
+            return Ok(Default::default());
         };
         let reader = ItemReader::new(&item, &self.table);
         let generation = reader.number("generation")?;
         let text = reader.string("placements")?;
-        decode_chunk(&text, output_key, generation).map_err(|_| reader.malformed("placements"))
+        let placements = std::sync::Arc::new(
+            decode_chunk(&text, output_key, generation).map_err(|_| reader.malformed("placements"))?,
+        );
+        self.chunk_cache.insert(pk, sort_key.to_owned(), text.len(), std::sync::Arc::clone(&placements));
+        Ok(placements)
     }
 
     /// One record, derived: for `object`, `record_removal` and `mark_expiry`'s exceptions.
@@ -251,6 +306,25 @@ mod tests {
                 chunk("00000000000000000010#c", "c", "e"),
                 chunk("00000000000000000020#g", "g", "k"),
             ]
+        );
+    }
+
+    #[test]
+    fn the_chunk_cache_keeps_the_recently_used_within_its_bytes() {
+        let cache = ChunkCache::default();
+        let third = CHUNK_CACHE_BYTES / 3;
+        for sk in ["a", "b", "c"] {
+            cache.insert("pk".to_owned(), sk.to_owned(), third, Default::default());
+        }
+        assert!(cache.get("pk", "a").is_some(), "three thirds fit");
+        cache.insert("pk".to_owned(), "d".to_owned(), third, Default::default());
+        assert!(cache.get("pk", "b").is_none(), "the least recently used went first");
+        assert!(cache.get("pk", "a").is_some() && cache.get("pk", "c").is_some() && cache.get("pk", "d").is_some());
+        assert!(cache.get("other", "a").is_none(), "keyed by the chunk's partition key too");
+        cache.insert("pk".to_owned(), "huge".to_owned(), CHUNK_CACHE_BYTES + 1, Default::default());
+        assert!(
+            cache.get("pk", "huge").is_none() && cache.get("pk", "d").is_some(),
+            "too big to keep: nothing dropped"
         );
     }
 

@@ -5,9 +5,12 @@
 //! `mark_compacted` then found the sources through that eventually consistent index. Now
 //! `record_placements` reads the planned objects (strongly consistent range Queries of each
 //! shard, see `placed_versions`, to answer which were superseded) and writes the placements as chunk items, one
-//! `PutItem` per [`CHUNK_MAX_BYTES`] of them; `mark_compacted` reads the committed output's
-//! chunks back (a strongly consistent Query: no index lag) and turns each source `compacted`
-//! with its placement in one conditional update, which no index copies.
+//! `PutItem` per [`CHUNK_MAX_BYTES`] of them, and the chunks' key ranges as the output item's
+//! directory (`derived::PLACED_CHUNKS`), from which readers derive the sources' `compacted`
+//! state once the output commits: no write per source. For outputs placed before the
+//! directory, `mark_compacted` reads the committed output's chunks back (a strongly consistent
+//! Query: no index lag) and turns each source `compacted` with its placement in one
+//! conditional update, which no index copies.
 //!
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
