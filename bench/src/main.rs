@@ -32,8 +32,8 @@ use crate::setup::{Backend, Endpoints};
 ///  3. seal throughput and its ratio to (1);
 ///  4. peak RSS of one seal, for a small and a large partition;
 ///  5. requests and billed units per 1,000 objects by phase (delivery, ingest, seal under each
-///     expiry mode, and the "Object Deleted" events tag and delete modes send back to ingest
-///     once the sources go) and dollars per million objects, ours next to a list-and-concatenate job
+///     expiry mode, and the "Object Deleted" events tag and delete modes would send back to
+///     ingest once the sources go, where the template's rule routes them) and dollars per million objects, ours next to a list-and-concatenate job
 ///     over the same objects and S3 Tables' published compaction price;
 ///  6. the embedded backend's seal throughput next to `cat` of the same files, on the
 ///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte);
@@ -220,8 +220,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     let verified = aws.verify().await?;
     ensure!(verified.all_verified(), "the benchmark's seal did not verify: {:?}", verified.failures);
     // In tag mode the lifecycle rule expires the tagged sources later; each expiration comes
-    // back to ingest as an "Object Deleted" event unless the template's rule keeps them out
-    // (the sources stay here: the seal on SQLite below reads them again).
+    // back to ingest as an "Object Deleted" event if the template's rule lets it (it does not:
+    // it routes creations only). The sources stay here: the seal on SQLite below reads them.
     if backend.deployed.ingests_lifecycle_expirations {
         report.removal_dynamodb = Some(progress(
             "removal events into DynamoDB",
@@ -265,9 +265,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         let ingest =
             progress("ingest into DynamoDB", deployment.ingest(&written.events, args.ingest_concurrency).await?);
         let seal = progress(&format!("seal on S3 + DynamoDB, expiry {mode}"), deployment.seal().await?);
-        // Delete mode's own deletes come back as "Object Deleted" events; `none` deletes nothing.
+        // Delete mode's own deletes come back as "Object Deleted" events if the template's rule
+        // routes deletions (it does not); `none` deletes nothing.
         let removal = match mode {
-            "delete" => Some(progress(
+            "delete" if backend.deployed.ingests_deletions => Some(progress(
                 "removal events into DynamoDB",
                 deployment.removals(&written.events, args.ingest_concurrency).await?,
             )),

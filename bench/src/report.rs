@@ -346,12 +346,17 @@ impl Report {
                 "Lambda at the template's sizes: ingest-fn {} MB, {} events an invocation; seal-fn {} MB",
                 deployed.ingest_memory_mb, deployed.ingest_batch_size, deployed.seal_memory_mb
             );
-            if !deployed.ingests_lifecycle_expirations {
-                let _ = writeln!(
+            let _ = match (deployed.ingests_deletions, deployed.ingests_lifecycle_expirations) {
+                (false, _) => writeln!(
                     out,
-                    "Tag mode's removal events: none; the template's rule keeps a lifecycle rule's deletions out of ingest"
-                );
-            }
+                    "Removal events: none in either mode; the template's rule sends only \"Object Created\" to ingest"
+                ),
+                (true, false) => writeln!(
+                    out,
+                    "Removal events: delete mode's counted; tag mode's none (the rule keeps a lifecycle rule's deletions out)"
+                ),
+                (true, true) => writeln!(out, "Removal events: counted in both modes"),
+            };
         }
     }
 

@@ -332,8 +332,8 @@ impl Deployment {
 
     /// Records the "Object Deleted" event of every source of `created`, as ingest-fn receives
     /// them once compacted sources go: the seal's own deletes in delete mode, the lifecycle
-    /// rule's expirations of tagged sources in tag mode. EventBridge delivers both (the
-    /// template's rule takes every "Object Deleted"), each becomes an SQS message, and ingest
+    /// rule's expirations of tagged sources in tag mode. Where the template's rule routes
+    /// "Object Deleted" (it does not today), each becomes an SQS message, and ingest
     /// reads each source's item to find it compacted, and ignores it. This is a cost of every
     /// compacted object, paid after the seal. Every event must be ignored: a removal that took
     /// a compacted source out of the manifest would be a bug.
