@@ -299,11 +299,17 @@ impl Deployment {
         test_data::write_to_store(&spec, self.compactor.store().as_ref(), concurrency, |_, _| {}).await
     }
 
-    /// GETs every object of `events` once, as many at a time as one seal run reads at most
-    /// (partitions × reads per partition), and drops the bytes.
+    /// GETs every object of `events` once, as many at a time as one seal run of them reads at
+    /// most (partitions sealed at once, no more than `events` has, × reads per partition), and
+    /// drops the bytes.
     pub async fn raw_get_ceiling(&self, events: &[ObjectEvent]) -> anyhow::Result<Measured> {
         let config = self.compactor.config();
-        let concurrency = config.partition_concurrency * config.read_concurrency;
+        let partitions: std::collections::BTreeSet<_> = events
+            .iter()
+            .filter_map(|event| config.layout.partition_of(&event.key).ok())
+            .map(|partition| partition.path)
+            .collect();
+        let concurrency = config.partition_concurrency.min(partitions.len()).max(1) * config.read_concurrency;
         let store = self.compactor.store();
         let (_, measured) = self
             .measure(async {
