@@ -262,10 +262,13 @@ pub const RECORD_EXPIRY_ATTRIBUTE: &str = "expires_at";
 pub const OPTIMISTIC_ATTEMPTS: usize = 8;
 
 /// The item layout this build writes, recorded in the table's schema item by `create_table`
-/// (`s3-compactor init`). 1: before the marker existed; 2: placement chunks carry ETags and
-/// sizes, and outputs an expiry cursor. Both read the same way here, so a table without the
-/// item (schema 1) needs no migration; a table of a newer schema is refused, never misread.
-pub const SCHEMA_VERSION: u64 = 2;
+/// (`s3-compactor init`), and by a seal's first `acquire` on a table of an older one. 1: before
+/// the marker existed; 2: placement chunks carry ETags and sizes, and outputs an expiry cursor;
+/// 3: outputs carry a chunk directory and their sources are derived compacted, never flipped
+/// (`derived`), which a build of schema 2 would read as pending and compact again. All read the
+/// same way here, so an older table needs no migration; a table of a newer schema is refused,
+/// never misread.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// How many attempts the SDK makes for a throttled or failed request (standard retry mode,
 /// exponential back-off with jitter) before the error reaches the caller.
@@ -575,12 +578,21 @@ mod tests {
                     .build(),
             )
         });
-        // The schema check before the first lock: a table without the schema item.
-        let no_schema_item = || {
-            mock!(Client::get_item)
-                .then_output(|| aws_sdk_dynamodb::operation::get_item::GetItemOutput::builder().build())
+        // The schema check before the first lock: a table of this build's schema (an older one
+        // would get it recorded first).
+        let current_schema_item = || {
+            mock!(Client::get_item).then_output(|| {
+                aws_sdk_dynamodb::operation::get_item::GetItemOutput::builder()
+                    .item("pk", string_value("#SCHEMA"))
+                    .item("sk", string_value("#"))
+                    .item("version", number_value(SCHEMA_VERSION))
+                    .build()
+            })
         };
-        match mocked_manifest(&[&no_schema_item(), &held]).acquire(&partition, "me", now, Duration::minutes(15)).await {
+        match mocked_manifest(&[&current_schema_item(), &held])
+            .acquire(&partition, "me", now, Duration::minutes(15))
+            .await
+        {
             Err(ManifestError::Locked { owner, expires_at: when, .. }) => {
                 assert_eq!((owner.as_str(), when), ("seal-elsewhere", expires_at));
             }
@@ -590,8 +602,9 @@ mod tests {
         let unknown = mock!(Client::update_item).then_error(|| {
             UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
         });
-        let result =
-            mocked_manifest(&[&no_schema_item(), &unknown]).acquire(&partition, "me", now, Duration::minutes(15)).await;
+        let result = mocked_manifest(&[&current_schema_item(), &unknown])
+            .acquire(&partition, "me", now, Duration::minutes(15))
+            .await;
         assert!(
             matches!(result, Err(ManifestError::NotFound { .. })),
             "no old item: unknown partition, got {result:?}"
@@ -871,6 +884,20 @@ mod tests {
         manifest.check_schema().await.expect("schema 1 needs no migration");
         manifest.create_table().await.expect("init on a schema-1 table records the new version");
         assert_eq!(manifest.schema_version().await.unwrap(), SCHEMA_VERSION);
+
+        // A seal's first lock on a table of an older schema records this one, before it writes
+        // a source a build of the older schema would misread (schema 3's derived outputs).
+        let mut older = key_of("#SCHEMA".to_owned(), "#");
+        older.insert("version".to_owned(), number_value(2));
+        manifest.client.put_item().table_name(&manifest.table).set_item(Some(older)).send().await.unwrap();
+        let sealing = DynamoDbManifest::new(manifest.client.clone(), manifest.table.clone(), test_layout());
+        let partition = day_partition("logs", 13);
+        sealing.record_object(&new_object(&partition, "a.json", "10", 10)).await.unwrap();
+        sealing
+            .acquire(&partition_key_of(&partition), "seal-1", at("2024-01-16T00:00:00Z"), Duration::minutes(15))
+            .await
+            .unwrap();
+        assert_eq!(manifest.schema_version().await.unwrap(), SCHEMA_VERSION, "the seal raised it");
 
         let mut newer = key_of("#SCHEMA".to_owned(), "#");
         newer.insert("version".to_owned(), number_value(SCHEMA_VERSION + 1));

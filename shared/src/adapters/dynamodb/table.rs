@@ -128,9 +128,19 @@ impl DynamoDbManifest {
     }
 
     /// [`Self::check_schema`] once per manifest value (and its clones): the seal calls this
-    /// before its first lock, so a seal never writes into a table it cannot read.
+    /// before its first lock, so a seal never writes into a table it cannot read. A table of an
+    /// older schema gets this build's recorded first, so that an older build's seal refuses
+    /// the table instead of misreading what this one writes (see [`SCHEMA_VERSION`]).
     pub(super) async fn check_schema_once(&self) -> Result<(), ManifestError> {
-        self.schema_checked.get_or_try_init(|| self.check_schema()).await.map(|_| ())
+        self.schema_checked
+            .get_or_try_init(|| async {
+                if self.schema_version().await? < SCHEMA_VERSION {
+                    return self.record_schema_version().await;
+                }
+                self.check_schema().await
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Turns the table's time to live on for [`RECORD_EXPIRY_ATTRIBUTE`], unless it already is.
