@@ -34,8 +34,9 @@ use crate::setup::{Backend, Endpoints};
 ///  4. peak RSS of one seal, for a small and a large partition;
 ///  5. requests and billed units per 1,000 objects by phase (delivery, ingest, seal under each
 ///     expiry mode, and the "Object Deleted" events tag and delete modes would send back to
-///     ingest once the sources go, where the template's rule routes them) and dollars per million objects, ours next to a list-and-concatenate job
-///     over the same objects and S3 Tables' published compaction price;
+///     ingest once the sources go, where the template's rule routes them) and dollars per
+///     million objects, ours next to a list-and-concatenate job over the same objects and S3
+///     Tables' published compaction price;
 ///  6. the embedded backend's seal throughput next to `cat` of the same files, on the
 ///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte);
 ///  7. many tiny objects in one partition: scan and seal rates and peak RSS per size, on the
