@@ -35,6 +35,7 @@
 
 pub mod adapters;
 pub mod allocator;
+pub mod arrivals;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod clock;
