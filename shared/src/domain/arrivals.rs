@@ -26,6 +26,7 @@ use std::cmp::Ordering;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
+use super::records::ObjectState;
 use super::sequencer;
 
 /// The first byte of every encoded batch. Bump it when the layout changes; [`decode_batch`]
@@ -159,6 +160,28 @@ pub struct Folded {
     pub version_sequencers: Vec<String>,
 }
 
+impl Folded {
+    /// The record's state, derived instead of flipped: `placed` and `missing` say whether a
+    /// committed output's placement, or a seal's `missing` exception, names (this key and) a
+    /// sequencer. Today's outcomes, each for the same reason as today:
+    /// - placed (under any of the version's sequencers): compacted, even if a removal came
+    ///   after (the bytes are safe in the output; today a removal of a compacted object is
+    ///   ignored). A newer version is not placed, so it is pending again;
+    /// - else marked missing by a seal: missing (today a removal of a missing object is ignored);
+    /// - else removed or pending, as the events say.
+    pub fn state(&self, placed: impl Fn(&str) -> bool, missing: impl Fn(&str) -> bool) -> ObjectState {
+        if self.version_sequencers.iter().any(|sequencer| placed(sequencer)) {
+            ObjectState::Compacted
+        } else if self.version_sequencers.iter().any(|sequencer| missing(sequencer)) {
+            ObjectState::Missing
+        } else if self.removed {
+            ObjectState::Removed
+        } else {
+            ObjectState::Pending
+        }
+    }
+}
+
 /// Folds one key's records, given in [`canonical_order`] (as a merge yields them): each is
 /// applied through today's rule, as the adapters' ingest applies one event to the stored item.
 #[derive(Debug, Default, Clone)]
@@ -244,6 +267,8 @@ pub fn fold<'a>(records: impl IntoIterator<Item = &'a Arrival>) -> Option<Folded
 pub enum ArrivalsError {
     #[error("the arrival record of {key:?} has a {what} of {length} bytes, over the {limit} allowed: S3 never sends one, so the event is not S3's")]
     TooLong { what: &'static str, key: String, length: usize, limit: usize },
+    #[error("a batch limit of {max_bytes} bytes cannot hold the largest record (up to {largest} bytes): raise it")]
+    LimitTooSmall { max_bytes: usize, largest: usize },
     #[error("an arrival batch is empty: it should hold at least its format version; the item is damaged")]
     Empty,
     #[error("an arrival batch is in format version {found}, this release reads version {FORMAT_VERSION}: upgrade every function and CLI that reads the manifest to the release that wrote it")]
@@ -299,6 +324,43 @@ pub enum Compression {
 pub fn encode_batch(mut records: Vec<Arrival>, compression: Compression) -> Result<Vec<u8>, ArrivalsError> {
     records.sort_by(canonical_order);
     encode_sorted(&records, compression)
+}
+
+/// Encodes a batch as one or more batches of at most `max_bytes` each (a DynamoDB item holds
+/// 400 KB, and an SQS batch may hold 10,000 events): consecutive key ranges, split by an upper
+/// bound of each record's uncompressed size, so no encoding is tried twice.
+pub fn encode_batches(
+    mut records: Vec<Arrival>,
+    compression: Compression,
+    max_bytes: usize,
+) -> Result<Vec<Vec<u8>>, ArrivalsError> {
+    records.sort_by(canonical_order);
+    // Version, codec, count, earliest time and unit, and the zstd header when compressed: at
+    // most 2 + 10 + 10 + 10 + 1.
+    const HEADER_BOUND: usize = 33;
+    // A record's flags, shared and suffix lengths, sequencer length, size, ETag length and time
+    // offset: at most 1 + 6 varints of 10 bytes.
+    let bound =
+        |record: &Arrival| 61 + record.key.len() + record.sequencer.len() + record.etag.as_ref().map_or(0, String::len);
+    let largest = MAX_KEY_BYTES + 2 * MAX_TOKEN_BYTES + 61 + HEADER_BOUND;
+    if max_bytes < largest {
+        return Err(ArrivalsError::LimitTooSmall { max_bytes, largest });
+    }
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut size = HEADER_BOUND;
+    for (index, record) in records.iter().enumerate() {
+        record.check()?;
+        if size + bound(record) > max_bytes {
+            batches.push(encode_sorted(&records[start..index], compression)?);
+            (start, size) = (index, HEADER_BOUND);
+        }
+        size += bound(record);
+    }
+    if start < records.len() || batches.is_empty() {
+        batches.push(encode_sorted(&records[start..], compression)?);
+    }
+    Ok(batches)
 }
 
 /// [`encode_batch`] of records already in key order (a merge's runs).

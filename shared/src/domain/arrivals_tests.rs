@@ -2,6 +2,7 @@ use chrono::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::domain::records::ObjectState;
 use crate::domain::sequencer::{scan_sequencer, VersionOrder};
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -433,4 +434,54 @@ fn with_listings_today_depends_on_arrival_order_and_the_fold_takes_sequencer_ord
     assert_eq!(event_first.sequencer, late.sequencer, "today, event first: the later listing wins");
     assert_eq!(listings_first.sequencer, event.sequencer, "today, listings first: the event wins");
     assert_eq!(fold([&event, &late, &early]).unwrap().sequencer, event.sequencer, "the fold: sequencer order");
+}
+
+#[test]
+fn a_folded_records_state_is_derived_from_placements_and_missing_marks_of_its_version() {
+    let time = at("2024-01-14T10:00:00Z");
+    let created = Arrival::created("k", "0A", 10, Some("e1".to_owned()), time);
+    let removal = Arrival::removed("k", "0B", time);
+    let newer = Arrival::created("k", "0C", 12, Some("e2".to_owned()), time);
+    let named = |names: &'static [&'static str]| move |sequencer: &str| names.contains(&sequencer);
+    let pending = fold([&created]).unwrap();
+    assert_eq!(pending.state(named(&[]), named(&[])), ObjectState::Pending);
+    assert_eq!(pending.state(named(&["0A"]), named(&[])), ObjectState::Compacted);
+    assert_eq!(pending.state(named(&["09"]), named(&[])), ObjectState::Pending, "an older version's placement");
+    assert_eq!(pending.state(named(&[]), named(&["0A"])), ObjectState::Missing);
+    let removed = fold([&created, &removal]).unwrap();
+    assert_eq!(removed.state(named(&[]), named(&[])), ObjectState::Removed);
+    assert_eq!(
+        removed.state(named(&["0A"]), named(&[])),
+        ObjectState::Compacted,
+        "removed after its commit: ignored, as today"
+    );
+    assert_eq!(
+        removed.state(named(&[]), named(&["0A"])),
+        ObjectState::Missing,
+        "removed after the seal missed it: ignored, as today"
+    );
+    let overwritten = fold([&created, &newer]).unwrap();
+    assert_eq!(
+        overwritten.state(named(&["0A"]), named(&["0A"])),
+        ObjectState::Pending,
+        "a newer version is pending again"
+    );
+}
+
+#[test]
+fn large_batches_split_into_items_under_the_limit_that_read_back_whole() {
+    let mut mix = Mix(7);
+    let records = cloudtrail_batch(&mut mix, 10_000);
+    let limit = 64 << 10;
+    for compression in [Compression::Zstd, Compression::None] {
+        let items = encode_batches(records.clone(), compression, limit).unwrap();
+        assert!(items.len() > 1, "{compression:?}: 10,000 records need more than one item of 64 KiB");
+        assert!(items.iter().all(|item| item.len() <= limit), "{compression:?}: every item under the limit");
+        let decoded: Vec<Arrival> = items.iter().flat_map(|item| decode_batch(item).unwrap()).collect();
+        let mut sorted = records.clone();
+        sorted.sort_by(canonical_order);
+        assert_eq!(decoded, sorted, "{compression:?}: the items hold the batch, in key order");
+    }
+    assert_eq!(encode_batches(Vec::new(), Compression::Zstd, limit).unwrap().len(), 1, "an empty batch is one item");
+    assert!(encode_batches(records, Compression::Zstd, 1000).is_err(), "a limit under the largest record");
 }
