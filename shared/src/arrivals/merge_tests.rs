@@ -132,3 +132,12 @@ proptest! {
         prop_assert_eq!(folds, expected_folds);
     }
 }
+
+#[test]
+fn a_damaged_spill_page_is_an_error_not_an_allocation_of_what_it_claims() {
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let mut reader = RunReader { next: 0, end: 4, page_bytes: 1 << 20, page: VecDeque::new() };
+    let error = reader.head(&mut file, &mut Held::default()).err().unwrap();
+    assert!(error.to_string().contains("a page of 4294967295 bytes at offset 0"), "{error}");
+}
