@@ -190,6 +190,13 @@ pub struct KeyFold {
 }
 
 impl KeyFold {
+    /// A fold that starts from a record already stored (a per-object item of a table written
+    /// before arrival items): later records apply to it as today's ingest would apply their
+    /// events to the item, so old items and arrival items are read side by side, no migration.
+    pub fn starting_from(record: Folded) -> Self {
+        KeyFold { record: Some(record) }
+    }
+
     /// Applies one record. Out of sequencer order the result is what today's ingest makes for
     /// that arrival order, which for removals is not the same for every order: feed records in
     /// [`canonical_order`], or use [`fold`].

@@ -385,6 +385,30 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// A table written before arrival items holds each key's record as an item: a fold that
+    /// starts from it and takes the later events ends where the fold of all events does.
+    #[test]
+    fn a_fold_from_a_stored_record_takes_later_events_as_if_it_had_seen_them_all(
+        events in key_events(false),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let mut ordered = events.clone();
+        ordered.sort_by(canonical_order);
+        let (stored, later) = ordered.split_at(split.index(ordered.len() + 1));
+        let mut resumed = match fold(stored) {
+            Some(record) => KeyFold::starting_from(record),
+            None => KeyFold::default(),
+        };
+        for event in later {
+            resumed.apply(event);
+        }
+        prop_assert_eq!(resumed.finish(), fold(&events));
+    }
+}
+
 #[test]
 fn a_removal_that_overtakes_its_creation_still_removes_the_version() {
     let time = at("2024-01-14T10:00:00Z");
