@@ -18,6 +18,8 @@
 //! - [`adapters`]: the embedded backend (a local directory and SQLite); the AWS adapters live
 //!   behind their own features.
 //! - [`engine`]: ingest, seal, audit, verify, restore and plan, written once against the ports.
+//! - [`arrivals`]: ingest's records in batches read back in key order, in bounded memory
+//!   (groundwork of issue #12's ingest in batches; not wired into an adapter yet).
 //!
 //! ```ignore
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +37,7 @@
 
 pub mod adapters;
 pub mod allocator;
+pub mod arrivals;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod clock;

@@ -1,5 +1,6 @@
 //! The pure domain: everything the compactor decides, with no I/O.
 //!
+//! - [`arrivals`]: ingest's records in batches (encoding, and the per-key fold to today's record).
 //! - [`layout`]: where the date sits in a key, and so which partition a key belongs to.
 //! - [`partition`]: a partition's identity, period and closing time.
 //! - [`format`]: how sources are joined (bytes, lines, gzip members) and which are refused.
@@ -10,6 +11,7 @@
 //! - [`sequencer`]: ordering S3 events for one key.
 //! - [`cost`]: request counts and their price.
 
+pub mod arrivals;
 pub mod cost;
 pub mod derived;
 pub mod format;
