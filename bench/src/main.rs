@@ -29,11 +29,12 @@ use crate::setup::{Backend, Endpoints};
 ///
 ///  1. the S3 server's raw GET ceiling over the dataset (same concurrency, no processing);
 ///  2. ingest throughput into DynamoDB and into SQLite;
-///  3. seal throughput and its ratio to (1);
+///  3. seal throughput and its ratio to (1): S3 + DynamoDB, S3 + SQLite (tag mode), and
+///     S3 + SQLite in delete mode on a fresh copy of the dataset;
 ///  4. peak RSS of one seal, for a small and a large partition;
 ///  5. requests and billed units per 1,000 objects by phase (delivery, ingest, seal under each
-///     expiry mode, and the "Object Deleted" events tag and delete modes send back to ingest
-///     once the sources go) and dollars per million objects, ours next to a list-and-concatenate job
+///     expiry mode, and the "Object Deleted" events tag and delete modes would send back to
+///     ingest once the sources go, where the template's rule routes them) and dollars per million objects, ours next to a list-and-concatenate job
 ///     over the same objects and S3 Tables' published compaction price;
 ///  6. the embedded backend's seal throughput next to `cat` of the same files, on the
 ///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte);
@@ -220,8 +221,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     let verified = aws.verify().await?;
     ensure!(verified.all_verified(), "the benchmark's seal did not verify: {:?}", verified.failures);
     // In tag mode the lifecycle rule expires the tagged sources later; each expiration comes
-    // back to ingest as an "Object Deleted" event unless the template's rule keeps them out
-    // (the sources stay here: the seal on SQLite below reads them again).
+    // back to ingest as an "Object Deleted" event if the template's rule lets it (it does not:
+    // it routes creations only). The sources stay here: the seal on SQLite below reads them.
     if backend.deployed.ingests_lifecycle_expirations {
         report.removal_dynamodb = Some(progress(
             "removal events into DynamoDB",
@@ -235,6 +236,20 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     let hybrid = backend.with_sqlite_manifest(&aws, manifest_dir.path())?;
     hybrid.compactor.ingest(&written.events).await?;
     report.seal_s3_sqlite = Some(progress("seal on S3 + SQLite", hybrid.seal().await?));
+    // Delete mode on the same path, on a fresh copy of the dataset (the seal deletes it): the
+    // per-source requests are the GET alone, so this is the row the GET ceiling bounds.
+    let delete_bucket = backend.fresh_bucket("sqlite-delete").await?;
+    let config = compactor::config::RawConfig {
+        source_bucket: Some(delete_bucket.clone()),
+        expiry: Some("delete".to_string()),
+        ..Default::default()
+    }
+    .validate()?;
+    let deleting =
+        backend.sqlite_deployment_with(&delete_bucket, &manifest_dir.path().join("delete.sqlite"), config)?;
+    let copied = deleting.upload(&dataset, 64).await?;
+    deleting.compactor.ingest(&copied.events).await?;
+    report.seal_s3_sqlite_delete = Some(progress("seal on S3 + SQLite, expiry delete", deleting.seal().await?));
 
     eprintln!("[3/9] list-and-concatenate over the same objects");
     report.baseline = Some(progress("list-and-concatenate", baseline::list_and_concatenate(&aws, &dataset).await?));
@@ -265,9 +280,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         let ingest =
             progress("ingest into DynamoDB", deployment.ingest(&written.events, args.ingest_concurrency).await?);
         let seal = progress(&format!("seal on S3 + DynamoDB, expiry {mode}"), deployment.seal().await?);
-        // Delete mode's own deletes come back as "Object Deleted" events; `none` deletes nothing.
+        // Delete mode's own deletes come back as "Object Deleted" events if the template's rule
+        // routes deletions (it does not); `none` deletes nothing.
         let removal = match mode {
-            "delete" => Some(progress(
+            "delete" if backend.deployed.ingests_deletions => Some(progress(
                 "removal events into DynamoDB",
                 deployment.removals(&written.events, args.ingest_concurrency).await?,
             )),

@@ -299,11 +299,17 @@ impl Deployment {
         test_data::write_to_store(&spec, self.compactor.store().as_ref(), concurrency, |_, _| {}).await
     }
 
-    /// GETs every object of `events` once, as many at a time as one seal run reads at most
-    /// (partitions × reads per partition), and drops the bytes.
+    /// GETs every object of `events` once, as many at a time as one seal run of them reads at
+    /// most (partitions sealed at once, no more than `events` has, × reads per partition), and
+    /// drops the bytes.
     pub async fn raw_get_ceiling(&self, events: &[ObjectEvent]) -> anyhow::Result<Measured> {
         let config = self.compactor.config();
-        let concurrency = config.partition_concurrency * config.read_concurrency;
+        let partitions: std::collections::BTreeSet<_> = events
+            .iter()
+            .filter_map(|event| config.layout.partition_of(&event.key).ok())
+            .map(|partition| partition.path)
+            .collect();
+        let concurrency = config.partition_concurrency.min(partitions.len()).max(1) * config.read_concurrency;
         let store = self.compactor.store();
         let (_, measured) = self
             .measure(async {
@@ -332,8 +338,8 @@ impl Deployment {
 
     /// Records the "Object Deleted" event of every source of `created`, as ingest-fn receives
     /// them once compacted sources go: the seal's own deletes in delete mode, the lifecycle
-    /// rule's expirations of tagged sources in tag mode. EventBridge delivers both (the
-    /// template's rule takes every "Object Deleted"), each becomes an SQS message, and ingest
+    /// rule's expirations of tagged sources in tag mode. Where the template's rule routes
+    /// "Object Deleted" (it does not today), each becomes an SQS message, and ingest
     /// reads each source's item to find it compacted, and ignores it. This is a cost of every
     /// compacted object, paid after the seal. Every event must be ignored: a removal that took
     /// a compacted source out of the manifest would be a bug.

@@ -1,6 +1,6 @@
 //! What the benchmark reads from the SAM template, so the cost it reports is that of the
 //! deployment as templated: each function's memory size, the ingest queue's batch size, and
-//! whether the object events rule lets a lifecycle rule's deletions reach ingest.
+//! which deletions the object events rule lets reach ingest.
 
 use anyhow::Context;
 
@@ -13,6 +13,9 @@ pub struct Deployed {
     pub seal_memory_mb: u64,
     /// Events per ingest-fn invocation at most (the SQS event source's `BatchSize`).
     pub ingest_batch_size: u64,
+    /// Whether the seal's own deletions ("Object Deleted", reason "DeleteObject") reach
+    /// ingest: in delete mode, one event for every compacted source.
+    pub ingests_deletions: bool,
     /// Whether a lifecycle rule's deletions ("Object Deleted", reason "Lifecycle Expiration")
     /// reach ingest: in tag mode, one event for every compacted source.
     pub ingests_lifecycle_expirations: bool,
@@ -24,7 +27,8 @@ impl Deployed {
             ingest_memory_mb: property(TEMPLATE, "IngestFunction", "MemorySize")?,
             seal_memory_mb: property(TEMPLATE, "SealFunction", "MemorySize")?,
             ingest_batch_size: property(TEMPLATE, "IngestFunction", "BatchSize")?,
-            ingests_lifecycle_expirations: !drops_lifecycle_expirations(TEMPLATE)?,
+            ingests_deletions: routes_deletions(TEMPLATE)?,
+            ingests_lifecycle_expirations: routes_deletions(TEMPLATE)? && !drops_lifecycle_expirations(TEMPLATE)?,
         })
     }
 }
@@ -42,14 +46,26 @@ fn property(template: &str, resource: &str, name: &str) -> anyhow::Result<u64> {
     value.parse().with_context(|| format!("sam/template.yaml: {resource}'s {name} is {value:?}, not a number"))
 }
 
-/// Whether the `ObjectEventsRule` resource's pattern keeps out the events of a lifecycle rule's
-/// deletions (a `reason:` line with `anything-but` naming `Lifecycle Expiration`).
-fn drops_lifecycle_expirations(template: &str) -> anyhow::Result<bool> {
-    let header = "  ObjectEventsRule:";
-    let mut lines = template.lines().skip_while(|line| line.trim_end() != header);
+/// The lines of the `ObjectEventsRule` resource.
+fn object_events_rule(template: &str) -> anyhow::Result<impl Iterator<Item = &str>> {
+    let mut lines = template.lines().skip_while(|line| line.trim_end() != "  ObjectEventsRule:");
     lines.next().context("sam/template.yaml has no resource ObjectEventsRule")?;
-    Ok(lines.take_while(|line| line.trim().is_empty() || line.starts_with("   ")).any(|line| {
-        let line = line.trim();
+    Ok(lines.take_while(|line| line.trim().is_empty() || line.starts_with("   ")).map(str::trim))
+}
+
+/// Whether the rule's `detail-type:` line names "Object Deleted".
+fn routes_deletions(template: &str) -> anyhow::Result<bool> {
+    let mut lines = object_events_rule(template)?;
+    let detail_types = lines
+        .find(|line| line.starts_with("detail-type:"))
+        .context("sam/template.yaml: ObjectEventsRule has no detail-type line")?;
+    Ok(detail_types.contains("Object Deleted"))
+}
+
+/// Whether the rule keeps out the events of a lifecycle rule's deletions (a `reason:` line with
+/// `anything-but` naming `Lifecycle Expiration`).
+fn drops_lifecycle_expirations(template: &str) -> anyhow::Result<bool> {
+    Ok(object_events_rule(template)?.any(|line| {
         line.starts_with("reason:") && line.contains("anything-but") && line.contains("Lifecycle Expiration")
     }))
 }
@@ -66,14 +82,18 @@ mod tests {
     }
 
     #[test]
-    fn the_template_keeps_lifecycle_expirations_out_of_ingest() {
-        assert!(!Deployed::from_template().unwrap().ingests_lifecycle_expirations);
-        let rule = |reason: &str| format!("Resources:\n  ObjectEventsRule:\n    Properties:\n{reason}  Next:\n");
-        assert!(
-            drops_lifecycle_expirations(&rule("      reason: [{ anything-but: [Lifecycle Expiration] }]\n")).unwrap()
-        );
+    fn the_template_keeps_every_deletion_out_of_ingest() {
+        let deployed = Deployed::from_template().unwrap();
+        assert!(!deployed.ingests_deletions && !deployed.ingests_lifecycle_expirations, "{deployed:?}");
+        let rule = |lines: &str| format!("Resources:\n  ObjectEventsRule:\n    Properties:\n{lines}  Next:\n");
+        let both = "      detail-type: [Object Created, Object Deleted]\n";
+        assert!(routes_deletions(&rule(both)).unwrap());
+        assert!(!routes_deletions(&rule("      detail-type: [Object Created]\n")).unwrap());
+        assert!(routes_deletions(&rule("")).is_err(), "a rule without detail-type is not guessed at");
+        let filtered = format!("{both}      reason: [{{ anything-but: [Lifecycle Expiration] }}]\n");
+        assert!(drops_lifecycle_expirations(&rule(&filtered)).unwrap());
         assert!(!drops_lifecycle_expirations(&rule("      reason: [DeleteObject, Lifecycle Expiration]\n")).unwrap());
-        assert!(!drops_lifecycle_expirations(&rule("")).unwrap());
+        assert!(!drops_lifecycle_expirations(&rule(both)).unwrap());
         assert!(drops_lifecycle_expirations("Resources:\n  Other:\n").is_err());
     }
 

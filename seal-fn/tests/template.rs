@@ -466,17 +466,18 @@ fn fan_out_is_bounded_and_the_schedule_never_retries() {
     assert_eq!(key_filter, json!([{ "anything-but": { "prefix": "compacted/" } }]));
 }
 
-/// Issue 12: a lifecycle rule's deletions (in tag mode, one for every compacted source) never
-/// cost an SQS message; creations and other deletions still reach ingest.
+/// Issue 12: deletions never cost an SQS message. Nearly all are the compactor's own (the
+/// seal's deletes, the lifecycle rule's expirations of tagged sources), and the rule cannot
+/// tell them from a user's; creations still reach ingest.
 #[test]
-fn the_rule_keeps_a_lifecycle_rules_deletions_out_of_ingest() {
+fn the_rule_sends_only_creations_to_ingest() {
     let resolved = Resolved::new();
     let pattern =
         resolved.resolve(field(resolved.resource("ObjectEventsRule"), &["Properties", "EventPattern"])).unwrap();
     let detail_types = serde_json::to_value(field(&pattern, &["detail-type"])).unwrap();
-    assert_eq!(detail_types, json!(["Object Created", "Object Deleted"]));
-    let reason_filter = serde_json::to_value(field(&pattern, &["detail", "reason"])).unwrap();
-    assert_eq!(reason_filter, json!([{ "anything-but": ["Lifecycle Expiration"] }]));
+    assert_eq!(detail_types, json!(["Object Created"]));
+    let source = serde_json::to_value(field(&pattern, &["source"])).unwrap();
+    assert_eq!(source, json!(["aws.s3"]));
 }
 
 fn at(text: &str) -> DateTime<Utc> {

@@ -229,10 +229,9 @@ impl<'a> ParquetOutput<'a> {
         let length = self.offset - start;
         self.placed += 1;
         debug!(key = %source.key, rows = footer.rows(), row_groups = footer.metadata.num_row_groups(), length, "Parquet source appended");
-        self.written.placements.push(SourcePlacement {
-            key: source.key.clone(),
-            sequencer: source.sequencer.clone(),
-            placement: Placement {
+        self.written.placements.push(SourcePlacement::of(
+            source,
+            Placement {
                 output_key: self.key.to_string(),
                 generation: self.generation,
                 offset: start,
@@ -240,9 +239,7 @@ impl<'a> ParquetOutput<'a> {
                 sha256: hex::encode(source_hasher.finalize()),
                 separator_bytes: 0,
             },
-            etag: source.etag.clone(),
-            size: source.size,
-        });
+        ));
         Ok(())
     }
 
@@ -298,10 +295,9 @@ impl<'a> ParquetOutput<'a> {
         };
         self.placed += 1;
         debug!(key = %source.key, rows, first_row, rewritten = small, "Parquet source appended as rows");
-        self.written.placements.push(SourcePlacement {
-            key: source.key.clone(),
-            sequencer: source.sequencer.clone(),
-            placement: Placement {
+        self.written.placements.push(SourcePlacement::of(
+            source,
+            Placement {
                 output_key: self.key.to_string(),
                 generation: self.generation,
                 offset: first_row,
@@ -309,9 +305,7 @@ impl<'a> ParquetOutput<'a> {
                 sha256: digest,
                 separator_bytes: 0,
             },
-            etag: source.etag.clone(),
-            size: source.size,
-        });
+        ));
         let full = self
             .file
             .as_ref()

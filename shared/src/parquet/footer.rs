@@ -125,6 +125,15 @@ pub fn footer_length(last_8: &[u8], size: u64) -> Result<u64, BadParquet> {
     Ok(length)
 }
 
+/// The footer of a whole Parquet file held in memory (an output read back to be checked).
+pub fn of_file(file: &[u8]) -> Result<ParquetFooter, BadParquet> {
+    let size = file.len() as u64;
+    let tail = file.len().checked_sub(TAIL_BYTES as usize).ok_or(BadParquet("too short for a Parquet file".into()))?;
+    let length = footer_length(&file[tail..], size)?;
+    let footer_start = size - TAIL_BYTES - length;
+    parse_footer(&file[footer_start as usize..tail], footer_start)
+}
+
 /// Decodes a footer that starts at `footer_start` and checks every column chunk lies between
 /// the header and the footer, so that copying one never reads past the data.
 pub fn parse_footer(footer: &[u8], footer_start: u64) -> Result<ParquetFooter, BadParquet> {

@@ -502,11 +502,7 @@ pub fn standalone_rows(
 /// its row groups and the digest of its rows, which two files share exactly when they hold the
 /// same rows and values, however those are split into row groups.
 pub fn file_rows(file: &Bytes) -> Result<(u64, usize, String), String> {
-    let size = file.len() as u64;
-    let tail = file.len().checked_sub(8).ok_or("too short for a Parquet file")?;
-    let length = super::footer::footer_length(&file[tail..], size).map_err(|bad| bad.0)?;
-    let footer_start = size - 8 - length;
-    let footer = super::footer::parse_footer(&file[footer_start as usize..tail], footer_start).map_err(|bad| bad.0)?;
+    let footer = super::footer::of_file(file).map_err(|bad| bad.0)?;
     let reader = Arc::new(OffsetBytes { start: 0, bytes: file.clone() });
     let columns = footer.metadata.file_metadata().schema_descr().num_columns();
     let mut digest = RowsDigest::new(columns);

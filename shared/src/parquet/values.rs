@@ -79,11 +79,7 @@ where
 /// restored file, a small original): two files hold the same rows and values when these are
 /// equal, whatever their bytes.
 pub fn file_digests(file: &bytes::Bytes) -> Result<(u64, Vec<ChunkDigest>), String> {
-    let size = file.len() as u64;
-    let tail = file.len().checked_sub(8).ok_or("too short for a Parquet file")?;
-    let length = super::footer::footer_length(&file[tail..], size).map_err(|bad| bad.0)?;
-    let footer_start = size - 8 - length;
-    let footer = super::footer::parse_footer(&file[footer_start as usize..tail], footer_start).map_err(|bad| bad.0)?;
+    let footer = super::footer::of_file(file).map_err(|bad| bad.0)?;
     let reader = Arc::new(OffsetBytes { start: 0, bytes: file.clone() });
     let mut digests = Vec::new();
     for group in footer.metadata.row_groups() {

@@ -130,6 +130,19 @@ pub struct SourcePlacement {
     pub size: u64,
 }
 
+impl SourcePlacement {
+    /// The placement of `source`'s planned version (its key, sequencer, ETag and size).
+    pub fn of(source: &ObjectRecord, placement: Placement) -> Self {
+        Self {
+            key: source.key.clone(),
+            sequencer: source.sequencer.clone(),
+            placement,
+            etag: source.etag.clone(),
+            size: source.size,
+        }
+    }
+}
+
 /// Errors callers act on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
