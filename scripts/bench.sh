@@ -17,12 +17,25 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/s3-compactor/target}"
 profile="${BENCH_PROFILE:-release}"
-source scripts/servers.sh
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed: install Rust with rustup (https://rustup.rs), then run this again" >&2
   exit 1
 fi
+
+# Help needs neither the servers nor an optimised build: a dev build (or the one already
+# there) prints it, without a release build of the AWS SDK first.
+for argument in "$@"; do
+  case "$argument" in
+    -h|--help|help)
+      help_profile="${BENCH_PROFILE:-dev}"
+      cargo build --profile "$help_profile" --locked -q -p compactor-bench
+      exec "$CARGO_TARGET_DIR/$([ "$help_profile" = dev ] && echo debug || echo "$help_profile")/s3-compactor-bench" "$@"
+      ;;
+  esac
+done
+
+source scripts/servers.sh
 echo "== installing the local servers into $venv" >&2
 install_servers
 echo "== building the benchmark ($profile profile)" >&2

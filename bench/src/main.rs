@@ -34,8 +34,9 @@ use crate::setup::{Backend, Endpoints};
 ///  4. peak RSS of one seal, for a small and a large partition;
 ///  5. requests and billed units per 1,000 objects by phase (delivery, ingest, seal under each
 ///     expiry mode, and the "Object Deleted" events tag and delete modes would send back to
-///     ingest once the sources go, where the template's rule routes them) and dollars per million objects, ours next to a list-and-concatenate job
-///     over the same objects and S3 Tables' published compaction price;
+///     ingest once the sources go, where the template's rule routes them) and dollars per
+///     million objects, ours next to a list-and-concatenate job over the same objects and S3
+///     Tables' published compaction price;
 ///  6. the embedded backend's seal throughput next to `cat` of the same files, on the
 ///     throughput dataset and on CloudTrail gzip files (each inflated to find its last byte);
 ///  7. many tiny objects in one partition: scan and seal rates and peak RSS per size, on the
@@ -230,26 +231,15 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         ));
     }
     report.verified_outputs = verified.outputs_ok;
-    // The same seal with the manifest in SQLite: what the S3 path does when the manifest is
-    // not the local DynamoDB server (a single-threaded emulator, far slower than DynamoDB).
+    // The same seal path with the manifest in SQLite, in tag and in delete mode, each on a
+    // fresh copy of the dataset: what the S3 path does when the manifest is not the emulator.
+    // Delete mode's sources cost their GET alone: the row the GET ceiling bounds.
     let manifest_dir = tempfile::tempdir()?;
-    let hybrid = backend.with_sqlite_manifest(&aws, manifest_dir.path())?;
-    hybrid.compactor.ingest(&written.events).await?;
-    report.seal_s3_sqlite = Some(progress("seal on S3 + SQLite", hybrid.seal().await?));
-    // Delete mode on the same path, on a fresh copy of the dataset (the seal deletes it): the
-    // per-source requests are the GET alone, so this is the row the GET ceiling bounds.
-    let delete_bucket = backend.fresh_bucket("sqlite-delete").await?;
-    let config = compactor::config::RawConfig {
-        source_bucket: Some(delete_bucket.clone()),
-        expiry: Some("delete".to_string()),
-        ..Default::default()
+    for (expiry, row) in [("tag", &mut report.seal_s3_sqlite), ("delete", &mut report.seal_s3_sqlite_delete)] {
+        let (seal, verified) = backend.sqlite_seal_of_fresh_copy(&dataset, manifest_dir.path(), expiry).await?;
+        *row = Some(progress(&format!("seal on S3 + SQLite, expiry {expiry}"), seal));
+        report.verified_outputs += verified;
     }
-    .validate()?;
-    let deleting =
-        backend.sqlite_deployment_with(&delete_bucket, &manifest_dir.path().join("delete.sqlite"), config)?;
-    let copied = deleting.upload(&dataset, 64).await?;
-    deleting.compactor.ingest(&copied.events).await?;
-    report.seal_s3_sqlite_delete = Some(progress("seal on S3 + SQLite, expiry delete", deleting.seal().await?));
 
     eprintln!("[3/9] list-and-concatenate over the same objects");
     report.baseline = Some(progress("list-and-concatenate", baseline::list_and_concatenate(&aws, &dataset).await?));

@@ -50,11 +50,10 @@ pub struct Report {
     pub seal_aws: Option<Measured>,
     /// The main run's sources' "Object Deleted" events (tag mode: the lifecycle rule's).
     pub removal_dynamodb: Option<Measured>,
-    /// The same seal with an SQLite manifest: the S3 path without the DynamoDB server. Its
-    /// sources were tagged by the seal on DynamoDB before it, so each costs a HEAD and a
-    /// GetObjectTagging (to find our tag) instead of a PutObjectTagging.
+    /// The seal's S3 path with an SQLite manifest (no DynamoDB server), tag mode, on a fresh
+    /// copy of the dataset.
     pub seal_s3_sqlite: Option<Measured>,
-    /// The seal on S3 + SQLite in delete mode, on a fresh copy of the dataset.
+    /// The same in delete mode, on another fresh copy.
     pub seal_s3_sqlite_delete: Option<Measured>,
     pub verified_outputs: u64,
     pub baseline: Option<Measured>,

@@ -186,30 +186,29 @@ impl Backend {
 }
 
 impl Backend {
-    /// The S3 side of `deployment` with an SQLite manifest in `dir` instead of DynamoDB, and
-    /// outputs under `compacted-sqlite/`: the seal's S3 path, without the DynamoDB server's
-    /// own speed in the measurement.
-    pub fn with_sqlite_manifest(&self, deployment: &Deployment, dir: &std::path::Path) -> anyhow::Result<Deployment> {
-        let config = RawConfig {
-            source_bucket: Some(deployment.bucket.clone()),
-            dest_prefix: Some("compacted-sqlite/".to_string()),
-            ..Default::default()
-        }
-        .validate()?;
-        let manifest = compactor::adapters::sqlite::SqliteManifest::open(dir.join("manifest.sqlite"))?;
-        let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3::new(self.s3.clone(), S3Options::default()));
-        Ok(Deployment {
-            bucket: deployment.bucket.clone(),
-            table: String::new(),
-            compactor: Compactor::new(config, store, Arc::new(manifest), Arc::new(SystemClock)),
-            s3: self.s3.clone(),
-            counter: self.counter.clone(),
-            deployed: self.deployed,
-        })
+    /// The seal's S3 path with the manifest in SQLite (the DynamoDB emulator serves one request
+    /// at a time, far slower than DynamoDB) under `COMPACTOR_EXPIRY=expiry`, on a fresh copy of
+    /// `dataset` (a seal tags or deletes its sources, so each mode needs sources of its own):
+    /// upload, ingest, then the measured seal, whose outputs are verified. Returns the seal and
+    /// the outputs verified.
+    pub async fn sqlite_seal_of_fresh_copy(
+        &self,
+        dataset: &DatasetSpec,
+        dir: &std::path::Path,
+        expiry: &str,
+    ) -> anyhow::Result<(Measured, u64)> {
+        let bucket = self.fresh_bucket(&format!("sqlite-{expiry}")).await?;
+        let config =
+            RawConfig { source_bucket: Some(bucket.clone()), expiry: Some(expiry.to_string()), ..Default::default() }
+                .validate()?;
+        let deployment = self.sqlite_deployment_with(&bucket, &dir.join(format!("{bucket}.sqlite")), config)?;
+        let written = deployment.upload(dataset, 64).await?;
+        deployment.compactor.ingest(&written.events).await?;
+        let seal = deployment.seal().await?;
+        let verified = deployment.verify().await?;
+        anyhow::ensure!(verified.all_verified(), "the seal on S3 + SQLite did not verify: {:?}", verified.failures);
+        Ok((seal, verified.outputs_ok))
     }
-}
-
-impl Backend {
     /// The default configuration on `bucket` with the manifest in SQLite at `manifest_path`:
     /// the seal's S3 path exactly as with DynamoDB, without the emulator's own speed.
     pub fn sqlite_deployment(&self, bucket: &str, manifest_path: &std::path::Path) -> anyhow::Result<Deployment> {
