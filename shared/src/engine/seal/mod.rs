@@ -220,8 +220,8 @@ impl Compactor {
             let mut start_after: Option<String> = None;
             loop {
                 // Keys and sizes only: the planned sources' records are read once, a window at a
-                // time, by `write_windows` (issue 16: reading them here as well was a sixth of
-                // the seal of many tiny objects).
+                // time, by `write_windows` (issue 16: reading them here as well was 7% of the
+                // instructions of the seal of 100,000 tiny objects).
                 let page = self.manifest.pending_sizes(&lease.partition, start_after.as_deref(), PAGE).await?;
                 let page_length = page.len();
                 start_after = page.last().map(|(key, _)| key.clone());
