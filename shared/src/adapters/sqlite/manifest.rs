@@ -233,6 +233,17 @@ impl Manifest for SqliteManifest {
         .await
     }
 
+    /// From `objects_by_partition_state` alone (it covers both columns): no read of the rows.
+    async fn pending_sizes(
+        &self,
+        partition: &PartitionKey,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, ManifestError> {
+        let (partition, start_after) = (partition.clone(), start_after.unwrap_or_default().to_owned());
+        self.read(move |transaction| pending_sizes_in(transaction, &partition, &start_after, limit)).await
+    }
+
     async fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, ManifestError> {
         let bucket = bucket.to_owned();
         let key = key.to_owned();

@@ -293,6 +293,31 @@ pub(super) fn objects_sql(filter_by_state: bool) -> String {
     )
 }
 
+/// One page of a partition's pending keys and sizes in key order: `?1` bucket, `?2` partition
+/// path, `?3` the key to start after, `?4` the limit. Every column is in
+/// `objects_by_partition_state`, so the page is one walk of that index and no row is read.
+pub(super) const PENDING_SIZES_SQL: &str = "
+SELECT key, size FROM objects
+WHERE bucket = ?1 AND partition_path = ?2 AND state = 'pending' AND key > ?3
+ORDER BY key
+LIMIT ?4";
+
+/// [`Manifest::pending_sizes`] inside `transaction`. No key sorts before the empty string, so
+/// `start_after` empty is "from the start" and the same range walk.
+pub(super) fn pending_sizes_in(
+    transaction: &Transaction<'_>,
+    partition: &PartitionKey,
+    start_after: &str,
+    limit: usize,
+) -> Result<Vec<(String, u64)>, ManifestError> {
+    let mut statement = transaction.prepare_cached(PENDING_SIZES_SQL).map_err(sqlite_error)?;
+    let rows = statement
+        .query_map(params![partition.bucket, partition.path, start_after, limit_integer(limit)], |row| {
+            Ok((row.get(0)?, column_u64(row, 1)?))
+        });
+    rows.and_then(|rows| rows.collect()).map_err(sqlite_error)
+}
+
 /// One page of an output's sources by offset, then key: `?1` the partition's bucket, `?2` the
 /// output key, `?3` the partition path, `?4` and `?6` the offset and key to start after, `?5`
 /// the limit. The index on (bucket, output_key, output_offset) ends with the primary key's
