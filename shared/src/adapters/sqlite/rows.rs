@@ -349,6 +349,61 @@ pub(super) const MARK_COMPACTED_SQL: &str = "
 UPDATE objects INDEXED BY objects_by_output SET state = 'compacted'
 WHERE bucket = ?1 AND partition_path = ?2 AND state = 'pending' AND output_key = ?3";
 
+/// A page of the rows of output `output_bucket`/`output_key`'s sources, in (offset, key) order
+/// after `start_after`, by `sql` (whose parameters are the partition's bucket, the output key,
+/// the partition's path, the offset and key to start after, and the limit), with the output's
+/// record; `None` for an output the manifest does not know.
+pub(super) fn output_rows_page<T>(
+    transaction: &Transaction<'_>,
+    output_bucket: &str,
+    output_key: &str,
+    start_after: Option<(u64, String)>,
+    limit: usize,
+    sql: &str,
+    from_row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<(OutputRecord, Vec<T>)>, ManifestError> {
+    let Some(output) = load_output(transaction, output_bucket, output_key)? else {
+        return Ok(None);
+    };
+    // Offsets are never negative, so -1 means "from the first" and keeps `>` a range scan.
+    let (start_after_offset, start_after_key) = match start_after {
+        Some((offset, key)) => (integer("offset", offset)?, key),
+        None => (-1, String::new()),
+    };
+    let mut statement = transaction.prepare_cached(sql).map_err(sqlite_error)?;
+    let rows = statement.query_map(
+        params![
+            output.partition.bucket,
+            output.key,
+            output.partition.path,
+            start_after_offset,
+            limit_integer(limit),
+            start_after_key
+        ],
+        from_row,
+    );
+    let rows = rows.and_then(|rows| rows.collect()).map_err(sqlite_error)?;
+    Ok(Some((output, rows)))
+}
+
+/// A row of [`OUTPUT_PLACEMENTS_SQL`].
+pub(super) fn placement_from_row(row: &Row<'_>) -> rusqlite::Result<SourcePlacement> {
+    Ok(SourcePlacement {
+        key: row.get(0)?,
+        sequencer: row.get(1)?,
+        etag: row.get(2)?,
+        size: column_u64(row, 3)?,
+        placement: Placement {
+            output_key: row.get(4)?,
+            generation: column_u64(row, 5)?,
+            offset: column_u64(row, 6)?,
+            length: column_u64(row, 7)?,
+            sha256: row.get(8)?,
+            separator_bytes: column_u64(row, 9)?,
+        },
+    })
+}
+
 pub(super) fn limit_integer(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
