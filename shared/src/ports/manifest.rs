@@ -260,6 +260,28 @@ pub trait Manifest: Send + Sync + fmt::Debug {
 
     async fn objects(&self, partition: &PartitionKey, query: &ObjectQuery) -> Result<Vec<ObjectRecord>, ManifestError>;
 
+    /// The key and size of each pending object of the partition, one page in key order after
+    /// `start_after`: all that planning reads of them (the seal reads the planned ones' records
+    /// again, a window at a time, as it writes them). The same objects as
+    /// `objects(partition, ObjectQuery::in_state(Pending))`, which this default reads; a
+    /// backend that can read the two columns alone does so (SQLite, from one covering index:
+    /// issue 16: reading each planned record whole here as well was 7% of the instructions of
+    /// the seal of 100,000 tiny objects).
+    async fn pending_sizes(
+        &self,
+        partition: &PartitionKey,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, ManifestError> {
+        let query = ObjectQuery {
+            start_after: start_after.map(str::to_owned),
+            limit,
+            ..ObjectQuery::in_state(ObjectState::Pending)
+        };
+        let page = self.objects(partition, &query).await?;
+        Ok(page.into_iter().map(|object| (object.key, object.size)).collect())
+    }
+
     async fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, ManifestError>;
 
     /// The objects placed in an output, by offset then key, one page: those after

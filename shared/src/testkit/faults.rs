@@ -294,6 +294,17 @@ impl Manifest for FaultyManifest {
         faulty_manifest_call!(self, "manifest.objects", self.inner.objects(partition, query))
     }
 
+    /// Under the name of the call it stands for (`objects` of the pending ones), so a fault
+    /// plan's steps stay the same; forwarded, so a test takes the inner manifest's own path.
+    async fn pending_sizes(
+        &self,
+        partition: &PartitionKey,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, ManifestError> {
+        faulty_manifest_call!(self, "manifest.objects", self.inner.pending_sizes(partition, start_after, limit))
+    }
+
     async fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, ManifestError> {
         faulty_manifest_call!(self, "manifest.object", self.inner.object(bucket, key))
     }

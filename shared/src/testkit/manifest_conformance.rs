@@ -91,6 +91,7 @@ macro_rules! manifest_conformance_tests {
             output_sources_pages_past_empty_sources_that_share_an_offset,
             partition_counts_follow_objects_and_outputs,
             objects_pages_in_key_order_with_filters,
+            pending_sizes_are_the_pending_objects_keys_and_sizes_in_key_order,
             partitions_pages_in_bucket_and_path_order,
             outputs_are_listed_by_generation_then_part_number,
         );
@@ -1587,6 +1588,49 @@ pub async fn objects_pages_in_key_order_with_filters(manifest: &dyn Manifest) {
     assert!(manifest.objects(&key, &after_last).await.unwrap().is_empty(), "start_after is exclusive");
     let unknown = PartitionKey::new(SOURCE_BUCKET, "logs/2030/01/01/");
     assert!(manifest.objects(&unknown, &ObjectQuery::all()).await.unwrap().is_empty());
+}
+
+/// What the seal plans from: each pending object's key and size, as `objects` lists the pending
+/// ones, paged the same way (a removed, a compacted, another partition's object left out).
+pub async fn pending_sizes_are_the_pending_objects_keys_and_sizes_in_key_order(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let names = ["z.json", "a b.json", "é.json", "0.json", "日本.json", "m.json"];
+    for (index, name) in names.iter().enumerate() {
+        manifest.record_object(&new_object(&partition, name, "10", 10 + index as u64)).await.unwrap();
+    }
+    manifest.record_object(&new_object(&day_partition("logs", 15), "a.json", "10", 10)).await.unwrap();
+    let removed = new_object(&partition, "z.json", "10", 10);
+    manifest.record_removal(&removal_of(&removed, "20")).await.unwrap();
+    let lease = manifest.acquire(&key, "seal-1", at("2024-01-16T00:00:00Z"), lease_for()).await.unwrap();
+    let compacted = pending_objects(manifest, &key).await.into_iter().find(|object| object.key.ends_with("m.json"));
+    let compacted = compacted.expect("m.json is pending");
+    let output = output_record(&lease, 1, 1, at("2024-01-16T00:00:00Z"));
+    manifest.begin_output(&lease, &output).await.unwrap();
+    let placements = placements_end_to_end(&output, std::slice::from_ref(&compacted));
+    manifest.record_placements(&lease, &output.key, &placements).await.unwrap();
+    let sha256 = sha256_hex("out");
+    manifest
+        .commit_output(&lease, OUTPUT_BUCKET, &output.key, 15, &sha256, 1, at("2024-01-16T00:00:00Z"))
+        .await
+        .unwrap();
+    manifest.mark_compacted(&key, &output.key).await.unwrap();
+
+    let expected: Vec<(String, u64)> =
+        pending_objects(manifest, &key).await.into_iter().map(|object| (object.key, object.size)).collect();
+    assert_eq!(expected.len(), 4, "six recorded, one removed, one compacted: {expected:?}");
+    let mut paged = Vec::new();
+    let mut start_after: Option<String> = None;
+    loop {
+        let page = manifest.pending_sizes(&key, start_after.as_deref(), 3).await.unwrap();
+        assert!(page.len() <= 3, "the limit holds");
+        let Some((last, _)) = page.last() else { break };
+        start_after = Some(last.clone());
+        paged.extend(page);
+    }
+    assert_eq!(paged, expected, "the pending objects' keys and sizes, in key order, across pages");
+    let unknown = PartitionKey::new(SOURCE_BUCKET, "logs/2030/01/01/");
+    assert!(manifest.pending_sizes(&unknown, None, 10).await.unwrap().is_empty());
 }
 
 pub async fn partitions_pages_in_bucket_and_path_order(manifest: &dyn Manifest) {

@@ -233,6 +233,17 @@ impl Manifest for SqliteManifest {
         .await
     }
 
+    /// From `objects_by_partition_state` alone (it covers both columns): no read of the rows.
+    async fn pending_sizes(
+        &self,
+        partition: &PartitionKey,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, ManifestError> {
+        let (partition, start_after) = (partition.clone(), start_after.unwrap_or_default().to_owned());
+        self.read(move |transaction| pending_sizes_in(transaction, &partition, &start_after, limit)).await
+    }
+
     async fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, ManifestError> {
         let bucket = bucket.to_owned();
         let key = key.to_owned();
@@ -257,28 +268,10 @@ impl Manifest for SqliteManifest {
         let output_key = output_key.to_owned();
         let start_after = start_after.map(|(offset, key)| (offset, key.to_owned()));
         self.read(move |transaction| {
-            let Some(output) = load_output(transaction, &output_bucket, &output_key)? else {
-                return Ok(Vec::new());
-            };
-            // Offsets are never negative, so -1 means "from the first" and keeps `>` a range scan.
-            let (start_after_offset, start_after_key) = match start_after {
-                Some((offset, key)) => (integer("offset", offset)?, key),
-                None => (-1, String::new()),
-            };
             let sql = output_sources_sql();
-            let mut statement = transaction.prepare_cached(&sql).map_err(sqlite_error)?;
-            let rows = statement.query_map(
-                params![
-                    output.partition.bucket,
-                    output.key,
-                    output.partition.path,
-                    start_after_offset,
-                    limit_integer(limit),
-                    start_after_key
-                ],
-                object_from_row,
-            );
-            let mut sources: Vec<ObjectRecord> = rows.and_then(|rows| rows.collect()).map_err(sqlite_error)?;
+            let page =
+                output_rows_page(transaction, &output_bucket, &output_key, start_after, limit, &sql, object_from_row)?;
+            let Some((output, mut sources)) = page else { return Ok(Vec::new()) };
             // A row's placement is its own version's: once the output is committed, a row still
             // pending (before `mark_compacted`, e.g. after a crash between the two) is compacted.
             let committed = output.state == OutputState::Committed;
@@ -573,41 +566,16 @@ impl Manifest for SqliteManifest {
         let output_key = output_key.to_owned();
         let start_after = start_after.map(|(offset, key)| (offset, key.to_owned()));
         self.read(move |transaction| {
-            let Some(output) = load_output(transaction, &output_bucket, &output_key)? else {
-                return Ok(Vec::new());
-            };
-            let (start_after_offset, start_after_key) = match start_after {
-                Some((offset, key)) => (integer("offset", offset)?, key),
-                None => (-1, String::new()),
-            };
-            let mut statement = transaction.prepare_cached(OUTPUT_PLACEMENTS_SQL).map_err(sqlite_error)?;
-            let rows = statement.query_map(
-                params![
-                    output.partition.bucket,
-                    output.key,
-                    output.partition.path,
-                    start_after_offset,
-                    limit_integer(limit),
-                    start_after_key
-                ],
-                |row| {
-                    Ok(SourcePlacement {
-                        key: row.get(0)?,
-                        sequencer: row.get(1)?,
-                        etag: row.get(2)?,
-                        size: column_u64(row, 3)?,
-                        placement: Placement {
-                            output_key: row.get(4)?,
-                            generation: column_u64(row, 5)?,
-                            offset: column_u64(row, 6)?,
-                            length: column_u64(row, 7)?,
-                            sha256: row.get(8)?,
-                            separator_bytes: column_u64(row, 9)?,
-                        },
-                    })
-                },
-            );
-            rows.and_then(|rows| rows.collect()).map_err(sqlite_error)
+            let page = output_rows_page(
+                transaction,
+                &output_bucket,
+                &output_key,
+                start_after,
+                limit,
+                OUTPUT_PLACEMENTS_SQL,
+                placement_from_row,
+            )?;
+            Ok(page.map(|(_, placements)| placements).unwrap_or_default())
         })
         .await
     }

@@ -293,6 +293,31 @@ pub(super) fn objects_sql(filter_by_state: bool) -> String {
     )
 }
 
+/// One page of a partition's pending keys and sizes in key order: `?1` bucket, `?2` partition
+/// path, `?3` the key to start after, `?4` the limit. Every column is in
+/// `objects_by_partition_state`, so the page is one walk of that index and no row is read.
+pub(super) const PENDING_SIZES_SQL: &str = "
+SELECT key, size FROM objects
+WHERE bucket = ?1 AND partition_path = ?2 AND state = 'pending' AND key > ?3
+ORDER BY key
+LIMIT ?4";
+
+/// [`Manifest::pending_sizes`] inside `transaction`. No key sorts before the empty string, so
+/// `start_after` empty is "from the start" and the same range walk.
+pub(super) fn pending_sizes_in(
+    transaction: &Transaction<'_>,
+    partition: &PartitionKey,
+    start_after: &str,
+    limit: usize,
+) -> Result<Vec<(String, u64)>, ManifestError> {
+    let mut statement = transaction.prepare_cached(PENDING_SIZES_SQL).map_err(sqlite_error)?;
+    let rows = statement
+        .query_map(params![partition.bucket, partition.path, start_after, limit_integer(limit)], |row| {
+            Ok((row.get(0)?, column_u64(row, 1)?))
+        });
+    rows.and_then(|rows| rows.collect()).map_err(sqlite_error)
+}
+
 /// One page of an output's sources by offset, then key: `?1` the partition's bucket, `?2` the
 /// output key, `?3` the partition path, `?4` and `?6` the offset and key to start after, `?5`
 /// the limit. The index on (bucket, output_key, output_offset) ends with the primary key's
@@ -323,6 +348,61 @@ LIMIT ?5";
 pub(super) const MARK_COMPACTED_SQL: &str = "
 UPDATE objects INDEXED BY objects_by_output SET state = 'compacted'
 WHERE bucket = ?1 AND partition_path = ?2 AND state = 'pending' AND output_key = ?3";
+
+/// A page of the rows of output `output_bucket`/`output_key`'s sources, in (offset, key) order
+/// after `start_after`, by `sql` (whose parameters are the partition's bucket, the output key,
+/// the partition's path, the offset and key to start after, and the limit), with the output's
+/// record; `None` for an output the manifest does not know.
+pub(super) fn output_rows_page<T>(
+    transaction: &Transaction<'_>,
+    output_bucket: &str,
+    output_key: &str,
+    start_after: Option<(u64, String)>,
+    limit: usize,
+    sql: &str,
+    from_row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<(OutputRecord, Vec<T>)>, ManifestError> {
+    let Some(output) = load_output(transaction, output_bucket, output_key)? else {
+        return Ok(None);
+    };
+    // Offsets are never negative, so -1 means "from the first" and keeps `>` a range scan.
+    let (start_after_offset, start_after_key) = match start_after {
+        Some((offset, key)) => (integer("offset", offset)?, key),
+        None => (-1, String::new()),
+    };
+    let mut statement = transaction.prepare_cached(sql).map_err(sqlite_error)?;
+    let rows = statement.query_map(
+        params![
+            output.partition.bucket,
+            output.key,
+            output.partition.path,
+            start_after_offset,
+            limit_integer(limit),
+            start_after_key
+        ],
+        from_row,
+    );
+    let rows = rows.and_then(|rows| rows.collect()).map_err(sqlite_error)?;
+    Ok(Some((output, rows)))
+}
+
+/// A row of [`OUTPUT_PLACEMENTS_SQL`].
+pub(super) fn placement_from_row(row: &Row<'_>) -> rusqlite::Result<SourcePlacement> {
+    Ok(SourcePlacement {
+        key: row.get(0)?,
+        sequencer: row.get(1)?,
+        etag: row.get(2)?,
+        size: column_u64(row, 3)?,
+        placement: Placement {
+            output_key: row.get(4)?,
+            generation: column_u64(row, 5)?,
+            offset: column_u64(row, 6)?,
+            length: column_u64(row, 7)?,
+            sha256: row.get(8)?,
+            separator_bytes: column_u64(row, 9)?,
+        },
+    })
+}
 
 pub(super) fn limit_integer(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)

@@ -10,7 +10,7 @@ use crate::config::ExpiryMode;
 use crate::domain::records::{ObjectRecord, OutputRecord};
 use crate::engine::seen::SeenSources;
 use crate::engine::{Compactor, EngineError};
-use crate::ports::{DeleteRequest, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE};
+use crate::ports::{DeleteRequest, SourcePlacement, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE};
 
 impl Compactor {
     /// Marks the committed sources that are ready for expiry. Delete mode waits for full
@@ -60,12 +60,20 @@ impl Compactor {
             }
             return Ok(0);
         }
+        // The page after `page`, when `page` is full: empty means `page` holds the output's last.
+        let fetch_after = |page: &[SourcePlacement]| {
+            let after =
+                page.last().filter(|_| page.len() >= PAGE).map(|last| (last.placement.offset, last.key.clone()));
+            async move {
+                match after {
+                    Some(after) => fetch(Some(after)).await,
+                    None => Ok(Vec::new()),
+                }
+            }
+        };
+        let mut next = fetch_after(&page).await?;
         let mut source_bytes = 0;
         loop {
-            let next = match page.last() {
-                Some(last) if page.len() >= PAGE => fetch(Some((last.placement.offset, last.key.clone()))).await?,
-                _ => Vec::new(),
-            };
             let last_page = next.is_empty();
             let page_length = page.len();
             for (index, placed) in page.into_iter().enumerate() {
@@ -82,11 +90,17 @@ impl Compactor {
                     }),
                 });
             }
-            self.expire_ready_sources(report, awaiting_expiry, seen).await?;
+            // Issue 16: the page after next is read from the manifest while this one's sources
+            // are tagged or deleted (the store's work, on other threads), not after. Reading is
+            // all it does: the cursor moves only past what was done, as before.
+            let (expired, following) =
+                futures::join!(self.expire_ready_sources(report, awaiting_expiry, seen), fetch_after(&next));
+            expired?;
+            let following = following?;
             if last_page {
                 return Ok(source_bytes);
             }
-            page = next;
+            page = std::mem::replace(&mut next, following);
         }
     }
 
