@@ -271,6 +271,31 @@ async fn object_record(manifest: &dyn Manifest, object: &NewObject) -> ObjectRec
     manifest.object(&object.bucket, &object.key).await.expect("read the object").expect("the object is recorded")
 }
 
+/// What [`three_objects_sealed`] leaves: the partition, its three objects, the seal's time and
+/// its committed output.
+struct ThreeSealed {
+    partition: Partition,
+    key: PartitionKey,
+    objects: [NewObject; 3],
+    now: DateTime<Utc>,
+    output: OutputRecord,
+}
+
+/// `a.json`, `b.json` and `c.json` of day 14 recorded, then sealed into one committed output
+/// by `seal-1` on 2024-01-16: where the removal and expiry cases start.
+async fn three_objects_sealed(manifest: &dyn Manifest) -> ThreeSealed {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let objects = ["a.json", "b.json", "c.json"].map(|name| new_object(&partition, name, "10", 10));
+    for object in &objects {
+        manifest.record_object(object).await.unwrap();
+    }
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    let output = seal_pending_into_one_output(manifest, &lease, 1, now).await;
+    ThreeSealed { partition, key, objects, now, output }
+}
+
 /// Seal steps 3 to 5 for every pending object of the leased partition, in one output: begin,
 /// place, commit, mark compacted. Returns the committed output. Public for adapter-specific
 /// tests that need compacted objects.
@@ -1157,15 +1182,7 @@ pub async fn an_outputs_commit_makes_its_sources_compacted_before_mark_compacted
 /// the source's record was never rewritten after ingest, and the removal must still see it
 /// compacted. A removal of a newer version, which no output holds, takes it out of the plan.
 pub async fn a_removal_of_a_compacted_source_changes_nothing_unless_it_is_of_a_newer_version(manifest: &dyn Manifest) {
-    let partition = day_partition("logs", 14);
-    let key = key_of(&partition);
-    let [a, b, c] = ["a.json", "b.json", "c.json"].map(|name| new_object(&partition, name, "10", 10));
-    for object in [&a, &b, &c] {
-        manifest.record_object(object).await.unwrap();
-    }
-    let now = at("2024-01-16T00:00:00Z");
-    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
-    let output = seal_pending_into_one_output(manifest, &lease, 1, now).await;
+    let ThreeSealed { partition, key, objects: [a, b, _], output, .. } = three_objects_sealed(manifest).await;
 
     assert_eq!(manifest.record_removal(&removal_of(&a, "20")).await.unwrap(), IngestOutcome::RemovalIgnored);
     let a_record = object_record(manifest, &a).await;
@@ -1334,15 +1351,7 @@ pub async fn mark_missing_only_marks_the_planned_pending_version(manifest: &dyn 
 }
 
 pub async fn mark_expiry_keeps_the_first_time(manifest: &dyn Manifest) {
-    let partition = day_partition("logs", 14);
-    let key = key_of(&partition);
-    let [a, b, c] = ["a.json", "b.json", "c.json"].map(|name| new_object(&partition, name, "10", 10));
-    for object in [&a, &b, &c] {
-        manifest.record_object(object).await.unwrap();
-    }
-    let now = at("2024-01-16T00:00:00Z");
-    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
-    seal_pending_into_one_output(manifest, &lease, 1, now).await;
+    let ThreeSealed { partition, key, objects: [a, b, c], now, .. } = three_objects_sealed(manifest).await;
     let still_pending = new_object(&partition, "d.json", "10", 10);
     manifest.record_object(&still_pending).await.unwrap();
 
@@ -1364,15 +1373,7 @@ pub async fn mark_expiry_keeps_the_first_time(manifest: &dyn Manifest) {
 }
 
 pub async fn an_expiry_cursor_marks_an_outputs_sources_up_to_where_it_stopped(manifest: &dyn Manifest) {
-    let partition = day_partition("logs", 14);
-    let key = key_of(&partition);
-    let [a, b, c] = ["a.json", "b.json", "c.json"].map(|name| new_object(&partition, name, "10", 10));
-    for object in [&a, &b, &c] {
-        manifest.record_object(object).await.unwrap();
-    }
-    let now = at("2024-01-16T00:00:00Z");
-    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
-    let output = seal_pending_into_one_output(manifest, &lease, 1, now).await;
+    let ThreeSealed { key, objects: [a, b, c], now, output, .. } = three_objects_sealed(manifest).await;
     assert_eq!(output.expiry, Some(ExpiryCursor::default()), "a commit starts a cursor that marks nothing yet");
 
     let placed = manifest.output_placements(OUTPUT_BUCKET, &output.key, None, 10).await.unwrap();
