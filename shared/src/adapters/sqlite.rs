@@ -542,6 +542,47 @@ mod tests {
         assert_eq!(left.placement, None, "the newer version's record keeps no placement");
     }
 
+    /// Issue 16: the flip walks the primary key a chunk of placements at a time (a transaction
+    /// each, so the seal's expiry is not held up by a large output's). Every placed source
+    /// turns compacted, also across chunks and with offsets that run against key order; a
+    /// pending source inside the output's key range but not placed in it stays pending.
+    #[tokio::test]
+    async fn the_flip_turns_every_placed_source_compacted_across_chunks_whatever_the_offsets() {
+        let manifest = SqliteManifest::in_memory().unwrap();
+        let partition = day_partition("logs", 14);
+        let count = 2 * rows::MARK_COMPACTED_CHUNK + 500;
+        let objects: Vec<NewObject> =
+            (0..count).map(|index| new_object(&partition, &format!("t-{index:05}.json"), "10", 10)).collect();
+        manifest.record_objects(&objects).await.unwrap();
+        let not_placed = new_object(&partition, "t-01000-not-placed.json", "10", 10);
+        manifest.record_object(&not_placed).await.unwrap();
+        let now = at("2024-01-16T00:00:00Z");
+        let lease = manifest.acquire(&key_of(&partition), "seal", now, lease_for()).await.unwrap();
+        let output = output_record(&lease, 1, count as u64, now);
+        manifest.begin_output(&lease, &output).await.unwrap();
+        let records: Vec<ObjectRecord> = futures::future::join_all(
+            objects.iter().map(|object| async { manifest.object(&object.bucket, &object.key).await.unwrap().unwrap() }),
+        )
+        .await;
+        let mut placements = placements_end_to_end(&output, &records);
+        // Offsets against key order: the last key first in the output.
+        for (index, placement) in placements.iter_mut().enumerate() {
+            placement.placement.offset = ((count - index) * 10) as u64;
+        }
+        assert!(manifest.record_placements(&lease, &output.key, &placements).await.unwrap().is_empty());
+        assert_eq!(manifest.mark_compacted(&key_of(&partition), &output.key).await.unwrap(), 0, "not committed yet");
+        let size = (count * 10) as u64;
+        manifest.commit_output(&lease, OUTPUT_BUCKET, &output.key, size, "sha", count as u64, now).await.unwrap();
+
+        let compacted = manifest.mark_compacted(&key_of(&partition), &output.key).await.unwrap();
+        assert_eq!(compacted, count as u64, "every placed source, in three chunks");
+        let record = manifest.partition(&key_of(&partition)).await.unwrap().unwrap();
+        assert_eq!((record.pending_objects, record.compacted_objects), (1, count as u64));
+        let left = manifest.object(&not_placed.bucket, &not_placed.key).await.unwrap().unwrap();
+        assert_eq!(left.state, ObjectState::Pending, "inside the output's key range, but not in the output");
+        assert_eq!(manifest.mark_compacted(&key_of(&partition), &output.key).await.unwrap(), 0, "done once");
+    }
+
     /// Issue 16: moving a cursor writes the output's row only; each source's record reads the
     /// mark through it (before, the mark was copied onto every row the cursor passed).
     #[tokio::test]
