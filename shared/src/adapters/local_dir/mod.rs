@@ -365,7 +365,31 @@ fn etag_of(metadata: &Metadata) -> String {
         .ok()
         .and_then(|modified| modified.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |since| since.as_nanos());
-    format!("{:x}-{modified_nanos:x}-{:x}", inode_of(metadata), metadata.len())
+    // Written digit by digit, not by `format!`: the seal computes it twice a source (its read
+    // and its tag), and the formatting machinery for a u128 was 2% of the instructions of the
+    // seal of 100,000 tiny objects (issue 16).
+    let mut etag = String::with_capacity(64);
+    push_hex(&mut etag, inode_of(metadata).into());
+    etag.push('-');
+    push_hex(&mut etag, modified_nanos);
+    etag.push('-');
+    push_hex(&mut etag, metadata.len().into());
+    etag
+}
+
+/// Appends `value` in lowercase hex without leading zeros, as `{:x}` writes it.
+fn push_hex(out: &mut String, mut value: u128) {
+    let mut digits = [0u8; 32];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend(digits[start..].iter().map(|&digit| char::from(digit)));
 }
 
 #[cfg(unix)]
@@ -425,6 +449,12 @@ fn validate_bucket_name(bucket: &str) -> Result<(), StoreError> {
 /// Refuses keys that cannot be stored as a path below the bucket without escaping it or
 /// aliasing another key.
 fn validate_key(bucket: &str, key: &str) -> Result<(), StoreError> {
+    // One pass over the key for the usual answer; the checks below only say what is wrong.
+    // (The seal validates every source's key twice, its read and its tag: they were 2% of
+    // the instructions of the seal of 100,000 tiny objects, issue 16.)
+    if key_is_storable(key) {
+        return Ok(());
+    }
     let problem = if key.is_empty() {
         "the key is empty".to_owned()
     } else if key.len() > MAX_KEY_NUM_BYTES {
@@ -449,4 +479,18 @@ fn validate_key(bucket: &str, key: &str) -> Result<(), StoreError> {
         return Ok(());
     };
     Err(invalid_request(bucket, key, format!("key cannot be stored in a local directory: {problem}")))
+}
+
+/// What [`validate_key`] accepts: not empty, not too long, and every segment between '/' a
+/// file name (not empty, not `.` or `..`, no NUL, not too long), so no leading or trailing '/'.
+fn key_is_storable(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_KEY_NUM_BYTES
+        && key.as_bytes().split(|&byte| byte == b'/').all(|segment| {
+            !segment.is_empty()
+                && segment != b"."
+                && segment != b".."
+                && segment.len() <= MAX_KEY_SEGMENT_NUM_BYTES
+                && !segment.contains(&0)
+        })
 }

@@ -342,3 +342,46 @@ async fn a_batch_opens_each_object_as_a_single_open_does() {
     let mut no_bucket = ObjectOpener::batch(&store, "no-such-bucket");
     assert!(matches!(no_bucket.open("d/a"), Err(StoreError::NoSuchBucket { .. })));
 }
+
+/// Issue 16: the one-pass check the seal takes for every key accepts what the detailed checks
+/// accept and nothing else (they say what is wrong with the rest).
+#[test]
+fn the_quick_key_check_accepts_exactly_the_keys_validation_accepts() {
+    // 1,025 bytes, every segment a file name.
+    let long_key = format!("{}b", "a/".repeat(512));
+    let long_segment = "x".repeat(256);
+    let longest_segment = "x".repeat(255);
+    let cases = [
+        ("a", true),
+        ("logs/2024/01/14/x.json", true),
+        ("...", true),
+        (".a/b..", true),
+        ("a/..b/c.", true),
+        (longest_segment.as_str(), true),
+        ("", false),
+        ("/a", false),
+        ("a/", false),
+        ("a//b", false),
+        ("a/./b", false),
+        ("a/../b", false),
+        (".", false),
+        ("a\0b", false),
+        (long_segment.as_str(), false),
+        (long_key.as_str(), false),
+    ];
+    for (key, storable) in cases {
+        assert_eq!(key_is_storable(key), storable, "{key:?}");
+        assert_eq!(validate_key(BUCKET, key).is_ok(), storable, "{key:?}");
+    }
+}
+
+/// Issue 16: ETags are written digit by digit; they read as `{:x}` writes them, so ETags
+/// recorded before stay equal.
+#[test]
+fn etag_digits_are_what_hex_formatting_writes() {
+    for value in [0, 1, 9, 10, 15, 16, 255, 0x1234_5678_9abc, u64::MAX as u128, u128::MAX, 1_733_000_000_123_456_789] {
+        let mut written = String::new();
+        push_hex(&mut written, value);
+        assert_eq!(written, format!("{value:x}"));
+    }
+}
