@@ -507,49 +507,27 @@ impl Manifest for SqliteManifest {
 
     /// An output that is not committed (yet, or ever) compacts nothing: `Ok(0)`. An unknown
     /// output is [`ManifestError::NotFound`].
-    ///
-    /// A transaction per [`MARK_COMPACTED_CHUNK`] sources, not one for the whole output: the
-    /// connection is free between them, so the seal's expiry (reading the placements, moving
-    /// the cursor) goes on beside a large output's flip instead of waiting for all of it
-    /// (issue 16). A crash between two chunks leaves what a crash between the commit and the
-    /// flip always left: the next seal's recovery finishes it, as it does for every committed
-    /// output.
     async fn mark_compacted(&self, partition: &PartitionKey, output_key: &str) -> Result<u64, ManifestError> {
-        let mut compacted = 0;
-        let mut after: Option<(i64, String)> = None;
-        loop {
-            let (partition, output_key, chunk_after) = (partition.clone(), output_key.to_owned(), after.take());
-            let first_chunk = chunk_after.is_none();
-            let (changed, next) = self
-                .write(move |transaction| {
-                    if first_chunk {
-                        let output_state: Option<String> = transaction
-                            .query_row(
-                                "SELECT state FROM outputs
-                                 WHERE partition_bucket = ?1 AND partition_path = ?2 AND key = ?3",
-                                params![partition.bucket, partition.path, output_key],
-                                |row| row.get(0),
-                            )
-                            .optional()
-                            .map_err(sqlite_error)?;
-                        let Some(output_state) = output_state else {
-                            return Err(ManifestError::NotFound {
-                                what: format!("output {output_key} of partition {partition}"),
-                            });
-                        };
-                        if output_state != OutputState::Committed.as_str() {
-                            return Ok((0, None));
-                        }
-                    }
-                    mark_compacted_chunk(transaction, &partition, &output_key, chunk_after)
-                })
-                .await?;
-            compacted += changed;
-            match next {
-                Some(next) => after = Some(next),
-                None => return Ok(compacted),
+        let partition = partition.clone();
+        let output_key = output_key.to_owned();
+        self.write(move |transaction| {
+            let output_state: Option<String> = transaction
+                .query_row(
+                    "SELECT state FROM outputs WHERE partition_bucket = ?1 AND partition_path = ?2 AND key = ?3",
+                    params![partition.bucket, partition.path, output_key],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sqlite_error)?;
+            let Some(output_state) = output_state else {
+                return Err(ManifestError::NotFound { what: format!("output {output_key} of partition {partition}") });
+            };
+            if output_state != OutputState::Committed.as_str() {
+                return Ok(0);
             }
-        }
+            mark_compacted_in(transaction, &partition, &output_key)
+        })
+        .await
     }
 
     async fn mark_expiry(&self, bucket: &str, keys: &[String], at: DateTime<Utc>) -> Result<(), ManifestError> {

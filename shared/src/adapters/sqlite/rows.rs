@@ -341,70 +341,46 @@ WHERE bucket = ?1 AND output_key = ?2 AND partition_path = ?3 AND (output_offset
 ORDER BY output_offset, key
 LIMIT ?5";
 
-/// Sources a transaction of [`Manifest::mark_compacted`] turns compacted at most.
-pub(super) const MARK_COMPACTED_CHUNK: usize = 1000;
-
-/// The next [`MARK_COMPACTED_CHUNK`] of an output's placements in (offset, key) order: `?1`
-/// the partition's bucket, `?2` the output key, `?3` and `?4` the offset and key to start
-/// after, `?5` the limit. A walk of `objects_by_output`, which holds the key (a `WITHOUT
-/// ROWID` table's indexes end with its primary key): no row is read.
-pub(super) const OUTPUT_KEYS_SQL: &str = "
-SELECT output_offset, key FROM objects INDEXED BY objects_by_output
-WHERE bucket = ?1 AND output_key = ?2 AND (output_offset, key) > (?3, ?4)
-ORDER BY output_offset, key
-LIMIT ?5";
+/// The least and greatest key of an output's sources: `?1` the partition's bucket, `?2` the
+/// output key. A walk of the output's entries in `objects_by_output`, which hold the key (a
+/// `WITHOUT ROWID` table's indexes end with its primary key): no row is read.
+pub(super) const OUTPUT_KEY_RANGE_SQL: &str = "
+SELECT min(key), max(key) FROM objects INDEXED BY objects_by_output WHERE bucket = ?1 AND output_key = ?2";
 
 /// Turns an output's placed pending sources compacted: `?1` the partition's bucket, `?2` its
-/// path, `?3` the output key, `?4` and `?5` the least and greatest key of a chunk of its
-/// placements ([`OUTPUT_KEYS_SQL`]). It walks the primary key between the two, where an
-/// output's rows lie next to each other (an output is a range of its partition's keys), and
-/// rewrites each in place: looked up from `objects_by_output` instead, each row cost a seek of
-/// the primary key (issue 16). `NOT INDEXED` keeps the planner off `objects_by_partition_state`,
+/// path, `?3` the output key, `?4` and `?5` the least and greatest key of its placements
+/// ([`OUTPUT_KEY_RANGE_SQL`]). It walks the primary key between the two, where an output's
+/// rows lie next to each other (an output is a range of its partition's keys), and rewrites
+/// each in place: looked up from `objects_by_output` instead, each row cost a seek of the
+/// primary key (issue 16). `NOT INDEXED` keeps the planner off `objects_by_partition_state`,
 /// whose entries this very statement moves. Rows of the range that are not the output's
 /// (other states, later versions) are passed over by the conditions.
 pub(super) const MARK_COMPACTED_SQL: &str = "
 UPDATE objects NOT INDEXED SET state = 'compacted'
 WHERE bucket = ?1 AND key >= ?4 AND key <= ?5 AND partition_path = ?2 AND state = 'pending' AND output_key = ?3";
 
-/// One chunk of [`Manifest::mark_compacted`] inside `transaction`: the placements after
-/// `after` (offset, key), at most [`MARK_COMPACTED_CHUNK`] of them. Returns how many rows
-/// turned compacted and where the next chunk starts (`None` after the output's last).
-/// Every placement of the chunk lies between the chunk's least and greatest key, whatever the
-/// order of offsets and keys, so every placement is in some chunk's key range.
-pub(super) fn mark_compacted_chunk(
+/// [`Manifest::mark_compacted`] of a committed output, inside `transaction`: how many rows
+/// turned compacted. Every placement lies between the least and greatest key of all of them,
+/// whatever the order of their offsets.
+pub(super) fn mark_compacted_in(
     transaction: &Transaction<'_>,
     partition: &PartitionKey,
     output_key: &str,
-    after: Option<(i64, String)>,
-) -> Result<(u64, Option<(i64, String)>), ManifestError> {
-    // Offsets are never negative, so -1 means "from the first".
-    let (after_offset, after_key) = after.unwrap_or((-1, String::new()));
-    let mut keys = transaction.prepare_cached(OUTPUT_KEYS_SQL).map_err(sqlite_error)?;
-    let mut rows = keys
-        .query(params![partition.bucket, output_key, after_offset, after_key, limit_integer(MARK_COMPACTED_CHUNK)])
+) -> Result<u64, ManifestError> {
+    let range: (Option<String>, Option<String>) = transaction
+        .prepare_cached(OUTPUT_KEY_RANGE_SQL)
+        .and_then(|mut statement| {
+            statement.query_row(params![partition.bucket, output_key], |row| Ok((row.get(0)?, row.get(1)?)))
+        })
         .map_err(sqlite_error)?;
-    let (mut count, mut last_placed) = (0, None);
-    let mut bounds: Option<(String, String)> = None;
-    while let Some(row) = rows.next().map_err(sqlite_error)? {
-        let (offset, key): (i64, String) = (row.get(0).map_err(sqlite_error)?, row.get(1).map_err(sqlite_error)?);
-        bounds = Some(match bounds {
-            None => (key.clone(), key.clone()),
-            Some((least, greatest)) => {
-                (if key < least { key.clone() } else { least }, if key > greatest { key.clone() } else { greatest })
-            }
-        });
-        last_placed = Some((offset, key));
-        count += 1;
-    }
-    let Some((least, greatest)) = bounds else { return Ok((0, None)) };
+    let (Some(least), Some(greatest)) = range else { return Ok(0) };
     let changed = transaction
         .prepare_cached(MARK_COMPACTED_SQL)
         .and_then(|mut statement| {
             statement.execute(params![partition.bucket, partition.path, output_key, least, greatest])
         })
         .map_err(sqlite_error)?;
-    let next = if count < MARK_COMPACTED_CHUNK { None } else { last_placed };
-    Ok((changed as u64, next))
+    Ok(changed as u64)
 }
 
 /// A page of the rows of output `output_bucket`/`output_key`'s sources, in (offset, key) order

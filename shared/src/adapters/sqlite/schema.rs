@@ -198,15 +198,14 @@ mod tests {
     /// Issue 16: the flip runs once per output. Walking more than the output's own rows made
     /// the seal of a large partition quadratic; looking each row up from `objects_by_output`
     /// cost a seek of the primary key per source. So: the output's key range from its index
-    /// alone, a chunk at a time, then one walk of the primary key within each chunk's range.
+    /// alone, then one walk of the primary key within it.
     #[test]
     fn the_seals_per_output_flip_walks_the_primary_key_within_the_outputs_key_range() {
-        use super::super::rows::{MARK_COMPACTED_SQL, OUTPUT_KEYS_SQL};
+        use super::super::rows::{MARK_COMPACTED_SQL, OUTPUT_KEY_RANGE_SQL};
         let connection = rusqlite::Connection::open_in_memory().unwrap();
         connection.execute_batch(SCHEMA_SQL).unwrap();
-        let keys = query_plan(&connection, OUTPUT_KEYS_SQL);
-        assert!(keys.contains("USING COVERING INDEX objects_by_output (bucket=? AND output_key=?"), "{keys}");
-        assert!(!keys.contains("TEMP B-TREE"), "the keys are read in offset order, never sorted: {keys}");
+        let range = query_plan(&connection, OUTPUT_KEY_RANGE_SQL);
+        assert!(range.contains("USING COVERING INDEX objects_by_output (bucket=? AND output_key=?)"), "{range}");
         let compacted = query_plan(&connection, MARK_COMPACTED_SQL);
         assert!(compacted.contains("USING PRIMARY KEY (bucket=? AND key>? AND key<?)"), "{compacted}");
         assert!(!compacted.contains("INDEX"), "no index walk, no lookup from one: {compacted}");

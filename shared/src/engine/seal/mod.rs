@@ -390,29 +390,17 @@ impl Compactor {
         self.manifest
             .commit_output(lease, &dest_bucket, &range.key, written.size, &written.sha256, placed, self.clock.now())
             .await?;
-        // What may expire is what the output holds, from its placements: read back a page at a
-        // time, so a large output's sources are never all held here, and with no read of the
-        // sources' records (each tag or delete is conditional on the placed ETag instead).
-        let flip = self.manifest.mark_compacted(&lease.partition, &range.key);
-        let expire = self.expire_output(report, &record, None, awaiting_expiry, &mut written.seen);
-        let (compacted, source_bytes) = if self.config.expiry == ExpiryMode::Tag {
-            // Tags go on while the manifest turns the sources compacted (issue 16: the flip
-            // was a sixth of the seal of 100,000 tiny objects, the tags a fifth, one after
-            // the other): both only need the commit. Not in delete mode: a deleted source's
-            // ObjectRemoved event must find its record compacted, or it would turn a source
-            // whose bytes are in this output `removed`.
-            let (compacted, source_bytes) = futures::join!(flip, expire);
-            (compacted?, source_bytes?)
-        } else {
-            let compacted = flip.await?;
-            (compacted, expire.await?)
-        };
+        let compacted = self.manifest.mark_compacted(&lease.partition, &range.key).await?;
         if compacted != placed {
             // A newer version may have arrived between placement and commit (it stays pending),
             // and a manifest whose index lags its writes may miss a source placed a moment ago
             // (the next seal's recovery finishes it). Worth a line in the log, never a failure.
             warn!(output = %range.key, placed, compacted, "not every placed source turned compacted");
         }
+        // What may expire is what the output holds, from its placements: read back a page at a
+        // time, so a large output's sources are never all held here, and with no read of the
+        // sources' records (each tag or delete is conditional on the placed ETag instead).
+        let source_bytes = self.expire_output(report, &record, None, awaiting_expiry, &mut written.seen).await?;
         report.outputs_committed += 1;
         report.objects_compacted += compacted;
         report.objects_superseded += superseded;
