@@ -225,6 +225,7 @@ use crate::ports::manifest::{
     HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 
+mod arrivals;
 mod derived;
 mod ingest;
 mod items;
@@ -234,6 +235,7 @@ mod partitions;
 mod placed_versions;
 mod placements;
 mod requests;
+mod scan;
 mod table;
 
 pub use items::object_shard;
@@ -265,10 +267,13 @@ pub const OPTIMISTIC_ATTEMPTS: usize = 8;
 /// (`s3-compactor init`), and by a seal's first `acquire` on a table of an older one. 1: before
 /// the marker existed; 2: placement chunks carry ETags and sizes, and outputs an expiry cursor;
 /// 3: outputs carry a chunk directory and their sources are derived compacted, never flipped
-/// (`derived`), which a build of schema 2 would read as pending and compact again. All read the
-/// same way here, so an older table needs no migration; a table of a newer schema is refused,
-/// never misread.
-pub const SCHEMA_VERSION: u64 = 3;
+/// (`derived`), which a build of schema 2 would read as pending and compact again; 4: ingest
+/// appends arrival items (`arrivals`), which a build of schema 3 would not read at all (its
+/// release would seal a partition whose objects it never saw). All read the same way here, so
+/// an older table needs no migration; a table of a newer schema is refused, never misread.
+/// Ingest records this build's version before its first arrival item, as the seal does before
+/// its first lock.
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// How many attempts the SDK makes for a throttled or failed request (standard retry mode,
 /// exponential back-off with jitter) before the error reaches the caller.
@@ -359,6 +364,14 @@ enum DynamoDbManifestError {
          manifest"
     )]
     ForeignTimeToLive { table: String, attribute: String },
+    #[error("arrival item {pk} / {sk} of table {table} cannot be read: {source}")]
+    DamagedArrivals {
+        table: String,
+        pk: String,
+        sk: String,
+        #[source]
+        source: crate::domain::arrivals::ArrivalsError,
+    },
 }
 
 impl From<DynamoDbManifestError> for ManifestError {
@@ -390,6 +403,8 @@ pub struct DynamoDbManifest {
     schema_checked: std::sync::Arc<tokio::sync::OnceCell<()>>,
     /// Committed outputs' chunks read lately, for derivation (see `derived`).
     chunk_cache: std::sync::Arc<derived::ChunkCache>,
+    /// Cursors over partitions' arrival records, kept between the pages of a scan (`arrivals`).
+    arrival_cursors: std::sync::Arc<arrivals::ArrivalCursors>,
 }
 
 impl fmt::Debug for DynamoDbManifest {
@@ -414,6 +429,7 @@ impl DynamoDbManifest {
             record_ttl: None,
             schema_checked: Default::default(),
             chunk_cache: Default::default(),
+            arrival_cursors: Default::default(),
         }
     }
 

@@ -18,19 +18,15 @@ impl DynamoDbManifest {
         let committed_outputs = committed_outputs_of(&output_items, &self.table)?;
         let deriving = derived::deriving_outputs(&output_items, &self.table)?;
         let mut counts = PartitionCounts { committed_outputs, ..PartitionCounts::default() };
-        if !deriving.is_empty() {
+        if !deriving.is_empty() || self.has_arrivals(key).await? {
             let query = ObjectQuery { state: None, ..ObjectQuery::in_state(ObjectState::Pending) };
-            let mut merge = manifest::ShardMerge::scan(key, &query, DERIVE_BATCH);
-            loop {
-                let mut batch = merge.next_batch(self, DERIVE_BATCH).await?;
-                if batch.is_empty() {
-                    return Ok(counts);
-                }
-                self.derive_records(key, &deriving, &mut batch).await?;
+            self.for_each_derived(key, &query, &deriving, |batch| {
                 for record in batch {
-                    counts.add(record.state, record.size);
+                    counts.add(record.record.state, record.record.size);
                 }
-            }
+            })
+            .await?;
+            return Ok(counts);
         }
         let shard_counts = stream::iter(0..OBJECT_SHARDS)
             .map(|shard| self.count_shard(object_shard_pk(&key.bucket, &key.path, shard)))
@@ -75,20 +71,17 @@ impl DynamoDbManifest {
     }
 
     /// Pending objects of a partition, counted by the server (`Select = COUNT`); with outputs
-    /// whose sources are derived, stored-pending records read in key order and derived.
+    /// whose sources are derived or with arrival items, every record read in key order,
+    /// combined and derived.
     pub(super) async fn count_pending(&self, key: &PartitionKey) -> Result<u64, ManifestError> {
         let deriving = self.deriving_outputs(key).await?;
-        if !deriving.is_empty() {
-            let mut merge = manifest::ShardMerge::scan(key, &ObjectQuery::in_state(ObjectState::Pending), DERIVE_BATCH);
+        if !deriving.is_empty() || self.has_arrivals(key).await? {
             let mut pending = 0;
-            loop {
-                let mut batch = merge.next_batch(self, DERIVE_BATCH).await?;
-                if batch.is_empty() {
-                    return Ok(pending);
-                }
-                self.derive_records(key, &deriving, &mut batch).await?;
-                pending += batch.iter().filter(|record| record.state == ObjectState::Pending).count() as u64;
-            }
+            self.for_each_derived(key, &ObjectQuery::in_state(ObjectState::Pending), &deriving, |batch| {
+                pending += batch.iter().filter(|record| record.record.state == ObjectState::Pending).count() as u64;
+            })
+            .await?;
+            return Ok(pending);
         }
         let per_shard = stream::iter(0..OBJECT_SHARDS)
             .map(|shard| async move {
@@ -140,7 +133,7 @@ impl DynamoDbManifest {
 }
 
 /// Records counted and derived per batch of a merged scan: a page of each shard's Query.
-const DERIVE_BATCH: usize = 1000;
+pub(super) const DERIVE_BATCH: usize = 1000;
 
 /// How many of a partition's output items are committed.
 fn committed_outputs_of(items: &[Item], table: &str) -> Result<u64, ManifestError> {
