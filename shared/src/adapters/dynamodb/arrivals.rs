@@ -210,7 +210,12 @@ impl DynamoDbManifest {
         Ok(IngestOutcome::Appended)
     }
 
-    async fn write_arrival_items(&self, bucket: &str, path: &str, records: Vec<Arrival>) -> Result<(), ManifestError> {
+    pub(super) async fn write_arrival_items(
+        &self,
+        bucket: &str,
+        path: &str,
+        records: Vec<Arrival>,
+    ) -> Result<(), ManifestError> {
         let count = records.len();
         let batches = encode_batches(records, Compression::Zstd, ARRIVAL_ITEM_MAX_BYTES)
             .map_err(|error| ManifestError::backend(BACKEND_NAME, error))?;

@@ -812,3 +812,6 @@ async fn racing_ingests_and_releases_never_strand_a_pending_object() {
         assert_eq!(closed.len(), 1, "round {round}: the pending object's partition stays in the pending index");
     }
 }
+
+#[path = "arrivals_tests.rs"]
+mod arrivals_tests;
