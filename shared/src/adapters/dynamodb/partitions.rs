@@ -5,7 +5,8 @@ use super::*;
 /// What release step one saw.
 pub(super) struct ReleaseCount {
     pub(super) stored: StoredPartition,
-    pub(super) pending_objects: u64,
+    /// Counted after `stored` was read: the record release answers has them, not a recount.
+    pub(super) counts: PartitionCounts,
 }
 
 impl DynamoDbManifest {
@@ -68,53 +69,6 @@ impl DynamoDbManifest {
                 return Ok(counts);
             }
         }
-    }
-
-    /// Pending objects of a partition, counted by the server (`Select = COUNT`); with outputs
-    /// whose sources are derived or with arrival items, every record read in key order,
-    /// combined and derived.
-    pub(super) async fn count_pending(&self, key: &PartitionKey) -> Result<u64, ManifestError> {
-        let deriving = self.deriving_outputs(key).await?;
-        if !deriving.is_empty() || self.has_arrivals(key).await? {
-            let mut pending = 0;
-            self.for_each_derived(key, &ObjectQuery::in_state(ObjectState::Pending), &deriving, |batch| {
-                pending += batch.iter().filter(|record| record.record.state == ObjectState::Pending).count() as u64;
-            })
-            .await?;
-            return Ok(pending);
-        }
-        let per_shard = stream::iter(0..OBJECT_SHARDS)
-            .map(|shard| async move {
-                let shard_pk = object_shard_pk(&key.bucket, &key.path, shard);
-                let mut count = 0_u64;
-                let mut start_key: Option<Item> = None;
-                loop {
-                    let page = self
-                        .client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("#pk = :pk")
-                        .filter_expression("#state = :pending")
-                        .set_expression_attribute_names(Some(names_in(&["#pk", "#state"])))
-                        .expression_attribute_values(":pk", string_value(&shard_pk))
-                        .expression_attribute_values(":pending", string_value(ObjectState::Pending.as_str()))
-                        .select(Select::Count)
-                        .consistent_read(true)
-                        .set_exclusive_start_key(start_key)
-                        .send()
-                        .await
-                        .map_err(|error| self.request_error("Query", error.into()))?;
-                    count += u64::try_from(page.count).unwrap_or(0);
-                    start_key = page.last_evaluated_key;
-                    if start_key.is_none() {
-                        return Ok::<u64, ManifestError>(count);
-                    }
-                }
-            })
-            .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect::<Vec<u64>>()
-            .await?;
-        Ok(per_shard.into_iter().sum())
     }
 
     pub(super) async fn output_items(&self, key: &PartitionKey) -> Result<Vec<Item>, ManifestError> {
@@ -238,8 +192,8 @@ impl DynamoDbManifest {
     /// after that read.
     pub(super) async fn count_for_release(&self, lease: &Lease) -> Result<ReleaseCount, ManifestError> {
         let stored = self.check_fence(lease).await?;
-        let pending_objects = self.count_pending(&lease.partition).await?;
-        Ok(ReleaseCount { stored, pending_objects })
+        let counts = self.counts(&lease.partition).await?;
+        Ok(ReleaseCount { stored, counts })
     }
 
     /// Release, step two: `sealed` if nothing was pending and no ingest wrote the partition item
@@ -258,7 +212,7 @@ impl DynamoDbManifest {
             (":lease_generation", number_value(lease.generation)),
             (":lease_owner", string_value(&lease.owner)),
         ]);
-        let (update, condition) = if counted.pending_objects == 0 {
+        let (update, condition) = if counted.counts.pending_objects == 0 {
             expression_values.insert(":sealed".to_owned(), string_value(PartitionState::Sealed.as_str()));
             expression_values.insert(":now".to_owned(), time_value(now));
             let counter_unchanged = match counted.stored.ingest_counter {
@@ -288,8 +242,10 @@ impl DynamoDbManifest {
         };
         match self.conditional_update(item_key, update, &condition, expression_values, true).await? {
             Ok(new_item) => {
+                // The objects are as counted: a write of ingest since would have failed the
+                // condition (the counter), and release writes no object.
                 let stored = StoredPartition::from_item(&new_item.unwrap_or_default(), &self.table)?;
-                Ok(Some(self.partition_record(stored).await?))
+                Ok(Some(stored.with_counts(counted.counts)))
             }
             Err(_) => Ok(None),
         }

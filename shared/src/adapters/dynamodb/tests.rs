@@ -489,7 +489,7 @@ async fn a_release_that_counted_before_a_late_ingest_does_not_seal() {
     manifest.mark_missing(&lease, "logs/2024/01/14/a.json", "10", "gone").await.unwrap();
 
     let counted = manifest.count_for_release(&lease).await.unwrap();
-    assert_eq!(counted.pending_objects, 0);
+    assert_eq!(counted.counts.pending_objects, 0);
     let late = new_object(&partition, "late.json", "10", 7);
     assert_eq!(manifest.record_object(&late).await.unwrap(), IngestOutcome::Appended);
     assert!(manifest.write_release(&lease, counted, now).await.unwrap().is_none(), "the stale count must not seal");
