@@ -220,22 +220,15 @@ impl DynamoDbManifest {
         let batches = encode_batches(records, Compression::Zstd, ARRIVAL_ITEM_MAX_BYTES)
             .map_err(|error| ManifestError::backend(BACKEND_NAME, error))?;
         let now = Utc::now();
-        stream::iter(batches)
-            .map(|bytes| async move {
+        let items = batches
+            .into_iter()
+            .map(|bytes| {
                 let mut item = key_of(arrival_pk(bucket, path), arrival_sk(now, &bytes));
                 item.insert("records".to_owned(), AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(bytes)));
-                self.client
-                    .put_item()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .send()
-                    .await
-                    .map_err(|error| self.request_error("PutItem", error.into()))
-                    .map(|_| ())
+                item
             })
-            .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect();
+        self.put_items(items).await?;
         tracing::debug!(bucket, path, records = count, "appended arrival records");
         Ok(())
     }

@@ -343,23 +343,16 @@ impl DynamoDbManifest {
                 Some(ChunkKeys(chunk_sk(chunk.first_offset, &chunk.first_key), least, greatest))
             })
             .collect();
-        stream::iter(chunks)
-            .map(|chunk| async move {
+        let items = chunks
+            .into_iter()
+            .map(|chunk| {
                 let mut item = key_of(chunk_pk(partition, output_key), chunk_sk(chunk.first_offset, &chunk.first_key));
                 item.insert("generation".to_owned(), number_value(generation));
                 item.insert("placements".to_owned(), string_value(chunk.placements));
-                self.client
-                    .put_item()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .send()
-                    .await
-                    .map_err(|error| self.request_error("PutItem", error.into()))
-                    .map(|_| ())
+                item
             })
-            .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect();
+        self.put_items(items).await?;
         // After the chunks, so a directory never names a chunk that is not there; before the
         // commit, which is what makes the output's sources compacted.
         self.record_chunk_directory(partition, output_key, generation, directory).await?;
