@@ -166,8 +166,9 @@ pub struct ConfigArgs {
     #[arg(long, global = true, env = "COMPACTOR_EXPIRY_TAG", value_name = "KEY=VALUE")]
     pub expiry_tag: Option<String>,
     /// DynamoDB only: delete a source's manifest record this long after the source was marked
-    /// for expiry, e.g. 400d (30d to 3650d); the embedded backend keeps every record [default:
-    /// unset, records are kept as the audit trail].
+    /// for expiry, e.g. 400d (30d to 3650d); ingest then writes an item per object (a write
+    /// unit each) instead of batched arrival items; the embedded backend keeps every record
+    /// [default: unset, records are kept as the audit trail].
     #[arg(long, global = true, env = "COMPACTOR_RECORD_TTL", value_name = "DURATION")]
     pub record_ttl: Option<String>,
     /// Source GETs in flight per output [default: 32].

@@ -156,7 +156,7 @@ pub fn progress_bar(length: u64, message: &str) -> ProgressBar {
 
 pub fn print_ingest_report(report: &IngestReport) {
     println!(
-        "ingested {} events: {} recorded ({}), {} updated, {} stale (replays or older), {} removed, {} removals ignored, {} skipped, {} non-object records",
+        "ingested {} events: {} recorded ({}), {} updated, {} stale (replays or older), {} removed, {} removals ignored, {} skipped, {} non-object records{}",
         thousands(report.events),
         thousands(report.recorded),
         human_bytes(report.bytes_recorded),
@@ -166,6 +166,14 @@ pub fn print_ingest_report(report: &IngestReport) {
         thousands(report.removal_ignored),
         thousands(report.skipped_total()),
         thousands(report.ignored_records),
+        if report.appended > 0 {
+            format!(
+                "; {} appended to arrival records (DynamoDB decides replays and removals when the seal reads them)",
+                thousands(report.appended)
+            )
+        } else {
+            String::new()
+        },
     );
     for (reason, count) in &report.skipped {
         println!("  skipped {reason}: {}", thousands(*count));

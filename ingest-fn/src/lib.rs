@@ -38,7 +38,8 @@ use tracing::{error, info_span, warn, Instrument};
 pub mod metric {
     /// Object events received (created and removed), skipped ones included.
     pub const EVENTS: &str = "EventsReceived";
-    /// Objects recorded as pending (new, or a newer version of a pending one).
+    /// Objects recorded as pending (new, or a newer version of a pending one); on DynamoDB,
+    /// every event appended to the arrival records, which the seal sorts out when it reads them.
     pub const OBJECTS_RECORDED: &str = "ObjectsRecorded";
     pub const BYTES_RECORDED: &str = "BytesRecorded";
     /// Pending objects taken out of the plan by an ObjectRemoved event.
@@ -138,7 +139,7 @@ impl InvocationReport {
         let report = &self.report;
         let mut metrics = MetricSet::default();
         metrics.add(metric::EVENTS, Unit::Count, report.events);
-        metrics.add(metric::OBJECTS_RECORDED, Unit::Count, report.recorded + report.updated);
+        metrics.add(metric::OBJECTS_RECORDED, Unit::Count, report.recorded + report.updated + report.appended);
         metrics.add(metric::BYTES_RECORDED, Unit::Bytes, report.bytes_recorded);
         metrics.add(metric::OBJECTS_REMOVED, Unit::Count, report.removed);
         metrics.add(metric::STALE_EVENTS, Unit::Count, report.stale);

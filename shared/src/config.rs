@@ -21,7 +21,7 @@
 //! | `COMPACTOR_PARQUET_ROW_GROUPS` | `copy` or `rewrite`: Parquet sources' row groups copied as they are, or small ones (under 1 MiB) decoded and re-encoded into row groups of about 64 MiB (outputs ending `-rows.parquet`); a `COMPACTOR_FORMATS` rule's own `parquet:rewrite` wins | `copy` |
 //! | `COMPACTOR_EXPIRY` | `tag`, `delete` or `none`: what happens to compacted sources | `tag` |
 //! | `COMPACTOR_EXPIRY_TAG` | the tag merged into compacted sources, `key=value` | `compacted=true` |
-//! | `COMPACTOR_RECORD_TTL` | DynamoDB only: delete a source's record this long after the source was marked for expiry (`400d`; `30d` to `3650d`); SQLite ignores it | unset: records are kept (the audit trail) |
+//! | `COMPACTOR_RECORD_TTL` | DynamoDB only: delete a source's record this long after the source was marked for expiry (`400d`; `30d` to `3650d`); ingest then writes an item per object instead of arrival items; SQLite ignores it | unset: records are kept (the audit trail) |
 //! | `COMPACTOR_READ_CONCURRENCY` | source GETs in flight per output | `32` |
 //! | `COMPACTOR_READ_AHEAD_BYTES` | bytes of sources read ahead of the writer | `64MiB` |
 //! | `COMPACTOR_UPLOAD_CONCURRENCY` | parts uploading at once per output | `4` |

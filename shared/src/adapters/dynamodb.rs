@@ -29,6 +29,7 @@
 //! | partition | `P#{bucket}#{path}` | `#PARTITION` | `bucket`, `path`, `period_start`, `period_end`, `closes_at`, `state`, `generation`, `lock_owner`?, `lease_expires_at`?, `sealed_at`?, `ingest_counter`; `gsi1pk`/`gsi1sk` while it may have pending objects; `gsi3pk`/`gsi3sk` always |
 //! | object | `O#{bucket}#{path}#{shard:02}` | the object key | `bucket`, `partition_path`, `size`, `etag`?, `sequencer`, `event_time`, `state`, `note`?, `expiry_marked_at`?, `expires_at`?; once flipped `compacted`: `output_key`, `output_generation`, `output_offset`, `output_length`, `output_sha256`, `output_separator_bytes`, and `expiry_by_output` when its output keeps an expiry cursor. A source of an output with `placed_chunks` is not flipped: its item stays as ingest wrote it (`pending`) and reads compacted (see "Derived state" below), unless a write it needs anyway (its own expiry mark, a scanned version's confirmation) records it; `gsi2pk`, `gsi2sk` only on items placed by versions before placement chunks |
 //! | output | `P#{bucket}#{path}` | `OUT#{generation:020}#{part:010}#{bucket}#{key}` | `bucket`, `key`, `partition_bucket`, `partition_path`, `generation`, `part_number`, `state`, `size`?, `sha256`?, `object_count`, `upload_id`?, `created_at`, `committed_at`?, `sources_compacted`?, `placed_chunks`? (the directory of its placement chunks, JSON `[[chunk sk, first key, last key], ...]`, written by `record_placements`; absent on outputs placed before it, whose sources are flipped); the expiry cursor, from the commit on: `expiry_done` (Boolean), `expiry_through_offset`?, `expiry_through_key`?, `expiry_marked_at`? |
+//! | arrival | `A#{bucket}#{path}` | 20 digits of the writer's clock (microseconds) `#` a hash of the records | `records` (Binary): one ingest batch's records of the partition, in the encoding of [`crate::domain::arrivals`]; immutable, never updated (see "Arrival items" below) |
 //! | placement chunk | `PL#{bucket}#{len(path)}#{path}{output key}` | first offset, 20 digits | `generation`, `placements` (JSON, up to 300 KB): see the `placements` module |
 //! | output pointer | `OUTKEY#{bucket}#{key}` | `#` | `target_pk`, `target_sk`: where the output item is |
 //! | schema | `#SCHEMA` | `#` | `version`: [`SCHEMA_VERSION`], written by `create_table` (`init`); absent on tables made before it (schema 1) |
@@ -69,6 +70,22 @@
 //! pages. Outputs without the directory (placed by earlier versions) keep `mark_compacted`'s
 //! flip, so tables written before need no migration.
 //!
+//! **Arrival items (the `arrivals` and `scan` modules, schema 4).** Ingest appends one item
+//! per partition per batch holding the batch's records (about 51 bytes a CloudTrail record),
+//! unconditionally, instead of a conditional object item per object: a replayed batch adds a
+//! duplicate that readers drop. A key's record is its object item (written by per-object
+//! ingest before schema 4 or with a record TTL, or by the seal for an exception: `missing`,
+//! an expiry mark) combined with its arrival records by the ingest rule
+//! ([`crate::domain::combined`]), then derived as above. Scans merge the partition's arrival
+//! items into key order within a memory budget (sorted runs spill to an anonymous temporary
+//! file) and keep the cursor between pages; each later page first Queries the items written
+//! since the cursor was made and makes it anew if one is new. Per-key reads (`object`,
+//! exceptions, a placement whose key got a new arrival) read the partition's arrival items and
+//! keep their keys. Nothing is consumed or deleted: a reopened partition's seal reads them
+//! again (read units), and the placements say what is done. A hot partition's arrival items
+//! share one key: at ~6 write units per item of 100 records, its 1,000 writes/s take about
+//! 16,000 objects/s.
+//!
 //! **Record expiry (optional, off by default).** The table's time to live is enabled on
 //! [`RECORD_EXPIRY_ATTRIBUTE`] (`expires_at`, epoch **seconds**, as DynamoDB's TTL wants), but
 //! no item carries that attribute unless [`DynamoDbManifest::with_record_ttl`] is given a
@@ -96,8 +113,10 @@
 //! derives sources' states from committed outputs' chunk directories;
 //! `requests` holds the requests every call builds on (error classification, the lease fence,
 //! single-item writes, queries) and `optimistically`, the
-//! one read-decide-conditional-write loop; `ingest` records objects and removals and flags their
-//! partition; `partitions` derives counts and releases; `outputs` and `placements` hold the
+//! one read-decide-conditional-write loop; `arrivals` appends arrival items and reads them back
+//! (by key, or through a kept cursor); `ingest` writes object items (with a record TTL) and
+//! flags partitions; `scan` merges a partition's object items with its arrival records in key
+//! order; `partitions` derives counts and releases; `outputs` and `placements` hold the
 //! output lifecycle and the placement chunks; `placed_versions` reads a window's object items by
 //! key range for the placement check; `table` creates the table; `manifest` implements
 //! the port on top of them.
@@ -116,7 +135,8 @@
 //!   partition are `TransactWriteItems` with a `ConditionCheck` of the partition's generation
 //!   and lock owner.
 //! - **Counts are derived by reading the objects, not kept.** A partition's pending and
-//!   compacted counts are sums over its object items (one paged Query per shard), and its
+//!   compacted counts are sums over its object items (one paged Query per shard) and arrival
+//!   records, and its
 //!   committed outputs a Query of its output items. Counters on the partition item would make
 //!   it a hot key updated on every ingest. The cost of `partition()`, `partitions()`,
 //!   `closed_partitions()` and `release()` therefore grows with the partition's objects: they
@@ -160,8 +180,8 @@
 //!
 //! # The race between ingest and release
 //! `release` may seal a partition (drop it from [`PENDING_INDEX`]) only if no pending object
-//! can be left behind. Ingest writes the object first, then makes sure the partition item is
-//! flagged; release reads the partition item's `ingest_counter`, counts pending objects across
+//! can be left behind. Ingest writes the object (its arrival item, or its object item) first,
+//! then makes sure the partition item is flagged; release reads the partition item's `ingest_counter`, counts pending objects across
 //! the shards, and writes `sealed` on the condition that `ingest_counter` has not moved.
 //! Ingest bumps `ingest_counter` whenever it writes the partition item. For an ingest whose
 //! object write lands after release counted:
@@ -181,20 +201,20 @@
 //! # Costs per operation (items under 1 KB; a transaction costs double)
 //! | call | reads (RCU) | writes (WCU) |
 //! |---|---|---|
-//! | `record_object` | 1 strongly consistent GetItem (partition); + 1 (object) when the key is known | 1 Put; + 1 Update when the partition is new, sealed or sealing |
-//! | `record_objects` (n) | 1 per partition of the batch; + 1 per known key | n Puts; + 1 Update per partition new, sealed or sealing |
-//! | `record_removal` | 1; when the item is pending and the removal newer: + the partition's output items (1 Query) + each chunk whose key range holds the key (up to 75 per 300 KB chunk). Rare once the template routes no removal events: see the README | 1 (0 when the source is compacted) |
+//! | `record_objects` (n, a batch) | 1 strongly consistent GetItem per partition of the batch (its flag); + 1 for the schema item on a manifest value's first call | per partition, its arrival item's size: about 6 for 100 CloudTrail records; + 1 Update per partition new, sealed or sealing. With a record TTL: n conditional Puts, + 1 read per known key |
+//! | `record_object` | `record_objects` of one | 1 (the arrival item) + the Update as above |
+//! | `record_removal` | 0 | 1 (an arrival item of one record); with a record TTL as before arrival items: 1 read, + the output items and a chunk when the item is pending |
 //! | `acquire`, `renew` | 0 (+ 1 for the schema item, on a manifest value's first `acquire`) | 1 |
-//! | `release` | 1 + all object items of the partition (counting) + the output items, and with derived outputs the chunks holding stored-pending keys (about 0.05 per source they hold) | 1 |
-//! | `objects` (one page of n) | about n, over 16 Queries, + the output items, + the chunks of committed outputs whose key range holds a stored-pending key of the page (none on a first seal) | 0 |
-//! | `record_placements` (n) | 1 + per shard the window's range (strongly consistent Queries, 4 KB a unit: about n / 13 + 16 for n object items of ~300 bytes; by key where a range is mostly other items) + the output items of its generation (the directory) | the chunk items' size: about 0.2 per source, + the output item (its directory) |
-//! | `begin_output`, `commit_output`, `abandon_output`, `mark_missing` | 2 to 3 | 4 to 6 (a transaction of 2 or 3 items) |
+//! | `release` | 1 + all object and arrival items of the partition (counting, twice: the count and the record it answers) + the output items, and with derived outputs the chunks holding stored-pending keys (about 0.05 per source they hold) | 1 |
+//! | `objects` (one page of n) | about n object items, over 16 Queries (all states once the partition has arrival items), + the partition's arrival items on a scan's first page (its cursor serves the next, after 1 Query of the items written since), + the output items, + the chunks of committed outputs whose key range holds a stored-pending key of the page (none on a first seal) | 0 |
+//! | `record_placements` (n) | 1 + the arrival items written since the scan's cursor (none, mostly) + per shard the window's range (strongly consistent Queries, 4 KB a unit: about n / 13 + 16 for n object items of ~300 bytes; by key where a range is mostly other items) + the output items of its generation (the directory) | the chunk items' size: about 0.2 per source, + the output item (its directory) |
+//! | `begin_output`, `commit_output`, `abandon_output`, `mark_missing` | 2 to 3 (`mark_missing` of a source recorded by arrivals alone: + the partition's arrival items) | 4 to 6 (a transaction of 2 or 3 items) |
 //! | `mark_compacted` (n sources) | the output items | 1 on the output item (0 once done); for outputs placed before chunk directories, + the chunks (about n / 20) read and n written in n / 25 `BatchExecuteStatement`s |
 //! | `mark_expiry` (n keys) | n (the items, by key) + the output items and the chunks holding derived ones | n in n / 25 `BatchExecuteStatement`s (+ n for the index's copy, for objects placed before chunks); the seal calls it for exceptions only (changed, gone, tag limit), or for every source with a record TTL |
 //! | `output_placements` (a page of n) | the chunks holding them (about n / 20, strongly consistent) + 1 Query to find the first | 0 |
 //! | `advance_expiry` | 2 (the output's pointer and item) | 1 (the output item), per page of sources marked |
-//! | `partition`, `partitions`, `closed_partitions` | all object and output items of each partition returned, and with derived outputs the chunks holding stored-pending keys | 0 |
-//! | `object` | 1, + when stored pending the output items and the chunk holding the key (up to 75 per 300 KB chunk) | 0 |
+//! | `partition`, `partitions`, `closed_partitions` | all object, arrival and output items of each partition returned, and with derived outputs the chunks holding stored-pending keys | 0 |
+//! | `object` | 1, + the partition's arrival items, + when pending the output items and the chunk holding the key (up to 75 per 300 KB chunk) | 0 |
 //! | `closed_partition_keys` | the index Query (keys and lease attributes) + 1 per partition returned | 0 |
 
 use std::collections::{HashMap, VecDeque};
@@ -208,7 +228,7 @@ use aws_sdk_dynamodb::error::BuildError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BatchStatementRequest, BillingMode, CancellationReason, ConditionCheck,
     GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, TableStatus, TransactWriteItem, Update,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, Utc};
@@ -225,6 +245,7 @@ use crate::ports::manifest::{
     HeldLock, IngestOutcome, Lease, Manifest, ManifestError, NewObject, ObjectQuery, RemovedObject, SourcePlacement,
 };
 
+mod arrivals;
 mod derived;
 mod ingest;
 mod items;
@@ -234,6 +255,7 @@ mod partitions;
 mod placed_versions;
 mod placements;
 mod requests;
+mod scan;
 mod table;
 
 pub use items::object_shard;
@@ -265,10 +287,13 @@ pub const OPTIMISTIC_ATTEMPTS: usize = 8;
 /// (`s3-compactor init`), and by a seal's first `acquire` on a table of an older one. 1: before
 /// the marker existed; 2: placement chunks carry ETags and sizes, and outputs an expiry cursor;
 /// 3: outputs carry a chunk directory and their sources are derived compacted, never flipped
-/// (`derived`), which a build of schema 2 would read as pending and compact again. All read the
-/// same way here, so an older table needs no migration; a table of a newer schema is refused,
-/// never misread.
-pub const SCHEMA_VERSION: u64 = 3;
+/// (`derived`), which a build of schema 2 would read as pending and compact again; 4: ingest
+/// appends arrival items (`arrivals`), which a build of schema 3 would not read at all (its
+/// release would seal a partition whose objects it never saw). All read the same way here, so
+/// an older table needs no migration; a table of a newer schema is refused, never misread.
+/// Ingest records this build's version before its first arrival item, as the seal does before
+/// its first lock.
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// How many attempts the SDK makes for a throttled or failed request (standard retry mode,
 /// exponential back-off with jitter) before the error reaches the caller.
@@ -359,6 +384,14 @@ enum DynamoDbManifestError {
          manifest"
     )]
     ForeignTimeToLive { table: String, attribute: String },
+    #[error("arrival item {pk} / {sk} of table {table} cannot be read: {source}")]
+    DamagedArrivals {
+        table: String,
+        pk: String,
+        sk: String,
+        #[source]
+        source: crate::domain::arrivals::ArrivalsError,
+    },
 }
 
 impl From<DynamoDbManifestError> for ManifestError {
@@ -390,6 +423,8 @@ pub struct DynamoDbManifest {
     schema_checked: std::sync::Arc<tokio::sync::OnceCell<()>>,
     /// Committed outputs' chunks read lately, for derivation (see `derived`).
     chunk_cache: std::sync::Arc<derived::ChunkCache>,
+    /// Cursors over partitions' arrival records, kept between the pages of a scan (`arrivals`).
+    arrival_cursors: std::sync::Arc<arrivals::ArrivalCursors>,
 }
 
 impl fmt::Debug for DynamoDbManifest {
@@ -414,6 +449,7 @@ impl DynamoDbManifest {
             record_ttl: None,
             schema_checked: Default::default(),
             chunk_cache: Default::default(),
+            arrival_cursors: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The pure domain: everything the compactor decides, with no I/O.
 //!
 //! - [`arrivals`]: ingest's records in batches (encoding, and the per-key fold to today's record).
+//! - [`combined`]: a key's record from a stored per-object record and its arrival records.
 //! - [`layout`]: where the date sits in a key, and so which partition a key belongs to.
 //! - [`partition`]: a partition's identity, period and closing time.
 //! - [`format`]: how sources are joined (bytes, lines, gzip members) and which are refused.
@@ -12,6 +13,7 @@
 //! - [`cost`]: request counts and their price.
 
 pub mod arrivals;
+pub mod combined;
 pub mod cost;
 pub mod derived;
 pub mod format;

@@ -67,6 +67,9 @@ pub struct IngestReport {
     pub stale: u64,
     pub removed: u64,
     pub removal_ignored: u64,
+    /// Events appended to arrival records unread (DynamoDB): recorded, updated, stale, a
+    /// removal or an ignored one, as the seal's read of the partition will decide.
+    pub appended: u64,
     pub skipped: BTreeMap<SkipReason, u64>,
     /// Records that were not object events (`s3:TestEvent`, tagging events...).
     pub ignored_records: u64,
@@ -92,6 +95,10 @@ impl IngestReport {
             EventOutcome::Manifest(IngestOutcome::Stale) => self.stale += 1,
             EventOutcome::Manifest(IngestOutcome::Removed) => self.removed += 1,
             EventOutcome::Manifest(IngestOutcome::RemovalIgnored) => self.removal_ignored += 1,
+            EventOutcome::Manifest(IngestOutcome::Appended) => {
+                self.appended += 1;
+                self.bytes_recorded += bytes;
+            }
             EventOutcome::Skipped(reason) => *self.skipped.entry(reason).or_default() += 1,
         }
     }
@@ -103,6 +110,7 @@ impl IngestReport {
         self.stale += other.stale;
         self.removed += other.removed;
         self.removal_ignored += other.removal_ignored;
+        self.appended += other.appended;
         self.ignored_records += other.ignored_records;
         self.bytes_recorded += other.bytes_recorded;
         for (reason, count) in &other.skipped {
@@ -119,6 +127,7 @@ impl IngestReport {
             stale = self.stale,
             removed = self.removed,
             removal_ignored = self.removal_ignored,
+            appended = self.appended,
             skipped = self.skipped_total(),
             ignored_records = self.ignored_records,
             bytes_recorded = self.bytes_recorded,

@@ -68,6 +68,9 @@ pub enum IngestOutcome {
     /// A removal of an object the manifest does not hold as pending (unknown, or already
     /// compacted: its bytes are safe in an output).
     RemovalIgnored,
+    /// Appended to the partition's arrival records without a read (DynamoDB, issue #12): which
+    /// of the outcomes above it has is decided when the partition is read, by the same rule.
+    Appended,
 }
 
 /// A held lock on one partition. The generation fences every write made under it.

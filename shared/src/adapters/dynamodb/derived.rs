@@ -23,7 +23,54 @@ use serde::{Deserialize, Serialize};
 
 use super::placements::{chunk_pk, decode_chunk};
 use super::*;
+use crate::domain::combined::KeyRecord;
 use crate::domain::derived::{self, Version};
+
+/// A record whose state a committed output's placement may derive `compacted`.
+pub(super) trait Derivable {
+    fn key(&self) -> &str;
+    /// Whether any placement could change it (a stored `pending` record, or one combined from
+    /// arrivals): only those keys' chunks are read.
+    fn may_derive(&self) -> bool;
+    /// Turns it compacted by `placed` if the placement names its version.
+    fn derive_from(&mut self, placed: &SourcePlacement);
+}
+
+impl Derivable for ObjectRecord {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn may_derive(&self) -> bool {
+        self.state == ObjectState::Pending
+    }
+
+    fn derive_from(&mut self, placed: &SourcePlacement) {
+        let recorded = Version { key: &self.key, sequencer: &self.sequencer };
+        let placed_version = Version { key: &placed.key, sequencer: &placed.sequencer };
+        if derived::holds_placed_version(self.state, recorded, placed_version) {
+            self.state = derived::derived_state(self.state, true);
+            self.placement = Some(placed.placement.clone());
+        }
+    }
+}
+
+impl Derivable for KeyRecord {
+    fn key(&self) -> &str {
+        &self.record.key
+    }
+
+    fn may_derive(&self) -> bool {
+        self.record.state == ObjectState::Pending || (!self.stored && self.record.state == ObjectState::Removed)
+    }
+
+    fn derive_from(&mut self, placed: &SourcePlacement) {
+        if placed.key == self.record.key && self.placed_by(&placed.sequencer) {
+            self.record.state = ObjectState::Compacted;
+            self.record.placement = Some(placed.placement.clone());
+        }
+    }
+}
 
 /// The output item's directory of its placement chunks (see the module doc). Its presence
 /// also says that the output's sources are derived compacted, never flipped.
@@ -142,32 +189,28 @@ impl DynamoDbManifest {
     /// Derives the state of `records` (of one partition, any order): each one stored `pending`
     /// whose version a committed output of `outputs` placed turns `compacted`, with that
     /// placement. Reads only the chunks whose key range holds such a record, one at a time.
-    pub(super) async fn derive_records(
+    /// Records combined from arrival items ([`KeyRecord`]) derive by the same chunks, under any
+    /// sequencer of their version ([`KeyRecord::placed_by`]).
+    pub(super) async fn derive_records<R: Derivable>(
         &self,
         partition: &PartitionKey,
         outputs: &[DerivingOutput],
-        records: &mut [ObjectRecord],
+        records: &mut [R],
     ) -> Result<(), ManifestError> {
-        let pending: BTreeMap<String, usize> = records
+        let candidates: BTreeMap<String, usize> = records
             .iter()
             .enumerate()
-            .filter(|(_, record)| record.state == ObjectState::Pending)
-            .map(|(index, record)| (record.key.clone(), index))
+            .filter(|(_, record)| record.may_derive())
+            .map(|(index, record)| (record.key().to_owned(), index))
             .collect();
-        if pending.is_empty() {
+        if candidates.is_empty() {
             return Ok(());
         }
         for output in outputs {
-            for chunk in output.chunks.iter().filter(|chunk| chunk.holds_any(&pending)) {
+            for chunk in output.chunks.iter().filter(|chunk| chunk.holds_any(&candidates)) {
                 for placed in self.chunk_placements(partition, &output.key, &chunk.0).await?.iter() {
-                    let Some(&index) = pending.get(&placed.key) else { continue };
-                    let record = &mut records[index];
-                    let recorded = Version { key: &record.key, sequencer: &record.sequencer };
-                    let placed_version = Version { key: &placed.key, sequencer: &placed.sequencer };
-                    if derived::holds_placed_version(record.state, recorded, placed_version) {
-                        record.state = derived::derived_state(record.state, true);
-                        record.placement = Some(placed.placement.clone());
-                    }
+                    let Some(&index) = candidates.get(&placed.key) else { continue };
+                    records[index].derive_from(placed);
                 }
             }
         }

@@ -322,6 +322,37 @@ pub(super) fn new_object_item(object: &NewObject) -> Item {
     item
 }
 
+/// The whole item of `record`, as a reader reads it back ([`object_from_item`]): for a record
+/// that lived in arrival records only, when the seal must write something of its own on it
+/// (`missing`, an expiry mark).
+pub(super) fn object_item_of(record: &ObjectRecord) -> Item {
+    let mut item = key_of(object_item_pk(&record.bucket, &record.partition_path, &record.key), record.key.clone());
+    item.insert("bucket".to_owned(), string_value(&record.bucket));
+    item.insert("partition_path".to_owned(), string_value(&record.partition_path));
+    item.insert("size".to_owned(), number_value(record.size));
+    if let Some(etag) = &record.etag {
+        item.insert("etag".to_owned(), string_value(etag));
+    }
+    item.insert("sequencer".to_owned(), string_value(&record.sequencer));
+    item.insert("event_time".to_owned(), time_value(record.event_time));
+    item.insert("state".to_owned(), string_value(record.state.as_str()));
+    if let Some(note) = &record.note {
+        item.insert("note".to_owned(), string_value(note));
+    }
+    if let Some(at) = record.expiry_marked_at {
+        item.insert("expiry_marked_at".to_owned(), time_value(at));
+    }
+    if let Some(placement) = &record.placement {
+        item.insert("output_key".to_owned(), string_value(&placement.output_key));
+        item.insert("output_generation".to_owned(), number_value(placement.generation));
+        item.insert("output_offset".to_owned(), number_value(placement.offset));
+        item.insert("output_length".to_owned(), number_value(placement.length));
+        item.insert("output_sha256".to_owned(), string_value(&placement.sha256));
+        item.insert("output_separator_bytes".to_owned(), number_value(placement.separator_bytes));
+    }
+    item
+}
+
 pub(super) fn new_partition_item(object: &NewObject) -> Item {
     let path = &object.partition.path;
     let mut item = key_of(partition_item_pk(&object.bucket, path), PARTITION_SORT_KEY);

@@ -1,5 +1,6 @@
 //! The [`Manifest`] implementation.
 
+use super::scan::CombinedScan;
 use super::*;
 
 /// One shard's share of an `objects` page: a buffer of its next items in key order.
@@ -148,17 +149,26 @@ impl Manifest for DynamoDbManifest {
         BACKEND_NAME
     }
 
+    /// [`Self::record_objects`] of one.
     async fn record_object(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
-        self.record_object_item(object).await
+        let outcomes = self.record_objects(std::slice::from_ref(object)).await?;
+        Ok(outcomes.into_iter().next().unwrap_or(IngestOutcome::Appended))
     }
 
-    /// The object items side by side, then one flag per partition (see `record_object_items`).
+    /// Arrival items, one or more per partition, then one flag per partition (`arrivals`).
+    /// With a record TTL, object items as before: only an item of its own can expire alone.
     async fn record_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
-        self.record_object_items(objects).await
+        if self.record_ttl.is_some() {
+            return self.record_object_items(objects).await;
+        }
+        self.append_objects(objects).await
     }
 
     async fn record_removal(&self, removal: &RemovedObject) -> Result<IngestOutcome, ManifestError> {
-        self.record_removal_item(removal).await
+        if self.record_ttl.is_some() {
+            return self.record_removal_item(removal).await;
+        }
+        self.append_removal(removal).await
     }
 
     /// One Query of [`PENDING_INDEX`] (paged), filtered on the lease. Flagged partitions whose
@@ -348,24 +358,32 @@ impl Manifest for DynamoDbManifest {
     }
 
     /// Queries every shard and merges their key-ordered answers, fetching from a shard only
-    /// when its buffer runs dry, so a page of n costs about n items read, not 16 n. Stored
-    /// `pending` records are derived a batch at a time against the committed outputs' chunks
-    /// that hold their keys (`derived`), then filtered on the state asked for.
+    /// when its buffer runs dry, so a page of n costs about n items read, not 16 n; merges the
+    /// partition's arrival records in (`scan`; a cursor kept from the previous page serves the
+    /// next). Records are derived a batch at a time against the committed outputs' chunks that
+    /// hold their keys (`derived`), then filtered on the state asked for.
     async fn objects(&self, partition: &PartitionKey, query: &ObjectQuery) -> Result<Vec<ObjectRecord>, ManifestError> {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let outputs = if derives(query) { self.deriving_outputs(partition).await? } else { Vec::new() };
-        let mut merge = ShardMerge::scan(partition, query, query.limit);
+        let mut scan = CombinedScan::new(self, partition, query, query.limit, false).await?;
+        let outputs =
+            if derives(query) || scan.has_arrivals() { self.deriving_outputs(partition).await? } else { Vec::new() };
         let mut page = Vec::new();
         while page.len() < query.limit {
-            let mut batch = merge.next_batch(self, query.limit - page.len()).await?;
+            let mut batch = scan.next_batch(self, query.limit - page.len()).await?;
             if batch.is_empty() {
                 break;
             }
             self.derive_records(partition, &outputs, &mut batch).await?;
-            page.extend(batch.into_iter().filter(|record| query.state.is_none_or(|state| record.state == state)));
+            page.extend(
+                batch
+                    .into_iter()
+                    .map(|record| record.record)
+                    .filter(|record| query.state.is_none_or(|state| record.state == state)),
+            );
         }
+        scan.finish(self);
         Ok(page)
     }
 
@@ -373,16 +391,18 @@ impl Manifest for DynamoDbManifest {
         let Ok(partition) = self.layout.partition_of(key) else {
             return Ok(None);
         };
-        let item = self.get_item(key_of(object_item_pk(bucket, &partition.path, key), key)).await?;
-        let Some(mut record) = item.map(|item| object_from_item(&item, &self.table)).transpose()? else {
+        let partition = PartitionKey::new(bucket, partition.path);
+        // The object item and the partition's arrival records, combined and derived.
+        let mut records = self.combined_records(&partition, &[key]).await?;
+        if records.is_empty() {
             return Ok(None);
-        };
-        // Stored pending: compacted if a committed output placed this version (`derived`).
-        self.derive_record(&mut record).await?;
+        }
+        let outputs = self.deriving_outputs(&partition).await?;
+        self.derive_records(&partition, &outputs, &mut records).await?;
+        let Some(mut record) = records.pop().map(|record| record.record) else { return Ok(None) };
         // A source of an output with an expiry cursor has no mark of its own: the cursor says.
         if record.state == ObjectState::Compacted && record.expiry_marked_at.is_none() {
             if let Some(placement) = &record.placement {
-                let partition = PartitionKey::new(bucket, partition.path);
                 let output = self.partition_output(&partition, &placement.output_key).await?;
                 record.expiry_marked_at = source_expiry_mark(&record, output.as_ref());
             }

@@ -139,7 +139,22 @@ impl DynamoDbManifest {
             || async move {
                 self.check_fence(lease).await?;
                 let Some(recorded) = self.get_item(item_key.clone()).await? else {
-                    return Ok(Attempt::Done(()));
+                    // Recorded in arrival records alone: write the whole record, missing.
+                    let Some(mut record) = self.combined_records(partition, &[key]).await?.pop() else {
+                        return Ok(Attempt::Done(()));
+                    };
+                    if record.record.state != ObjectState::Pending
+                        || !record
+                            .version_sequencers
+                            .iter()
+                            .any(|version| sequencer::compare(version, sequencer).is_eq())
+                    {
+                        return Ok(Attempt::Done(()));
+                    }
+                    record.record.state = ObjectState::Missing;
+                    record.record.note = Some(note.to_owned());
+                    let write = self.put(object_item_of(&record.record), Some("attribute_not_exists(#pk)"))?;
+                    return self.fenced_transaction(lease, vec![write]).await;
                 };
                 let reader = ItemReader::new(&recorded, &self.table);
                 let recorded_sequencer = reader.optional_string("sequencer")?.unwrap_or_default();
@@ -354,7 +369,10 @@ impl DynamoDbManifest {
             let partition = PartitionKey::new(bucket, path);
             let keys: Vec<&str> = keys.into_iter().collect();
             let mut records = Vec::new();
-            for item in self.object_items(&partition, &keys, None).await?.values() {
+            let items = self.object_items(&partition, &keys, None).await?;
+            let unstored: Vec<&str> = keys.iter().copied().filter(|key| !items.contains_key(*key)).collect();
+            self.mark_arrived_for_expiry(&partition, &unstored, at, expires_at).await?;
+            for item in items.values() {
                 let record = object_from_item(item, &self.table)?;
                 if record.expiry_marked_at.is_none()
                     && matches!(record.state, ObjectState::Pending | ObjectState::Compacted)
@@ -406,6 +424,39 @@ impl DynamoDbManifest {
             }
         }
         self.conditional_statements(statements).await?;
+        Ok(())
+    }
+
+    /// `mark_expiry` of sources recorded in arrival records alone: each one derived compacted
+    /// gets a whole item of its own, compacted and marked (exceptions only: sources the store
+    /// refused; the others' marks are their output's expiry cursor). Reads the partition's
+    /// arrival items once; a key already written by a concurrent mark keeps the first mark.
+    async fn mark_arrived_for_expiry(
+        &self,
+        partition: &PartitionKey,
+        keys: &[&str],
+        at: DateTime<Utc>,
+        expires_at: Option<i64>,
+    ) -> Result<(), ManifestError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut records = self.combined_records(partition, keys).await?;
+        let outputs = self.deriving_outputs(partition).await?;
+        self.derive_records(partition, &outputs, &mut records).await?;
+        stream::iter(records.into_iter().filter(|record| record.record.state == ObjectState::Compacted))
+            .map(|record| async move {
+                let mut record = record.record;
+                record.expiry_marked_at = Some(at);
+                let mut item = object_item_of(&record);
+                if let Some(expires_at) = expires_at {
+                    item.insert(RECORD_EXPIRY_ATTRIBUTE.to_owned(), number_value(expires_at));
+                }
+                self.conditional_put(item, "attribute_not_exists(#pk)", HashMap::new()).await.map(|_| ())
+            })
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 

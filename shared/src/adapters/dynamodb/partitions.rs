@@ -5,7 +5,8 @@ use super::*;
 /// What release step one saw.
 pub(super) struct ReleaseCount {
     pub(super) stored: StoredPartition,
-    pub(super) pending_objects: u64,
+    /// Counted after `stored` was read: the record release answers has them, not a recount.
+    pub(super) counts: PartitionCounts,
 }
 
 impl DynamoDbManifest {
@@ -18,19 +19,15 @@ impl DynamoDbManifest {
         let committed_outputs = committed_outputs_of(&output_items, &self.table)?;
         let deriving = derived::deriving_outputs(&output_items, &self.table)?;
         let mut counts = PartitionCounts { committed_outputs, ..PartitionCounts::default() };
-        if !deriving.is_empty() {
+        if !deriving.is_empty() || self.has_arrivals(key).await? {
             let query = ObjectQuery { state: None, ..ObjectQuery::in_state(ObjectState::Pending) };
-            let mut merge = manifest::ShardMerge::scan(key, &query, DERIVE_BATCH);
-            loop {
-                let mut batch = merge.next_batch(self, DERIVE_BATCH).await?;
-                if batch.is_empty() {
-                    return Ok(counts);
-                }
-                self.derive_records(key, &deriving, &mut batch).await?;
+            self.for_each_derived(key, &query, &deriving, |batch| {
                 for record in batch {
-                    counts.add(record.state, record.size);
+                    counts.add(record.record.state, record.record.size);
                 }
-            }
+            })
+            .await?;
+            return Ok(counts);
         }
         let shard_counts = stream::iter(0..OBJECT_SHARDS)
             .map(|shard| self.count_shard(object_shard_pk(&key.bucket, &key.path, shard)))
@@ -74,56 +71,6 @@ impl DynamoDbManifest {
         }
     }
 
-    /// Pending objects of a partition, counted by the server (`Select = COUNT`); with outputs
-    /// whose sources are derived, stored-pending records read in key order and derived.
-    pub(super) async fn count_pending(&self, key: &PartitionKey) -> Result<u64, ManifestError> {
-        let deriving = self.deriving_outputs(key).await?;
-        if !deriving.is_empty() {
-            let mut merge = manifest::ShardMerge::scan(key, &ObjectQuery::in_state(ObjectState::Pending), DERIVE_BATCH);
-            let mut pending = 0;
-            loop {
-                let mut batch = merge.next_batch(self, DERIVE_BATCH).await?;
-                if batch.is_empty() {
-                    return Ok(pending);
-                }
-                self.derive_records(key, &deriving, &mut batch).await?;
-                pending += batch.iter().filter(|record| record.state == ObjectState::Pending).count() as u64;
-            }
-        }
-        let per_shard = stream::iter(0..OBJECT_SHARDS)
-            .map(|shard| async move {
-                let shard_pk = object_shard_pk(&key.bucket, &key.path, shard);
-                let mut count = 0_u64;
-                let mut start_key: Option<Item> = None;
-                loop {
-                    let page = self
-                        .client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("#pk = :pk")
-                        .filter_expression("#state = :pending")
-                        .set_expression_attribute_names(Some(names_in(&["#pk", "#state"])))
-                        .expression_attribute_values(":pk", string_value(&shard_pk))
-                        .expression_attribute_values(":pending", string_value(ObjectState::Pending.as_str()))
-                        .select(Select::Count)
-                        .consistent_read(true)
-                        .set_exclusive_start_key(start_key)
-                        .send()
-                        .await
-                        .map_err(|error| self.request_error("Query", error.into()))?;
-                    count += u64::try_from(page.count).unwrap_or(0);
-                    start_key = page.last_evaluated_key;
-                    if start_key.is_none() {
-                        return Ok::<u64, ManifestError>(count);
-                    }
-                }
-            })
-            .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect::<Vec<u64>>()
-            .await?;
-        Ok(per_shard.into_iter().sum())
-    }
-
     pub(super) async fn output_items(&self, key: &PartitionKey) -> Result<Vec<Item>, ManifestError> {
         self.query_all(
             None,
@@ -140,7 +87,7 @@ impl DynamoDbManifest {
 }
 
 /// Records counted and derived per batch of a merged scan: a page of each shard's Query.
-const DERIVE_BATCH: usize = 1000;
+pub(super) const DERIVE_BATCH: usize = 1000;
 
 /// How many of a partition's output items are committed.
 fn committed_outputs_of(items: &[Item], table: &str) -> Result<u64, ManifestError> {
@@ -245,8 +192,8 @@ impl DynamoDbManifest {
     /// after that read.
     pub(super) async fn count_for_release(&self, lease: &Lease) -> Result<ReleaseCount, ManifestError> {
         let stored = self.check_fence(lease).await?;
-        let pending_objects = self.count_pending(&lease.partition).await?;
-        Ok(ReleaseCount { stored, pending_objects })
+        let counts = self.counts(&lease.partition).await?;
+        Ok(ReleaseCount { stored, counts })
     }
 
     /// Release, step two: `sealed` if nothing was pending and no ingest wrote the partition item
@@ -265,7 +212,7 @@ impl DynamoDbManifest {
             (":lease_generation", number_value(lease.generation)),
             (":lease_owner", string_value(&lease.owner)),
         ]);
-        let (update, condition) = if counted.pending_objects == 0 {
+        let (update, condition) = if counted.counts.pending_objects == 0 {
             expression_values.insert(":sealed".to_owned(), string_value(PartitionState::Sealed.as_str()));
             expression_values.insert(":now".to_owned(), time_value(now));
             let counter_unchanged = match counted.stored.ingest_counter {
@@ -295,8 +242,10 @@ impl DynamoDbManifest {
         };
         match self.conditional_update(item_key, update, &condition, expression_values, true).await? {
             Ok(new_item) => {
+                // The objects are as counted: a write of ingest since would have failed the
+                // condition (the counter), and release writes no object.
                 let stored = StoredPartition::from_item(&new_item.unwrap_or_default(), &self.table)?;
-                Ok(Some(self.partition_record(stored).await?))
+                Ok(Some(stored.with_counts(counted.counts)))
             }
             Err(_) => Ok(None),
         }

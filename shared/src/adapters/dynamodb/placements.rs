@@ -23,7 +23,7 @@
 //! placements are on the object items, and `mark_compacted` and `output_sources` fall back to
 //! [`SOURCES_INDEX`](super::SOURCES_INDEX) for them, so an existing table needs no migration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -31,12 +31,13 @@ use serde::{Deserialize, Serialize};
 
 use super::derived::ChunkKeys;
 use super::{
-    key_of, number_value, object_from_item, object_item_pk, string_value, values, DynamoDbManifest,
-    DynamoDbManifestError, Item, ItemReader, CONCURRENT_REQUESTS, OPTIMISTIC_ATTEMPTS,
+    key_of, number_value, object_item_pk, string_value, values, DynamoDbManifest, DynamoDbManifestError, Item,
+    ItemReader, CONCURRENT_REQUESTS, OPTIMISTIC_ATTEMPTS,
 };
 use crate::domain::derived::{self, Version};
 use crate::domain::partition::PartitionKey;
 use crate::domain::records::{ObjectRecord, ObjectState, Placement};
+use crate::domain::sequencer;
 use crate::ports::manifest::{ManifestError, SourcePlacement};
 
 /// Encoded placements per chunk item at most: under DynamoDB's 400 KB item limit with room for
@@ -261,6 +262,63 @@ impl DynamoDbManifest {
         Ok(found)
     }
 
+    /// The keys of `sources` whose record no longer holds the placed version, pending: their
+    /// placement must not apply. A key whose object item holds the placed version is decided
+    /// by the item (a `missing` mark the seal wrote, a removal recorded before arrival items);
+    /// one recorded in arrival records alone is still what the scan saw unless an arrival
+    /// came since; the rest (new arrivals, an item holding another version) are read again in
+    /// full and combined ([`DynamoDbManifest::combined_records`]).
+    async fn superseded_placements(
+        &self,
+        partition: &PartitionKey,
+        sources: &[SourcePlacement],
+        keys: &[&str],
+    ) -> Result<HashSet<String>, ManifestError> {
+        let items = self.placed_version_items(partition, keys).await?;
+        let wanted: BTreeSet<&str> = keys.iter().copied().collect();
+        let mut recheck = self.keys_arrived_since_scan(partition, &wanted).await?;
+        let mut superseded = HashSet::new();
+        let mut other_version = Vec::new();
+        for source in sources.iter().filter(|source| !recheck.contains(&source.key)) {
+            let Some(item) = items.get(&source.key) else { continue };
+            let recorded = match item.get("sequencer") {
+                Some(AttributeValue::S(recorded)) => recorded.as_str(),
+                _ => "",
+            };
+            if recorded == source.sequencer {
+                if !holds_placed_version(Some(item), &source.key, &source.sequencer) {
+                    superseded.insert(source.key.clone());
+                }
+            } else if sequencer::supersedes(recorded, &source.sequencer) {
+                // A newer version's item: whatever the arrivals add, this one is superseded.
+                superseded.insert(source.key.clone());
+            } else {
+                // An older item (the planned version came by arrivals), or a scanned one.
+                other_version.push(source.key.clone());
+            }
+        }
+        recheck.extend(other_version);
+        if recheck.is_empty() {
+            return Ok(superseded);
+        }
+        let recheck_keys: Vec<&str> = recheck.iter().map(String::as_str).collect();
+        let current: HashMap<String, crate::domain::combined::KeyRecord> = self
+            .combined_records(partition, &recheck_keys)
+            .await?
+            .into_iter()
+            .map(|record| (record.record.key.clone(), record))
+            .collect();
+        for source in sources.iter().filter(|source| recheck.contains(&source.key)) {
+            let holds = current.get(&source.key).is_some_and(|record| {
+                record.record.state == ObjectState::Pending && record.version_sequencers.contains(&source.sequencer)
+            });
+            if !holds {
+                superseded.insert(source.key.clone());
+            }
+        }
+        Ok(superseded)
+    }
+
     /// `record_placements` after its fence check: the superseded keys (in the batch's order),
     /// and the placements of the others written as chunk items.
     pub(super) async fn write_placement_chunks(
@@ -275,9 +333,8 @@ impl DynamoDbManifest {
         // Offset, then key: sources at one offset (empty ones and the next) page by key.
         in_order.sort_by(|one, other| (one.placement.offset, &one.key).cmp(&(other.placement.offset, &other.key)));
         let keys: Vec<&str> = in_order.iter().map(|source| source.key.as_str()).collect();
-        let items = self.placed_version_items(partition, &keys).await?;
-        let superseded =
-            |source: &SourcePlacement| !holds_placed_version(items.get(&source.key), &source.key, &source.sequencer);
+        let superseded_keys = self.superseded_placements(partition, &in_order, &keys).await?;
+        let superseded = |source: &SourcePlacement| superseded_keys.contains(&source.key);
         let chunks = encode_chunks(&in_order, superseded);
         let directory: Vec<ChunkKeys> = chunks
             .iter()
@@ -286,23 +343,16 @@ impl DynamoDbManifest {
                 Some(ChunkKeys(chunk_sk(chunk.first_offset, &chunk.first_key), least, greatest))
             })
             .collect();
-        stream::iter(chunks)
-            .map(|chunk| async move {
+        let items = chunks
+            .into_iter()
+            .map(|chunk| {
                 let mut item = key_of(chunk_pk(partition, output_key), chunk_sk(chunk.first_offset, &chunk.first_key));
                 item.insert("generation".to_owned(), number_value(generation));
                 item.insert("placements".to_owned(), string_value(chunk.placements));
-                self.client
-                    .put_item()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .send()
-                    .await
-                    .map_err(|error| self.request_error("PutItem", error.into()))
-                    .map(|_| ())
+                item
             })
-            .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect();
+        self.put_items(items).await?;
         // After the chunks, so a directory never names a chunk that is not there; before the
         // commit, which is what makes the output's sources compacted.
         self.record_chunk_directory(partition, output_key, generation, directory).await?;
@@ -559,21 +609,38 @@ impl DynamoDbManifest {
             });
             for window in wanted.chunks(KEYS_PER_BATCH_GET) {
                 let keys: Vec<&str> = window.iter().map(|source| source.key.as_str()).collect();
-                let items = self.object_items(partition, &keys, None).await?;
+                // Each source's item and arrival records, combined.
+                let mut current: HashMap<String, crate::domain::combined::KeyRecord> = self
+                    .combined_records(partition, &keys)
+                    .await?
+                    .into_iter()
+                    .map(|record| (record.record.key.clone(), record))
+                    .collect();
                 for source in window {
-                    let Some(item) = items.get(&source.key) else { continue };
-                    let mut record = object_from_item(item, &self.table)?;
-                    let placed_here =
-                        record.placement.as_ref().is_some_and(|placement| placement.output_key == output_key);
-                    if record.sequencer != source.sequencer && !placed_here {
-                        continue;
-                    }
-                    let recorded = Version { key: &record.key, sequencer: &record.sequencer };
-                    let placed = Version { key: &source.key, sequencer: &source.sequencer };
-                    record.state = derived::derived_state(
-                        record.state,
-                        committed && derived::holds_placed_version(record.state, recorded, placed),
-                    );
+                    let Some(current) = current.remove(&source.key) else { continue };
+                    let mut record = if current.stored {
+                        let record = current.record;
+                        let placed_here =
+                            record.placement.as_ref().is_some_and(|placement| placement.output_key == output_key);
+                        if record.sequencer != source.sequencer && !placed_here {
+                            continue;
+                        }
+                        let recorded = Version { key: &record.key, sequencer: &record.sequencer };
+                        let placed = Version { key: &source.key, sequencer: &source.sequencer };
+                        let state = derived::derived_state(
+                            record.state,
+                            committed && derived::holds_placed_version(record.state, recorded, placed),
+                        );
+                        ObjectRecord { state, ..record }
+                    } else {
+                        // Recorded by arrivals: this output's version still, or left out.
+                        if !current.version_sequencers.contains(&source.sequencer) {
+                            continue;
+                        }
+                        let placed = committed && current.placed_by(&source.sequencer);
+                        let record = current.record;
+                        ObjectRecord { state: if placed { ObjectState::Compacted } else { record.state }, ..record }
+                    };
                     record.placement = Some(source.placement.clone());
                     sources.push(record);
                     if sources.len() == limit {

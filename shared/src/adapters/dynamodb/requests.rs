@@ -214,6 +214,26 @@ impl DynamoDbManifest {
         }
     }
 
+    /// Unconditional PutItems side by side ([`CONCURRENT_REQUESTS`] at a time): items nobody
+    /// else writes (placement chunks, arrival items), so a retry rewrites the same bytes.
+    pub(super) async fn put_items(&self, items: Vec<Item>) -> Result<(), ManifestError> {
+        stream::iter(items)
+            .map(|item| async move {
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                    .map_err(|error| self.request_error("PutItem", error.into()))
+                    .map(|_| ())
+            })
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     /// A conditional PutItem: `Ok(false)` when the condition failed.
     pub(super) async fn conditional_put(
         &self,

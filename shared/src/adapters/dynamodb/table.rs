@@ -134,10 +134,14 @@ impl DynamoDbManifest {
     pub(super) async fn check_schema_once(&self) -> Result<(), ManifestError> {
         self.schema_checked
             .get_or_try_init(|| async {
-                if self.schema_version().await? < SCHEMA_VERSION {
+                let found = self.schema_version().await?;
+                if found < SCHEMA_VERSION {
                     return self.record_schema_version().await;
                 }
-                self.check_schema().await
+                if found > SCHEMA_VERSION {
+                    return Err(DynamoDbManifestError::NewerSchema { table: self.table.clone(), found }.into());
+                }
+                Ok(())
             })
             .await
             .map(|_| ())

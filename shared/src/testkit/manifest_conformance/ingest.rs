@@ -6,8 +6,8 @@ pub async fn record_object_records_a_new_pending_object_and_its_partition(manife
     let partition = day_partition("logs", 14);
     let object = new_object(&partition, "a.json", "0055AED6DCD90281E5", 120);
 
-    let outcome = manifest.record_object(&object).await.unwrap();
-    assert_eq!(outcome, IngestOutcome::Recorded);
+    let answered = manifest.record_object(&object).await.unwrap();
+    assert_eq!(answered, outcome(manifest, IngestOutcome::Recorded));
     let expected_record = ObjectRecord {
         bucket: SOURCE_BUCKET.to_owned(),
         key: object.key.clone(),
@@ -36,7 +36,7 @@ pub async fn record_object_records_a_new_pending_object_and_its_partition(manife
     // The partition record is created once: a later object does not move its close time.
     let mut later = new_object(&partition, "b.json", "0055AED6DCD90281E6", 30);
     later.closes_at = closes_at(&partition) + Duration::hours(5);
-    assert_eq!(manifest.record_object(&later).await.unwrap(), IngestOutcome::Recorded);
+    assert_eq!(manifest.record_object(&later).await.unwrap(), outcome(manifest, IngestOutcome::Recorded));
     let record = partition_record(manifest, &key_of(&partition)).await;
     assert_eq!(record.closes_at, closes_at(&partition), "the first close time stays");
     assert_eq!((record.pending_objects, record.pending_bytes), (2, 150));
@@ -48,27 +48,43 @@ pub async fn record_object_records_a_new_pending_object_and_its_partition(manife
 pub async fn record_object_ignores_replays_and_older_events(manifest: &dyn Manifest) {
     let partition = day_partition("logs", 14);
     let original = new_object(&partition, "a.json", "0055AED6DCD90281E5", 100);
-    assert_eq!(manifest.record_object(&original).await.unwrap(), IngestOutcome::Recorded);
+    assert_eq!(manifest.record_object(&original).await.unwrap(), outcome(manifest, IngestOutcome::Recorded));
 
     let replay = original.clone();
-    assert_eq!(manifest.record_object(&replay).await.unwrap(), IngestOutcome::Stale, "a replay");
+    assert_eq!(manifest.record_object(&replay).await.unwrap(), outcome(manifest, IngestOutcome::Stale), "a replay");
     // Sequencers compare after right-padding with zeros: this is the same sequencer, although a
     // plain string comparison would call it greater.
     let padded = new_object(&partition, "a.json", "0055AED6DCD90281E500", 999);
-    assert_eq!(manifest.record_object(&padded).await.unwrap(), IngestOutcome::Stale, "a padded replay");
+    assert_eq!(
+        manifest.record_object(&padded).await.unwrap(),
+        outcome(manifest, IngestOutcome::Stale),
+        "a padded replay"
+    );
     let lowercase = new_object(&partition, "a.json", "0055aed6dcd90281e5", 999);
-    assert_eq!(manifest.record_object(&lowercase).await.unwrap(), IngestOutcome::Stale, "hex case does not matter");
+    assert_eq!(
+        manifest.record_object(&lowercase).await.unwrap(),
+        outcome(manifest, IngestOutcome::Stale),
+        "hex case does not matter"
+    );
     let older = new_object(&partition, "a.json", "0055AED6DCD90281E4", 999);
-    assert_eq!(manifest.record_object(&older).await.unwrap(), IngestOutcome::Stale, "an older event");
+    assert_eq!(
+        manifest.record_object(&older).await.unwrap(),
+        outcome(manifest, IngestOutcome::Stale),
+        "an older event"
+    );
     let record = object_record(manifest, &original).await;
     assert_eq!((record.size, record.sequencer.as_str()), (100, "0055AED6DCD90281E5"), "stale events change nothing");
 
     // A backfill scan's sequencer loses to any event, and any event beats a scan.
     let scanned = new_object(&partition, "scanned.json", SCAN_SEQUENCER, 10);
-    assert_eq!(manifest.record_object(&scanned).await.unwrap(), IngestOutcome::Recorded);
+    assert_eq!(manifest.record_object(&scanned).await.unwrap(), outcome(manifest, IngestOutcome::Recorded));
     let event_after_scan = new_object(&partition, "scanned.json", "01", 11);
-    assert_eq!(manifest.record_object(&event_after_scan).await.unwrap(), IngestOutcome::Updated);
-    assert_eq!(manifest.record_object(&scanned).await.unwrap(), IngestOutcome::Stale, "a scan after the event");
+    assert_eq!(manifest.record_object(&event_after_scan).await.unwrap(), outcome(manifest, IngestOutcome::Updated));
+    assert_eq!(
+        manifest.record_object(&scanned).await.unwrap(),
+        outcome(manifest, IngestOutcome::Stale),
+        "a scan after the event"
+    );
     assert_eq!(object_record(manifest, &scanned).await.size, 11);
 
     let record = partition_record(manifest, &key_of(&partition)).await;
@@ -95,9 +111,13 @@ pub async fn a_rescan_records_an_overwritten_version_and_an_event_confirms_a_sca
     let confirmed = scanned_object(&partition, "b.json", "e9", first_listed);
     assert_eq!(
         manifest.record_objects(&[first.clone(), confirmed.clone()]).await.unwrap(),
-        [IngestOutcome::Recorded; 2]
+        [outcome(manifest, IngestOutcome::Recorded); 2]
     );
-    assert_eq!(manifest.record_object(&first).await.unwrap(), IngestOutcome::Stale, "the same version listed again");
+    assert_eq!(
+        manifest.record_object(&first).await.unwrap(),
+        outcome(manifest, IngestOutcome::Stale),
+        "the same version listed again"
+    );
 
     let now = at("2024-01-16T00:00:00Z");
     let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
@@ -109,23 +129,31 @@ pub async fn a_rescan_records_an_overwritten_version_and_an_event_confirms_a_sca
 
     let overwritten =
         NewObject { size: 20, ..scanned_object(&partition, "a.json", "e2", first_listed + Duration::hours(30)) };
-    assert_eq!(manifest.record_object(&overwritten).await.unwrap(), IngestOutcome::Updated, "a version not seen yet");
+    assert_eq!(
+        manifest.record_object(&overwritten).await.unwrap(),
+        outcome(manifest, IngestOutcome::Updated),
+        "a version not seen yet"
+    );
     let record = object_record(manifest, &overwritten).await;
     assert_eq!((record.state, record.size, record.etag), (ObjectState::Pending, 20, overwritten.etag.clone()));
     assert_eq!(record.note, None);
-    assert_eq!(manifest.record_object(&first).await.unwrap(), IngestOutcome::Stale, "an older listing never wins");
+    assert_eq!(
+        manifest.record_object(&first).await.unwrap(),
+        outcome(manifest, IngestOutcome::Stale),
+        "an older listing never wins"
+    );
     assert_eq!(object_record(manifest, &overwritten).await.size, 20);
     assert_eq!(partition_record(manifest, &key).await.state, PartitionState::Open, "the new version reopens it");
 
     // The compacted version's own event arrives late: same ETag, so its bytes stay compacted
     // once, and the record now orders later events by the event's sequencer.
     let event = NewObject { etag: Some("e9".to_owned()), ..new_object(&partition, "b.json", "0055AED6DCD90281E5", 10) };
-    assert_eq!(manifest.record_object(&event).await.unwrap(), IngestOutcome::Stale);
+    assert_eq!(manifest.record_object(&event).await.unwrap(), outcome(manifest, IngestOutcome::Stale));
     let record = object_record(manifest, &confirmed).await;
     assert_eq!((record.state, record.sequencer.as_str()), (ObjectState::Compacted, "0055AED6DCD90281E5"));
     assert!(record.placement.is_some(), "its placement stays");
     let older_event = new_object(&partition, "b.json", "0055AED6DCD90281E4", 99);
-    assert_eq!(manifest.record_object(&older_event).await.unwrap(), IngestOutcome::Stale);
+    assert_eq!(manifest.record_object(&older_event).await.unwrap(), outcome(manifest, IngestOutcome::Stale));
 }
 
 pub async fn record_objects_records_a_batch_as_one_at_a_time_would(manifest: &dyn Manifest) {
@@ -135,7 +163,7 @@ pub async fn record_objects_records_a_batch_as_one_at_a_time_would(manifest: &dy
     let known_new = new_object(&day_14, "known-new.json", "0000000000000005", 20);
     assert_eq!(
         manifest.record_objects(&[known_old.clone(), known_new.clone()]).await.unwrap(),
-        vec![IngestOutcome::Recorded, IngestOutcome::Recorded]
+        vec![outcome(manifest, IngestOutcome::Recorded); 2]
     );
 
     let batch = vec![
@@ -147,7 +175,9 @@ pub async fn record_objects_records_a_batch_as_one_at_a_time_would(manifest: &dy
     let outcomes = manifest.record_objects(&batch).await.unwrap();
     assert_eq!(
         outcomes,
-        vec![IngestOutcome::Recorded, IngestOutcome::Recorded, IngestOutcome::Stale, IngestOutcome::Updated],
+        [IngestOutcome::Recorded, IngestOutcome::Recorded, IngestOutcome::Stale, IngestOutcome::Updated]
+            .map(|decided| outcome(manifest, decided))
+            .to_vec(),
         "outcomes come back in the batch's order"
     );
     assert_eq!(object_record(manifest, &batch[0]).await.size, 100);
@@ -186,7 +216,7 @@ pub async fn record_object_newer_version_replaces_the_record_and_reopens_the_par
 
     // A new object in a sealed partition reopens it.
     let late = new_object(&partition, "late.json", "10", 5);
-    assert_eq!(manifest.record_object(&late).await.unwrap(), IngestOutcome::Recorded);
+    assert_eq!(manifest.record_object(&late).await.unwrap(), outcome(manifest, IngestOutcome::Recorded));
     assert_eq!(partition_record(manifest, &key).await.state, PartitionState::Open);
     let second_seal_at = sealed_at + Duration::hours(1);
     let lease = manifest.acquire(&key, "seal-2", second_seal_at, lease_for()).await.unwrap();
@@ -196,7 +226,7 @@ pub async fn record_object_newer_version_replaces_the_record_and_reopens_the_par
     // A newer version of a compacted object: pending again, and nothing decided about the old
     // bytes (placement, expiry mark) carries over.
     let second_version = new_object(&partition, "a.json", "20", 150);
-    assert_eq!(manifest.record_object(&second_version).await.unwrap(), IngestOutcome::Updated);
+    assert_eq!(manifest.record_object(&second_version).await.unwrap(), outcome(manifest, IngestOutcome::Updated));
     let record = object_record(manifest, &second_version).await;
     assert_eq!(record.state, ObjectState::Pending);
     assert_eq!((record.size, record.sequencer.as_str(), record.etag.as_deref()), (150, "20", Some("etag-20")));
@@ -219,28 +249,49 @@ pub async fn record_removal_takes_only_pending_objects_out_of_the_plan(manifest:
     let key = key_of(&partition);
 
     let unknown = new_object(&partition, "never-created.json", "10", 1);
-    assert_eq!(manifest.record_removal(&removal_of(&unknown, "20")).await.unwrap(), IngestOutcome::RemovalIgnored);
+    assert_eq!(
+        manifest.record_removal(&removal_of(&unknown, "20")).await.unwrap(),
+        outcome(manifest, IngestOutcome::RemovalIgnored)
+    );
     assert_eq!(manifest.object(SOURCE_BUCKET, &unknown.key).await.unwrap(), None, "no record for an unknown key");
 
     let pending = new_object(&partition, "pending.json", "10", 100);
     manifest.record_object(&pending).await.unwrap();
     let older_removal = removal_of(&pending, "05");
-    assert_eq!(manifest.record_removal(&older_removal).await.unwrap(), IngestOutcome::RemovalIgnored);
+    assert_eq!(
+        manifest.record_removal(&older_removal).await.unwrap(),
+        outcome(manifest, IngestOutcome::RemovalIgnored)
+    );
     let same_sequencer = removal_of(&pending, "10");
-    assert_eq!(manifest.record_removal(&same_sequencer).await.unwrap(), IngestOutcome::RemovalIgnored);
+    assert_eq!(
+        manifest.record_removal(&same_sequencer).await.unwrap(),
+        outcome(manifest, IngestOutcome::RemovalIgnored)
+    );
     assert_eq!(object_record(manifest, &pending).await.state, ObjectState::Pending);
 
     let removal = removal_of(&pending, "20");
-    assert_eq!(manifest.record_removal(&removal).await.unwrap(), IngestOutcome::Removed);
+    assert_eq!(manifest.record_removal(&removal).await.unwrap(), outcome(manifest, IngestOutcome::Removed));
     let record = object_record(manifest, &pending).await;
     assert_eq!((record.state, record.sequencer.as_str()), (ObjectState::Removed, "20"));
     assert_eq!(record.event_time, removal.event_time, "the record describes the removal");
-    assert_eq!(manifest.record_removal(&removal).await.unwrap(), IngestOutcome::RemovalIgnored, "a replay");
-    assert_eq!(manifest.record_object(&pending).await.unwrap(), IngestOutcome::Stale, "the creation replayed");
+    assert_eq!(
+        manifest.record_removal(&removal).await.unwrap(),
+        outcome(manifest, IngestOutcome::RemovalIgnored),
+        "a replay"
+    );
+    assert_eq!(
+        manifest.record_object(&pending).await.unwrap(),
+        outcome(manifest, IngestOutcome::Stale),
+        "the creation replayed"
+    );
     assert_eq!(partition_record(manifest, &key).await.pending_objects, 0, "a removed object is not pending");
 
     let recreated = new_object(&partition, "pending.json", "30", 70);
-    assert_eq!(manifest.record_object(&recreated).await.unwrap(), IngestOutcome::Updated, "created again");
+    assert_eq!(
+        manifest.record_object(&recreated).await.unwrap(),
+        outcome(manifest, IngestOutcome::Updated),
+        "created again"
+    );
     assert_eq!(object_record(manifest, &recreated).await.state, ObjectState::Pending);
 
     // Compacted and missing objects are not in any plan: their removal changes nothing.
@@ -251,8 +302,14 @@ pub async fn record_removal_takes_only_pending_objects_out_of_the_plan(manifest:
     manifest.record_object(&missing).await.unwrap();
     manifest.mark_missing(&lease, &missing.key, "10", "gone when the seal read it").await.unwrap();
 
-    assert_eq!(manifest.record_removal(&removal_of(&recreated, "40")).await.unwrap(), IngestOutcome::RemovalIgnored);
+    assert_eq!(
+        manifest.record_removal(&removal_of(&recreated, "40")).await.unwrap(),
+        outcome(manifest, IngestOutcome::RemovalIgnored)
+    );
     assert_eq!(object_record(manifest, &recreated).await.state, ObjectState::Compacted);
-    assert_eq!(manifest.record_removal(&removal_of(&missing, "40")).await.unwrap(), IngestOutcome::RemovalIgnored);
+    assert_eq!(
+        manifest.record_removal(&removal_of(&missing, "40")).await.unwrap(),
+        outcome(manifest, IngestOutcome::RemovalIgnored)
+    );
     assert_eq!(object_record(manifest, &missing).await.state, ObjectState::Missing);
 }

@@ -152,16 +152,38 @@ pub struct Capabilities {
     /// the output committed. SQLite flips them in `mark_compacted` (free there): its counts
     /// and pending scans show them pending until then, and it answers how many it flipped.
     pub derives_compacted_at_commit: bool,
+    /// Ingest appends arrival records without reading (DynamoDB, issue #12): every ingest call
+    /// answers [`IngestOutcome::Appended`], and what it came to shows in the reads after it.
+    pub appends_arrivals: bool,
 }
 
 impl Capabilities {
     /// The flags of the backend behind `manifest`, by its name.
     pub fn of(manifest: &dyn Manifest) -> Self {
         match manifest.name() {
-            "sqlite" => Capabilities { lists_partitions_without_work: false, derives_compacted_at_commit: false },
-            "dynamodb" => Capabilities { lists_partitions_without_work: true, derives_compacted_at_commit: true },
+            "sqlite" => Capabilities {
+                lists_partitions_without_work: false,
+                derives_compacted_at_commit: false,
+                appends_arrivals: false,
+            },
+            "dynamodb" => Capabilities {
+                lists_partitions_without_work: true,
+                derives_compacted_at_commit: true,
+                appends_arrivals: true,
+            },
             other => panic!("the conformance suite does not know backend {other:?}: add its flags to Capabilities::of"),
         }
+    }
+}
+
+/// The outcome `manifest`'s ingest answers for an event whose effect is `decided`: the same,
+/// or [`IngestOutcome::Appended`] where ingest appends without reading (the reads after it
+/// check the effect on both).
+pub fn outcome(manifest: &dyn Manifest, decided: IngestOutcome) -> IngestOutcome {
+    if Capabilities::of(manifest).appends_arrivals {
+        IngestOutcome::Appended
+    } else {
+        decided
     }
 }
 

@@ -19,8 +19,11 @@ pub async fn placements_are_skipped_for_a_superseded_version(manifest: &dyn Mani
 
     // While the output is written, a newer version of `a` arrives and `c` is removed.
     let newer_a = new_object(&partition, "a.json", "20", 11);
-    assert_eq!(manifest.record_object(&newer_a).await.unwrap(), IngestOutcome::Updated);
-    assert_eq!(manifest.record_removal(&removal_of(&c, "20")).await.unwrap(), IngestOutcome::Removed);
+    assert_eq!(manifest.record_object(&newer_a).await.unwrap(), outcome(manifest, IngestOutcome::Updated));
+    assert_eq!(
+        manifest.record_removal(&removal_of(&c, "20")).await.unwrap(),
+        outcome(manifest, IngestOutcome::Removed)
+    );
 
     let placements = placements_end_to_end(&output, &planned);
     let superseded = manifest.record_placements(&lease, &output.key, &placements).await.unwrap();
@@ -222,15 +225,21 @@ pub async fn an_outputs_commit_makes_its_sources_compacted_before_mark_compacted
 pub async fn a_removal_of_a_compacted_source_changes_nothing_unless_it_is_of_a_newer_version(manifest: &dyn Manifest) {
     let ThreeSealed { partition, key, objects: [a, b, _], output, .. } = three_objects_sealed(manifest).await;
 
-    assert_eq!(manifest.record_removal(&removal_of(&a, "20")).await.unwrap(), IngestOutcome::RemovalIgnored);
+    assert_eq!(
+        manifest.record_removal(&removal_of(&a, "20")).await.unwrap(),
+        outcome(manifest, IngestOutcome::RemovalIgnored)
+    );
     let a_record = object_record(manifest, &a).await;
     assert_eq!(a_record.state, ObjectState::Compacted, "a removal of a compacted source changes nothing");
     assert_eq!(a_record.placement.map(|placement| placement.output_key), Some(output.key.clone()));
 
     // A newer version of b after the seal, then its removal: no output holds it.
     let newer_b = new_object(&partition, "b.json", "20", 11);
-    assert_eq!(manifest.record_object(&newer_b).await.unwrap(), IngestOutcome::Updated);
-    assert_eq!(manifest.record_removal(&removal_of(&newer_b, "30")).await.unwrap(), IngestOutcome::Removed);
+    assert_eq!(manifest.record_object(&newer_b).await.unwrap(), outcome(manifest, IngestOutcome::Updated));
+    assert_eq!(
+        manifest.record_removal(&removal_of(&newer_b, "30")).await.unwrap(),
+        outcome(manifest, IngestOutcome::Removed)
+    );
     assert_eq!(object_record(manifest, &b).await.state, ObjectState::Removed);
     assert!(pending_objects(manifest, &key).await.is_empty(), "nothing left to compact");
     let record = partition_record(manifest, &key).await;
