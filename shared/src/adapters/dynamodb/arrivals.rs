@@ -113,13 +113,44 @@ fn merge_error(error: crate::arrivals::MergeError) -> ManifestError {
     ManifestError::backend(BACKEND_NAME, error)
 }
 
-/// The cursors kept between pages, most recently used last.
+/// How long a scan that found no object item in a partition lets later non-fresh reads of
+/// the same manifest value skip its 16 shards.
+const EMPTY_SHARDS_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The cursors kept between pages, most recently used last; and the partitions whose shards a
+/// scan lately found empty.
+///
+/// Why the second: a partition recorded by arrival items alone has no object item unless the
+/// seal writes an exception, yet every pass of a seal (the plan, each window, the placement
+/// check) queried its 16 shards, a unit and a request each, empty or not: most of the seal's
+/// DynamoDB requests. Skipping them is a read that may miss an object item written since by
+/// another process: an ingest with a record TTL, or an older ingest-fn during a deployment.
+/// That is the same as an arrival written after the read, which the seal also leaves to its
+/// next run: `release` and the counts never skip (they read afresh), so such an object keeps
+/// its partition open. Object items this process writes forget the partition first.
 #[derive(Default)]
 pub(super) struct ArrivalCursors {
     kept: std::sync::Mutex<Vec<ArrivalCursor>>,
+    empty_shards: std::sync::Mutex<HashMap<PartitionKey, std::time::Instant>>,
 }
 
 impl ArrivalCursors {
+    pub(super) fn shards_known_empty(&self, partition: &PartitionKey) -> bool {
+        let empty = self.empty_shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        empty.get(partition).is_some_and(|since| since.elapsed() < EMPTY_SHARDS_FOR)
+    }
+
+    pub(super) fn note_shards_empty(&self, partition: &PartitionKey) {
+        let mut empty = self.empty_shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        empty.retain(|_, since| since.elapsed() < EMPTY_SHARDS_FOR);
+        empty.insert(partition.clone(), std::time::Instant::now());
+    }
+
+    pub(super) fn forget_shards_empty(&self, partition: &PartitionKey) {
+        let mut empty = self.empty_shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        empty.remove(partition);
+    }
+
     /// A kept cursor of `partition` that has not passed `after` yet.
     fn take(&self, partition: &PartitionKey, after: Option<&str>) -> Option<ArrivalCursor> {
         let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -346,7 +377,11 @@ impl DynamoDbManifest {
     ) -> Result<Vec<KeyRecord>, ManifestError> {
         let wanted: BTreeSet<&str> = keys.iter().copied().collect();
         let listed: Vec<&str> = wanted.iter().copied().collect();
-        let mut stored = self.object_items(partition, &listed, None).await?;
+        let mut stored = if self.arrival_cursors.shards_known_empty(partition) {
+            HashMap::new()
+        } else {
+            self.object_items(partition, &listed, None).await?
+        };
         let mut arrivals = self.arrivals_of(partition, &wanted).await?;
         let mut records = Vec::new();
         for key in wanted {
@@ -401,6 +436,19 @@ impl DynamoDbManifest {
     /// Keeps a cursor for the next page of the same scan.
     pub(super) fn keep_cursor(&self, cursor: ArrivalCursor) {
         self.arrival_cursors.keep(cursor);
+    }
+
+    /// Called before this process writes an object item of `partition` (see [`ArrivalCursors`]).
+    pub(super) fn forget_shards_empty(&self, partition: &PartitionKey) {
+        self.arrival_cursors.forget_shards_empty(partition);
+    }
+
+    pub(super) fn shards_known_empty(&self, partition: &PartitionKey) -> bool {
+        self.arrival_cursors.shards_known_empty(partition)
+    }
+
+    pub(super) fn note_shards_empty(&self, partition: &PartitionKey) {
+        self.arrival_cursors.note_shards_empty(partition);
     }
 
     /// Whether no arrival item was written since the cursor was made: one Query of the items

@@ -63,6 +63,7 @@ impl DynamoDbManifest {
 
     /// Records one object and flags its partition: [`Self::record_object_items`] of one.
     pub(super) async fn record_object_item(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
+        self.forget_shards_empty(&PartitionKey::new(object.bucket.clone(), object.partition.path.clone()));
         let (outcome, flag) = self.write_object_item(object).await?;
         if flag {
             self.flag_partition_pending(object).await?;
@@ -79,6 +80,9 @@ impl DynamoDbManifest {
     /// flagged before the call fails, so a failed batch leaves no written object unflagged (a
     /// retried one is flagged by its replay, as after a crash between the two writes).
     pub(super) async fn record_object_items(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
+        for object in objects {
+            self.forget_shards_empty(&PartitionKey::new(object.bucket.clone(), object.partition.path.clone()));
+        }
         let failed = AtomicBool::new(false);
         let failed = &failed;
         // Owned objects: a stream of borrowed ones trips the `Send` bound async_trait puts on the caller.
