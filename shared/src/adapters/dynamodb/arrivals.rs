@@ -186,8 +186,9 @@ impl DynamoDbManifest {
     // ── writes ──────────────────────────────────────────────────────────────────────────
 
     /// Records a batch of created objects as arrival items, one or more per partition, then
-    /// flags each partition. A record the arrival encoding refuses (a key over 1,024 bytes,
-    /// which S3 never sends) gets an object item instead, as before arrival items.
+    /// flags each partition. A backfill scan's listing, and a record the arrival encoding
+    /// refuses (a key over 1,024 bytes, which S3 never sends), get an object item instead, as
+    /// before arrival items.
     pub(super) async fn append_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
         self.check_schema_once().await?;
         let mut outcomes = vec![IngestOutcome::Appended; objects.len()];
@@ -197,7 +198,11 @@ impl DynamoDbManifest {
         for (index, object) in objects.iter().enumerate() {
             let record =
                 Arrival::created(&object.key, &object.sequencer, object.size, object.etag.clone(), object.event_time);
-            if record.check().is_err() {
+            // A backfill scan's listings keep object items: two scans may list two versions
+            // modified in the same second, and only the order in which they were recorded says
+            // which is current (the later listing), which arrival records, merged by sequencer,
+            // do not keep. Scans are a one-off (onboarding, recovery), not the steady state.
+            if sequencer::is_scan(&object.sequencer) || record.check().is_err() {
                 one_by_one.push(index);
                 continue;
             }
@@ -220,8 +225,11 @@ impl DynamoDbManifest {
             .collect()
             .await;
         written.into_iter().collect::<Result<Vec<()>, ManifestError>>()?;
-        for index in one_by_one {
-            outcomes[index] = self.record_object_item(&objects[index]).await?;
+        if !one_by_one.is_empty() {
+            let items: Vec<NewObject> = one_by_one.iter().map(|&index| objects[index].clone()).collect();
+            for (index, outcome) in one_by_one.into_iter().zip(self.record_object_items(&items).await?) {
+                outcomes[index] = outcome;
+            }
         }
         Ok(outcomes)
     }

@@ -61,16 +61,6 @@ impl DynamoDbManifest {
         .await
     }
 
-    /// Records one object and flags its partition: [`Self::record_object_items`] of one.
-    pub(super) async fn record_object_item(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
-        self.forget_shards_empty(&PartitionKey::new(object.bucket.clone(), object.partition.path.clone()));
-        let (outcome, flag) = self.write_object_item(object).await?;
-        if flag {
-            self.flag_partition_pending(object).await?;
-        }
-        Ok(outcome)
-    }
-
     /// Records a batch of objects: every object item first (side by side, [`CONCURRENT_REQUESTS`]
     /// at a time: DynamoDB has no batch conditional write), then each partition that needs it
     /// flagged once, not once per object. Flagging after all the object writes keeps the order
