@@ -113,13 +113,44 @@ fn merge_error(error: crate::arrivals::MergeError) -> ManifestError {
     ManifestError::backend(BACKEND_NAME, error)
 }
 
-/// The cursors kept between pages, most recently used last.
+/// How long a scan that found no object item in a partition lets later non-fresh reads of
+/// the same manifest value skip its 16 shards.
+const EMPTY_SHARDS_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The cursors kept between pages, most recently used last; and the partitions whose shards a
+/// scan lately found empty.
+///
+/// Why the second: a partition recorded by arrival items alone has no object item unless the
+/// seal writes an exception, yet every pass of a seal (the plan, each window, the placement
+/// check) queried its 16 shards, a unit and a request each, empty or not: most of the seal's
+/// DynamoDB requests. Skipping them is a read that may miss an object item written since by
+/// another process: an ingest with a record TTL, or an older ingest-fn during a deployment.
+/// That is the same as an arrival written after the read, which the seal also leaves to its
+/// next run: `release` and the counts never skip (they read afresh), so such an object keeps
+/// its partition open. Object items this process writes forget the partition first.
 #[derive(Default)]
 pub(super) struct ArrivalCursors {
     kept: std::sync::Mutex<Vec<ArrivalCursor>>,
+    empty_shards: std::sync::Mutex<HashMap<PartitionKey, std::time::Instant>>,
 }
 
 impl ArrivalCursors {
+    pub(super) fn shards_known_empty(&self, partition: &PartitionKey) -> bool {
+        let empty = self.empty_shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        empty.get(partition).is_some_and(|since| since.elapsed() < EMPTY_SHARDS_FOR)
+    }
+
+    pub(super) fn note_shards_empty(&self, partition: &PartitionKey) {
+        let mut empty = self.empty_shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        empty.retain(|_, since| since.elapsed() < EMPTY_SHARDS_FOR);
+        empty.insert(partition.clone(), std::time::Instant::now());
+    }
+
+    pub(super) fn forget_shards_empty(&self, partition: &PartitionKey) {
+        let mut empty = self.empty_shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        empty.remove(partition);
+    }
+
     /// A kept cursor of `partition` that has not passed `after` yet.
     fn take(&self, partition: &PartitionKey, after: Option<&str>) -> Option<ArrivalCursor> {
         let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -155,8 +186,9 @@ impl DynamoDbManifest {
     // ── writes ──────────────────────────────────────────────────────────────────────────
 
     /// Records a batch of created objects as arrival items, one or more per partition, then
-    /// flags each partition. A record the arrival encoding refuses (a key over 1,024 bytes,
-    /// which S3 never sends) gets an object item instead, as before arrival items.
+    /// flags each partition. A backfill scan's listing, and a record the arrival encoding
+    /// refuses (a key over 1,024 bytes, which S3 never sends), get an object item instead, as
+    /// before arrival items.
     pub(super) async fn append_objects(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
         self.check_schema_once().await?;
         let mut outcomes = vec![IngestOutcome::Appended; objects.len()];
@@ -166,7 +198,11 @@ impl DynamoDbManifest {
         for (index, object) in objects.iter().enumerate() {
             let record =
                 Arrival::created(&object.key, &object.sequencer, object.size, object.etag.clone(), object.event_time);
-            if record.check().is_err() {
+            // A backfill scan's listings keep object items: two scans may list two versions
+            // modified in the same second, and only the order in which they were recorded says
+            // which is current (the later listing), which arrival records, merged by sequencer,
+            // do not keep. Scans are a one-off (onboarding, recovery), not the steady state.
+            if sequencer::is_scan(&object.sequencer) || record.check().is_err() {
                 one_by_one.push(index);
                 continue;
             }
@@ -189,8 +225,11 @@ impl DynamoDbManifest {
             .collect()
             .await;
         written.into_iter().collect::<Result<Vec<()>, ManifestError>>()?;
-        for index in one_by_one {
-            outcomes[index] = self.record_object_item(&objects[index]).await?;
+        if !one_by_one.is_empty() {
+            let items: Vec<NewObject> = one_by_one.iter().map(|&index| objects[index].clone()).collect();
+            for (index, outcome) in one_by_one.into_iter().zip(self.record_object_items(&items).await?) {
+                outcomes[index] = outcome;
+            }
         }
         Ok(outcomes)
     }
@@ -346,7 +385,11 @@ impl DynamoDbManifest {
     ) -> Result<Vec<KeyRecord>, ManifestError> {
         let wanted: BTreeSet<&str> = keys.iter().copied().collect();
         let listed: Vec<&str> = wanted.iter().copied().collect();
-        let mut stored = self.object_items(partition, &listed, None).await?;
+        let mut stored = if self.arrival_cursors.shards_known_empty(partition) {
+            HashMap::new()
+        } else {
+            self.object_items(partition, &listed, None).await?
+        };
         let mut arrivals = self.arrivals_of(partition, &wanted).await?;
         let mut records = Vec::new();
         for key in wanted {
@@ -401,6 +444,19 @@ impl DynamoDbManifest {
     /// Keeps a cursor for the next page of the same scan.
     pub(super) fn keep_cursor(&self, cursor: ArrivalCursor) {
         self.arrival_cursors.keep(cursor);
+    }
+
+    /// Called before this process writes an object item of `partition` (see [`ArrivalCursors`]).
+    pub(super) fn forget_shards_empty(&self, partition: &PartitionKey) {
+        self.arrival_cursors.forget_shards_empty(partition);
+    }
+
+    pub(super) fn shards_known_empty(&self, partition: &PartitionKey) -> bool {
+        self.arrival_cursors.shards_known_empty(partition)
+    }
+
+    pub(super) fn note_shards_empty(&self, partition: &PartitionKey) {
+        self.arrival_cursors.note_shards_empty(partition);
     }
 
     /// Whether no arrival item was written since the cursor was made: one Query of the items

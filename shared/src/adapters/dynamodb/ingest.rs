@@ -61,15 +61,6 @@ impl DynamoDbManifest {
         .await
     }
 
-    /// Records one object and flags its partition: [`Self::record_object_items`] of one.
-    pub(super) async fn record_object_item(&self, object: &NewObject) -> Result<IngestOutcome, ManifestError> {
-        let (outcome, flag) = self.write_object_item(object).await?;
-        if flag {
-            self.flag_partition_pending(object).await?;
-        }
-        Ok(outcome)
-    }
-
     /// Records a batch of objects: every object item first (side by side, [`CONCURRENT_REQUESTS`]
     /// at a time: DynamoDB has no batch conditional write), then each partition that needs it
     /// flagged once, not once per object. Flagging after all the object writes keeps the order
@@ -79,6 +70,9 @@ impl DynamoDbManifest {
     /// flagged before the call fails, so a failed batch leaves no written object unflagged (a
     /// retried one is flagged by its replay, as after a crash between the two writes).
     pub(super) async fn record_object_items(&self, objects: &[NewObject]) -> Result<Vec<IngestOutcome>, ManifestError> {
+        for object in objects {
+            self.forget_shards_empty(&PartitionKey::new(object.bucket.clone(), object.partition.path.clone()));
+        }
         let failed = AtomicBool::new(false);
         let failed = &failed;
         // Owned objects: a stream of borrowed ones trips the `Send` bound async_trait puts on the caller.

@@ -153,6 +153,7 @@ impl DynamoDbManifest {
                     }
                     record.record.state = ObjectState::Missing;
                     record.record.note = Some(note.to_owned());
+                    self.forget_shards_empty(partition);
                     let write = self.put(object_item_of(&record.record), Some("attribute_not_exists(#pk)"))?;
                     return self.fenced_transaction(lease, vec![write]).await;
                 };
@@ -444,6 +445,7 @@ impl DynamoDbManifest {
         let mut records = self.combined_records(partition, keys).await?;
         let outputs = self.deriving_outputs(partition).await?;
         self.derive_records(partition, &outputs, &mut records).await?;
+        self.forget_shards_empty(partition);
         stream::iter(records.into_iter().filter(|record| record.record.state == ObjectState::Compacted))
             .map(|record| async move {
                 let mut record = record.record;

@@ -70,6 +70,9 @@ impl DynamoDbManifest {
         partition: &PartitionKey,
         keys: &[&str],
     ) -> Result<HashMap<String, Item>, ManifestError> {
+        if self.shards_known_empty(partition) {
+            return Ok(HashMap::new());
+        }
         let (by_shard, mut by_key) = split_by_shard(keys);
         let mut found: HashMap<String, Item> = HashMap::with_capacity(keys.len());
         let ranges: Vec<(HashMap<String, Item>, Vec<String>)> = stream::iter(by_shard)

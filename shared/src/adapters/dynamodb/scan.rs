@@ -25,6 +25,7 @@ pub(super) struct CombinedScan {
     stored: ShardMerge,
     buffer: VecDeque<ObjectRecord>,
     stored_done: bool,
+    may_note_empty: bool,
     arrivals: Option<ArrivalCursor>,
 }
 
@@ -48,11 +49,16 @@ impl CombinedScan {
         };
         let stored_query =
             if arrivals.is_some() { ObjectQuery { state: None, ..query.clone() } } else { query.clone() };
+        // A partition whose shards a scan lately found empty (see `ArrivalCursors`); only the
+        // seal's passes skip them, never release or the counts.
+        let skip_shards = !fresh && arrivals.is_some() && manifest.shards_known_empty(partition);
         Ok(CombinedScan {
             partition: partition.clone(),
             stored: ShardMerge::scan(partition, &stored_query, batch),
             buffer: VecDeque::new(),
-            stored_done: false,
+            stored_done: skip_shards,
+            // Only a scan of every state from the start can tell that the shards are empty.
+            may_note_empty: arrivals.is_some() && query.start_after.is_none() && !skip_shards,
             arrivals,
         })
     }
@@ -74,6 +80,10 @@ impl CombinedScan {
             if self.buffer.is_empty() && !self.stored_done {
                 let page = self.stored.next_batch(manifest, limit - batch.len()).await?;
                 self.stored_done = page.is_empty();
+                if self.stored_done && self.may_note_empty {
+                    manifest.note_shards_empty(&self.partition);
+                }
+                self.may_note_empty = false;
                 self.buffer.extend(page);
             }
             let arrival_key = match &mut self.arrivals {
