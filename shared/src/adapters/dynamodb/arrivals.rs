@@ -50,10 +50,7 @@ pub(super) fn arrival_pk(bucket: &str, path: &str) -> String {
 /// The sort key of an arrival item written at `at`: the time (20 digits of microseconds, so
 /// string order is time order) and a hash of the records, so that two writers never collide.
 fn arrival_sk(at: DateTime<Utc>, records: &[u8]) -> String {
-    const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = records.iter().fold(FNV_OFFSET_BASIS, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME));
-    format!("{}#{hash:016x}", time_prefix(at))
+    format!("{}#{:016x}", time_prefix(at), fnv1a_64(records))
 }
 
 fn time_prefix(at: DateTime<Utc>) -> String {

@@ -11,10 +11,14 @@ pub(super) fn partition_item_pk(bucket: &str, path: &str) -> String {
 /// The shard of an object key: FNV-1a (64 bit) of its UTF-8 bytes, modulo [`OBJECT_SHARDS`].
 /// Part of the table's format; never change it.
 pub fn object_shard(key: &str) -> u32 {
+    (fnv1a_64(key.as_bytes()) % u64::from(OBJECT_SHARDS)) as u32
+}
+
+/// FNV-1a, 64 bit: the shard of an object key, and the hash in an arrival item's sort key.
+pub(super) fn fnv1a_64(bytes: &[u8]) -> u64 {
     const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = key.bytes().fold(FNV_OFFSET_BASIS, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME));
-    (hash % u64::from(OBJECT_SHARDS)) as u32
+    bytes.iter().fold(FNV_OFFSET_BASIS, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME))
 }
 
 pub(super) fn object_shard_pk(bucket: &str, path: &str, shard: u32) -> String {
