@@ -315,7 +315,9 @@ pub trait Manifest: Send + Sync + fmt::Debug {
     /// stay `pending` until the output commits, and whether `object` shows their placement
     /// before then is the adapter's choice (DynamoDB keeps it in per-output chunk items until
     /// `mark_compacted`). Returns the keys whose record no longer holds the planned version (a
-    /// newer event arrived meanwhile): their placement was not recorded.
+    /// newer event arrived meanwhile): their placement was not recorded. That check is against
+    /// the manifest as it is at this call, whatever was read since the sources were listed:
+    /// the seal reads the next window's sources before it records a window's placements.
     async fn record_placements(
         &self,
         lease: &Lease,

@@ -41,6 +41,7 @@ pub struct FaultPlan {
     crashed: AtomicBool,
     crashed_in: Mutex<Option<String>>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    sequence: Mutex<Vec<&'static str>>,
     refused_deletes: Mutex<BTreeSet<String>>,
     refused_records: Mutex<BTreeSet<String>>,
 }
@@ -54,6 +55,7 @@ impl Default for FaultPlan {
             crashed: AtomicBool::new(false),
             crashed_in: Mutex::new(None),
             counts: Mutex::new(BTreeMap::new()),
+            sequence: Mutex::new(Vec::new()),
             refused_deletes: Mutex::new(BTreeSet::new()),
             refused_records: Mutex::new(BTreeSet::new()),
         }
@@ -107,6 +109,7 @@ impl FaultPlan {
         self.calls.store(0, Ordering::SeqCst);
         *self.crashed_in.lock().expect("fault plan mutex poisoned") = None;
         self.counts.lock().expect("fault plan mutex poisoned").clear();
+        self.sequence.lock().expect("fault plan mutex poisoned").clear();
     }
 
     pub fn crashed(&self) -> bool {
@@ -128,8 +131,14 @@ impl FaultPlan {
         self.counts.lock().expect("fault plan mutex poisoned").clone()
     }
 
+    /// Every call's operation since the last heal, in the order the calls were made.
+    pub fn sequence(&self) -> Vec<&'static str> {
+        self.sequence.lock().expect("fault plan mutex poisoned").clone()
+    }
+
     fn verdict(&self, operation: &'static str) -> Verdict {
         *self.counts.lock().expect("fault plan mutex poisoned").entry(operation).or_default() += 1;
+        self.sequence.lock().expect("fault plan mutex poisoned").push(operation);
         if self.crashed.load(Ordering::SeqCst) {
             return Verdict::Fail;
         }

@@ -39,6 +39,8 @@ const ARRIVAL_CLOCK_MARGIN_MINUTES: i64 = 15;
 
 /// How many partitions' cursors one manifest keeps (a seal works on a few partitions at once).
 const KEPT_CURSORS: usize = 4;
+/// Views kept for placement checks ([`ArrivalCursors`]), one a partition.
+const UNCHECKED_VIEWS: usize = 64;
 
 /// The memory a cursor's merge may hold before it spills sorted runs to a temporary file.
 const CURSOR_MERGE_BYTES: usize = 8 << 20;
@@ -72,6 +74,10 @@ pub(super) struct ArrivalCursor {
 }
 
 impl ArrivalCursor {
+    fn view(&self) -> CursorView {
+        (self.made_at, self.recent.clone())
+    }
+
     fn peek(&mut self) -> Result<Option<&Arrival>, ManifestError> {
         if self.peeked.is_none() {
             self.peeked = self.records.next().transpose().map_err(merge_error)?;
@@ -125,11 +131,20 @@ const EMPTY_SHARDS_FOR: std::time::Duration = std::time::Duration::from_secs(600
 /// That is the same as an arrival written after the read, which the seal also leaves to its
 /// next run: `release` and the counts never skip (they read afresh), so such an object keeps
 /// its partition open. Object items this process writes forget the partition first.
+///
+/// The placement check asks what arrived since the scan that listed the placed sources, and
+/// the seal lists the next window before it records one's placements: so the check goes by the
+/// oldest cursor kept since the last check (`unchecked`), not by the newest, which may have
+/// read an arrival of a key placed from an older page. An older view only rechecks more keys.
 #[derive(Default)]
 pub(super) struct ArrivalCursors {
     kept: std::sync::Mutex<Vec<ArrivalCursor>>,
     empty_shards: std::sync::Mutex<HashMap<PartitionKey, std::time::Instant>>,
+    unchecked: std::sync::Mutex<HashMap<PartitionKey, CursorView>>,
 }
+
+/// When a cursor was made, and the recent items it read.
+type CursorView = (DateTime<Utc>, HashSet<String>);
 
 impl ArrivalCursors {
     pub(super) fn shards_known_empty(&self, partition: &PartitionKey) -> bool {
@@ -162,14 +177,39 @@ impl ArrivalCursors {
         Some(kept.remove(index))
     }
 
-    /// When the partition's kept cursor was made, and the recent items it read.
-    fn seen(&self, partition: &PartitionKey) -> Option<(DateTime<Utc>, HashSet<String>)> {
+    /// The view of the oldest cursor of the partition kept since the last placement check.
+    fn seen(&self, partition: &PartitionKey) -> Option<CursorView> {
+        let unchecked = self.unchecked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        unchecked.get(partition).cloned()
+    }
+
+    /// After a placement check: what the next check must go by is the partition's cursor kept
+    /// now, which listed every source not yet placed (or an older one, as [`Self::keep`] says).
+    fn placements_checked(&self, partition: &PartitionKey) {
         let kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cursor = kept.iter().find(|cursor| cursor.partition == *partition)?;
-        Some((cursor.made_at, cursor.recent.clone()))
+        let view = kept.iter().find(|cursor| cursor.partition == *partition).map(ArrivalCursor::view);
+        let mut unchecked = self.unchecked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match view {
+            Some(view) => unchecked.insert(partition.clone(), view),
+            None => unchecked.remove(partition),
+        };
     }
 
     fn keep(&self, cursor: ArrivalCursor) {
+        {
+            let mut unchecked = self.unchecked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !unchecked.contains_key(&cursor.partition) {
+                // Bounded by the partitions one process seals at once; an evicted view makes its
+                // partition's next check read the last half hour instead.
+                if unchecked.len() >= UNCHECKED_VIEWS {
+                    let oldest = unchecked.iter().min_by_key(|(_, (made_at, _))| *made_at).map(|(key, _)| key.clone());
+                    if let Some(oldest) = oldest {
+                        unchecked.remove(&oldest);
+                    }
+                }
+                unchecked.insert(cursor.partition.clone(), cursor.view());
+            }
+        }
         let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         kept.retain(|other| other.partition != cursor.partition);
         if kept.len() >= KEPT_CURSORS {
@@ -349,8 +389,9 @@ impl DynamoDbManifest {
     }
 
     /// The keys among `keys` with an arrival record that the scan the seal planned from may
-    /// not have seen: in items written since the partition's kept cursor was made (less the
-    /// clock margin) that it did not read, or with no kept cursor, in the last half hour. The
+    /// not have seen: in items written since the oldest cursor kept since the last check was
+    /// made (less the clock margin) that it did not read, or with no kept cursor, in the last
+    /// half hour. The
     /// placement check reads those keys again in full; the others are as the scan saw them.
     pub(super) async fn keys_arrived_since_scan(
         &self,
@@ -370,6 +411,7 @@ impl DynamoDbManifest {
             Ok(())
         })
         .await?;
+        self.arrival_cursors.placements_checked(partition);
         Ok(found)
     }
 

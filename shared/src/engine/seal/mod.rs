@@ -33,7 +33,7 @@ use futures::StreamExt;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::seen::SeenSources;
-use super::writer::{needs_multipart, OutputTarget, WindowedWriter, WrittenOutput};
+use super::writer::{needs_multipart, MissingSource, OutputTarget, WindowedWriter, WrittenOutput};
 use super::{Compactor, EngineError};
 use crate::config::ExpiryMode;
 use crate::domain::partition::PartitionKey;
@@ -41,6 +41,7 @@ use crate::domain::plan::PlannedOutput;
 use crate::domain::ranges::{PlannedRange, RangePacker, RangeWindow};
 use crate::domain::records::{expiry_unfinished, renewal_due};
 use crate::domain::records::{ObjectRecord, ObjectState, OutputRecord, OutputState};
+use crate::ports::manifest::SourcePlacement;
 use crate::ports::object_store::remove_tag;
 use crate::ports::{Lease, ManifestError, ObjectQuery, StoreError, MAX_KEYS_PER_DELETE};
 
@@ -432,9 +433,17 @@ impl Compactor {
     }
 
     /// Step 4 and the placements of step 5: reads the range's sources back from the manifest a
-    /// window at a time, writes each window, and records its placements and missing sources
-    /// before reading the next. Returns how many were placed, how many of those the manifest
-    /// found superseded, and the finished output.
+    /// window at a time and writes each window. While window n is written, the manifest
+    /// records window n - 1's missing sources and placements and then reads window n + 1
+    /// (issue 16: the manifest's work and the store's run side by side, on two threads, instead
+    /// of one after the other). So at most three windows of an output are held at once.
+    /// Returns how many were placed, how many of those the manifest found superseded, and the
+    /// finished output.
+    ///
+    /// Why recording a window late is safe: nothing is committed before every window's
+    /// placements are recorded, so a crash in between abandons the output as before; and a
+    /// placement is checked against the manifest's state when it is recorded, whatever was
+    /// read since (the contract of `Manifest::record_placements`).
     async fn write_windows(
         &self,
         lease: &mut Lease,
@@ -457,42 +466,102 @@ impl Compactor {
         };
         let mut writer = WindowedWriter::new(&self.store, &self.config, &planned, &target);
         let mut window = RangeWindow::new(range, self.config.formats.clone());
-        let mut start_after = window.start_after().map(str::to_owned);
-        let (mut placed, mut superseded) = (0, 0);
-        while !window.done() {
-            let query = ObjectQuery { start_after: start_after.take(), ..ObjectQuery::in_state(ObjectState::Pending) };
-            let page = self.manifest.objects(&lease.partition, &ObjectQuery { limit: PAGE, ..query }).await?;
-            let short = page.len() < PAGE;
-            start_after = page.last().map(|object| object.key.clone());
-            let sources = window.take(page, |object| (object.key.as_str(), object.size));
+        let partition = lease.partition.clone();
+        let fetch = |start_after: Option<String>| {
+            let query = ObjectQuery { start_after, limit: PAGE, ..ObjectQuery::in_state(ObjectState::Pending) };
+            let partition = &partition;
+            async move { self.manifest.objects(partition, &query).await }
+        };
+        let mut recorded = RecordedWindows::default();
+        // The window written last, whose missing sources and placements are not recorded yet.
+        let mut unrecorded = WrittenWindow::default();
+        let mut page = Some(fetch(window.start_after().map(str::to_owned)).await?);
+        while let Some(current) = page.take() {
+            let short = current.len() < PAGE;
+            let start_after = current.last().map(|object| object.key.clone());
+            let sources = window.take(current, |object| (object.key.as_str(), object.size));
             if short {
                 window.end();
             }
+            let more = !window.done();
             if sources.is_empty() {
+                if more {
+                    page = Some(fetch(start_after).await?);
+                }
                 continue;
             }
             self.renew_if_due(lease).await?;
-            writer.write(&sources).await?;
-            drop(sources);
-            for missing in writer.take_missing() {
-                if self.config.expiry == ExpiryMode::Tag {
-                    // A source found changed may be a newer version that a tag request of an
-                    // earlier run reached (README, "Tag mode: the overwrite window"): it must not
-                    // keep the expiry tag while it waits for its own compaction. Before the
-                    // record, so that a failure here is retried with the source.
-                    if remove_tag(self.store.as_ref(), &lease.partition.bucket, &missing.key, &self.config.expiry_tag)
-                        .await?
-                    {
-                        warn!(key = %missing.key, "a changed source carried the expiry tag; removed it");
-                    }
-                }
-                self.manifest.mark_missing(lease, &missing.key, &missing.sequencer, &missing.note).await?;
-                report.objects_missing += 1;
-            }
-            let placements = writer.take_placements();
-            placed += placements.len() as u64;
-            superseded += self.manifest.record_placements(lease, &range.key, &placements).await?.len() as u64;
+            let previous = std::mem::take(&mut unrecorded);
+            let lease = &*lease;
+            let (written, recorded_and_next) = futures::join!(writer.write(&sources), async {
+                let recording = self.record_window(lease, &range.key, previous).await?;
+                let next = if more { Some(fetch(start_after).await?) } else { None };
+                Ok::<_, EngineError>((recording, next))
+            });
+            // Both finish before either error returns: a failed write never leaves the
+            // manifest's work running behind it, nor the other way round.
+            written?;
+            let (recording, next) = recorded_and_next?;
+            recorded.add(recording);
+            page = next;
+            unrecorded = WrittenWindow { missing: writer.take_missing(), placements: writer.take_placements() };
         }
-        Ok((placed, superseded, writer.finish().await?))
+        recorded.add(self.record_window(lease, &range.key, unrecorded).await?);
+        report.objects_missing += recorded.missing;
+        Ok((recorded.placed, recorded.superseded, writer.finish().await?))
+    }
+
+    /// Records one written window: its missing sources, then its placements.
+    async fn record_window(
+        &self,
+        lease: &Lease,
+        output_key: &str,
+        window: WrittenWindow,
+    ) -> Result<RecordedWindows, EngineError> {
+        let mut recorded = RecordedWindows::default();
+        for missing in window.missing {
+            if self.config.expiry == ExpiryMode::Tag {
+                // A source found changed may be a newer version that a tag request of an earlier
+                // run reached (README, "Tag mode: the overwrite window"): it must not keep the
+                // expiry tag while it waits for its own compaction. Before the record, so that a
+                // failure here is retried with the source.
+                if remove_tag(self.store.as_ref(), &lease.partition.bucket, &missing.key, &self.config.expiry_tag)
+                    .await?
+                {
+                    warn!(key = %missing.key, "a changed source carried the expiry tag; removed it");
+                }
+            }
+            self.manifest.mark_missing(lease, &missing.key, &missing.sequencer, &missing.note).await?;
+            recorded.missing += 1;
+        }
+        if !window.placements.is_empty() {
+            recorded.placed = window.placements.len() as u64;
+            recorded.superseded =
+                self.manifest.record_placements(lease, output_key, &window.placements).await?.len() as u64;
+        }
+        Ok(recorded)
+    }
+}
+
+/// A window of an output's sources once written: what the manifest is still to record.
+#[derive(Default)]
+struct WrittenWindow {
+    missing: Vec<MissingSource>,
+    placements: Vec<SourcePlacement>,
+}
+
+/// What recording windows of an output came to.
+#[derive(Default)]
+struct RecordedWindows {
+    placed: u64,
+    superseded: u64,
+    missing: u64,
+}
+
+impl RecordedWindows {
+    fn add(&mut self, other: RecordedWindows) {
+        self.placed += other.placed;
+        self.superseded += other.superseded;
+        self.missing += other.missing;
     }
 }

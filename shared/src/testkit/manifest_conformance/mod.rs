@@ -88,6 +88,7 @@ macro_rules! manifest_conformance_tests {
             a_takeover_after_expiry_fences_the_old_lease,
             release_seals_when_nothing_is_pending_and_reopens_after_a_late_object,
             placements_are_skipped_for_a_superseded_version,
+            placements_are_checked_against_the_manifest_when_recorded_not_at_the_last_read,
             begin_output_again_updates_a_writing_output,
             commit_output_is_idempotent_and_never_revives_an_abandoned_output,
             mark_compacted_needs_a_committed_output,

@@ -47,6 +47,38 @@ pub async fn placements_are_skipped_for_a_superseded_version(manifest: &dyn Mani
     assert_eq!(object_record(manifest, &c).await.state, ObjectState::Removed);
 }
 
+/// The seal reads the next window's page before it records a window's placements: a newer
+/// version that arrived between the two pages (and that the second page's read saw) still
+/// supersedes the placement of the version the first page listed.
+pub async fn placements_are_checked_against_the_manifest_when_recorded_not_at_the_last_read(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let [a, b, c, d] = ["a.json", "b.json", "c.json", "d.json"].map(|name| new_object(&partition, name, "10", 10));
+    manifest.record_objects(&[a.clone(), b.clone(), c.clone(), d.clone()]).await.unwrap();
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    let page = |start_after: Option<&NewObject>| ObjectQuery {
+        start_after: start_after.map(|object| object.key.clone()),
+        limit: 2,
+        ..ObjectQuery::in_state(ObjectState::Pending)
+    };
+    let first = manifest.objects(&key, &page(None)).await.unwrap();
+    assert_eq!(first.iter().map(|record| record.key.as_str()).collect::<Vec<_>>(), [a.key.as_str(), b.key.as_str()]);
+    // While the first window is written: a newer `a`; then the second window is read.
+    let newer_a = new_object(&partition, "a.json", "20", 11);
+    assert_eq!(manifest.record_object(&newer_a).await.unwrap(), outcome(manifest, IngestOutcome::Updated));
+    let second = manifest.objects(&key, &page(Some(&b))).await.unwrap();
+    assert_eq!(second.len(), 2, "the second window");
+    let output = output_record(&lease, 1, 4, now);
+    manifest.begin_output(&lease, &output).await.unwrap();
+    let placements = placements_end_to_end(&output, &[first, second].concat());
+    let (first_window, second_window) = placements.split_at(2);
+    let superseded = manifest.record_placements(&lease, &output.key, first_window).await.unwrap();
+    assert_eq!(superseded, std::slice::from_ref(&a.key), "the first window's `a` is no longer the version it listed");
+    let rest = manifest.record_placements(&lease, &output.key, second_window).await.unwrap();
+    assert!(rest.is_empty(), "nothing changed in the second window: {rest:?}");
+}
+
 pub async fn begin_output_again_updates_a_writing_output(manifest: &dyn Manifest) {
     let partition = day_partition("logs", 14);
     let key = key_of(&partition);
