@@ -73,7 +73,7 @@ impl<'a> ObjectOpener<'a> {
         let Some((_, directory)) = &self.directory else {
             return self.store.open_object(self.bucket, key);
         };
-        let file = match openat(directory, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        let file = match open_for_reading(directory, name) {
             Ok(descriptor) => File::from(descriptor),
             // The directory may have been removed (and made again) since it was opened: the
             // whole path answers for what is there now.
@@ -90,4 +90,19 @@ impl<'a> ObjectOpener<'a> {
         }
         Ok((file, metadata))
     }
+}
+
+/// Opens a file of `directory` to read, without updating its access time where the kernel
+/// allows it (Linux, a file of this user's): the first read of a file written since its last
+/// read would otherwise dirty its inode, a write to disk for each of a million tiny sources
+/// (2.4% of the seal's samples in a profile), for a time no store reader looks at. S3 has none.
+fn open_for_reading(directory: &OwnedFd, name: &str) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    match openat(directory, name, flags | OFlags::NOATIME, Mode::empty()) {
+        // Only the file's owner (or a privileged process) may ask for no access time.
+        Err(rustix::io::Errno::PERM) => {}
+        other => return other,
+    }
+    openat(directory, name, flags, Mode::empty())
 }
