@@ -6,7 +6,7 @@
 //! | 2 lock | `acquire`: generation + 1, lease | waits for the lease to expire, then takes over |
 //! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; expire the sources of committed outputs from where their expiry cursor stopped (and older outputs' unmarked sources one by one) | does the same, idempotently |
 //! | 3 plan | page pending objects in key order through the [`Packer`](crate::domain::plan::Packer) | plans again under a new generation: new output keys |
-//! | 4 write | `begin_output` (writing), stream sources into the store (large ones copied server-side) | finds the output `writing` and abandons it |
+//! | 4 write | `begin_output` (writing), stream sources into the store (large ones copied server-side) a window of 1,000 at a time, each window's placements recorded (step 5's first part) while the next is written | finds the output `writing` and abandons it |
 //! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`; then tag the output's placed sources (delete mode: delete them per 1,000, across outputs), each conditional on the placed ETag, and `advance_expiry` the output's cursor past them (`mark_expiry` only for the exceptions) | before the commit: abandons; after it: finishes `mark_compacted`, and the expiry from the cursor on |
 //! | 6 release | `sealed`, or `open` if a late object arrived | nothing to do; a late object reopens the partition |
 //!
