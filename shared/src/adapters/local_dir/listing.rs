@@ -18,7 +18,7 @@
 //! after where the listing is, picked as the entries stream past (a bounded max-heap), so a
 //! listing holds the same few megabytes however many files a directory has. A listing that
 //! passes the window's last name reads the directory again for the next window: a million
-//! files in one directory are read 16 times, about 0.3 s each here, instead of being held
+//! files in one directory are read 16 times, about 0.6 s each here, instead of being held
 //! whole (28 MB a million names, which made a scan's peak RSS grow 1.7x from 100,000 files
 //! to 1,000,000). At most [`CACHED_DIRECTORIES`] windows are kept, dropped when a listing
 //! reaches its end; directories of fewer than [`CACHE_MIN_ENTRIES`] entries are cheap to read
