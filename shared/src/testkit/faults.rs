@@ -40,7 +40,6 @@ pub struct FaultPlan {
     after_call: AtomicBool,
     crashed: AtomicBool,
     crashed_in: Mutex<Option<String>>,
-    counts: Mutex<BTreeMap<&'static str, u64>>,
     sequence: Mutex<Vec<&'static str>>,
     refused_deletes: Mutex<BTreeSet<String>>,
     refused_records: Mutex<BTreeSet<String>>,
@@ -54,7 +53,6 @@ impl Default for FaultPlan {
             after_call: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
             crashed_in: Mutex::new(None),
-            counts: Mutex::new(BTreeMap::new()),
             sequence: Mutex::new(Vec::new()),
             refused_deletes: Mutex::new(BTreeSet::new()),
             refused_records: Mutex::new(BTreeSet::new()),
@@ -108,7 +106,6 @@ impl FaultPlan {
         self.crashed.store(false, Ordering::SeqCst);
         self.calls.store(0, Ordering::SeqCst);
         *self.crashed_in.lock().expect("fault plan mutex poisoned") = None;
-        self.counts.lock().expect("fault plan mutex poisoned").clear();
         self.sequence.lock().expect("fault plan mutex poisoned").clear();
     }
 
@@ -128,7 +125,11 @@ impl FaultPlan {
 
     /// Calls per operation (`store.get`, `manifest.commit_output`, …) since the last heal.
     pub fn counts(&self) -> BTreeMap<&'static str, u64> {
-        self.counts.lock().expect("fault plan mutex poisoned").clone()
+        let mut counts = BTreeMap::new();
+        for operation in self.sequence.lock().expect("fault plan mutex poisoned").iter() {
+            *counts.entry(*operation).or_default() += 1;
+        }
+        counts
     }
 
     /// Every call's operation since the last heal, in the order the calls were made.
@@ -137,7 +138,6 @@ impl FaultPlan {
     }
 
     fn verdict(&self, operation: &'static str) -> Verdict {
-        *self.counts.lock().expect("fault plan mutex poisoned").entry(operation).or_default() += 1;
         self.sequence.lock().expect("fault plan mutex poisoned").push(operation);
         if self.crashed.load(Ordering::SeqCst) {
             return Verdict::Fail;

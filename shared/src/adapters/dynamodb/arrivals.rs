@@ -391,8 +391,8 @@ impl DynamoDbManifest {
     /// The keys among `keys` with an arrival record that the scan the seal planned from may
     /// not have seen: in items written since the oldest cursor kept since the last check was
     /// made (less the clock margin) that it did not read, or with no kept cursor, in the last
-    /// half hour. The
-    /// placement check reads those keys again in full; the others are as the scan saw them.
+    /// half hour. The placement check reads those keys again in full; the others are as the
+    /// scan saw them.
     pub(super) async fn keys_arrived_since_scan(
         &self,
         partition: &PartitionKey,

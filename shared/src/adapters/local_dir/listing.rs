@@ -111,10 +111,8 @@ struct SortedDirectory {
     stamp: Stamp,
     /// Read at least [`SETTLE`] after the directory's last change: safe to keep.
     settled: bool,
-    /// The window's names (a subdirectory's with its `/`), concatenated.
-    names: String,
-    /// `(start, length)` of each name in `names`, in byte order of the names.
-    order: Vec<(u32, u32)>,
+    /// The window's names (a subdirectory's with its `/`), in byte order.
+    names: Vec<String>,
     /// The greatest name the read skipped as before the listing's position: the window holds
     /// the directory's names after it (all names when `None`).
     skipped_through: Option<String>,
@@ -165,26 +163,9 @@ impl SortedDirectory {
                 complete = false;
             }
         }
-        let sorted = window.into_sorted_vec();
-        let mut names = String::with_capacity(sorted.iter().map(String::len).sum());
-        let mut order: Vec<(u32, u32)> = Vec::with_capacity(sorted.len());
-        for name in sorted {
-            let (start, length) = (names.len(), name.len());
-            names.push_str(&name);
-            // Under 4 GiB: a window is at most `window_entries` names of at most 255 bytes.
-            order.push((start as u32, length as u32));
-        }
+        let names = window.into_sorted_vec();
         let settled = stamp.modified.is_some_and(|modified| modified + SETTLE <= read_started);
-        Ok(SortedDirectory {
-            path: path.to_path_buf(),
-            stamp,
-            settled,
-            names,
-            order,
-            skipped_through,
-            complete,
-            entries,
-        })
+        Ok(SortedDirectory { path: path.to_path_buf(), stamp, settled, names, skipped_through, complete, entries })
     }
 
     /// Whether this window can serve a listing whose position `skip` gives: it skipped no name
@@ -192,23 +173,16 @@ impl SortedDirectory {
     /// none left.
     fn serves(&self, skip: &dyn Fn(&str) -> bool) -> bool {
         self.skipped_through.as_deref().is_none_or(skip)
-            && (self.complete || self.first_unskipped(skip) < self.order.len())
+            && (self.complete || self.first_unskipped(skip) < self.names.len())
     }
 
     /// The index of the first name of the window that `skip` does not skip.
     fn first_unskipped(&self, skip: &dyn Fn(&str) -> bool) -> usize {
-        self.order.partition_point(|&entry| skip(self.entry(entry)))
+        self.names.partition_point(|name| skip(name))
     }
 
     fn last_name(&self) -> Option<&str> {
-        self.order.last().map(|&entry| self.entry(entry))
-    }
-    fn name(&self, index: usize) -> &str {
-        self.entry(self.order[index])
-    }
-
-    fn entry(&self, (start, length): (u32, u32)) -> &str {
-        &self.names[start as usize..(start + length) as usize]
+        self.names.last().map(String::as_str)
     }
 }
 
@@ -333,11 +307,10 @@ pub(super) fn walk_in_key_order(
             Err(error) if error.kind() == io::ErrorKind::NotFound && !directory_key_prefix.is_empty() => return Ok(()),
             Err(error) => return Err(error),
         };
-        for index in entries.first_unskipped(&skip)..entries.order.len() {
+        for name in &entries.names[entries.first_unskipped(&skip)..] {
             if objects.len() >= filter.num_keys_wanted {
                 return Ok(());
             }
-            let name = entries.name(index);
             let entry_key = format!("{directory_key_prefix}{name}");
             if !entry_key.starts_with(filter.prefix) && !filter.prefix.starts_with(&entry_key) {
                 if entry_key.as_str() > filter.prefix {
