@@ -18,6 +18,10 @@ use crate::domain::sequencer::scan_sequencer;
 use crate::event::{Decoded, ObjectEvent, ObjectEventKind};
 use crate::ports::{IngestOutcome, NewObject, RemovedObject};
 
+/// Pages of a backfill listing (1,000 keys each) between two gives of freed memory back to
+/// the system: about the local directory's listing window.
+const SCAN_PAGES_PER_TRIM: u64 = 64;
+
 /// Why an event's object was not recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -294,7 +298,14 @@ impl Compactor {
         let bucket = self.config.source_bucket.clone();
         let mut start_after: Option<String> = None;
         let mut report = IngestReport::default();
+        let mut pages: u64 = 0;
         loop {
+            // Issue 16: what the arenas kept would otherwise grow with the run's length, so
+            // with the number of objects listed (see `allocator`).
+            pages += 1;
+            if pages % SCAN_PAGES_PER_TRIM == 0 {
+                crate::allocator::give_back_free_memory();
+            }
             let page = self.store.list(&bucket, prefix, start_after.as_deref(), 1000).await?;
             let now = self.clock.now();
             let events: Vec<ObjectEvent> = page

@@ -385,3 +385,53 @@ fn etag_digits_are_what_hex_formatting_writes() {
         assert_eq!(written, format!("{value:x}"));
     }
 }
+
+#[test]
+fn a_tag_batch_is_split_one_run_a_core_and_never_into_short_runs() {
+    assert_eq!(store::tag_lanes(1000, 2), 2);
+    assert_eq!(store::tag_lanes(1000, 1), 1);
+    assert_eq!(store::tag_lanes(1000, 16), 4, "at most four");
+    assert_eq!(store::tag_lanes(127, 2), 1, "two runs would be shorter than 64");
+    assert_eq!(store::tag_lanes(128, 2), 2);
+    assert_eq!(store::tag_lanes(0, 2), 1);
+}
+
+/// A batch long enough to be tagged in runs side by side answers each request in its own
+/// place, whichever run it fell in: every fifth object is missing and every seventh changed.
+#[tokio::test]
+async fn a_batch_tagged_in_runs_answers_each_object_in_order() {
+    let (store, bucket, _guard) = local_dir_with_fresh_bucket();
+    let tag = Tag::new("compacted", "true");
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for index in 0..300 {
+        let key = format!("runs/object-{index:04}");
+        if index % 5 == 0 {
+            requests.push(TagRequest::new(key, None));
+            expected.push(TagOutcome::Gone);
+            continue;
+        }
+        let meta = store.put(&bucket, &key, Bytes::from(format!("{index}")), PutOptions::default()).await.expect("put");
+        let if_match = if index % 7 == 0 { Some("\"an-older-etag\"".to_owned()) } else { meta.etag };
+        expected.push(if index % 7 == 0 { TagOutcome::Changed } else { TagOutcome::Tagged });
+        requests.push(TagRequest::new(key, if_match));
+    }
+    assert!(store::tag_lanes(requests.len(), 2) > 1, "the batch is long enough to split");
+    let outcomes: Vec<TagOutcome> = store
+        .add_tag_many(&bucket, &requests, &tag)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.expect("no object fails"))
+        .collect();
+    assert_eq!(outcomes, expected);
+    for (request, outcome) in requests.iter().zip(&expected) {
+        if *outcome == TagOutcome::Tagged {
+            assert_eq!(
+                store.get_tags(&bucket, &request.key).await.expect("tags"),
+                std::slice::from_ref(&tag),
+                "{}",
+                request.key
+            );
+        }
+    }
+}
