@@ -8,6 +8,8 @@
 #                                   only the peak RSS of one seal, 100 MB and 2 GB, in minutes
 #   ./scripts/bench.sh parquet --partitions 100MB,2GB
 #                                   only the Parquet rows: GET ceiling, seal and its peak RSS
+#   ./scripts/bench.sh counts --objects 10000,100000 --seal
+#                                   what a DynamoDB partition's counts cost (release, audit)
 #   ./scripts/bench.sh --help       every option
 #
 # Prints a table and one JSON line (pass --json-out FILE to also append it to FILE). Built

@@ -8,6 +8,7 @@ mod dynamodb_units;
 mod embedded;
 mod memory;
 mod parquet_row;
+mod partition_counts;
 mod report;
 mod setup;
 mod template;
@@ -104,6 +105,23 @@ enum Command {
     TinyChild(tiny::TinyChildArgs),
     /// Only step 8: the Parquet rows.
     Parquet(ParquetArgs),
+    /// What a DynamoDB partition's counts cost (`release` at the end of a seal, `partition()`
+    /// for the audit), which read all of the partition's items: requests, read units and time
+    /// per size.
+    /// Not part of the full run: recording the objects into the local server takes minutes.
+    Counts(CountsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CountsArgs {
+    /// Partition sizes, in objects.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    objects: Vec<u64>,
+    /// Also seal each partition and count it again, as the release at the end of a seal does.
+    /// Slow on the local DynamoDB server: 45 s for 10,000 objects here, over 20 minutes for
+    /// 100,000.
+    #[arg(long)]
+    seal: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +189,7 @@ async fn main() {
         Some(Command::Tiny(tiny_args)) => run_tiny(&args.endpoints, tiny_args).await,
         Some(Command::TinyChild(child)) => tiny::child(&args.endpoints, child).await,
         Some(Command::Parquet(parquet_args)) => run_parquet(&args.endpoints, parquet_args).await,
+        Some(Command::Counts(counts_args)) => run_counts(&args.endpoints, counts_args).await,
         None => run(args).await,
     };
     if let Err(error) = result {
@@ -381,6 +400,18 @@ async fn run_tiny(endpoints: &Endpoints, args: TinyArgs) -> anyhow::Result<()> {
     let mut table = String::new();
     report.tiny_table(&mut table);
     print!("{table}");
+    Ok(())
+}
+
+async fn run_counts(endpoints: &Endpoints, args: CountsArgs) -> anyhow::Result<()> {
+    ensure!(args.objects.iter().all(|&count| count > 0), "--objects sizes must be at least 1");
+    let mut rows = Vec::new();
+    for &count in &args.objects {
+        let row = partition_counts::measure(endpoints, count, args.seal).await?;
+        println!("{}", serde_json::to_string(&row)?);
+        rows.push(row);
+    }
+    partition_counts::print(&rows);
     Ok(())
 }
 

@@ -84,12 +84,17 @@ enum ChildStep {
 
 /// Object `index`'s key and body: 50 to 500 bytes of one JSON line, sizes spread evenly.
 fn tiny_object(index: u64) -> (String, Vec<u8>) {
+    tiny_object_under(PREFIX, index)
+}
+
+/// [`tiny_object`] under another prefix.
+pub fn tiny_object_under(prefix: &str, index: u64) -> (String, Vec<u8>) {
     let size = 50 + (index.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 451;
     let mut body = format!("{{\"i\":{index},\"pad\":\"").into_bytes();
     let fill = (size as usize).saturating_sub(body.len() + 3);
     body.extend(std::iter::repeat_n(b'x', fill));
     body.extend_from_slice(b"\"}\n");
-    (format!("{PREFIX}obj-{index:08}.json"), body)
+    (format!("{prefix}obj-{index:08}.json"), body)
 }
 
 /// Writes, scans and seals `count` tiny objects on `backend`, each step in a child process.

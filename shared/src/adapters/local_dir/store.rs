@@ -34,12 +34,6 @@ where
     }
 }
 
-/// Tagging runs side by side for a batch of `requests` on `cores` cores: one a core (at most
-/// 4), and none shorter than 64 requests, where a blocking-pool hop costs more than it saves.
-pub(super) fn tag_lanes(requests: usize, cores: usize) -> usize {
-    (requests / 64).clamp(1, cores.clamp(1, 4))
-}
-
 #[async_trait]
 impl ObjectStore for LocalDir {
     fn name(&self) -> &'static str {
@@ -198,25 +192,13 @@ impl ObjectStore for LocalDir {
         requests: &[TagRequest],
         tag: &Tag,
     ) -> Vec<Result<TagOutcome, StoreError>> {
-        // Issue 16: each tag is a few system calls on its own file, the seal's only step
-        // after the commit that works one file at a time, so a batch is split in runs of
-        // consecutive keys (each reusing its directory's descriptor) tagged on blocking
-        // threads side by side, one a core.
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let lanes = tag_lanes(requests.len(), cores);
-        let run_length = requests.len().div_ceil(lanes).max(1);
-        let runs = requests.chunks(run_length).map(|run| {
-            let (store, owned_bucket, owned_run, owned_tag) =
-                (self.clone(), bucket.to_owned(), run.to_vec(), tag.clone());
-            let keys: Vec<&str> = run.iter().map(|request| request.key.as_str()).collect();
-            async move {
-                run_blocking_batch(bucket, &keys, move || {
-                    store.add_tag_many_blocking(&owned_bucket, &owned_run, &owned_tag)
-                })
-                .await
-            }
-        });
-        futures::future::join_all(runs).await.into_iter().flatten().collect()
+        let (store, owned_bucket, owned_requests, owned_tag) =
+            (self.clone(), bucket.to_owned(), requests.to_vec(), tag.clone());
+        let keys: Vec<&str> = requests.iter().map(|request| request.key.as_str()).collect();
+        run_blocking_batch(bucket, &keys, move || {
+            store.add_tag_many_blocking(&owned_bucket, &owned_requests, &owned_tag)
+        })
+        .await
     }
 
     async fn delete_many(
