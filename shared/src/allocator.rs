@@ -15,9 +15,9 @@
 //! allocated, and the more arenas hold freed pages: the backfill scan of 1,000,000 local files
 //! peaked 1.11-1.14x above that of 100,000 run alone, 1.20-1.27x in the benchmark's rows. A cap
 //! on the arenas (`MALLOC_ARENA_MAX=2`) brought it to 1.06-1.07x, but made the seal of 100,000
-//! objects 10-15% slower, its threads then waiting on each other's arena locks; the scan
-//! instead gives the free pages back every 64 pages of keys ([`give_back_free_memory`]), which
-//! gave 1.05-1.07x at no cost in time (release, 2026-12-03, 18:50 UTC).
+//! objects 11-19% slower, its threads then sharing two arenas' locks; the scan instead gives
+//! the free pages back every 64 pages of keys ([`give_back_free_memory`]), which gave
+//! 1.05-1.07x at no cost in time (release, 2026-12-03, about 18:45 UTC).
 
 /// The size from which glibc serves an allocation by `mmap`, returned to the system when freed.
 const MMAP_THRESHOLD_BYTES: i32 = 1 << 20;
@@ -45,9 +45,8 @@ pub fn return_freed_parts_to_the_system() {
 }
 
 /// Gives the free memory glibc holds back to the system: whole free pages inside each arena's
-/// heaps, not only at their tops. It walks every arena's free lists, about a millisecond with a
-/// few MiB free: for a long loop's checkpoints, not for every turn. A no-op where the C library
-/// is not glibc.
+/// heaps, not only at their tops. It walks every arena's free chunks under its lock, so it is
+/// for a long loop's checkpoints, not for every turn. A no-op where the C library is not glibc.
 pub fn give_back_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
