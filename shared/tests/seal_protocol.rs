@@ -852,6 +852,7 @@ mod cases {
             "manifest.record_placements",
             "manifest.commit_output",
             "manifest.mark_compacted",
+            "manifest.mark_compacted_between",
             "store.put_tags",
             "manifest.output_placements",
             "manifest.advance_expiry",

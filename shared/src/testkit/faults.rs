@@ -374,6 +374,20 @@ impl Manifest for FaultyManifest {
         faulty_manifest_call!(self, "manifest.mark_compacted", self.inner.mark_compacted(partition, output_key))
     }
 
+    async fn mark_compacted_between(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+        least: &str,
+        greatest: &str,
+    ) -> Result<u64, ManifestError> {
+        faulty_manifest_call!(
+            self,
+            "manifest.mark_compacted_between",
+            self.inner.mark_compacted_between(partition, output_key, least, greatest)
+        )
+    }
+
     async fn mark_expiry(&self, bucket: &str, keys: &[String], at: DateTime<Utc>) -> Result<(), ManifestError> {
         faulty_manifest_call!(self, "manifest.mark_expiry", self.inner.mark_expiry(bucket, keys, at))
     }

@@ -508,26 +508,21 @@ impl Manifest for SqliteManifest {
     /// An output that is not committed (yet, or ever) compacts nothing: `Ok(0)`. An unknown
     /// output is [`ManifestError::NotFound`].
     async fn mark_compacted(&self, partition: &PartitionKey, output_key: &str) -> Result<u64, ManifestError> {
-        let partition = partition.clone();
-        let output_key = output_key.to_owned();
-        self.write(move |transaction| {
-            let output_state: Option<String> = transaction
-                .query_row(
-                    "SELECT state FROM outputs WHERE partition_bucket = ?1 AND partition_path = ?2 AND key = ?3",
-                    params![partition.bucket, partition.path, output_key],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(sqlite_error)?;
-            let Some(output_state) = output_state else {
-                return Err(ManifestError::NotFound { what: format!("output {output_key} of partition {partition}") });
-            };
-            if output_state != OutputState::Committed.as_str() {
-                return Ok(0);
-            }
-            mark_compacted_in(transaction, &partition, &output_key)
-        })
-        .await
+        let (partition, output_key) = (partition.clone(), output_key.to_owned());
+        self.write(move |transaction| flip_compacted_in(transaction, &partition, &output_key, None)).await
+    }
+
+    /// As `mark_compacted`, within the keys given: one walk of that stretch of the primary key.
+    async fn mark_compacted_between(
+        &self,
+        partition: &PartitionKey,
+        output_key: &str,
+        least: &str,
+        greatest: &str,
+    ) -> Result<u64, ManifestError> {
+        let (partition, output_key) = (partition.clone(), output_key.to_owned());
+        let keys = Some((least.to_owned(), greatest.to_owned()));
+        self.write(move |transaction| flip_compacted_in(transaction, &partition, &output_key, keys)).await
     }
 
     async fn mark_expiry(&self, bucket: &str, keys: &[String], at: DateTime<Utc>) -> Result<(), ManifestError> {

@@ -359,21 +359,44 @@ pub(super) const MARK_COMPACTED_SQL: &str = "
 UPDATE objects NOT INDEXED SET state = 'compacted'
 WHERE bucket = ?1 AND key >= ?4 AND key <= ?5 AND partition_path = ?2 AND state = 'pending' AND output_key = ?3";
 
-/// [`Manifest::mark_compacted`] of a committed output, inside `transaction`: how many rows
-/// turned compacted. Every placement lies between the least and greatest key of all of them,
-/// whatever the order of their offsets.
-pub(super) fn mark_compacted_in(
+/// [`Manifest::mark_compacted`] (`keys` none) or [`Manifest::mark_compacted_between`] (`keys`
+/// the least and greatest key) inside `transaction`: how many rows turned compacted. An output
+/// that is not committed (yet, or ever) compacts nothing; an unknown one is
+/// [`ManifestError::NotFound`]. Every placement of the output lies between the least and
+/// greatest key of all of them, whatever the order of their offsets.
+pub(super) fn flip_compacted_in(
     transaction: &Transaction<'_>,
     partition: &PartitionKey,
     output_key: &str,
+    keys: Option<(String, String)>,
 ) -> Result<u64, ManifestError> {
-    let range: (Option<String>, Option<String>) = transaction
-        .prepare_cached(OUTPUT_KEY_RANGE_SQL)
-        .and_then(|mut statement| {
-            statement.query_row(params![partition.bucket, output_key], |row| Ok((row.get(0)?, row.get(1)?)))
-        })
+    let output_state: Option<String> = transaction
+        .query_row(
+            "SELECT state FROM outputs WHERE partition_bucket = ?1 AND partition_path = ?2 AND key = ?3",
+            params![partition.bucket, partition.path, output_key],
+            |row| row.get(0),
+        )
+        .optional()
         .map_err(sqlite_error)?;
-    let (Some(least), Some(greatest)) = range else { return Ok(0) };
+    let Some(output_state) = output_state else {
+        return Err(ManifestError::NotFound { what: format!("output {output_key} of partition {partition}") });
+    };
+    if output_state != OutputState::Committed.as_str() {
+        return Ok(0);
+    }
+    let (least, greatest) = match keys {
+        Some(keys) => keys,
+        None => {
+            let range: (Option<String>, Option<String>) = transaction
+                .prepare_cached(OUTPUT_KEY_RANGE_SQL)
+                .and_then(|mut statement| {
+                    statement.query_row(params![partition.bucket, output_key], |row| Ok((row.get(0)?, row.get(1)?)))
+                })
+                .map_err(sqlite_error)?;
+            let (Some(least), Some(greatest)) = range else { return Ok(0) };
+            (least, greatest)
+        }
+    };
     let changed = transaction
         .prepare_cached(MARK_COMPACTED_SQL)
         .and_then(|mut statement| {

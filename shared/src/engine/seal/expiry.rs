@@ -12,6 +12,15 @@ use crate::engine::seen::SeenSources;
 use crate::engine::{Compactor, EngineError};
 use crate::ports::{DeleteRequest, SourcePlacement, StoreError, TagOutcome, TagRequest, MAX_KEYS_PER_DELETE};
 
+/// What [`Compactor::expire_output`] came to.
+#[derive(Debug, Default)]
+pub(super) struct ExpiredOutput {
+    /// The bytes of the sources queued for expiry.
+    pub source_bytes: u64,
+    /// The sources its page flips turned compacted.
+    pub flipped: u64,
+}
+
 impl Compactor {
     /// Marks the committed sources that are ready for expiry. Delete mode waits for full
     /// batches, across outputs, because a batch costs one request; tag mode has no batch
@@ -36,8 +45,11 @@ impl Compactor {
 
     /// Queues the placements of a committed output after `start_after` for expiry, a page at a
     /// time (with the next page read ahead, so the output's last source is known when it is
-    /// queued), and expires what is ready after each page. Returns the bytes of the sources
-    /// queued. An output with nothing left to mark gets its cursor finished at once.
+    /// queued), and expires what is ready after each page. Each page's sources are turned
+    /// compacted ([`Manifest::mark_compacted_between`](crate::ports::Manifest::mark_compacted_between))
+    /// before they are queued: the page after is flipped while this one's are tagged or
+    /// deleted, so an exception's own expiry mark, which needs a compacted record, always
+    /// finds one. An output with nothing left to mark gets its cursor finished at once.
     pub(super) async fn expire_output(
         &self,
         report: &mut PartitionSealReport,
@@ -45,7 +57,7 @@ impl Compactor {
         start_after: Option<(u64, String)>,
         awaiting_expiry: &mut Vec<ExpirySource>,
         seen: &mut SeenSources,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<ExpiredOutput, EngineError> {
         let (source_bucket, output_bucket, output_key) =
             (output.partition.bucket.as_str(), output.bucket.as_str(), output.key.as_str());
         let fetch = |after: Option<(u64, String)>| async move {
@@ -53,12 +65,13 @@ impl Compactor {
             self.manifest.output_placements(output_bucket, output_key, cursor, PAGE).await
         };
         let mut page = fetch(start_after.clone()).await?;
+        let mut expired = ExpiredOutput::default();
         if page.is_empty() {
             if self.config.expiry != ExpiryMode::None {
                 let (offset, key) = start_after.unwrap_or_default();
                 self.manifest.advance_expiry(output_bucket, output_key, (offset, &key), true, self.clock.now()).await?;
             }
-            return Ok(0);
+            return Ok(expired);
         }
         // The page after `page`, when `page` is full: empty means `page` holds the output's last.
         let fetch_after = |page: &[SourcePlacement]| {
@@ -71,13 +84,13 @@ impl Compactor {
                 }
             }
         };
+        expired.flipped += self.flip_page(output, &page).await?;
         let mut next = fetch_after(&page).await?;
-        let mut source_bytes = 0;
         loop {
             let last_page = next.is_empty();
             let page_length = page.len();
             for (index, placed) in page.into_iter().enumerate() {
-                source_bytes += placed.size;
+                expired.source_bytes += placed.size;
                 awaiting_expiry.push(ExpirySource {
                     bucket: source_bucket.to_owned(),
                     key: placed.key.clone(),
@@ -90,18 +103,30 @@ impl Compactor {
                     }),
                 });
             }
-            // Issue 16: the page after next is read from the manifest while this one's sources
-            // are tagged or deleted (the store's work, on other threads), not after. Reading is
-            // all it does: the cursor moves only past what was done, as before.
-            let (expired, following) =
-                futures::join!(self.expire_ready_sources(report, awaiting_expiry, seen), fetch_after(&next));
-            expired?;
-            let following = following?;
+            // Issue 16: the manifest flips the next page and reads the one after it while this
+            // one's sources are tagged or deleted (the store's work, on other threads), not
+            // after. The cursor moves only past what was done, as before.
+            let (done, following) = futures::join!(self.expire_ready_sources(report, awaiting_expiry, seen), async {
+                let flipped = self.flip_page(output, &next).await?;
+                Ok::<_, EngineError>((flipped, fetch_after(&next).await?))
+            });
+            done?;
+            let (flipped, following) = following?;
+            expired.flipped += flipped;
             if last_page {
-                return Ok(source_bytes);
+                return Ok(expired);
             }
             page = std::mem::replace(&mut next, following);
         }
+    }
+
+    /// Turns a page of a committed output's sources compacted: those between its least and
+    /// greatest key, which an output's placements in offset order need not start and end with.
+    async fn flip_page(&self, output: &OutputRecord, page: &[SourcePlacement]) -> Result<u64, EngineError> {
+        let least = page.iter().map(|placed| placed.key.as_str()).min();
+        let greatest = page.iter().map(|placed| placed.key.as_str()).max();
+        let (Some(least), Some(greatest)) = (least, greatest) else { return Ok(0) };
+        Ok(self.manifest.mark_compacted_between(&output.partition, &output.key, least, greatest).await?)
     }
 
     /// Step 5's second half: tags (merging with the object's own tags) or deletes committed

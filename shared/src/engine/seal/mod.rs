@@ -7,7 +7,7 @@
 //! | recover | abandon `writing` outputs (abort the upload, delete the object: never trusted); finish commits whose objects are still pending; expire the sources of committed outputs from where their expiry cursor stopped (and older outputs' unmarked sources one by one) | does the same, idempotently |
 //! | 3 plan | page pending objects in key order through the [`Packer`](crate::domain::plan::Packer) | plans again under a new generation: new output keys |
 //! | 4 write | `begin_output` (writing), stream sources into the store (large ones copied server-side) a window of 1,000 at a time, each window's placements recorded (step 5's first part) while the next is written | finds the output `writing` and abandons it |
-//! | 5 commit | record placements, `commit_output` (the commit point), `mark_compacted`; then tag the output's placed sources (delete mode: delete them per 1,000, across outputs), each conditional on the placed ETag, and `advance_expiry` the output's cursor past them (`mark_expiry` only for the exceptions) | before the commit: abandons; after it: finishes `mark_compacted`, and the expiry from the cursor on |
+//! | 5 commit | record placements, `commit_output` (the commit point); then, a page of placements at a time, turn the page's sources compacted (`mark_compacted_between`, beside the tagging of the page before) and tag the output's placed sources (delete mode: delete them per 1,000, across outputs), each conditional on the placed ETag, and `advance_expiry` the output's cursor past them (`mark_expiry` only for the exceptions); `mark_compacted` finishes what the pages left | before the commit: abandons; after it: finishes `mark_compacted`, and the expiry from the cursor on |
 //! | 6 release | `sealed`, or `open` if a late object arrived | nothing to do; a late object reopens the partition |
 //!
 //! A source is only ever tagged or deleted once its output is `committed`: expiry reads the
@@ -298,7 +298,10 @@ impl Compactor {
         let mut awaiting: Vec<ExpirySource> = Vec::new();
         for output in committed.iter().filter(|output| expiry_unfinished(output)) {
             let through = output.expiry.as_ref().and_then(|cursor| cursor.through.clone());
-            self.expire_output(report, output, through, &mut awaiting, &mut SeenSources::default()).await?;
+            // Its sources were flipped just above: its page flips find none left.
+            let expired =
+                self.expire_output(report, output, through, &mut awaiting, &mut SeenSources::default()).await?;
+            report.objects_finished += expired.flipped;
         }
         if !awaiting.is_empty() {
             let counts = self.mark_sources_for_expiry(&awaiting, &mut SeenSources::default()).await?;
@@ -391,17 +394,21 @@ impl Compactor {
         self.manifest
             .commit_output(lease, &dest_bucket, &range.key, written.size, &written.sha256, placed, self.clock.now())
             .await?;
-        let compacted = self.manifest.mark_compacted(&lease.partition, &range.key).await?;
+        // What may expire is what the output holds, from its placements: read back a page at a
+        // time, so a large output's sources are never all held here, and with no read of the
+        // sources' records (each tag or delete is conditional on the placed ETag instead). Each
+        // page's sources turn compacted before their expiry, beside the one before's.
+        let expired = self.expire_output(report, &record, None, awaiting_expiry, &mut written.seen).await?;
+        // Then whatever the page flips left: none on SQLite; on DynamoDB, whose commit made the
+        // sources compacted, how many it did.
+        let compacted = expired.flipped + self.manifest.mark_compacted(&lease.partition, &range.key).await?;
         if compacted != placed {
             // A newer version may have arrived between placement and commit (it stays pending),
             // and a manifest whose index lags its writes may miss a source placed a moment ago
             // (the next seal's recovery finishes it). Worth a line in the log, never a failure.
             warn!(output = %range.key, placed, compacted, "not every placed source turned compacted");
         }
-        // What may expire is what the output holds, from its placements: read back a page at a
-        // time, so a large output's sources are never all held here, and with no read of the
-        // sources' records (each tag or delete is conditional on the placed ETag instead).
-        let source_bytes = self.expire_output(report, &record, None, awaiting_expiry, &mut written.seen).await?;
+        let source_bytes = expired.source_bytes;
         report.outputs_committed += 1;
         report.objects_compacted += compacted;
         report.objects_superseded += superseded;

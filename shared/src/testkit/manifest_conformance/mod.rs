@@ -92,6 +92,7 @@ macro_rules! manifest_conformance_tests {
             begin_output_again_updates_a_writing_output,
             commit_output_is_idempotent_and_never_revives_an_abandoned_output,
             mark_compacted_needs_a_committed_output,
+            mark_compacted_between_flips_the_keys_given_and_mark_compacted_the_rest,
             an_outputs_commit_makes_its_sources_compacted_before_mark_compacted,
             a_removal_of_a_compacted_source_changes_nothing_unless_it_is_of_a_newer_version,
             object_reads_a_source_compacted_from_its_outputs_commit,

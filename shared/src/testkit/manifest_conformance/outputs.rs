@@ -199,6 +199,56 @@ pub async fn mark_compacted_needs_a_committed_output(manifest: &dyn Manifest) {
     assert_not_found(manifest.mark_compacted(&key, "compacted/unknown.json").await, "an unknown output");
 }
 
+/// The seal flips a committed output's sources a page at a time: `mark_compacted_between`
+/// turns only the output's placed sources within the keys given (none before the commit, none
+/// of another output or unplaced), and `mark_compacted` then finishes the rest. A backend that
+/// derives the state at the commit has nothing to flip per page: its sources read compacted
+/// already, and `mark_compacted` answers how many the output committed.
+pub async fn mark_compacted_between_flips_the_keys_given_and_mark_compacted_the_rest(manifest: &dyn Manifest) {
+    let partition = day_partition("logs", 14);
+    let key = key_of(&partition);
+    let [a, b, c, d] = ["a.json", "b.json", "c.json", "d.json"].map(|name| new_object(&partition, name, "10", 10));
+    for object in [&a, &b, &c, &d] {
+        manifest.record_object(object).await.unwrap();
+    }
+    let now = at("2024-01-16T00:00:00Z");
+    let lease = manifest.acquire(&key, "seal-1", now, lease_for()).await.unwrap();
+    // c stays unplaced between placed sources: a key range of the output is not all the output's.
+    let planned: Vec<ObjectRecord> =
+        pending_objects(manifest, &key).await.into_iter().filter(|object| object.key != c.key).collect();
+    let output = output_record(&lease, 1, 3, now);
+    manifest.begin_output(&lease, &output).await.unwrap();
+    manifest.record_placements(&lease, &output.key, &placements_end_to_end(&output, &planned)).await.unwrap();
+    assert_eq!(
+        manifest.mark_compacted_between(&key, &output.key, &a.key, &d.key).await.unwrap(),
+        0,
+        "an output still being written"
+    );
+    assert_eq!(pending_objects(manifest, &key).await.len(), 4, "nothing counts before the commit");
+
+    manifest.commit_output(&lease, OUTPUT_BUCKET, &output.key, 30, &sha256_hex("out"), 3, now).await.unwrap();
+    let derives = Capabilities::of(manifest).derives_compacted_at_commit;
+    let flipped = manifest.mark_compacted_between(&key, &output.key, &a.key, &c.key).await.unwrap();
+    assert_eq!(flipped, if derives { 0 } else { 2 }, "a and b; c is not the output's");
+    assert_eq!(object_record(manifest, &a).await.state, ObjectState::Compacted);
+    assert_eq!(object_record(manifest, &b).await.state, ObjectState::Compacted);
+    assert_eq!(object_record(manifest, &c).await.state, ObjectState::Pending, "c was never placed");
+    let d_state = if derives { ObjectState::Compacted } else { ObjectState::Pending };
+    assert_eq!(object_record(manifest, &d).await.state, d_state, "d lies past the keys given");
+    assert_eq!(
+        manifest.mark_compacted_between(&key, &output.key, &a.key, &c.key).await.unwrap(),
+        0,
+        "flipping again changes nothing"
+    );
+
+    let finished = manifest.mark_compacted(&key, &output.key).await.unwrap();
+    assert_eq!(finished, if derives { 3 } else { 1 }, "d, or how many the output committed");
+    assert_eq!(object_record(manifest, &d).await.state, ObjectState::Compacted);
+    assert_eq!(object_record(manifest, &c).await.state, ObjectState::Pending);
+    let keys: Vec<String> = pending_objects(manifest, &key).await.into_iter().map(|object| object.key).collect();
+    assert_eq!(keys, std::slice::from_ref(&c.key), "only c is left pending");
+}
+
 /// The commit is what compacts an output's sources (`domain::derived`): the output's source
 /// list says so from the commit on, before `mark_compacted` writes it on each record (a crash
 /// between the two leaves exactly that), and never of a version newer than the one placed.
