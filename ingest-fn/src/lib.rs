@@ -62,9 +62,12 @@ pub fn skipped_metric(reason: SkipReason) -> &'static str {
         SkipReason::UnderDestination => "SkippedUnderDestination",
         SkipReason::OtherBucket => "SkippedOtherBucket",
         SkipReason::OutsideSourcePrefix => "SkippedOutsideSourcePrefix",
+        SkipReason::NameNotUtf8 => "SkippedNameNotUtf8",
     }
 }
 
+/// The reasons an event can be skipped for. Not `NameNotUtf8`: only a local directory's
+/// listing meets a name that is not UTF-8, and an S3 event's key always is.
 const SKIP_REASONS: [SkipReason; 7] = [
     SkipReason::FolderMarker,
     SkipReason::TooLarge,

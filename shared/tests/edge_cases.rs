@@ -336,3 +336,30 @@ mod cases {
         assert_eq!(report.originals_skipped_keys, ["logs/2024/01/05/deleted.json", "logs/2024/01/05/overwritten.json"]);
     }
 }
+
+/// Non-negotiable 4: a local file whose name is not UTF-8 cannot be a key, so the backfill
+/// cannot record it; it is counted as skipped in the scan's report (and logged), never dropped
+/// without a word, and left where it is by the seal.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_scan_counts_a_local_file_whose_name_is_not_utf8_as_skipped_and_leaves_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let harness = Harness::new(Backend::Embedded, "tag").await.unwrap();
+    harness.put("logs/2024/01/01/a.json", b"{\"a\":1}\n").await;
+    harness.put("logs/2024/01/01/b.json", b"{\"b\":1}\n").await;
+    let root = harness._guard.downcast_ref::<tempfile::TempDir>().expect("the embedded backend's directory");
+    let bad = root
+        .path()
+        .join("buckets")
+        .join(EMBEDDED_BUCKET)
+        .join("logs/2024/01/01")
+        .join(std::ffi::OsStr::from_bytes(b"c-\xff.json"));
+    std::fs::write(&bad, b"{\"c\":1}\n").unwrap();
+
+    let report = harness.scan("logs/").await;
+    assert_eq!(report.recorded, 2, "{report:?}");
+    assert_eq!(report.skipped.get(&compactor::engine::SkipReason::NameNotUtf8), Some(&1), "{report:?}");
+    assert_eq!(report.events, 3, "every file the listing met is an event of the report: {report:?}");
+    assert_eq!(harness.seal().await.objects_compacted, 2);
+    assert_eq!(std::fs::read(&bad).unwrap(), b"{\"c\":1}\n", "left as it was");
+}

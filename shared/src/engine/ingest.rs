@@ -33,6 +33,9 @@ pub enum SkipReason {
     UnderDestination,
     OtherBucket,
     OutsideSourcePrefix,
+    /// A backfill's listing met a file whose name is not UTF-8 (a local directory): no key
+    /// can name it, so it cannot be recorded or compacted until it is renamed.
+    NameNotUtf8,
 }
 
 impl SkipReason {
@@ -45,6 +48,7 @@ impl SkipReason {
             SkipReason::UnderDestination => "under_destination",
             SkipReason::OtherBucket => "other_bucket",
             SkipReason::OutsideSourcePrefix => "outside_source_prefix",
+            SkipReason::NameNotUtf8 => "name_not_utf8",
         }
     }
 }
@@ -324,6 +328,11 @@ impl Compactor {
                 })
                 .collect();
             report.merge(&self.ingest(&events).await?);
+            if page.unlistable > 0 {
+                // Listed nowhere, so recorded nowhere: counted, never silently dropped.
+                report.events += page.unlistable;
+                *report.skipped.entry(SkipReason::NameNotUtf8).or_default() += page.unlistable;
+            }
             on_page(&report);
             match page.next_start_after {
                 Some(next) => start_after = Some(next),

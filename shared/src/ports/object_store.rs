@@ -180,6 +180,10 @@ pub struct ListPage {
     pub objects: Vec<ObjectMeta>,
     /// Pass as `start_after` for the next page; `None` when this was the last.
     pub next_start_after: Option<String>,
+    /// Entries under the prefix that cannot be keys and so are not listed: files whose names
+    /// are not UTF-8 on a local file system (an S3 key always is). Each is counted once in a
+    /// listing, in the page that first read its directory; the adapter logs where they are.
+    pub unlistable: u64,
 }
 
 /// The answer to a `get`: the object's metadata and a stream of its bytes.

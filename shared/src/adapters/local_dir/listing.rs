@@ -65,9 +65,15 @@ impl LocalDir {
             return Err(invalid_request(bucket, prefix, "max_keys is 0: ask for at least one key per page"));
         }
         let filter = ListFilter { prefix, start_after, num_keys_wanted: max_keys.saturating_add(1) };
+        if start_after.is_none() {
+            // A listing from the start counts every directory's unlistable names again, even
+            // when the listing before it was left before its end.
+            self.listings.forget_counted_unlistable();
+        }
         let mut objects = Vec::new();
         walk_in_key_order(&self.listings, &bucket_directory, "", &filter, &mut objects)
             .map_err(|error| StoreError::backend(bucket, prefix, error))?;
+        let unlistable = self.listings.take_unlistable();
         let next_start_after = if objects.len() > max_keys {
             objects.truncate(max_keys);
             objects.last().map(|last_object| last_object.key.clone())
@@ -76,7 +82,7 @@ impl LocalDir {
             self.listings.clear();
             None
         };
-        Ok(ListPage { objects, next_start_after })
+        Ok(ListPage { objects, next_start_after, unlistable })
     }
 }
 
@@ -120,6 +126,8 @@ struct SortedDirectory {
     complete: bool,
     /// Entries the directory had when read.
     entries: usize,
+    /// Files whose names are not UTF-8, so cannot be keys: left out of `names`.
+    unlistable: usize,
 }
 
 impl SortedDirectory {
@@ -134,10 +142,13 @@ impl SortedDirectory {
         let mut skipped_through: Option<String> = None;
         let mut complete = true;
         let mut entries = 0;
+        let mut unlistable = 0;
         for directory_entry in fs::read_dir(path)? {
             let directory_entry = directory_entry?;
             let Ok(mut name) = directory_entry.file_name().into_string() else {
-                tracing::warn!(directory = %path.display(), "skipping a file whose name is not UTF-8: it cannot be a key");
+                // Counted and logged once a listing by the cache (`ListingCache::sorted`), not
+                // at each of the directory's reads.
+                unlistable += 1;
                 continue;
             };
             let file_type = directory_entry.file_type()?;
@@ -165,7 +176,16 @@ impl SortedDirectory {
         }
         let names = window.into_sorted_vec();
         let settled = stamp.modified.is_some_and(|modified| modified + SETTLE <= read_started);
-        Ok(SortedDirectory { path: path.to_path_buf(), stamp, settled, names, skipped_through, complete, entries })
+        Ok(SortedDirectory {
+            path: path.to_path_buf(),
+            stamp,
+            settled,
+            names,
+            skipped_through,
+            complete,
+            entries,
+            unlistable,
+        })
     }
 
     /// Whether this window can serve a listing whose position `skip` gives: it skipped no name
@@ -224,6 +244,11 @@ pub(super) struct ListingCache {
     /// Most recently used last.
     directories: Mutex<Vec<Arc<SortedDirectory>>>,
     window_entries: usize,
+    /// Directories whose unlistable names this listing has counted: each directory's once,
+    /// however many times a listing reads it (a window at a time, or again for each page).
+    counted_unlistable: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Unlistable names counted and not yet taken into a page ([`Self::take_unlistable`]).
+    unlistable: std::sync::atomic::AtomicU64,
     #[cfg(test)]
     reads: std::sync::atomic::AtomicUsize,
 }
@@ -239,6 +264,8 @@ impl ListingCache {
         Self {
             directories: Mutex::default(),
             window_entries: window_entries.max(1),
+            counted_unlistable: Mutex::default(),
+            unlistable: Default::default(),
             #[cfg(test)]
             reads: Default::default(),
         }
@@ -246,7 +273,14 @@ impl ListingCache {
 
     /// The window of `path`'s sorted names from the first that `skip` does not skip: a kept
     /// one if the directory has not changed since and the window covers that name, else read.
-    fn sorted(&self, path: &Path, skip: &dyn Fn(&str) -> bool) -> io::Result<Arc<SortedDirectory>> {
+    /// A read's names that cannot be keys are counted (once a listing) when `within_prefix`:
+    /// the directory lies wholly inside the listing's prefix, so they would have been listed.
+    fn sorted(
+        &self,
+        path: &Path,
+        skip: &dyn Fn(&str) -> bool,
+        within_prefix: bool,
+    ) -> io::Result<Arc<SortedDirectory>> {
         let stamp = Stamp::of(&fs::metadata(path)?);
         {
             let mut directories = self.directories.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -261,6 +295,17 @@ impl ListingCache {
         #[cfg(test)]
         self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let read = Arc::new(SortedDirectory::read(path, skip, self.window_entries)?);
+        if read.unlistable > 0 && within_prefix {
+            let newly = self
+                .counted_unlistable
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(path.to_path_buf());
+            if newly {
+                tracing::warn!(directory = %path.display(), files = read.unlistable, "skipping files whose names are not UTF-8: they cannot be keys; rename them to list them");
+                self.unlistable.fetch_add(read.unlistable as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         if read.settled && read.entries >= CACHE_MIN_ENTRIES {
             let mut directories = self.directories.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             directories.push(Arc::clone(&read));
@@ -274,6 +319,19 @@ impl ListingCache {
     /// Forgets every kept directory: a listing reached its end.
     pub(super) fn clear(&self) {
         self.directories.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        self.forget_counted_unlistable();
+    }
+
+    /// Forgets which directories' unlistable names were counted: a new listing starts.
+    pub(super) fn forget_counted_unlistable(&self) {
+        self.counted_unlistable.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
+    /// The unlistable names counted since the last call, for the page being answered. Two
+    /// listings of one store at once may report each other's counts, or count a directory
+    /// twice; one listing at a time (the scan's case) counts each such name once.
+    pub(super) fn take_unlistable(&self) -> u64 {
+        self.unlistable.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     #[cfg(test)]
@@ -301,7 +359,8 @@ pub(super) fn walk_in_key_order(
             before_wanted(name, directory_key_prefix, filter)
                 || resume_after.as_deref().is_some_and(|after| name <= after)
         };
-        let entries = match cache.sorted(directory, &skip) {
+        let within_prefix = directory_key_prefix.starts_with(filter.prefix);
+        let entries = match cache.sorted(directory, &skip, within_prefix) {
             Ok(entries) => entries,
             // Pruned by a concurrent delete: it held nothing.
             Err(error) if error.kind() == io::ErrorKind::NotFound && !directory_key_prefix.is_empty() => return Ok(()),

@@ -385,3 +385,42 @@ fn etag_digits_are_what_hex_formatting_writes() {
         assert_eq!(written, format!("{value:x}"));
     }
 }
+
+/// Non-negotiable 4: a file whose name is not UTF-8 cannot be a key, so it is not listed;
+/// it is counted once in the listing however many pages read its directory, and only when
+/// it lies under the prefix listed.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_file_name_that_is_not_utf8_is_counted_once_a_listing_and_never_listed() {
+    use std::os::unix::ffi::OsStrExt;
+    let (store, bucket, _guard) = local_dir_with_fresh_bucket();
+    for key in ["logs/a.json", "logs/b.json", "logs/c.json", "top.json"] {
+        store.put(&bucket, key, Bytes::from_static(b"{}\n"), PutOptions::default()).await.expect("put");
+    }
+    let logs = store.existing_bucket_directory(&bucket).expect("bucket").join("logs");
+    std::fs::write(logs.join(std::ffi::OsStr::from_bytes(b"bad-\xff.json")), b"{}\n").expect("write");
+    std::fs::write(store.existing_bucket_directory(&bucket).unwrap().join(std::ffi::OsStr::from_bytes(b"\xfe")), b"x")
+        .expect("write");
+
+    let (mut keys, mut unlistable, mut start_after) = (Vec::new(), 0, None);
+    loop {
+        let page = store.list(&bucket, "logs/", start_after.as_deref(), 1).await.expect("list");
+        keys.extend(page.objects.into_iter().map(|object| object.key));
+        unlistable += page.unlistable;
+        match page.next_start_after {
+            Some(next) => start_after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(keys, ["logs/a.json", "logs/b.json", "logs/c.json"]);
+    assert_eq!(unlistable, 1, "the directory was read for each of three pages; the root's name is outside logs/");
+
+    let whole = store.list(&bucket, "", None, 1000).await.expect("list");
+    assert_eq!(whole.objects.len(), 4);
+    assert_eq!(whole.unlistable, 2, "a new listing counts again: both names lie under the empty prefix");
+
+    let abandoned = store.list(&bucket, "logs/", None, 1).await.expect("list");
+    assert_eq!((abandoned.unlistable, abandoned.next_start_after.is_some()), (1, true));
+    let again = store.list(&bucket, "logs/", None, 1).await.expect("list");
+    assert_eq!(again.unlistable, 1, "a listing from the start counts again after one left before its end");
+}

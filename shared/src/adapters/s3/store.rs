@@ -340,7 +340,7 @@ impl ObjectStore for AmazonS3 {
         } else {
             None
         };
-        Ok(ListPage { objects, next_start_after })
+        Ok(ListPage { objects, next_start_after, unlistable: 0 })
     }
 
     async fn get_tags(&self, bucket: &str, key: &str) -> Result<Vec<Tag>, StoreError> {
